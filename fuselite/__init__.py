@@ -1,0 +1,15 @@
+"""fuselite: fused image-text annotation models for edge boards.
+
+The package is split the way the product flows:
+
+* ``fuselite.train``   - trains the fused image-text model (TensorFlow, host side);
+* ``fuselite.convert`` - quantizes and prunes it into self-describing TFLite bundles;
+* ``fuselite.runtime`` - annotates camera streams on a board (no TensorFlow);
+* ``fuselite.bench``   - measures every bundle's size against accuracy and latency;
+* ``fuselite.devices`` - board profiles, on-board setup and arm64 verification.
+
+``fuselite.bundle`` and ``fuselite.tokenizer`` are the contract shared by host and
+device: they import nothing heavier than numpy.
+"""
+
+__version__ = "0.1.0"

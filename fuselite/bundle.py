@@ -1,0 +1,431 @@
+"""The bundle: the one contract between ``convert`` (host) and ``runtime`` (board).
+
+A bundle is a plain ``.tflite`` flatbuffer followed by a zip archive, the way
+MediaPipe model files carry their associated files.  Every TFLite interpreter
+loads the flatbuffer and ignores the trailing bytes; Python's ``zipfile`` reads
+the zip.  The zip holds:
+
+* ``manifest.json``        - :class:`Manifest`: labels, preprocessing, thresholds,
+  scorer, provenance, numeric checks;
+* ``tokenizer.json``       - the word tokenizer (:mod:`fuselite.tokenizer`);
+* ``label_embeddings.npy`` - float32 ``[len(labels), embedding_dim]``, the text
+  tower's embeddings of the default labels, computed in advance;
+* ``text_encoder.tflite``  - the text tower, so a board can embed labels the user
+  types without the host.
+
+The image model maps a ``[1, H, W, 3]`` RGB image to an L2-normalised embedding
+``[1, D]``; a label's probability is ``sigmoid(logit_scale * dot(image, text) +
+logit_bias)``.
+
+This module imports nothing heavier than numpy, and reading never executes or
+unpickles anything: it validates sizes, member names, types and ranges, and the
+sha256 of the model bytes, before any byte reaches an interpreter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fuselite.tokenizer import Tokenizer
+
+SCHEMA_VERSION = 1
+MANIFEST_MEMBER = "manifest.json"
+TOKENIZER_MEMBER = "tokenizer.json"
+EMBEDDINGS_MEMBER = "label_embeddings.npy"
+TEXT_ENCODER_MEMBER = "text_encoder.tflite"
+REQUIRED_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER)
+
+MAX_BUNDLE_BYTES = 512 * 1024 * 1024
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_LABELS = 10_000
+MAX_LABEL_CHARS = 200
+
+
+class BundleError(ValueError):
+    """A file that is not a usable bundle; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a frame becomes the image model's input; the single source of truth.
+
+    Attributes:
+        input_size: ``(height, width)`` the frame is resized to.
+        color_order: Channel order the model expects (``"RGB"``).
+        resize: OpenCV interpolation name used on the device (``"area"`` or ``"linear"``).
+        input_dtype: ``"uint8"`` (pixels 0-255, normalised inside the model) or
+            ``"float32"`` (the same 0-255 pixel values, as floats).
+        normalization: What the model does with pixels, for documentation:
+            ``x * scale + offset``.
+        input_quant: ``(scale, zero_point)`` of a quantized input, or ``None``.
+        output_quant: ``(scale, zero_point)`` of a quantized embedding output, or ``None``.
+    """
+
+    input_size: tuple[int, int]
+    color_order: str = "RGB"
+    resize: str = "area"
+    input_dtype: str = "uint8"
+    normalization: tuple[float, float] = (1 / 127.5, -1.0)
+    input_quant: tuple[float, int] | None = None
+    output_quant: tuple[float, int] | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs besides the weights.
+
+    Attributes:
+        variant: Conversion variant (``fp32``, ``fp16``, ``dynamic``, ``int8``, ...).
+        task: ``"single"`` (one label per image, top-1) or ``"multi"`` (tags).
+        labels: Default label texts, in the order of ``label_embeddings.npy``.
+        thresholds: Per-label probability thresholds calibrated on validation.
+        default_threshold: Threshold for labels typed at run time.
+        embedding_dim: Size of the joint image-text space.
+        logit_scale: Scorer scale applied to the cosine similarity.
+        logit_bias: Scorer bias added before the sigmoid.
+        preprocessing: See :class:`Preprocessing`.
+        model_sha256: sha256 of the flatbuffer bytes (the file up to ``model_size``).
+        model_size: Length in bytes of the flatbuffer at the start of the file.
+        text_encoder_sha256: sha256 of ``text_encoder.tflite``.
+        sparsity: Fraction of zero weights in the image model's kernels.
+        provenance: Source run, versions, op list with versions, loadable runtimes.
+        numerics: Agreement with the Keras model measured at conversion time.
+        schema_version: Version of this schema.
+    """
+
+    variant: str
+    task: str
+    labels: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    default_threshold: float
+    embedding_dim: int
+    logit_scale: float
+    logit_bias: float
+    preprocessing: Preprocessing
+    model_sha256: str = ""
+    model_size: int = 0
+    text_encoder_sha256: str = ""
+    sparsity: float = 0.0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    numerics: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        """Serialises the manifest as JSON text."""
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Manifest":
+        """Parses and validates manifest JSON; raises :class:`BundleError` naming the bad field."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"manifest is not valid JSON ({exc})") from None
+        return _manifest_from_dict(data)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle read from disk and verified.
+
+    Attributes:
+        path: Where it was read from.
+        manifest: The validated manifest.
+        model_bytes: The image model flatbuffer, ready for an interpreter.
+        tokenizer: The word tokenizer for label text.
+        label_embeddings: float32 ``[len(labels), embedding_dim]``.
+        text_encoder_bytes: The text tower flatbuffer.
+    """
+
+    path: Path
+    manifest: Manifest
+    model_bytes: bytes
+    tokenizer: Tokenizer
+    label_embeddings: np.ndarray
+    text_encoder_bytes: bytes
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``path`` and renames it into place.
+
+    An interrupted write never leaves a truncated file at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def pack_bundle(
+    model_bytes: bytes,
+    manifest: Manifest,
+    tokenizer: Tokenizer,
+    label_embeddings: np.ndarray,
+    text_encoder_bytes: bytes,
+) -> bytes:
+    """Returns the bundle bytes: the flatbuffer, then a zip of the associated files.
+
+    ``model_sha256``, ``model_size`` and ``text_encoder_sha256`` are filled in here.
+    """
+    embeddings = np.ascontiguousarray(label_embeddings, dtype=np.float32)
+    manifest = replace(
+        manifest,
+        model_sha256=sha256(model_bytes),
+        model_size=len(model_bytes),
+        text_encoder_sha256=sha256(text_encoder_bytes),
+    )
+    _validate_embeddings(embeddings, manifest)
+    npy = io.BytesIO()
+    np.save(npy, embeddings, allow_pickle=False)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST_MEMBER, manifest.to_json())
+        zf.writestr(TOKENIZER_MEMBER, json.dumps(tokenizer.to_dict()))
+        zf.writestr(EMBEDDINGS_MEMBER, npy.getvalue())
+        zf.writestr(TEXT_ENCODER_MEMBER, text_encoder_bytes)
+    return model_bytes + archive.getvalue()
+
+
+def write_bundle(path: Path, **parts: Any) -> Path:
+    """Packs a bundle (see :func:`pack_bundle` for ``parts``) and writes it atomically."""
+    write_atomic(Path(path), pack_bundle(**parts))
+    return Path(path)
+
+
+def read_bundle(path: Path) -> Bundle:
+    """Reads and verifies a bundle; raises :class:`BundleError` with one clear line."""
+    path = Path(path)
+    data = _read_file(path)
+    try:
+        members = _read_members(data)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a fuselite bundle ({exc}); re-run `fuselite convert`") from None
+    manifest = _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
+    tokenizer = _parse_member(
+        path, lambda: Tokenizer.from_dict(json.loads(members[TOKENIZER_MEMBER].decode()))
+    )
+    embeddings = _parse_member(path, lambda: _load_embeddings(members[EMBEDDINGS_MEMBER], manifest))
+    model_bytes = data[: manifest.model_size]
+    if manifest.model_size > len(data) or sha256(model_bytes) != manifest.model_sha256:
+        raise BundleError(f"{path}: model bytes do not match the manifest's sha256 (file altered or truncated)")
+    text_encoder = members[TEXT_ENCODER_MEMBER]
+    if sha256(text_encoder) != manifest.text_encoder_sha256:
+        raise BundleError(f"{path}: text encoder does not match the manifest's sha256 (file altered)")
+    return Bundle(path, manifest, model_bytes, tokenizer, embeddings, text_encoder)
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Reads only the manifest of a bundle (no checksum checks); for listings and reports."""
+    path = Path(path)
+    try:
+        members = _read_members(_read_file(path))
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+        raise BundleError(f"{path}: not a fuselite bundle ({exc})") from None
+    return _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
+
+
+# --- reading helpers -------------------------------------------------------------
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read bundle ({exc.strerror})") from None
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{path}: {size} bytes is larger than any bundle ({MAX_BUNDLE_BYTES})")
+    if not path.is_file():
+        raise BundleError(f"{path}: not a file")
+    return path.read_bytes()
+
+
+def _read_members(data: bytes) -> dict[str, bytes]:
+    """Reads the trailing zip's required members, refusing unsafe or oversize ones."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        infos = {}
+        for info in zf.infolist():
+            name = info.filename
+            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+                raise ValueError(f"unsafe member name {name!r}")
+            infos[name] = info
+        missing = [m for m in REQUIRED_MEMBERS if m not in infos]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        members = {}
+        for name in REQUIRED_MEMBERS:
+            limit = MAX_MANIFEST_BYTES if name == MANIFEST_MEMBER else MAX_MEMBER_BYTES
+            if infos[name].file_size > limit:
+                raise ValueError(f"{name} is {infos[name].file_size} bytes, over {limit}")
+            with zf.open(infos[name]) as f:
+                members[name] = f.read(limit + 1)
+            if len(members[name]) > limit:
+                raise ValueError(f"{name} is over {limit} bytes")
+    return members
+
+
+def _parse_member(path: Path, parse):
+    try:
+        return parse()
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: invalid bundle content ({exc})") from None
+
+
+def _load_embeddings(raw: bytes, manifest: Manifest) -> np.ndarray:
+    embeddings = np.load(io.BytesIO(raw), allow_pickle=False)
+    if embeddings.dtype != np.float32:
+        raise BundleError(f"label embeddings must be float32, not {embeddings.dtype}")
+    _validate_embeddings(embeddings, manifest)
+    return embeddings
+
+
+def _validate_embeddings(embeddings: np.ndarray, manifest: Manifest) -> None:
+    expected = (len(manifest.labels), manifest.embedding_dim)
+    if embeddings.shape != expected:
+        raise BundleError(
+            f"label embeddings have shape {embeddings.shape}, but the manifest's "
+            f"{len(manifest.labels)} labels and embedding_dim need {expected}"
+        )
+    if not np.all(np.isfinite(embeddings)):
+        raise BundleError("label embeddings contain NaN or infinity")
+
+
+# --- manifest validation ---------------------------------------------------------
+
+
+def _manifest_from_dict(data: Any) -> Manifest:
+    if not isinstance(data, dict):
+        raise BundleError("manifest must be a JSON object")
+    version = _field(data, "schema_version", int)
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"manifest schema_version {version} is not {SCHEMA_VERSION}; "
+            "upgrade fuselite or re-convert the bundle"
+        )
+    labels = _labels(data)
+    thresholds = tuple(_probability(t, "thresholds") for t in _field(data, "thresholds", list))
+    if len(thresholds) != len(labels):
+        raise BundleError(f"manifest has {len(labels)} labels but {len(thresholds)} thresholds")
+    task = _field(data, "task", str)
+    if task not in ("single", "multi"):
+        raise BundleError(f"manifest task must be 'single' or 'multi', not {task!r}")
+    dim = _field(data, "embedding_dim", int)
+    if not 1 <= dim <= 4096:
+        raise BundleError(f"manifest embedding_dim {dim} is outside 1..4096")
+    return Manifest(
+        variant=_field(data, "variant", str)[:64],
+        task=task,
+        labels=labels,
+        thresholds=thresholds,
+        default_threshold=_probability(_field(data, "default_threshold", (int, float)), "default_threshold"),
+        embedding_dim=dim,
+        logit_scale=_finite(data, "logit_scale"),
+        logit_bias=_finite(data, "logit_bias"),
+        preprocessing=_preprocessing(_field(data, "preprocessing", dict)),
+        model_sha256=_field(data, "model_sha256", str),
+        model_size=_field(data, "model_size", int),
+        text_encoder_sha256=_field(data, "text_encoder_sha256", str),
+        sparsity=_probability(_field(data, "sparsity", (int, float)), "sparsity"),
+        provenance=_field(data, "provenance", dict),
+        numerics=_field(data, "numerics", dict),
+        schema_version=version,
+    )
+
+
+def _field(data: dict, name: str, kind) -> Any:
+    if name not in data:
+        raise BundleError(f"manifest is missing {name!r}")
+    value = data[name]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise BundleError(f"manifest field {name!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _finite(data: dict, name: str) -> float:
+    value = float(_field(data, name, (int, float)))
+    if not math.isfinite(value):
+        raise BundleError(f"manifest field {name!r} is not a finite number")
+    return value
+
+
+def _probability(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise BundleError(f"manifest field {name!r} must hold numbers from 0 to 1")
+    return float(value)
+
+
+def _labels(data: dict) -> tuple[str, ...]:
+    labels = _field(data, "labels", list)
+    if not 1 <= len(labels) <= MAX_LABELS:
+        raise BundleError(f"manifest must list 1 to {MAX_LABELS} labels, not {len(labels)}")
+    for label in labels:
+        if not isinstance(label, str) or not 0 < len(label) <= MAX_LABEL_CHARS:
+            raise BundleError(f"manifest label {label!r} must be text of 1 to {MAX_LABEL_CHARS} characters")
+    return tuple(labels)
+
+
+def _preprocessing(data: dict) -> Preprocessing:
+    size = _field(data, "input_size", list)
+    if len(size) != 2 or not all(isinstance(s, int) and 8 <= s <= 1024 for s in size):
+        raise BundleError("manifest preprocessing.input_size must be [height, width] from 8 to 1024")
+    if data.get("color_order") not in ("RGB", "BGR"):
+        raise BundleError("manifest preprocessing.color_order must be 'RGB' or 'BGR'")
+    if data.get("resize") not in ("area", "linear"):
+        raise BundleError("manifest preprocessing.resize must be 'area' or 'linear'")
+    if data.get("input_dtype") not in ("uint8", "int8", "float32"):
+        raise BundleError("manifest preprocessing.input_dtype must be uint8, int8 or float32")
+    return Preprocessing(
+        input_size=(size[0], size[1]),
+        color_order=data["color_order"],
+        resize=data["resize"],
+        input_dtype=data["input_dtype"],
+        normalization=_pair(data.get("normalization"), "normalization", float),
+        input_quant=_quant(data.get("input_quant"), "input_quant"),
+        output_quant=_quant(data.get("output_quant"), "output_quant"),
+    )
+
+
+def _pair(value: Any, name: str, second) -> tuple:
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not all(math.isfinite(v) for v in value)
+    ):
+        raise BundleError(f"manifest preprocessing.{name} must be a pair of finite numbers")
+    return (float(value[0]), second(value[1]))
+
+
+def _quant(value: Any, name: str) -> tuple[float, int] | None:
+    if value is None:
+        return None
+    scale, zero_point = _pair(value, name, float)
+    if scale <= 0 or zero_point != int(zero_point):
+        raise BundleError(f"manifest preprocessing.{name} needs a positive scale and an integer zero point")
+    return (scale, int(zero_point))
