@@ -1,0 +1,137 @@
+"""The probe ``devices verify`` runs twice: natively on the host and on the emulated board.
+
+It reads a bundle with :func:`fuselite.bundle.read_bundle`, runs the image model on
+``N`` deterministic frames (numpy's PCG64 generator gives the same pixels on
+every architecture) and the text encoder on every label, and writes the raw
+outputs as ``.npy`` files (never pickle) plus an ``info.json`` saying which
+interpreter ran.  Models are loaded through the runtime's own loader
+(:class:`fuselite.runtime.interpreter.TfliteModel`) when the runtime is present,
+so the real code path is what gets verified.
+
+Run: ``python -m fuselite.devices.probe --bundle B --out DIR [--frames 8 --seed 0]``.
+Imports only numpy, the bundle contract and the interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fuselite.bundle import Bundle, read_bundle
+
+IMAGE_OUTPUT = "image_embeddings.npy"
+TEXT_OUTPUT = "text_embeddings.npy"
+INFO = "info.json"
+
+
+class _DirectModel:
+    """The fallback loader when ``fuselite.runtime`` is not importable."""
+
+    def __init__(self, model_bytes: bytes, num_threads: int, name: str):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            from tflite_runtime.interpreter import Interpreter
+        self.name = name
+        self._interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+        self._interpreter.allocate_tensors()
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self.input_dtype = np.dtype(self._input["dtype"])
+        scale, zero_point = self._input["quantization"]
+        self.input_quant = (float(scale), int(zero_point)) if scale else None
+
+    def run(self, model_input: np.ndarray) -> np.ndarray:
+        self._interpreter.set_tensor(self._input["index"], model_input)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"])
+
+
+def load_model(model_bytes: bytes, num_threads: int, name: str):
+    """Loads a model through the runtime's loader if present; returns (model, code path)."""
+    try:
+        from fuselite.runtime.interpreter import TfliteModel
+    except ImportError:
+        return _DirectModel(model_bytes, num_threads, name), "interpreter (fuselite.runtime absent)"
+    model = TfliteModel(model_bytes, num_threads=num_threads, name=name)
+    model.input_dtype = model.input.dtype
+    model.input_quant = model.input.quantization
+    return model, "fuselite.runtime.interpreter.TfliteModel"
+
+
+def frames(count: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """``count`` RGB uint8 frames of ``size`` (height, width), identical on every machine."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, size[0], size[1], 3), dtype=np.uint8)
+
+
+def model_input(frame: np.ndarray, dtype: np.dtype, quant: tuple[float, int] | None) -> np.ndarray:
+    """Turns a uint8 frame into the image model's input (pixel values 0-255, as the manifest says)."""
+    pixels = frame[None].astype(np.float32)
+    if quant is not None and np.issubdtype(dtype, np.integer):
+        scale, zero_point = quant
+        info = np.iinfo(dtype)
+        return np.clip(np.round(pixels / scale + zero_point), info.min, info.max).astype(dtype)
+    return pixels.astype(dtype)
+
+
+def run_probe(bundle: Bundle, count: int, seed: int, num_threads: int) -> tuple[dict, dict]:
+    """Runs both models; returns ({output file: array}, info)."""
+    image_model, code_path = load_model(bundle.model_bytes, num_threads, "image model")
+    text_model, _ = load_model(bundle.text_encoder_bytes, num_threads, "text encoder")
+    size = bundle.manifest.preprocessing.input_size
+    image = [
+        image_model.run(model_input(f, image_model.input_dtype, image_model.input_quant))[0]
+        for f in frames(count, size, seed)
+    ]
+    text = [
+        text_model.run(np.asarray([bundle.tokenizer.encode(label)], dtype=text_model.input_dtype))[0]
+        for label in bundle.manifest.labels
+    ]
+    info = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "interpreter": _interpreter_version(),
+        "code_path": code_path,
+        "frames": count,
+        "seed": seed,
+    }
+    return {IMAGE_OUTPUT: np.stack(image), TEXT_OUTPUT: np.stack(text)}, info
+
+
+def _interpreter_version() -> str:
+    from importlib import metadata
+
+    for package in ("ai-edge-litert", "tflite-runtime"):
+        try:
+            return f"{package} {metadata.version(package)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: writes the outputs and info.json into ``--out``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    outputs, info = run_probe(read_bundle(args.bundle), args.frames, args.seed, args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, array in outputs.items():
+        np.save(args.out / name, array, allow_pickle=False)
+    (args.out / INFO).write_text(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs fuselite for the raspberry-pi-32bit profile (Raspberry Pi on 32-bit Raspberry Pi OS (armv7: Pi 2/3/4 32-bit)).
+#
+# What it does: a venv in $PREFIX with the base package only (no TensorFlow) and
+# the profile's interpreter (tflite-runtime 2.14), a system user, the example config in
+# $CONFIG_DIR (kept if present) and the systemd unit.  It does not start the service.
+#
+# Usage:  sudo ./install.sh [PACKAGE]
+#   PACKAGE  a fuselite wheel built on the host (pip wheel --no-deps -w dist .),
+#            or any pip requirement for it; default: fuselite
+set -euo pipefail
+
+PROFILE=raspberry-pi-32bit
+PACKAGE="${1:-fuselite}"
+PREFIX="${FUSELITE_PREFIX:-/opt/fuselite}"
+CONFIG_DIR="${FUSELITE_CONFIG_DIR:-/etc/fuselite}"
+RUNTIME_REQUIREMENTS=("tflite-runtime==2.14.0" "numpy<2")
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+die() { echo "install.sh ($PROFILE): $*" >&2; exit 2; }
+
+[[ $EUID -eq 0 ]] || die "run as root: sudo $0 $*"
+[[ "$(dpkg --print-architecture)" == armhf ]] || die "this is not a 32-bit (armhf) system: use a 64-bit profile"
+[[ "$(uname -m)" == armv7l ]] || die "a 64-bit kernel runs this 32-bit system, so pip would look for $(uname -m) wheels; add arm_64bit=0 to /boot/firmware/config.txt and reboot, or install the 64-bit OS and use raspberry-pi-4"
+python3 -c 'import sys; sys.exit(not (sys.version_info[:2] == (3, 11)))' \
+  || die "needs Python 3.11, the newest one tflite-runtime 2.14 has wheels for; found $(python3 -V 2>&1)"
+python3 -m venv --help >/dev/null 2>&1 || apt-get install -y --no-install-recommends python3-venv
+
+id -u fuselite >/dev/null 2>&1 \
+  || useradd --system --home-dir /var/lib/fuselite --shell /usr/sbin/nologin --groups video fuselite
+
+python3 -m venv "$PREFIX/venv"
+"$PREFIX/venv/bin/pip" install --upgrade pip
+# armv7: Raspberry Pi OS points pip at piwheels (/etc/pip.conf), which has armv7
+# wheels of numpy<2 and opencv-python-headless; PyPI has the tflite-runtime wheel.
+"$PREFIX/venv/bin/pip" install "$PACKAGE" "${RUNTIME_REQUIREMENTS[@]}"
+"$PREFIX/venv/bin/fuselite" --version
+
+install -d -m 755 "$CONFIG_DIR"
+[[ -e "$CONFIG_DIR/config.json" ]] || install -m 644 "$HERE/config.json" "$CONFIG_DIR/config.json"
+install -m 644 "$HERE/fuselite.service" /etc/systemd/system/fuselite.service
+systemctl daemon-reload
+
+echo "installed. Next: copy your bundle to $CONFIG_DIR/model.tflite, check $CONFIG_DIR/config.json,"
+echo "then: sudo systemctl enable --now fuselite && journalctl -u fuselite -f"

@@ -1,0 +1,199 @@
+"""The annotation task: a frame in, the labels it shows out (MediaPipe Tasks style).
+
+Example:
+    >>> from fuselite.runtime import Annotator, AnnotatorOptions
+    >>> options = AnnotatorOptions("model.fuselite", labels=("red circle", "cup"))
+    >>> with Annotator.create(options) as annotator:
+    ...     result = annotator.annotate(frame_bgr, timestamp_ms=0)
+    ...     print([(c.label, round(c.score, 2)) for c in result.categories])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from fuselite.bundle import Bundle, Manifest, read_bundle
+from fuselite.runtime.interpreter import TfliteModel
+from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
+from fuselite.runtime.options import AnnotatorOptions
+from fuselite.runtime.preprocess import Preprocessor, frame_problem
+from fuselite.runtime.results import AnnotationResult, Category, Latency
+from fuselite.runtime.scoring import Scorer
+from fuselite.runtime.smoothing import ScoreSmoother
+
+log = logging.getLogger(__name__)
+
+
+class Annotator:
+    """Scores frames against a bundle's labels (or labels typed at run time).
+
+    Create it with :meth:`create`; call :meth:`close` (or use ``with``) when done.
+    One annotator serves one stream from one thread; :meth:`preprocess` alone may run
+    on another thread.
+    """
+
+    def __init__(self, options: AnnotatorOptions, bundle: Bundle, model: TfliteModel, label_set: LabelSet):
+        self._options = options
+        self._manifest = bundle.manifest
+        self._model = model
+        self._labels = label_set.labels
+        self._preprocessor = Preprocessor(bundle.manifest, model.input)
+        self._scorer = Scorer(bundle.manifest, model.output, label_set.embeddings)
+        thresholds = label_set.thresholds
+        if options.score_threshold is not None:
+            thresholds = np.full(len(self._labels), options.score_threshold, np.float32)
+        self._thresholds = thresholds
+        self._smoother = ScoreSmoother(thresholds, options.smoothing, options.hysteresis)
+        self._allowed = _allowed_indices(self._labels, options)
+        self._allowed_labels = [self._labels[i] for i in self._allowed]
+        self._last_timestamp_ms = -np.inf
+
+    @classmethod
+    def create(cls, options: AnnotatorOptions) -> "Annotator":
+        """Reads and verifies the bundle, loads the model and embeds typed labels.
+
+        Raises:
+            fuselite.bundle.BundleError: the bundle is unusable (the message says why).
+            ValueError: an option does not fit this bundle (e.g. an unknown allowlist label).
+            InterpreterNotFoundError: no TFLite interpreter is installed.
+        """
+        bundle = read_bundle(options.bundle_path)
+        if options.labels is None:
+            label_set = bundle_labels(bundle)
+        else:
+            label_set = typed_labels(bundle, options.labels, num_threads=1)
+        model = TfliteModel(bundle.model_bytes, options.num_threads, name="image model")
+        try:
+            return cls(options, bundle, model, label_set)
+        except BaseException:
+            model.close()
+            raise
+
+    create_from_options = create
+
+    @classmethod
+    def create_from_bundle_path(cls, bundle_path, **options) -> "Annotator":
+        """Shortcut for ``Annotator.create(AnnotatorOptions(bundle_path, **options))``."""
+        return cls.create(AnnotatorOptions(bundle_path, **options))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every label scored, in order (before the allow/deny lists)."""
+        return self._labels
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """The threshold of each label in :attr:`labels`."""
+        return tuple(float(t) for t in self._thresholds)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The bundle's manifest."""
+        return self._manifest
+
+    @property
+    def options(self) -> AnnotatorOptions:
+        """The options this annotator was created with."""
+        return self._options
+
+    def preprocess(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """The model input for one frame; thread-safe, so a capture thread can call it.
+
+        Raises:
+            ValueError: the frame is not a usable image (the message says why).
+        """
+        problem = frame_problem(frame_bgr)
+        if problem:
+            raise ValueError(problem)
+        return self._preprocessor(frame_bgr)
+
+    def annotate(self, frame_bgr: np.ndarray, timestamp_ms: float) -> AnnotationResult:
+        """Annotates one BGR frame (uint8 ``HxWx3``, as OpenCV reads it).
+
+        ``timestamp_ms`` should grow from frame to frame; an earlier timestamp than the
+        previous one starts a new stream and restarts smoothing.
+
+        Raises:
+            ValueError: the frame is not a usable image, or the annotator is closed.
+        """
+        start = time.perf_counter()
+        model_input = self.preprocess(frame_bgr)
+        return self.annotate_preprocessed(model_input, timestamp_ms, _ms_since(start))
+
+    def annotate_preprocessed(
+        self, model_input: np.ndarray, timestamp_ms: float, preprocess_ms: float = 0.0
+    ) -> AnnotationResult:
+        """Annotates a model input made by :meth:`preprocess` (possibly on another thread)."""
+        if self._model is None:
+            raise ValueError("the annotator is closed; create a new one")
+        if timestamp_ms < self._last_timestamp_ms:
+            self._smoother.reset()
+        self._last_timestamp_ms = timestamp_ms
+        start = time.perf_counter()
+        output = self._model.run(model_input)
+        inference_ms = _ms_since(start)
+        start = time.perf_counter()
+        probabilities = self._scorer(output)
+        scores, present = self._smoother.update(probabilities)
+        categories = self._categories(scores, present, probabilities)
+        all_scores = dict(zip(self._allowed_labels, scores[self._allowed].tolist()))
+        latency = Latency(preprocess_ms, inference_ms, _ms_since(start))
+        return AnnotationResult(timestamp_ms, categories, all_scores, latency)
+
+    def reset(self) -> None:
+        """Forgets the smoothing state, e.g. before an unrelated stream."""
+        self._smoother.reset()
+        self._last_timestamp_ms = -np.inf
+
+    def close(self) -> None:
+        """Releases the interpreter. Safe to call twice."""
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    def __enter__(self) -> "Annotator":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _categories(self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray) -> tuple[Category, ...]:
+        allowed = self._allowed
+        if self._manifest.task == "single":
+            top = allowed[int(np.argmax(scores[allowed]))]
+            chosen = np.array([top] if present[top] else [], dtype=np.intp)
+        else:
+            chosen = allowed[present[allowed]]
+            chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
+        if self._options.max_results is not None:
+            chosen = chosen[: self._options.max_results]
+        return tuple(
+            Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(self._thresholds[i]))
+            for i in chosen
+        )
+
+
+def _allowed_indices(labels: tuple[str, ...], options: AnnotatorOptions) -> np.ndarray:
+    """Indices of the labels that may be reported; unknown names are a ValueError."""
+    for name, names in (("category_allowlist", options.category_allowlist),
+                        ("category_denylist", options.category_denylist)):
+        unknown = [n for n in names if n not in labels]
+        if unknown:
+            raise ValueError(
+                f"{name} names {', '.join(map(repr, unknown))}, which this annotator does not "
+                f"score; its labels are: {', '.join(labels)}"
+            )
+    if options.category_allowlist:
+        keep = [i for i, label in enumerate(labels) if label in options.category_allowlist]
+    else:
+        keep = [i for i, label in enumerate(labels) if label not in options.category_denylist]
+    if not keep:
+        raise ValueError("the category_denylist removes every label; nothing would be reported")
+    return np.asarray(keep, dtype=np.intp)
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

@@ -1,0 +1,146 @@
+"""The one module that imports a TFLite interpreter.
+
+``ai_edge_litert`` (LiteRT, the successor of tflite-runtime) is tried first, then
+``tflite_runtime`` (the only choice on 32-bit Arm); without either, an ImportError
+says what to install.  TensorFlow's own ``tf.lite.Interpreter`` is never used: the
+board does not have TensorFlow.
+
+:class:`TfliteModel` wraps one single-input, single-output model loaded from
+bytes that :func:`fuselite.bundle.read_bundle` has already verified; it checks the
+flatbuffer header again so that no arbitrary bytes ever reach native code.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fuselite.bundle import BundleError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "no TFLite interpreter is installed: `pip install ai-edge-litert` "
+    "(on 32-bit Arm: `pip install tflite-runtime \"numpy<2\"`)"
+)
+# A TFLite flatbuffer carries this file identifier at bytes 4..8.
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+class InterpreterNotFoundError(ImportError):
+    """Neither ai_edge_litert nor tflite_runtime can be imported; the message says what to install."""
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_class() -> type:
+    """Returns the Interpreter class of ai_edge_litert, else tflite_runtime.
+
+    Raises:
+        InterpreterNotFoundError: neither package imports.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        pass
+    else:
+        return Interpreter
+    try:
+        from tflite_runtime.interpreter import Interpreter
+    except ImportError:
+        pass
+    else:
+        return Interpreter
+    raise InterpreterNotFoundError(INSTALL_HINT)
+
+
+def interpreter_name() -> str:
+    """The import path of the interpreter in use, e.g. ``ai_edge_litert.interpreter``."""
+    return interpreter_class().__module__
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a model expects or returns at one tensor.
+
+    Attributes:
+        index: Tensor index inside the interpreter.
+        shape: Tensor shape, batch first.
+        dtype: numpy dtype.
+        quantization: ``(scale, zero_point)`` of a quantized tensor, else ``None``.
+    """
+
+    index: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    quantization: tuple[float, int] | None
+
+
+class TfliteModel:
+    """A loaded single-input, single-output TFLite model.
+
+    Example:
+        >>> model = TfliteModel(bundle.model_bytes, num_threads=2, name="image model")
+        >>> embedding = model.run(pixels)
+    """
+
+    def __init__(self, model_bytes: bytes, num_threads: int, name: str = "model") -> None:
+        check_flatbuffer(model_bytes, name)
+        self.name = name
+        self._model_bytes = model_bytes  # the interpreter reads from this buffer
+        self._interpreter = _load(model_bytes, num_threads, name)
+        self.input = _single_tensor(self._interpreter.get_input_details(), name, "input")
+        self.output = _single_tensor(self._interpreter.get_output_details(), name, "output")
+
+    def run(self, model_input: np.ndarray) -> np.ndarray:
+        """Invokes the model on ``model_input`` and returns a copy of its output."""
+        self._interpreter.set_tensor(self.input.index, model_input)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self.output.index)
+
+    def invoke(self) -> None:
+        """Invokes the model on whatever its input tensor holds (for benchmarks)."""
+        self._interpreter.invoke()
+
+    def close(self) -> None:
+        """Releases the interpreter; the model cannot run afterwards."""
+        self._interpreter = None
+        self._model_bytes = b""
+
+
+def check_flatbuffer(model_bytes: bytes, name: str) -> None:
+    """Raises :class:`BundleError` unless ``model_bytes`` starts like a TFLite flatbuffer."""
+    if len(model_bytes) < 16 or model_bytes[4:8] != TFLITE_IDENTIFIER:
+        raise BundleError(f"{name} is not a TFLite flatbuffer (no {TFLITE_IDENTIFIER.decode()} header)")
+
+
+def _load(model_bytes: bytes, num_threads: int, name: str) -> Any:
+    interpreter_type = interpreter_class()
+    try:
+        interpreter = interpreter_type(model_content=model_bytes, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"{name}: the interpreter cannot load it ({_first_line(exc)})") from None
+    log.debug("%s loaded by %s with %d threads", name, interpreter_type.__module__, num_threads)
+    return interpreter
+
+
+def _single_tensor(details: list[dict], name: str, kind: str) -> TensorSpec:
+    if len(details) != 1:
+        raise BundleError(f"{name} has {len(details)} {kind}s; the runtime needs exactly one")
+    detail = details[0]
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return TensorSpec(
+        index=int(detail["index"]),
+        shape=tuple(int(s) for s in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]),
+        quantization=(float(scale), int(zero_point)) if scale else None,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,111 @@
+"""The labels an annotator scores: the bundle's own, or text typed on the device.
+
+Typed labels are embedded by the bundle's text encoder on the board itself, so a
+user can ask for ``"red circle,blue star,cup"`` without retraining and without a
+host.  A typed label that is also one of the bundle's labels keeps its
+precomputed embedding and calibrated threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from fuselite.bundle import Bundle, BundleError
+from fuselite.runtime.interpreter import TfliteModel
+from fuselite.tokenizer import split_words
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Label texts with their embeddings and thresholds.
+
+    Attributes:
+        labels: Label texts, in scoring order.
+        embeddings: float32 ``[len(labels), embedding_dim]``, L2-normalised.
+        thresholds: float32 ``[len(labels)]`` probability thresholds.
+    """
+
+    labels: tuple[str, ...]
+    embeddings: np.ndarray
+    thresholds: np.ndarray
+
+
+def parse_label_text(text: str) -> tuple[str, ...]:
+    """Splits ``"red circle, blue star,cup"`` into labels, dropping blanks and repeats."""
+    labels = (part.strip() for part in text.split(","))
+    return tuple(dict.fromkeys(label for label in labels if label))
+
+
+def bundle_labels(bundle: Bundle) -> LabelSet:
+    """The bundle's own labels with their precomputed embeddings and calibrated thresholds."""
+    return LabelSet(
+        labels=bundle.manifest.labels,
+        embeddings=np.ascontiguousarray(bundle.label_embeddings, dtype=np.float32),
+        thresholds=np.asarray(bundle.manifest.thresholds, dtype=np.float32),
+    )
+
+
+def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> LabelSet:
+    """Embeds ``texts`` with the bundle's text encoder; known labels reuse the bundle's data."""
+    texts = tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    if not texts:
+        raise ValueError("give at least one non-empty label text")
+    known = {label: i for i, label in enumerate(bundle.manifest.labels)}
+    new = [t for t in texts if t not in known]
+    new_embeddings = embed_texts(bundle, new, num_threads) if new else {}
+    embeddings, thresholds = [], []
+    for text in texts:
+        if text in known:
+            embeddings.append(bundle.label_embeddings[known[text]])
+            thresholds.append(bundle.manifest.thresholds[known[text]])
+        else:
+            embeddings.append(new_embeddings[text])
+            thresholds.append(bundle.manifest.default_threshold)
+    return LabelSet(texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32))
+
+
+def embed_texts(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> dict[str, np.ndarray]:
+    """Runs the bundle's text encoder on each text; warns about words it cannot know."""
+    encoder = TfliteModel(bundle.text_encoder_bytes, num_threads, name="text encoder")
+    try:
+        _check_text_encoder(encoder, bundle)
+        return {text: _embed_one(encoder, bundle, text) for text in texts}
+    finally:
+        encoder.close()
+
+
+def _embed_one(encoder: TfliteModel, bundle: Bundle, text: str) -> np.ndarray:
+    tokenizer = bundle.tokenizer
+    unknown = tokenizer.unknown_words(text)
+    if unknown:
+        log.warning(
+            "label %r: the bundle's vocabulary does not know %s; %s",
+            text, ", ".join(repr(w) for w in unknown),
+            "the label cannot match anything" if len(unknown) == len(split_words(text)) else "ignored",
+        )
+    ids = np.asarray([tokenizer.encode(text)], dtype=encoder.input.dtype)
+    embedding = encoder.run(ids).reshape(-1).astype(np.float32)
+    if not np.all(np.isfinite(embedding)):
+        raise BundleError(f"text encoder returned NaN or infinity for label {text!r}")
+    return embedding
+
+
+def _check_text_encoder(encoder: TfliteModel, bundle: Bundle) -> None:
+    expected_in = (1, bundle.tokenizer.max_length)
+    expected_out = (1, bundle.manifest.embedding_dim)
+    if encoder.input.shape != expected_in or encoder.input.dtype.kind not in "iu":
+        raise BundleError(
+            f"text encoder takes {encoder.input.dtype} {list(encoder.input.shape)}, but the "
+            f"tokenizer gives int32 {list(expected_in)}"
+        )
+    if encoder.output.shape != expected_out or encoder.output.dtype != np.float32:
+        raise BundleError(
+            f"text encoder returns {encoder.output.dtype} {list(encoder.output.shape)}, but the "
+            f"manifest's embedding_dim needs float32 {list(expected_out)}"
+        )

@@ -1,0 +1,142 @@
+"""Options of the annotation task and of the streaming run, as frozen dataclasses.
+
+A wrong value raises a :class:`ValueError` whose message says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def default_threads() -> int:
+    """Interpreter threads when none are given: the CPU count, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _as_tuple(value, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a list of label texts, not one string {value!r}")
+    return tuple(str(v) for v in value)
+
+
+@dataclass(frozen=True)
+class AnnotatorOptions:
+    """Options for :class:`fuselite.runtime.Annotator`.
+
+    Attributes:
+        bundle_path: Path of the ``.fuselite`` bundle written by ``fuselite convert``.
+        num_threads: Interpreter threads (passed to the interpreter explicitly).
+        score_threshold: One probability threshold for every label; ``None`` uses the
+            bundle's calibrated per-label thresholds (and its default threshold for
+            labels typed at run time).
+        max_results: Keep at most this many labels per frame (best first); ``None`` keeps all.
+        category_allowlist: Report only these labels; empty means all.
+        category_denylist: Never report these labels. Cannot be combined with the allowlist.
+        labels: Label texts to use instead of the bundle's own labels, embedded on the
+            device by the bundle's text encoder (no retraining); ``None`` keeps the
+            bundle's labels.
+        smoothing: Weight of the past in an exponential moving average of each label's
+            score, from 0 (off: every frame stands alone) to below 1. Use it on video,
+            not on unrelated images.
+        hysteresis: A label turns on when its score reaches threshold + hysteresis and
+            turns off only when it falls below threshold - hysteresis, so it does not
+            flicker around its threshold. 0 turns this off.
+    """
+
+    bundle_path: str | Path
+    num_threads: int = field(default_factory=default_threads)
+    score_threshold: float | None = None
+    max_results: int | None = None
+    category_allowlist: tuple[str, ...] = ()
+    category_denylist: tuple[str, ...] = ()
+    labels: tuple[str, ...] | None = None
+    smoothing: float = 0.0
+    hysteresis: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bundle_path", Path(self.bundle_path))
+        object.__setattr__(self, "category_allowlist", _as_tuple(self.category_allowlist, "category_allowlist"))
+        object.__setattr__(self, "category_denylist", _as_tuple(self.category_denylist, "category_denylist"))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", _as_tuple(self.labels, "labels"))
+        self._validate()
+
+    def _validate(self) -> None:
+        if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1:
+            raise ValueError(f"num_threads must be a whole number of at least 1, not {self.num_threads!r}")
+        if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be from 0 to 1, not {self.score_threshold}")
+        if self.max_results is not None and self.max_results < 1:
+            raise ValueError(f"max_results must be at least 1 (or None for all), not {self.max_results}")
+        if self.category_allowlist and self.category_denylist:
+            raise ValueError("use category_allowlist or category_denylist, not both")
+        if self.labels is not None and not any(label.strip() for label in self.labels):
+            raise ValueError("labels must hold at least one non-empty label text")
+        if not (0.0 <= self.smoothing < 1.0):
+            raise ValueError(f"smoothing must be from 0 (off) to below 1, not {self.smoothing}")
+        if not (0.0 <= self.hysteresis < 0.5):
+            raise ValueError(f"hysteresis must be from 0 (off) to below 0.5, not {self.hysteresis}")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Options for :func:`fuselite.runtime.loop.run`: where frames come from and go to.
+
+    Attributes:
+        source: A camera index (``"0"``), a video file, an ``rtsp://``/``http(s)://`` URL,
+            a folder of images, or ``"picamera2"``.
+        jsonl: Where annotation events go, one JSON object per line: a path, ``"-"`` for
+            stdout, or ``None`` for nowhere.
+        video_out: Path of an annotated video to write (``.mp4`` or ``.avi``), or ``None``.
+        preview_port: Serve an MJPEG preview on this port (0 picks a free one), or ``None``.
+        preview_bind: Address the preview listens on; loopback unless you say otherwise.
+        display: ``"auto"`` shows an on-screen window when a display and an OpenCV GUI
+            exist, ``"on"`` insists on one, ``"off"`` never opens one.
+        fps_limit: Annotate at most this many frames per second; ``None`` for no limit.
+        max_frames: Stop after this many annotated frames; ``None`` to run until the
+            source ends or a signal arrives.
+        drop_stale: ``None`` (auto) keeps only the latest frame of live sources (camera,
+            stream: stale frames are dropped and counted) and annotates every frame of a
+            file or folder; ``True``/``False`` force either behaviour.
+        loop: Replay a video file or folder from the start when it ends.
+        stats_interval: Seconds between stats records (0 turns them off).
+        reconnect_delay: First wait before reconnecting a lost live source, in seconds;
+            it doubles on every failed attempt.
+        reconnect_max_delay: Longest wait between reconnect attempts, in seconds.
+        stream_timeout: Seconds without a frame before a stream counts as lost.
+    """
+
+    source: str
+    jsonl: str | Path | None = "-"
+    video_out: str | Path | None = None
+    preview_port: int | None = None
+    preview_bind: str = "127.0.0.1"
+    display: str = "auto"
+    fps_limit: float | None = None
+    max_frames: int | None = None
+    drop_stale: bool | None = None
+    loop: bool = False
+    stats_interval: float = 10.0
+    reconnect_delay: float = 0.5
+    reconnect_max_delay: float = 10.0
+    stream_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not str(self.source).strip():
+            raise ValueError("source must name a camera index, a file, a folder or a URL")
+        if self.display not in ("auto", "on", "off"):
+            raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")
+        if self.preview_port is not None and not 0 <= self.preview_port <= 65535:
+            raise ValueError(f"preview_port must be from 0 to 65535, not {self.preview_port}")
+        if self.fps_limit is not None and not (self.fps_limit > 0 and math.isfinite(self.fps_limit)):
+            raise ValueError(f"fps_limit must be a positive number, not {self.fps_limit}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1, not {self.max_frames}")
+        for name in ("stats_interval", "reconnect_delay", "reconnect_max_delay", "stream_timeout"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+        if self.stream_timeout == 0:
+            raise ValueError("stream_timeout must be more than 0 seconds")

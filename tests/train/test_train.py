@@ -1,0 +1,140 @@
+"""`fuselite train`: the model learns, runs resume, bad input is reported, not fatal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fuselite.cli import main
+from fuselite.train.configs import get_config, list_configs
+
+FUSELITE = [sys.executable, "-m", "fuselite.cli"]
+
+
+def test_tiny_run_writes_every_file_a_later_stage_needs(tiny_run: Path):
+    from fuselite.train.run import RUN_FILES, load_run
+
+    for name in RUN_FILES:
+        assert (tiny_run / name).is_file(), name
+    run = load_run(tiny_run)
+    assert len(run.labels) == len(run.thresholds) > 10
+    assert all(0.0 <= t <= 1.0 for t in run.thresholds)
+
+
+def test_tiny_run_learns_loss_falls_and_map_beats_chance(tiny_run: Path):
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    labels = json.loads((tiny_run / "labels.json").read_text())["labels"]
+    # Chance mAP is the mean share of positives per label: a handful of tags out of dozens.
+    from fuselite.train.configs import get_config as cfg
+    from fuselite.train.data import Splits
+    from fuselite.train.pipeline import load_run_data
+
+    test = load_run_data(cfg("scenes-tiny"), Splits.load(tiny_run / "splits.json")).test
+    chance = float(test.multi_hot(labels).mean(axis=0)[test.multi_hot(labels).sum(0) > 0].mean())
+    assert metrics["mAP"] > max(2 * chance, chance + 0.15)
+    assert 0.0 <= metrics["heldout_combo_ap"] <= 1.0
+    assert metrics["task"] == "multi"
+
+
+def test_heldout_phrases_are_never_training_labels(tiny_run: Path):
+    labels = set(json.loads((tiny_run / "labels.json").read_text())["labels"])
+    phrases = json.loads((tiny_run / "metrics.json").read_text())["heldout_combo_ap_per_phrase"]
+    assert phrases and not labels & set(phrases)
+
+
+def test_splits_are_saved_and_disjoint(tiny_run: Path):
+    splits = json.loads((tiny_run / "splits.json").read_text())
+    train, val, test = (set(splits[k]) for k in ("train", "val", "test"))
+    assert train and val and test
+    assert not (train & val or train & test or val & test)
+
+
+@pytest.mark.parametrize("name", list_configs())
+def test_every_registered_config_is_valid(name: str):
+    config = get_config(name)
+    assert config.name == name and 64 <= config.image_size <= 224
+
+
+def _state(run_dir: Path) -> dict:
+    path = run_dir / "checkpoints" / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {"epochs_done": 0}
+
+
+def test_kill_during_training_then_resume_finishes_every_epoch_once(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    cmd = [*FUSELITE, "train", "--config", "scenes-tiny", "--epochs", "5", "--out", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while _state(run_dir)["epochs_done"] < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = _state(run_dir)["epochs_done"]
+    assert 2 <= done_before < 5 and not (run_dir / "metrics.json").exists()
+
+    assert main(["train", "--config", "scenes-tiny", "--out", str(run_dir), "--resume"]) == 0
+    epochs = [h["epoch"] for h in json.loads((run_dir / "history.json").read_text())]
+    assert epochs == [1, 2, 3, 4, 5]
+    assert json.loads((run_dir / "metrics.json").read_text())["mAP"] > 0
+
+
+def _write_class_folders(root: Path, per_class: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    for name, colour in {"red_things": (0, 0, 220), "blue-things": (220, 0, 0)}.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+            cv2.circle(image, (24, 24), int(rng.integers(8, 16)), colour, -1)
+            cv2.imwrite(str(folder / f"{i}.png"), image)
+    (root / "red_things" / "corrupt.png").write_bytes(b"not an image at all")
+
+
+def test_user_folder_with_a_corrupt_image_trains_and_counts_it(tmp_path: Path, capsys):
+    data = tmp_path / "data"
+    _write_class_folders(data)
+    out = tmp_path / "run"
+    code = main(["train", "--config", "custom", "--data", str(data), "--out", str(out),
+                 "--epochs", "3", "--batch-size", "8"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["skipped_items"] == 1
+    assert metrics["task"] == "single" and metrics["top1"] >= 0.5
+    labels = json.loads((out / "labels.json").read_text())["labels"]
+    assert labels == ["blue things", "red things"]
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--config", "nope", "--out", "x"], "known configs: "),
+        (["train", "--data", "/no/such/folder", "--out", "x"], "no such file or folder"),
+        (["train", "--out", "x", "--image-size", "32"], "outside 64..224"),
+        (["train", "--out", "/no/such/run", "--resume"], "does not exist"),
+        (["train", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(argv, expected):
+    proc = subprocess.run([*FUSELITE, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("fuselite")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_run: Path, capsys):
+    assert main(["train", "--config", "scenes-tiny", "--out", str(tiny_run)]) == 2
+    assert "--resume" in capsys.readouterr().err

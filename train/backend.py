@@ -1,0 +1,19 @@
+"""The one place the host side imports TensorFlow and Keras.
+
+TensorFlow Model Optimization (pruning, QAT) works only with Keras 2, so
+``TF_USE_LEGACY_KERAS=1`` must be set before TensorFlow is first imported and
+every model is built with ``tf_keras``.  Import ``tf`` and ``keras`` from here.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide oneDNN/cuda banners on CPU hosts
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+from absl import logging as _absl_logging  # noqa: E402
+
+_absl_logging.set_verbosity(_absl_logging.WARNING)  # "Sharding callback duration" on every save
+
+__all__ = ["tf", "keras"]

@@ -1,0 +1,119 @@
+"""Training callbacks: a progress bar, per-epoch checkpoints with resume, early stopping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from fuselite.bundle import write_atomic
+from fuselite.train.backend import keras, tf
+
+log = logging.getLogger(__name__)
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """One progress bar over every step of the run, with the latest losses."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int, initial_epoch: int = 0):
+        super().__init__()
+        self.bar = tqdm(
+            total=epochs * steps_per_epoch,
+            initial=initial_epoch * steps_per_epoch,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Advances the bar by one step."""
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Shows the epoch's training and validation loss."""
+        logs = logs or {}
+        self.bar.set_postfix(
+            epoch=epoch + 1, loss=f"{logs.get('loss', math.nan):.4f}",
+            val_score=f"{logs.get('val_score', math.nan):.4f}",
+        )
+
+    def on_train_end(self, logs=None):
+        """Closes the bar."""
+        self.bar.close()
+
+
+class CheckpointAndStop(keras.callbacks.Callback):
+    """Saves a resumable checkpoint every epoch and stops when the validation score stalls.
+
+    The score is the task metric on the validation split (mAP, or top-1 for
+    single-label data), not the loss: the loss also moves with calibration,
+    which the per-label thresholds take care of.
+
+    The checkpoint holds the weights and optimizer state (``tf.train.Checkpoint``)
+    plus a small JSON state: epochs done, best validation loss, epochs without
+    improvement, history.  The best weights are kept separately, and restored at
+    the end of training.
+    """
+
+    def __init__(self, run_dir: Path, patience: int, val_score: Callable[[], float]):
+        super().__init__()
+        self.dir = Path(run_dir) / "checkpoints"
+        self.patience = patience
+        self.val_score = val_score
+        self.state = {"epochs_done": 0, "best_val_score": -math.inf, "wait": 0, "history": []}
+        self._manager = None
+
+    @property
+    def best_weights(self) -> Path:
+        """Weights of the epoch with the lowest validation loss."""
+        return self.dir / "best.weights.h5"
+
+    def attach(self, model, optimizer) -> None:
+        """Creates the checkpoint manager for ``model`` and ``optimizer``."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+        self._manager = tf.train.CheckpointManager(checkpoint, str(self.dir / "latest"), max_to_keep=1)
+
+    def restore(self) -> int:
+        """Restores the latest checkpoint; returns the number of epochs already done."""
+        state_path = self.dir / "state.json"
+        if not state_path.exists() or self._manager.latest_checkpoint is None:
+            return 0
+        self._manager.checkpoint.restore(self._manager.latest_checkpoint).expect_partial()
+        self.state = json.loads(state_path.read_text())
+        log.info("resuming after epoch %d (best validation score %.4f)", self.state["epochs_done"],
+                 self.state["best_val_score"])
+        return int(self.state["epochs_done"])
+
+    def on_epoch_end(self, epoch, logs=None):  # noqa: D401
+        """Records the epoch, saves the best weights and the checkpoint, decides on stopping."""
+        score = float(self.val_score())
+        if logs is not None:
+            logs["val_score"] = score  # shown by the progress bar, which runs after this
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.state["history"].append({"epoch": epoch + 1, **logs})
+        if score > self.state["best_val_score"] + 1e-4:
+            self.state.update(best_val_score=score, wait=0)
+            partial = self.dir / "best.partial.weights.h5"
+            self.model.save_weights(str(partial))
+            os.replace(partial, self.best_weights)  # never a half-written best.weights.h5
+        else:
+            self.state["wait"] += 1
+        self.state["epochs_done"] = epoch + 1
+        self._manager.save(checkpoint_number=epoch + 1)
+        # The state is written after the checkpoint, so a kill between the two resumes
+        # from the previous epoch rather than claiming an epoch that was not saved.
+        write_atomic(self.dir / "state.json", json.dumps(self.state).encode())
+        if self.state["wait"] >= self.patience:
+            log.info("early stopping: no better validation score for %d epochs", self.patience)
+            self.model.stop_training = True
+
+    @property
+    def stopped_early(self) -> bool:
+        """True when the last run stopped for lack of improvement."""
+        return self.state["wait"] >= self.patience

@@ -1,0 +1,64 @@
+"""``fuselite train`` arguments.  TensorFlow is imported only when the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from fuselite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the train options to ``parser``."""
+    from fuselite.train.configs import list_configs
+
+    parser.add_argument("--config", default="scenes-default",
+                        help=f"named config: {', '.join(list_configs())} (default: scenes-default)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--data", help="your dataset: a folder per class, a .csv/.jsonl manifest, "
+                        "a COCO .json, or a folder of Fashion-MNIST IDX files")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    parser.add_argument("--epochs", type=int, help="override the config's epochs")
+    parser.add_argument("--image-size", type=int, help="override the input size (64-224)")
+    parser.add_argument("--width", type=float, help="override the image tower width multiplier")
+    parser.add_argument("--batch-size", type=int, help="override the batch size")
+    parser.add_argument("--seed", type=int, help="override the seed")
+    parser.add_argument("--limit", type=int, help="use at most this many training items")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trains and prints the test metrics."""
+    from fuselite.train.configs import get_config
+
+    config = get_config(args.config)
+    if args.data is not None:
+        if not Path(args.data).exists():
+            raise UserError(f"--data {args.data}: no such file or folder")
+        config = config.with_overrides(data=str(Path(args.data).resolve()))
+    config = config.with_overrides(
+        epochs=args.epochs, image_size=args.image_size, width=args.width,
+        batch_size=args.batch_size, seed=args.seed, limit=args.limit,
+    )
+    if args.resume and not args.out.exists():
+        raise UserError(f"--resume: {args.out} does not exist")
+    from fuselite.train.trainer import train  # heavy: TensorFlow
+
+    metrics = train(config, args.out, resume=args.resume)
+    print(format_metrics(metrics))
+    print(f"run written to {args.out}")
+    return 0
+
+
+def format_metrics(metrics: dict) -> str:
+    """The headline metrics as a few aligned lines."""
+    keys = ["top1", "mAP", "micro_f1", "heldout_combo_ap", "image_to_caption_r@1",
+            "image_to_caption_r@5", "caption_to_image_r@1", "image_params", "text_params",
+            "train_seconds"]
+    lines = [f"  {k:<22} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"  {k:<22} {metrics[k]}"
+             for k in keys if k in metrics]
+    return "test metrics:\n" + "\n".join(lines) + "\n" + json.dumps(
+        metrics.get("heldout_combo_ap_per_phrase", {}))

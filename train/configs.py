@@ -1,0 +1,171 @@
+"""Named training configurations, in a registry.
+
+``fuselite train --config NAME`` picks one; ``--data PATH`` swaps in a user's
+dataset while keeping the model and schedule.  An unknown name fails at once and
+lists the known ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fuselite.errors import UserError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as ``config.json`` in the run.
+
+    Attributes:
+        name: Registry name.
+        data: ``"scenes"``, ``"fashion-mnist"``, or a path a reader understands.
+        image_size: Square input size in pixels (64 to 224).
+        width: Width multiplier of the image tower's channels.
+        blocks: Image tower depthwise-separable blocks as ``(channels, stride)``.
+        pooling: Image tower pooling: ``"avg"``, or ``"avgmax"`` (average and max
+            concatenated; max keeps small objects' conjunctive features).
+        embed_dim: Size of the joint image-text space.
+        text_embed_dim: Word embedding size of the text tower.
+        text_hidden: Channels of the text tower's bigram convolution.
+        max_text_length: Token ids per text (labels and captions).
+        epochs: Maximum epochs.
+        batch_size: Images per step.
+        learning_rate: Peak AdamW learning rate (cosine decay after one warm-up epoch).
+        weight_decay: AdamW weight decay.
+        patience: Early stopping: epochs without a better validation loss.
+        seed: Seeds data generation, splits, augmentation and weights.
+        scenes_train: Synthetic scenes generated for train/val/test.
+        scenes_heldout: Synthetic scenes that contain held-out combinations.
+        val_fraction: Share of the training pool used for validation.
+        test_fraction: Share used for test (0 when the source has an official test split).
+        siglip_weight: Weight of the sigmoid image-caption loss.
+        label_smoothing: For single-label data (softmax cross-entropy).
+        augment: Random crops/flips/brightness during training.
+        flip: Horizontal flips in augmentation (off where left/right matters).
+        limit: Use at most this many training items (0 = all); for quick runs.
+    """
+
+    name: str
+    data: str = "scenes"
+    image_size: int = 64
+    width: float = 1.0
+    blocks: tuple[tuple[int, int], ...] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2))
+    pooling: str = "avg"
+    embed_dim: int = 64
+    text_embed_dim: int = 48
+    text_hidden: int = 96
+    max_text_length: int = 16
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    seed: int = 0
+    scenes_train: int = 5000
+    scenes_heldout: int = 400
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    siglip_weight: float = 0.5
+    label_smoothing: float = 0.1
+    augment: bool = True
+    flip: bool = True
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.image_size <= 224:
+            raise UserError(f"image_size {self.image_size} is outside 64..224 pixels")
+        if self.width <= 0 or self.epochs < 1 or self.batch_size < 2:
+            raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
+
+    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise UserError(f"unknown config field(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **changes)
+
+    def save(self, path: Path) -> None:
+        """Writes the config as JSON."""
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        """Reads a config written by :meth:`save`."""
+        data = json.loads(Path(path).read_text())
+        data["blocks"] = tuple(tuple(b) for b in data["blocks"])
+        return cls(**data)
+
+
+_REGISTRY: dict[str, TrainConfig] = {}
+
+
+def register(config: TrainConfig) -> TrainConfig:
+    """Adds a config to the registry under its name."""
+    _REGISTRY[config.name] = config
+    return config
+
+
+def list_configs() -> list[str]:
+    """Names of the registered configs, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> TrainConfig:
+    """The config called ``name``; an unknown name raises UserError listing the known ones."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown config {name!r}; known configs: {', '.join(list_configs())}")
+    return _REGISTRY[name]
+
+
+register(TrainConfig(name="scenes-default"))
+# A few seconds on two cores: for tests and smoke runs, still learns.
+register(
+    TrainConfig(
+        name="scenes-tiny",
+        width=1.0,
+        blocks=((32, 1), (64, 2), (128, 2)),
+        embed_dim=32,
+        text_embed_dim=24,
+        text_hidden=48,
+        epochs=8,
+        batch_size=32,
+        learning_rate=5e-3,
+        scenes_train=1200,
+        scenes_heldout=120,
+        patience=10,
+    )
+)
+register(
+    TrainConfig(
+        name="fashion-mnist",
+        data="fashion-mnist",
+        epochs=30,
+        batch_size=128,
+        learning_rate=4e-3,
+        test_fraction=0.0,
+        val_fraction=0.05,
+        siglip_weight=0.0,
+        patience=8,
+    )
+)
+register(
+    TrainConfig(
+        name="fashion-mnist-tiny",
+        data="fashion-mnist",
+        width=0.5,
+        blocks=((32, 1), (64, 2), (128, 2)),
+        embed_dim=32,
+        epochs=3,
+        batch_size=64,
+        test_fraction=0.0,
+        siglip_weight=0.0,
+        limit=2000,
+    )
+)
+# Starting point for a user's own images (--data PATH).
+register(TrainConfig(name="custom", data="", epochs=40, test_fraction=0.15, val_fraction=0.15))

@@ -1,0 +1,72 @@
+"""Test-split metrics of a trained fused model, written to ``metrics.json``.
+
+Scores are computed exactly as the device computes them: embeddings from the two
+towers, then ``sigmoid(scale * <image, text> + bias)`` (see ``fuselite.bundle``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fuselite import metrics as m
+from fuselite.tokenizer import Tokenizer
+from fuselite.train.data import ImageTextData
+from fuselite.train.pipeline import RunData, embed_images, embed_texts
+
+
+def label_scores(model, tokenizer: Tokenizer, texts: list[str], images: np.ndarray) -> np.ndarray:
+    """Probabilities ``[len(images), len(texts)]`` that each text applies to each image."""
+    image_emb = embed_images(model.image_encoder, images)
+    text_emb = embed_texts(model.text_encoder, tokenizer, texts)
+    scale, bias = model.logit_scale_value(), float(model.logit_bias.numpy())
+    return m.sigmoid(scale * image_emb @ text_emb.T + bias)
+
+
+def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> dict:
+    """Metrics on the test split; thresholds are calibrated on validation.
+
+    Returns ``task``, ``top1`` (single-label) or ``mAP`` and ``micro_f1``
+    (multi-label), caption retrieval recall when captions exist,
+    ``heldout_combo_ap`` when held-out scenes exist, and the ``thresholds``.
+    """
+    val_scores = label_scores(model, tokenizer, labels, data.val.images)
+    thresholds = m.calibrate_thresholds(val_scores, data.val.multi_hot(labels))
+    test_scores = label_scores(model, tokenizer, labels, data.test.images)
+    targets = data.test.multi_hot(labels)
+    results: dict = {"task": data.test.task, "thresholds": thresholds.tolist()}
+    if data.test.task == "single":
+        results["top1"] = m.top1_accuracy(test_scores, targets)
+    else:
+        results["mAP"] = m.mean_average_precision(test_scores, targets)
+        results["micro_f1"] = m.micro_f1(test_scores, targets, thresholds)
+    if data.test.has_captions:
+        results.update(_caption_recall(model, tokenizer, data.test))
+    if data.heldout is not None:
+        results.update(heldout_combo_ap(model, tokenizer, labels, data.test, data.heldout))
+    return results
+
+
+def _caption_recall(model, tokenizer: Tokenizer, test: ImageTextData) -> dict:
+    image_emb = embed_images(model.image_encoder, test.images)
+    caption_emb = embed_texts(model.text_encoder, tokenizer, test.captions)
+    return m.retrieval_recall(image_emb, caption_emb, test.captions)
+
+
+def heldout_combo_ap(model, tokenizer, labels, test: ImageTextData, heldout: ImageTextData) -> dict:
+    """AP of phrases never used as training tags, over test + held-out scenes.
+
+    Each held-out phrase (e.g. "green star") is scored as text on every image;
+    positives are the held-out scenes that contain it.  Reported per phrase and
+    as the mean, ``heldout_combo_ap``.
+    """
+    phrases = sorted(set(heldout.label_vocabulary()) - set(labels))
+    images = np.concatenate([test.images, heldout.images])
+    tags = test.tags + heldout.tags
+    scores = label_scores(model, tokenizer, phrases, images)
+    per_phrase = {
+        p: m.average_precision(scores[:, j], np.array([p in t for t in tags]))
+        for j, p in enumerate(phrases)
+    }
+    per_phrase = {p: ap for p, ap in per_phrase.items() if not np.isnan(ap)}
+    mean = float(np.mean(list(per_phrase.values()))) if per_phrase else float("nan")
+    return {"heldout_combo_ap": mean, "heldout_combo_ap_per_phrase": per_phrase}

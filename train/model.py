@@ -1,0 +1,194 @@
+"""The fused image-text model: an image tower, a text tower and a sigmoid scorer.
+
+Both towers are plain functional ``tf_keras`` models built from stock layers (no
+Lambda, no custom layers), so they save as weights, load without executing code,
+prune with TFMOT and convert to TFLite as they are.
+
+* :func:`image_encoder` - uint8 RGB ``[H, W, 3]`` -> L2-normalised ``[D]``;
+  a MobileNet-style stack of depthwise-separable blocks.  Pixel normalisation is
+  inside the model, so the device only resizes (see ``fuselite.bundle.Preprocessing``).
+* :func:`text_encoder` - int32 token ids ``[L]`` -> L2-normalised ``[D]``;
+  word embeddings, a bigram convolution ("green star" is one feature built from
+  two words) and max pooling, so unseen attribute-object phrases still embed
+  meaningfully.
+* :class:`FusedModel` - both towers plus a learned ``logit_scale`` and
+  ``logit_bias``: ``p(label | image) = sigmoid(scale * <img, txt> + bias)``.
+
+Example:
+    >>> config = get_config("scenes-tiny")
+    >>> model = FusedModel(config, vocab_size=40, label_ids=ids)
+    >>> probs = model.label_probabilities(images)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fuselite.train.backend import keras, tf
+from fuselite.train.configs import TrainConfig
+
+PIXEL_SCALE = 1 / 127.5
+PIXEL_OFFSET = -1.0
+
+
+def _channels(channels: int, width: float) -> int:
+    """Channels scaled by the width multiplier, rounded to a multiple of 8 (fast on CPUs)."""
+    return max(8, int(channels * width + 4) // 8 * 8)
+
+
+def _batch_norm(name: str):
+    """Batch norm whose running statistics keep up with short CPU runs (momentum 0.9, not 0.99)."""
+    return keras.layers.BatchNormalization(momentum=0.9, name=name)
+
+
+def _separable_block(x, channels: int, stride: int, name: str):
+    """Depthwise 3x3 + pointwise 1x1, each with batch norm and ReLU6 (MobileNet v1)."""
+    x = keras.layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = _batch_norm(f"{name}_dw_bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_pw")(x)
+    x = _batch_norm(f"{name}_pw_bn")(x)
+    return keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+
+
+def image_encoder(config: TrainConfig) -> keras.Model:
+    """Builds the image tower: uint8 ``[S, S, 3]`` RGB -> unit-length ``[embed_dim]``."""
+    size = config.image_size
+    pixels = keras.Input((size, size, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(PIXEL_SCALE, PIXEL_OFFSET, name="normalize")(pixels)
+    x = keras.layers.Conv2D(
+        _channels(16, config.width), 3, 2, padding="same", use_bias=False, name="stem"
+    )(x)
+    x = _batch_norm("stem_bn")(x)
+    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    for i, (channels, stride) in enumerate(config.blocks):
+        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if config.pooling == "avgmax":
+        peak = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        pooled = keras.layers.Concatenate(name="pool_concat")([pooled, peak])
+    x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
+    embedding = keras.layers.UnitNormalization(name="embedding")(x)
+    return keras.Model(pixels, embedding, name="image_encoder")
+
+
+def text_encoder(config: TrainConfig, vocab_size: int) -> keras.Model:
+    """Builds the text tower: int32 ``[max_text_length]`` ids -> unit-length ``[embed_dim]``."""
+    ids = keras.Input((config.max_text_length,), dtype="int32", name="token_ids")
+    x = keras.layers.Embedding(vocab_size, config.text_embed_dim, name="words")(ids)
+    x = keras.layers.Conv1D(
+        config.text_hidden, 2, padding="same", activation="relu", name="bigrams"
+    )(x)
+    x = keras.layers.GlobalMaxPooling1D(name="pool")(x)
+    x = keras.layers.Dense(config.text_hidden, activation="relu", name="hidden")(x)
+    x = keras.layers.Dense(config.embed_dim, name="project")(x)
+    embedding = keras.layers.UnitNormalization(name="embedding")(x)
+    return keras.Model(ids, embedding, name="text_encoder")
+
+
+def sigmoid_pair_loss(image_emb, text_emb, scale, bias):
+    """SigLIP loss: every image-caption pair in the batch is a binary problem.
+
+    Matching pairs (the diagonal) are positives, all others negatives; the mean
+    over images of the summed per-pair log-sigmoid losses, as in the SigLIP paper.
+    """
+    logits = scale * tf.matmul(image_emb, text_emb, transpose_b=True) + bias
+    signs = 2.0 * tf.eye(tf.shape(logits)[0]) - 1.0
+    return -tf.reduce_mean(tf.reduce_sum(tf.math.log_sigmoid(signs * logits), axis=1))
+
+
+class FusedModel(keras.Model):
+    """Both towers and the scorer, with a training step for the two losses.
+
+    The label loss is binary cross-entropy over the training label vocabulary for
+    multi-label data (softmax cross-entropy for single-label data); the pair loss
+    is :func:`sigmoid_pair_loss` on image-caption pairs when captions exist.
+
+    Args:
+        config: The run's :class:`TrainConfig`.
+        vocab_size: Tokenizer vocabulary size.
+        label_ids: int32 ``[num_labels, max_text_length]``, the training labels' token ids.
+        task: ``"multi"`` or ``"single"``.
+        use_captions: Whether batches carry caption ids for the pair loss.
+    """
+
+    def __init__(self, config: TrainConfig, vocab_size: int, label_ids: np.ndarray,
+                 task: str = "multi", use_captions: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+        self.task = task
+        self.use_captions = use_captions and config.siglip_weight > 0
+        self.image_encoder = image_encoder(config)
+        self.text_encoder = text_encoder(config, vocab_size)
+        self.label_ids = tf.constant(label_ids, dtype=tf.int32)
+        # log-parameterised scale as in SigLIP: starts at 10, bias at -5 (labels are rare).
+        self.log_scale = self.add_weight(
+            name="log_scale", shape=(), initializer=keras.initializers.Constant(np.log(10.0))
+        )
+        self.logit_bias = self.add_weight(
+            name="logit_bias", shape=(), initializer=keras.initializers.Constant(-5.0)
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        """Metrics reset at every epoch."""
+        return [self.loss_tracker]
+
+    def scale(self):
+        """The scorer's positive scale, clipped as in SigLIP to keep training stable."""
+        return tf.exp(tf.minimum(self.log_scale, np.log(100.0)))
+
+    def label_logits(self, images, training=False):
+        """Logits ``[batch, num_labels]`` of every training label for ``images``."""
+        image_emb = self.image_encoder(images, training=training)
+        label_emb = self.text_encoder(self.label_ids, training=training)
+        return self.scale() * tf.matmul(image_emb, label_emb, transpose_b=True) + self.logit_bias
+
+    def call(self, images, training=False):
+        """Label probabilities for a batch of uint8 images."""
+        return tf.sigmoid(self.label_logits(images, training=training))
+
+    def _batch_loss(self, batch, training):
+        images, targets = batch["image"], batch["targets"]
+        image_emb = self.image_encoder(images, training=training)
+        label_emb = self.text_encoder(self.label_ids, training=training)
+        logits = self.scale() * tf.matmul(image_emb, label_emb, transpose_b=True) + self.logit_bias
+        if self.task == "single":
+            loss = keras.losses.categorical_crossentropy(
+                targets, logits, from_logits=True, label_smoothing=self.config.label_smoothing
+            )
+            loss = tf.reduce_mean(loss)
+        else:
+            loss = tf.reduce_mean(
+                tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), axis=1)
+            )
+        if self.use_captions:
+            caption_emb = self.text_encoder(batch["caption_ids"], training=training)
+            pair = sigmoid_pair_loss(image_emb, caption_emb, self.scale(), self.logit_bias)
+            loss += self.config.siglip_weight * pair
+        return loss
+
+    def train_step(self, batch):
+        """One optimiser step on the combined loss (scaled for multi-replica strategies)."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            loss = self._batch_loss(batch, training=True)
+            scaled = loss / replicas + tf.add_n(self.losses) if self.losses else loss / replicas
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, batch):
+        """Validation loss, used for early stopping."""
+        self.loss_tracker.update_state(self._batch_loss(batch, training=False))
+        return {"loss": self.loss_tracker.result()}
+
+    def get_config(self) -> dict:
+        """The run config; the model is saved as weights and rebuilt from it."""
+        return {"config_name": self.config.name, "task": self.task}
+
+    def logit_scale_value(self) -> float:
+        """The scorer's scale as a Python float, for the bundle manifest."""
+        return float(self.scale().numpy())

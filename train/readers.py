@@ -1,0 +1,461 @@
+"""Readers for real datasets, each returning an :class:`ImageTextData` at one image size.
+
+Accepted sources:
+    * a folder of class folders: ``root/<class>/*.{jpg,jpeg,png,bmp,webp}`` (single-label);
+    * a manifest: ``.csv`` with an ``image`` (or ``path``) column, a ``tags`` column whose
+      tags are separated by ``;`` and an optional ``caption`` column, or ``.jsonl`` with
+      one ``{"image": ..., "tags": [...], "caption": "..."}`` object per line;
+    * a COCO ``.json`` (captions and/or instances annotations);
+    * the Fashion-MNIST IDX files that ``apt-get install dataset-fashion-mnist`` installs.
+
+Images are decoded with OpenCV, converted to RGB (greyscale replicated to three channels)
+and resized to a square ``image_size`` with ``cv2.INTER_AREA`` (no crop: the aspect ratio
+is not kept). An unusable item (missing, corrupt or unreadable image, no tags and no
+caption, a line that is not UTF-8 or not parseable) is skipped and recorded in
+``ImageTextData.skipped``; a source with nothing usable raises :class:`UserError`.
+Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fuselite.train.data import TASKS, ImageTextData
+
+from fuselite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MANIFEST_TAG_SEPARATOR = ";"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
+# Split name -> file prefix of the IDX files.
+FASHION_MNIST_SPLITS = {"train": "train", "test": "t10k", "t10k": "t10k"}
+ACCEPTED_SOURCES = (
+    "a folder of class folders (root/<class>/*.jpg)",
+    "a .csv or .jsonl manifest",
+    "a COCO .json annotation file",
+    "a folder with Fashion-MNIST IDX files (train-images-idx3-ubyte.gz ...)",
+)
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+_ESCAPES_REASON = "path escapes the dataset folder"
+
+
+def load_image(path: Path, image_size: int) -> np.ndarray | str:
+    """uint8 ``[image_size, image_size, 3]`` RGB, or the reason the file is unusable."""
+    try:
+        encoded = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
+    except FileNotFoundError:
+        return "image file not found"
+    except OSError as error:
+        return f"cannot read image file ({error.strerror or error})"
+    try:
+        # IMREAD_COLOR replicates greyscale, drops alpha and scales 16-bit to 8-bit.
+        bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+    except cv2.error:
+        bgr = None
+    if bgr is None:
+        return "not a decodable image"
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class _Collector:
+    """Gathers usable items and skip reasons, then builds the dataset or explains why not."""
+
+    image_size: int
+    images: list[np.ndarray] = field(default_factory=list)
+    tags: list[list[str]] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, item_id: str, image_path: Path | str, tags: list[str], caption: str) -> None:
+        """Loads the image and keeps the item, or records why it was skipped."""
+        if not tags and not caption:
+            self.skip(item_id, "no tags and no caption")
+            return
+        if isinstance(image_path, str):  # a path already rejected, with its reason
+            self.skip(item_id, image_path)
+            return
+        image = load_image(image_path, self.image_size)
+        if isinstance(image, str):
+            self.skip(item_id, image)
+            return
+        self.images.append(image)
+        self.tags.append(tags)
+        self.captions.append(caption)
+        self.ids.append(item_id)
+
+    def skip(self, item: str, reason: str) -> None:
+        """Records an unusable item."""
+        self.skipped.append((item, reason))
+
+    def finish(self, source: Path, task: str, name: str, fix: str) -> ImageTextData:
+        """The dataset; UserError naming ``source`` and ``fix`` when nothing was usable."""
+        if not self.images:
+            why = (
+                f" ({len(self.skipped)} item(s) skipped, e.g. {self.skipped[0][1]})"
+                if self.skipped
+                else ""
+            )
+            raise UserError(f"{source}: no usable items{why}; {fix}")
+        data = ImageTextData(
+            images=np.stack(self.images),
+            tags=self.tags,
+            captions=self.captions,
+            ids=self.ids,
+            task=task,
+            name=name,
+            skipped=self.skipped,
+        )
+        data.log_skipped(str(source))
+        return data
+
+
+def _require_exists(path: Path, what: str) -> Path:
+    """``path`` unchanged, or a UserError when it does not exist."""
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found; check the path")
+    return path
+
+
+def _class_tag(folder_name: str) -> str:
+    """``"ankle_boot"`` / ``"ankle-boot"`` -> ``"ankle boot"``."""
+    return " ".join(folder_name.replace("_", " ").replace("-", " ").split())
+
+
+def read_folder_per_class(root: Path, image_size: int) -> ImageTextData:
+    """Single-label data from ``root/<class>/*.{jpg,png,...}``; the tag is the folder name."""
+    root = _require_exists(Path(root), "dataset folder")
+    collector = _Collector(image_size)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for class_dir in class_dirs:
+        tag = _class_tag(class_dir.name)
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
+                collector.add(file.relative_to(root).as_posix(), file, [tag], "")
+    fix = f"put images in one sub-folder per class, with suffixes {', '.join(IMAGE_SUFFIXES)}"
+    return collector.finish(root, "single", root.name, fix)
+
+
+def _utf8_lines(path: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of every UTF-8 line; other lines are recorded as skipped.
+
+    The file is decoded line by line so one bad byte costs one item, not the whole file.
+    """
+    try:
+        raw_lines = path.read_bytes().splitlines(keepends=True)
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the file ({error.strerror or error})") from error
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            skipped.append((f"{path.name} line {number}", "line is not valid UTF-8"))
+            continue
+        yield number, text.lstrip("\ufeff") if number == 1 else text
+
+
+def resolve_image_path(folder: Path, written: str) -> Path | str:
+    """``written`` resolved against ``folder``, or a reason if it is empty or escapes it.
+
+    Absolute paths are taken as they are; a relative path may not leave ``folder`` with
+    ``..``, so a manifest cannot silently pull in files from elsewhere.
+    """
+    written = written.strip()
+    if not written:
+        return "empty image path"
+    candidate = Path(written)
+    if candidate.is_absolute():
+        return candidate
+    joined = os.path.normpath(folder / candidate)
+    if os.path.commonpath([joined, os.path.normpath(folder)]) != os.path.normpath(folder):
+        return _ESCAPES_REASON
+    return Path(joined)
+
+
+def _split_tags(value: object) -> list[str]:
+    """Tags from a list, or from a ``;``-separated string; blanks are dropped."""
+    parts = value if isinstance(value, list) else str(value or "").split(MANIFEST_TAG_SEPARATOR)
+    return [t for t in (str(p).strip() for p in parts) if t]
+
+
+class _LineCounter:
+    """Feeds numbered lines to ``csv.reader`` while remembering the current line number."""
+
+    def __init__(self, numbered: Iterable[tuple[int, str]]) -> None:
+        self._numbered = iter(numbered)
+        self.number = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for number, text in self._numbered:
+            self.number = number
+            yield text
+
+
+def _read_csv_items(path: Path, collector: _Collector) -> None:
+    """Adds every row of a CSV manifest (header: image|path, tags, optional caption)."""
+    lines = _LineCounter(_utf8_lines(path, collector.skipped))
+    rows = csv.DictReader(lines)
+    columns = [c.strip().lower() for c in (rows.fieldnames or [])]
+    rows.fieldnames = columns
+    image_column = "image" if "image" in columns else "path" if "path" in columns else None
+    if image_column is None or not {"tags", "caption"} & set(columns):
+        raise UserError(
+            f"{path}: the CSV header must name an 'image' (or 'path') column and a 'tags'"
+            f" and/or 'caption' column; found {columns}"
+        )
+    for row in rows:
+        item = f"{path.name} line {lines.number}"
+        if None in row:  # more fields than the header: a broken row, not a guess
+            collector.skip(item, "row has more fields than the header")
+            continue
+        written = row.get(image_column) or ""
+        tags = _split_tags(row.get("tags"))
+        caption = (row.get("caption") or "").strip()
+        collector.add(
+            written.strip() or item, resolve_image_path(path.parent, written), tags, caption
+        )
+
+
+def _jsonl_entry(text: str) -> tuple[str, list[str], str] | str:
+    """(image path as written, tags, caption) from one JSONL line, or why it is unusable."""
+    try:
+        entry = json.loads(text)
+    except json.JSONDecodeError:
+        return "line is not valid JSON"
+    if not isinstance(entry, dict):
+        return "line is not a JSON object"
+    written = entry.get("image", entry.get("path"))
+    if not isinstance(written, str):
+        return "no 'image' path"
+    caption = entry.get("caption") or ""
+    if not isinstance(caption, str):
+        return "'caption' is not a string"
+    return written, _split_tags(entry.get("tags")), caption.strip()
+
+
+def _read_jsonl_items(path: Path, collector: _Collector) -> None:
+    """Adds every object line of a JSONL manifest; blank lines are ignored."""
+    for number, text in _utf8_lines(path, collector.skipped):
+        if not text.strip():
+            continue
+        item = f"{path.name} line {number}"
+        entry = _jsonl_entry(text)
+        if isinstance(entry, str):
+            collector.skip(item, entry)
+            continue
+        written, tags, caption = entry
+        collector.add(
+            written.strip() or item, resolve_image_path(path.parent, written), tags, caption
+        )
+
+
+def read_manifest(path: Path, image_size: int, task: str = "multi") -> ImageTextData:
+    """Images listed in a ``.csv`` or ``.jsonl`` manifest, paths relative to its folder.
+
+    CSV tags are separated by ``;`` (commas would clash with the CSV itself). An item needs
+    at least one tag or a caption. ``task`` is ``"multi"`` unless the caller knows better.
+    """
+    path = _require_exists(Path(path), "manifest")
+    if task not in TASKS:
+        raise UserError(f"task must be one of {TASKS}, not {task!r}")
+    collector = _Collector(image_size)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        _read_csv_items(path, collector)
+    elif suffix == ".jsonl":
+        _read_jsonl_items(path, collector)
+    else:
+        raise UserError(f"{path}: a manifest must end in .csv or .jsonl")
+    fix = "list existing images (relative to the manifest) with at least one tag or a caption"
+    return collector.finish(path, task, path.stem, fix)
+
+
+def _load_json_document(path: Path) -> dict:
+    """A JSON object from ``path``, or a UserError saying what is wrong with the file."""
+    try:
+        document = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a valid UTF-8 JSON file ({error})") from error
+    except OSError as error:
+        raise UserError(f"{path}: cannot read the file ({error.strerror or error})") from error
+    if not isinstance(document, dict) or not isinstance(document.get("images"), list):
+        raise UserError(f"{path}: not a COCO annotation file (needs an 'images' list)")
+    return document
+
+
+def _coco_labels(document: dict) -> tuple[dict[object, set[str]], dict[object, str]]:
+    """Per image id: the category names, and the first caption in file order."""
+    names = {c.get("id"): str(c.get("name", "")).strip() for c in document.get("categories") or []}
+    tags: dict[object, set[str]] = {}
+    captions: dict[object, str] = {}
+    for annotation in document.get("annotations") or []:
+        if not isinstance(annotation, dict):
+            continue
+        image_id = annotation.get("image_id")
+        caption = annotation.get("caption")
+        if isinstance(caption, str) and caption.strip() and image_id not in captions:
+            captions[image_id] = caption.strip()
+        name = names.get(annotation.get("category_id"))
+        if name:
+            tags.setdefault(image_id, set()).add(name)
+    return tags, captions
+
+
+def read_coco(path: Path, image_size: int, images_dir: Path | None = None) -> ImageTextData:
+    """COCO captions and/or instances JSON: tags are category names, the caption the first one.
+
+    Image files (``file_name``) are looked up in ``images_dir``, or beside the JSON.
+    """
+    path = _require_exists(Path(path), "COCO annotation file")
+    folder = _require_exists(Path(images_dir), "COCO images folder") if images_dir else path.parent
+    document = _load_json_document(path)
+    tags, captions = _coco_labels(document)
+    collector = _Collector(image_size)
+    for image in document["images"]:
+        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
+            collector.skip(str(image)[:60], "image entry has no 'file_name'")
+            continue
+        image_id, written = image.get("id"), image["file_name"]
+        image_tags = sorted(tags.get(image_id, ()))
+        collector.add(
+            written, resolve_image_path(folder, written), image_tags, captions.get(image_id, "")
+        )
+    fix = "check that the images are in the folder given (file_name) and have annotations"
+    return collector.finish(path, "multi", path.stem, fix)
+
+
+def _read_idx(path: Path, magic: int, limit: int | None) -> tuple[np.ndarray, int]:
+    """(uint8 array shaped by the IDX header, total item count) from a gzip IDX file."""
+    dims = magic & 0xFF
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(4 + 4 * dims)
+            if len(header) < 4 + 4 * dims or int.from_bytes(header[:4], "big") != magic:
+                raise UserError(
+                    f"{path}: not a Fashion-MNIST IDX file (magic number must be {magic})"
+                )
+            shape = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+            total = shape[0]
+            shape[0] = total if limit is None else min(limit, total)
+            body = stream.read(int(np.prod(shape)))
+    except (OSError, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: cannot read the gzip IDX file ({error}); reinstall it") from error
+    if len(body) != int(np.prod(shape)):
+        raise UserError(f"{path}: the file is truncated; reinstall dataset-fashion-mnist")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape), total
+
+
+def _resize_grey(images: np.ndarray, image_size: int) -> np.ndarray:
+    """``[N, h, w]`` grey -> ``[N, image_size, image_size, 3]`` RGB with INTER_AREA."""
+    # Written straight into the 3-channel array: 60k images at 64 px are 737 MB already.
+    out = np.empty((len(images), image_size, image_size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        out[i] = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA)[
+            ..., None
+        ]
+    return out
+
+
+def _fashion_mnist_arrays(
+    root: Path, split: str, limit: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw ``[N, 28, 28]`` images and ``[N]`` labels of one split, validated."""
+    if not root.is_dir():
+        raise UserError(
+            f"{root}: Fashion-MNIST not found; run `apt-get install dataset-fashion-mnist`"
+        )
+    if split not in FASHION_MNIST_SPLITS:
+        raise UserError(
+            f"Fashion-MNIST split must be one of {sorted(FASHION_MNIST_SPLITS)}, not {split!r}"
+        )
+    prefix = FASHION_MNIST_SPLITS[split]
+    images_path = _require_exists(
+        root / f"{prefix}-images-idx3-ubyte.gz", "Fashion-MNIST images file"
+    )
+    labels_path = _require_exists(
+        root / f"{prefix}-labels-idx1-ubyte.gz", "Fashion-MNIST labels file"
+    )
+    images, n_images = _read_idx(images_path, _IDX_IMAGES_MAGIC, limit)
+    labels, n_labels = _read_idx(labels_path, _IDX_LABELS_MAGIC, limit)
+    if n_images != n_labels:
+        raise UserError(
+            f"{root}: {n_images} images but {n_labels} labels; reinstall dataset-fashion-mnist"
+        )
+    if len(labels) == 0:
+        raise UserError(f"{images_path}: no images read; reinstall it or raise the limit")
+    if labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise UserError(f"{labels_path}: label {labels.max()} is not a Fashion-MNIST class (0-9)")
+    return images, labels
+
+
+def read_fashion_mnist(
+    root: Path = FASHION_MNIST_DIR,
+    image_size: int = 64,
+    split: str = "train",
+    limit: int | None = None,
+) -> ImageTextData:
+    """Fashion-MNIST from the gzip IDX files of Debian's ``dataset-fashion-mnist``.
+
+    ``split`` is ``"train"`` (60k) or ``"test"`` (10k, alias ``"t10k"``); ``limit`` keeps the
+    first items. Tags are the class names of :data:`FASHION_MNIST_CLASSES`; captions are empty.
+    """
+    images, labels = _fashion_mnist_arrays(Path(root), split, limit)
+    name = "train" if FASHION_MNIST_SPLITS[split] == "train" else "test"
+    return ImageTextData(
+        images=_resize_grey(images, image_size),
+        tags=[[FASHION_MNIST_CLASSES[label]] for label in labels],
+        captions=[""] * len(labels),
+        ids=[f"fashion-mnist-{name}-{i}" for i in range(len(labels))],
+        task="single",
+        name="fashion-mnist",
+    )
+
+
+def _has_class_folders(root: Path) -> bool:
+    """True when some sub-folder of ``root`` holds an image file."""
+    for sub in root.iterdir():
+        if sub.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()):
+            return True
+    return False
+
+
+def read_dataset(source: str | Path, image_size: int) -> ImageTextData:
+    """Reads ``source`` with the reader its kind calls for (see :data:`ACCEPTED_SOURCES`)."""
+    path = _require_exists(Path(source), "dataset")
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in (".csv", ".jsonl"):
+        return read_manifest(path, image_size)
+    if path.is_file() and suffix == ".json":
+        return read_coco(path, image_size)
+    if path.is_dir() and (path / "train-images-idx3-ubyte.gz").is_file():
+        return read_fashion_mnist(path, image_size, split="train")
+    if path.is_dir() and _has_class_folders(path):
+        return read_folder_per_class(path, image_size)
+    raise UserError(f"{path}: not a dataset this tool reads; give {'; or '.join(ACCEPTED_SOURCES)}")

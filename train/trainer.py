@@ -1,0 +1,138 @@
+"""``fuselite train``: fit the fused model, calibrate thresholds, write the run directory.
+
+A run directory holds everything the later stages need::
+
+    config.json            the TrainConfig
+    tokenizer.json         word vocabulary (fuselite.tokenizer)
+    labels.json            training labels, task, per-label thresholds
+    splits.json            train/val/test indices (deterministic given the seed)
+    image_encoder.weights.h5, text_encoder.weights.h5, scorer.json
+    metrics.json           test-split metrics
+    history.json           per-epoch losses
+    checkpoints/           resumable state (``--resume``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from fuselite.bundle import write_atomic
+from fuselite.errors import UserError
+from fuselite.metrics import mean_average_precision, top1_accuracy
+from fuselite.train.backend import keras, tf
+from fuselite.train.callbacks import CheckpointAndStop, ProgressBar
+from fuselite.train.configs import TrainConfig
+from fuselite.train.data import Splits
+from fuselite.train.evaluate import evaluate
+from fuselite.train.model import FusedModel
+from fuselite.train.pipeline import RunData, fit_tokenizer, label_vocabulary, load_run_data, make_dataset
+
+log = logging.getLogger(__name__)
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy when several GPUs are visible, else the default strategy."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
+    """Trains ``config`` into ``run_dir`` and returns the test metrics.
+
+    With ``resume``, the saved config and splits are reused and training continues
+    after the last completed epoch.
+    """
+    run_dir = Path(run_dir)
+    config, splits = _prepare_run_dir(config, run_dir, resume)
+    keras.utils.set_random_seed(config.seed)
+    started = time.monotonic()
+    data = load_run_data(config, splits)
+    data.splits.save(run_dir / "splits.json")
+    labels = label_vocabulary(data.train)
+    tokenizer = fit_tokenizer(data, labels, config.max_text_length)
+    tokenizer.save(run_dir / "tokenizer.json")
+    model = _fit(config, run_dir, data, labels, tokenizer, resume)
+    metrics = evaluate(model, tokenizer, labels, data)
+    metrics.update(
+        train_seconds=round(time.monotonic() - started, 1),
+        image_params=int(model.image_encoder.count_params()),
+        text_params=int(model.text_encoder.count_params()),
+        train_items=len(data.train), val_items=len(data.val), test_items=len(data.test),
+        skipped_items=data.skipped,
+    )
+    _save_run(run_dir, model, labels, metrics)
+    return metrics
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool):
+    if resume:
+        if not (run_dir / "config.json").exists():
+            raise UserError(f"{run_dir}: nothing to resume (no config.json); drop --resume to start")
+        saved = TrainConfig.load(run_dir / "config.json")
+        return saved, Splits.load(run_dir / "splits.json")
+    if (run_dir / "checkpoints").exists():
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(run_dir / "config.json")
+    return config, None
+
+
+def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool):
+    strategy = distribution_strategy()
+    train_ds = make_dataset(data.train, labels, tokenizer, config, training=True)
+    val_ds = make_dataset(data.val, labels, tokenizer, config, training=False)
+    steps = max(1, len(data.train) // config.batch_size)
+    with strategy.scope():
+        model = FusedModel(
+            config, tokenizer.vocab_size, tokenizer.encode_batch(labels),
+            task=data.train.task, use_captions=data.train.has_captions,
+        )
+        optimizer = keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay)
+        model.compile(optimizer=optimizer)
+    model(data.train.images[:1])  # build the weights before restoring into them
+    checkpoints = CheckpointAndStop(run_dir, config.patience, lambda: validation_score(model, data.val, labels))
+    checkpoints.attach(model, optimizer)
+    initial_epoch = checkpoints.restore() if resume else 0
+    if initial_epoch < config.epochs and not (resume and checkpoints.stopped_early):
+        progress = ProgressBar(config.epochs, steps, initial_epoch)
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                  callbacks=[checkpoints, progress], verbose=0)
+    if checkpoints.best_weights.exists():
+        model.load_weights(str(checkpoints.best_weights))
+    (run_dir / "history.json").write_text(json.dumps(checkpoints.state["history"], indent=1))
+    return model
+
+
+def validation_score(model: FusedModel, val, labels: list[str]) -> float:
+    """The task metric on validation: top-1 for single-label data, else mAP."""
+    scores = model.predict(val.images, batch_size=256, verbose=0)
+    targets = val.multi_hot(labels)
+    if val.task == "single":
+        return top1_accuracy(scores, targets)
+    return mean_average_precision(scores, targets)
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int):
+    """One warm-up epoch, then cosine decay to zero at the last epoch."""
+    total = config.epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, max(1, total - steps_per_epoch), warmup_target=config.learning_rate,
+        warmup_steps=steps_per_epoch,
+    )
+
+
+def _save_run(run_dir: Path, model: FusedModel, labels: list[str], metrics: dict) -> None:
+    model.image_encoder.save_weights(str(run_dir / "image_encoder.weights.h5"))
+    model.text_encoder.save_weights(str(run_dir / "text_encoder.weights.h5"))
+    scorer = {"logit_scale": model.logit_scale_value(), "logit_bias": float(model.logit_bias.numpy())}
+    (run_dir / "scorer.json").write_text(json.dumps(scorer, indent=1))
+    thresholds = [float(t) for t in metrics.pop("thresholds")]
+    labels_doc = {"task": metrics["task"], "labels": labels, "thresholds": thresholds}
+    (run_dir / "labels.json").write_text(json.dumps(labels_doc, indent=1))
+    # metrics.json last: its presence marks a finished run.
+    write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
