@@ -8,13 +8,14 @@ scores the label "red" near 1 and "blue" near 0, and a typed label such as
 
 Run as a script to write the bundles to a folder (used for the benchmark figures)::
 
-    python tests/runtime/bundle_factory.py OUT_DIR
+    python tests/runtime/runtime_bundles.py OUT_DIR
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -114,7 +115,9 @@ def convert(model, int8: bool = False) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
-    return converter.convert()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+        return converter.convert()
 
 
 def _io_quant(model_bytes: bytes):
@@ -150,7 +153,7 @@ def base_manifest(variant: str, model_bytes: bytes, input_size=INPUT_SIZE) -> Ma
             input_quant=input_quant,
             output_quant=output_quant,
         ),
-        provenance={"builder": "tests/runtime/bundle_factory.py"},
+        provenance={"builder": "tests/runtime/runtime_bundles.py"},
     )
 
 
@@ -182,17 +185,17 @@ def build_bundles(out_dir: Path, input_size=INPUT_SIZE, width=0) -> dict[str, Pa
     return paths
 
 
-def with_manifest(source: Path, target: Path, **changes) -> Path:
-    """Re-packs ``source`` into ``target`` with manifest fields replaced (for variants)."""
+def repack(source: Path, target: Path, model_bytes=None, label_embeddings=None, **changes) -> Path:
+    """Re-packs ``source`` into ``target`` with parts or manifest fields replaced."""
     from fuselite.bundle import read_bundle
 
     bundle = read_bundle(source)
     return write_bundle(
         target,
-        model_bytes=bundle.model_bytes,
+        model_bytes=bundle.model_bytes if model_bytes is None else model_bytes,
         manifest=replace(bundle.manifest, **changes),
         tokenizer=bundle.tokenizer,
-        label_embeddings=changes.get("label_embeddings", bundle.label_embeddings),
+        label_embeddings=bundle.label_embeddings if label_embeddings is None else label_embeddings,
         text_encoder_bytes=bundle.text_encoder_bytes,
     )
 

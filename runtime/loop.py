@@ -1,0 +1,206 @@
+"""The run loop behind ``fuselite run``: frames in, annotations out, until told to stop.
+
+SIGINT and SIGTERM ask the loop to stop; the outputs are then flushed and the video
+is closed cleanly (a second SIGINT interrupts at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from fuselite.runtime.annotator import Annotator
+from fuselite.runtime.options import AnnotatorOptions, RunOptions
+from fuselite.runtime.outputs import Display, JsonlWriter, VideoOutput, draw_overlay, event_record
+from fuselite.runtime.preprocess import frame_problem
+from fuselite.runtime.preview import MjpegPreview
+from fuselite.runtime.results import AnnotationResult
+from fuselite.runtime.sources import Frame, FrameSource, capture_for
+from fuselite.runtime.stats import RunStats, describe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """How a run ended.
+
+    Attributes:
+        frames: Frames annotated.
+        dropped: Stale live frames dropped.
+        skipped: Empty or corrupt frames skipped.
+        reconnects: Times a lost source was reopened.
+        seconds: Wall time of the loop.
+        stopped_by: ``"end"`` (source ended), ``"max_frames"``, ``"signal"``,
+            ``"window"`` (q pressed) or ``"output"`` (the JSONL reader went away).
+    """
+
+    frames: int
+    dropped: int
+    skipped: int
+    reconnects: int
+    seconds: float
+    stopped_by: str
+
+
+class Outputs:
+    """Every sink of one run, opened together and closed together."""
+
+    def __init__(self, options: RunOptions, fps: float | None) -> None:
+        self.jsonl = JsonlWriter(options.jsonl) if options.jsonl is not None else None
+        self.video = VideoOutput(options.video_out, fps) if options.video_out is not None else None
+        self.preview = None
+        self.display = None
+        try:
+            if options.preview_port is not None:
+                self.preview = MjpegPreview(options.preview_bind, options.preview_port).start()
+            self.display = Display.open(options.display)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def visual(self) -> bool:
+        """Whether any output shows pixels (so the overlay must be drawn)."""
+        return bool(self.video or self.preview or self.display)
+
+    def write(self, frame: Frame, result: AnnotationResult, total_ms: float, status: str) -> str | None:
+        """Sends one annotated frame everywhere; returns a reason to stop, or ``None``."""
+        if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
+            return "output"
+        if not self.visual:
+            return None
+        image = draw_overlay(frame.image, result, status)
+        if self.video is not None:
+            self.video.write(image)
+        if self.preview is not None:
+            self.preview.publish(image)
+        if self.display is not None and not self.display.show(image):
+            return "window"
+        return None
+
+    def write_stats(self, record: dict) -> None:
+        """Logs a stats record and sends it to the JSONL stream and the preview."""
+        log.info("%s", describe(record))
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+        if self.preview is not None:
+            self.preview.set_stats(record)
+
+    def close(self) -> None:
+        """Flushes and closes every sink; a failing one does not stop the others."""
+        for sink in (self.jsonl, self.video, self.preview, self.display):
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except Exception:
+                log.exception("could not close %s cleanly", type(sink).__name__)
+
+
+def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
+    """Annotates ``options.source`` until it ends, ``max_frames`` is reached or a signal arrives.
+
+    Raises:
+        fuselite.bundle.BundleError: the bundle is unusable.
+        fuselite.runtime.sources.SourceError: a file or folder source cannot be opened.
+        ValueError: an option does not fit (the message says which).
+    """
+    stop = threading.Event()
+    with _stop_on_signals(stop), contextlib.ExitStack() as stack:
+        annotator = stack.enter_context(Annotator.create(annotator_options))
+        source = FrameSource(
+            capture_for(options.source, options.stream_timeout),
+            drop_stale=options.drop_stale,
+            loop=options.loop,
+            reconnect_delay=options.reconnect_delay,
+            reconnect_max_delay=options.reconnect_max_delay,
+            prepare=annotator.preprocess,
+        )
+        stack.enter_context(source)
+        outputs = Outputs(options, options.fps_limit or source.fps)
+        stack.callback(outputs.close)
+        return _annotate_stream(source, annotator, outputs, options, stop)
+
+
+def _annotate_stream(
+    source: FrameSource, annotator: Annotator, outputs: Outputs, options: RunOptions, stop: threading.Event
+) -> RunSummary:
+    stats = RunStats(source.counters)
+    period = 1.0 / options.fps_limit if options.fps_limit else 0.0
+    next_report = time.monotonic() + options.stats_interval
+    next_due = time.monotonic()
+    stopped_by = "signal"
+    while not stop.is_set():
+        frame = source.next_frame(stop)
+        if frame is None:
+            stopped_by = "signal" if stop.is_set() else "end"
+            break
+        reason = _handle(frame, annotator, outputs, stats)
+        if reason is None and options.max_frames and stats.frames >= options.max_frames:
+            reason = "max_frames"
+        if reason is not None:
+            stopped_by = reason
+            break
+        if options.stats_interval and time.monotonic() >= next_report:
+            outputs.write_stats(stats.snapshot())
+            next_report = time.monotonic() + options.stats_interval
+        if period:
+            next_due = max(next_due + period, time.monotonic() - period)
+            stop.wait(max(0.0, next_due - time.monotonic()))
+    return _finish(stats, outputs, stopped_by)
+
+
+def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStats) -> str | None:
+    """Annotates one frame and writes it out; returns a reason to stop, or ``None``."""
+    if frame.model_input is not None:
+        result = annotator.annotate_preprocessed(frame.model_input, frame.timestamp_ms, frame.preprocess_ms)
+    elif frame_problem(frame.image) is not None:
+        stats.skipped += 1
+        return None
+    else:
+        result = annotator.annotate(frame.image, frame.timestamp_ms)
+    total_ms = (time.time() - frame.wall_time) * 1000.0 + frame.capture_ms
+    stats.record(total_ms, result.latency.inference_ms)
+    status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}" if outputs.visual else ""
+    return outputs.write(frame, result, total_ms, status)
+
+
+def _finish(stats: RunStats, outputs: Outputs, stopped_by: str) -> RunSummary:
+    record = stats.snapshot(final=True)
+    record["stopped_by"] = stopped_by
+    outputs.write_stats(record)
+    return RunSummary(
+        frames=stats.frames,
+        dropped=record["dropped"],
+        skipped=record["skipped"],
+        reconnects=record["reconnects"],
+        seconds=record["elapsed_s"],
+        stopped_by=stopped_by,
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``; a second SIGINT raises KeyboardInterrupt. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("%s: finishing (flushing outputs)", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

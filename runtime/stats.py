@@ -1,0 +1,100 @@
+"""Running statistics of a stream: camera and inference FPS, drops, latency percentiles, memory."""
+
+from __future__ import annotations
+
+import collections
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from fuselite.runtime.sources import SourceCounters
+
+LATENCY_WINDOW = 1000
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (current on Linux, peak elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+class RunStats:
+    """Counts annotated frames and keeps recent latencies; :meth:`snapshot` summarises them.
+
+    Rates are measured since the previous snapshot, so each stats record describes
+    its own interval; totals cover the whole run.
+    """
+
+    def __init__(self, counters: SourceCounters) -> None:
+        self.counters = counters
+        self.frames = 0
+        self.skipped = 0
+        self.started = time.monotonic()
+        self._latency = collections.deque(maxlen=LATENCY_WINDOW)
+        self._inference = collections.deque(maxlen=LATENCY_WINDOW)
+        self._mark = (self.started, 0, 0)
+
+    def record(self, total_ms: float, inference_ms: float) -> None:
+        """Counts one annotated frame."""
+        self.frames += 1
+        self._latency.append(total_ms)
+        self._inference.append(inference_ms)
+
+    @property
+    def inference_fps(self) -> float:
+        """Annotated frames per second over the whole run so far."""
+        elapsed = time.monotonic() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+    def snapshot(self, final: bool = False) -> dict[str, Any]:
+        """A stats record for the interval since the last snapshot (or the run, if ``final``)."""
+        now = time.monotonic()
+        since, frames_then, read_then = (self.started, 0, 0) if final else self._mark
+        elapsed = max(now - since, 1e-9)
+        latency = np.asarray(self._latency, dtype=np.float64)
+        inference = np.asarray(self._inference, dtype=np.float64)
+        record = {
+            "type": "stats",
+            "final": final,
+            "time": round(time.time(), 3),
+            "elapsed_s": round(now - self.started, 3),
+            "frames": self.frames,
+            "camera_fps": round((self.counters.read - read_then) / elapsed, 2),
+            "inference_fps": round((self.frames - frames_then) / elapsed, 2),
+            "dropped": self.counters.dropped,
+            "skipped": self.counters.skipped + self.skipped,
+            "reconnects": self.counters.reconnects,
+            "latency_p50_ms": _percentile(latency, 50),
+            "latency_p90_ms": _percentile(latency, 90),
+            "inference_p50_ms": _percentile(inference, 50),
+            "rss_mb": round(resident_mb(), 1),
+        }
+        self._mark = (now, self.frames, self.counters.read)
+        self._latency.clear()
+        self._inference.clear()
+        return record
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 3) if values.size else None
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One human line for a stats record."""
+    p50, p90 = record["latency_p50_ms"], record["latency_p90_ms"]
+    latency = f"latency p50 {p50:.1f} ms p90 {p90:.1f} ms" if p50 is not None else "no frames"
+    return (
+        f"{record['frames']} frames | camera {record['camera_fps']:.1f} fps | "
+        f"inference {record['inference_fps']:.1f} fps | dropped {record['dropped']} | "
+        f"skipped {record['skipped']} | reconnects {record['reconnects']} | {latency} | "
+        f"rss {record['rss_mb']:.0f} MB"
+    )

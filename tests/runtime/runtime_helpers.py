@@ -1,0 +1,84 @@
+"""Helpers shared by the runtime tests: colour frames and clips, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# BGR colours, as OpenCV frames hold them.
+RED, GREEN, BLUE, GRAY, YELLOW = (0, 0, 255), (0, 255, 0), (255, 0, 0), (128, 128, 128), (0, 255, 255)
+FRAME_SIZE = (120, 160)  # height, width
+
+
+def solid(bgr, size=FRAME_SIZE, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A frame of one colour, optionally with Gaussian noise."""
+    frame = np.empty((*size, 3), np.uint8)
+    frame[:] = bgr
+    if noise:
+        rng = np.random.default_rng(seed)
+        frame = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255).astype(np.uint8)
+    return frame
+
+
+def write_clip(path: Path, colours, frames_each: int = 10, fps: float = 25.0) -> Path:
+    """Writes an mp4 of ``frames_each`` frames per colour with OpenCV (no ffmpeg needed)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE[::-1])
+    assert writer.isOpened()
+    for colour in colours:
+        for _ in range(frames_each):
+            writer.write(solid(colour))
+    writer.release()
+    return path
+
+
+def count_frames(path: Path) -> int:
+    """Decodes a video to the end and counts its frames."""
+    capture = cv2.VideoCapture(str(path))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    capture.release()
+    return frames
+
+
+def runtime_env() -> dict[str, str]:
+    """Environment for CLI subprocesses: unbuffered, and no display."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    return env
+
+
+def fuselite_command(*args) -> list[str]:
+    """The command line of ``fuselite run ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "fuselite.cli", "run", *map(str, args)]
+
+
+def fuselite_run(*args, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs ``fuselite run ARGS`` in a subprocess (so a crash shows as a crash)."""
+    return subprocess.run(fuselite_command(*args), capture_output=True, text=True,
+                          timeout=timeout, env=runtime_env())
+
+
+def fuselite_popen(*args, stdout=subprocess.PIPE) -> subprocess.Popen:
+    """Starts ``fuselite run ARGS`` in the background; stderr is piped."""
+    return subprocess.Popen(fuselite_command(*args), stdout=stdout, stderr=subprocess.PIPE,
+                            text=True, env=runtime_env())
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are not the interpreter's native INFO chatter."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("INFO: ")]
+
+
+def events(path: Path, kind: str = "annotation") -> list[dict]:
+    """The records of one type from a JSONL file."""
+    import json
+
+    lines = Path(path).read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("type") == kind]

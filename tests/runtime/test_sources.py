@@ -1,0 +1,218 @@
+"""Frame sources: latest-frame capture, no drops for files, reconnects, folders, picamera2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import types
+
+import cv2
+import numpy as np
+import pytest
+from runtime_helpers import BLUE, RED, solid
+
+from fuselite.runtime.sources import (
+    FolderCapture,
+    FrameSource,
+    OpenCVCapture,
+    Picamera2Capture,
+    SourceError,
+    capture_for,
+)
+
+
+class ScriptedCapture:
+    """A capture that plays a script: a frame, ``None`` (corrupt frame) or ``"lost"``."""
+
+    def __init__(self, script, live=True, failed_opens=0, delay=0.0):
+        self.name, self.live, self.fps = "scripted", live, None
+        self.script = list(script)
+        self.failed_opens = failed_opens
+        self.delay = delay
+        self.opens = 0
+        self.released = 0
+
+    def open(self):
+        self.opens += 1
+        if self.failed_opens:
+            self.failed_opens -= 1
+            raise SourceError("camera unplugged")
+
+    def read(self):
+        time.sleep(self.delay)
+        if not self.script:
+            if self.live:  # a live source idles rather than ending
+                time.sleep(0.01)
+                return False, None, None, None
+            return False, None, None, None
+        item = self.script.pop(0)
+        if isinstance(item, str):
+            return False, None, None, None
+        return True, item, None, None
+
+    def release(self):
+        self.released += 1
+
+
+def drain(source: FrameSource, stop_after: float = 5.0, per_frame: float = 0.0):
+    frames, deadline = [], time.monotonic() + stop_after
+    stop = threading.Event()
+    while time.monotonic() < deadline:
+        frame = source.next_frame(stop)
+        if frame is None:
+            break
+        frames.append(frame)
+        time.sleep(per_frame)
+    return frames
+
+
+def numbered(n: int) -> list[np.ndarray]:
+    return [np.full((8, 8, 3), i % 256, np.uint8) for i in range(n)]
+
+
+def test_file_sources_deliver_every_frame_in_order_even_to_a_slow_consumer():
+    capture = ScriptedCapture(numbered(30), live=False)
+    with FrameSource(capture) as source:
+        frames = drain(source, per_frame=0.002)
+    assert [int(f.image[0, 0, 0]) for f in frames] == list(range(30))
+    assert source.counters.dropped == 0
+
+
+def test_live_sources_keep_only_the_latest_frame_and_count_the_dropped_ones():
+    capture = ScriptedCapture(numbered(200), live=True, delay=0.001)
+    with FrameSource(capture, reconnect_delay=10) as source:
+        frames = []
+        stop = threading.Event()
+        while len(frames) < 10:
+            frame = source.next_frame(stop)
+            frames.append((frame, time.time() - frame.wall_time))
+            time.sleep(0.02)  # inference slower than the camera
+    assert source.counters.dropped > 50
+    indices = [f.index for f, _ in frames]
+    assert indices == sorted(indices) and indices[-1] - indices[0] > 50
+    assert max(age for _, age in frames[1:]) < 0.05  # latency stays bounded
+
+
+def test_empty_and_corrupt_frames_are_skipped_and_counted():
+    script = [solid(RED), None, np.zeros((0, 0, 3), np.uint8), np.zeros((5, 5), np.float64), solid(BLUE)]
+    with FrameSource(ScriptedCapture(script, live=False)) as source:
+        frames = drain(source)
+    assert len(frames) == 2
+    assert source.counters.skipped == 3
+    assert [f.index for f in frames] == [0, 4]
+
+
+def test_a_lost_live_source_is_reconnected_with_backoff_and_each_attempt_logged(caplog):
+    capture = ScriptedCapture(numbered(5) + ["lost"] + numbered(5), live=True)
+    with caplog.at_level(logging.WARNING, logger="fuselite.runtime.sources"):
+        with FrameSource(capture, reconnect_delay=0.01, reconnect_max_delay=0.04) as source:
+            capture.failed_opens = 3  # the next three opens fail
+            frames = []
+            stop = threading.Event()
+            deadline = time.monotonic() + 5
+            while len(frames) < 10 and time.monotonic() < deadline:
+                frames.append(source.next_frame(stop))
+                time.sleep(0.001)
+    assert len(frames) == 10 and source.counters.reconnects >= 1
+    attempts = [r.getMessage() for r in caplog.records if "reconnect attempt" in r.getMessage()]
+    assert [m.split("attempt ")[1].split(" ")[0] for m in attempts[:4]] == ["1", "2", "3", "4"]
+    delays = [float(m.split(" in ")[1].split(" s")[0]) for m in attempts[:4]]
+    assert delays == sorted(delays) and delays[-1] <= 0.04 + 1e-9
+    assert "reconnected after 4 attempt(s)" in caplog.text
+
+
+def test_a_live_source_that_cannot_open_yet_is_retried_in_the_background():
+    capture = ScriptedCapture(numbered(3), live=True, failed_opens=2)
+    with FrameSource(capture, reconnect_delay=0.01) as source:
+        frame = source.next_frame(threading.Event())
+    assert frame is not None and capture.opens == 3
+
+
+def test_a_file_that_cannot_be_opened_fails_at_once():
+    with pytest.raises(SourceError, match="camera unplugged"):
+        FrameSource(ScriptedCapture([], live=False, failed_opens=1)).start()
+
+
+def test_next_frame_returns_none_when_stop_is_set():
+    stop = threading.Event()
+    with FrameSource(ScriptedCapture([], live=True), reconnect_delay=10) as source:
+        threading.Timer(0.2, stop.set).start()
+        start = time.monotonic()
+        assert source.next_frame(stop) is None
+    assert time.monotonic() - start < 2
+
+
+def test_folder_source_reads_images_in_name_order_and_skips_unreadable_files(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), solid(RED))
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    (tmp_path / "c.png").write_bytes(b"")
+    cv2.imwrite(str(tmp_path / "d.jpg"), solid(BLUE))
+    (tmp_path / "notes.txt").write_text("not an image")
+    with FrameSource(FolderCapture(tmp_path)) as source:
+        frames = drain(source)
+    assert [f.name for f in frames] == ["a.png", "d.jpg"]
+    assert source.counters.skipped == 2
+
+
+def test_an_empty_folder_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="holds no images"):
+        FrameSource(FolderCapture(tmp_path)).start()
+
+
+def test_a_looping_file_source_replays_from_the_start(red_blue_clip):
+    capture = capture_for(str(red_blue_clip))
+    with FrameSource(capture, loop=True) as source:
+        stop = threading.Event()
+        frames = [source.next_frame(stop) for _ in range(100)]
+    assert all(f is not None for f in frames)
+    assert frames[40].timestamp_ms < frames[39].timestamp_ms  # the media clock restarted
+
+
+def test_source_specs_map_to_the_right_capture(tmp_path, red_blue_clip):
+    assert isinstance(capture_for("0"), OpenCVCapture) and capture_for("0").live
+    assert capture_for("rtsp://127.0.0.1:8554/cam").live
+    assert capture_for("http://127.0.0.1:8080/video.mjpg").live
+    assert isinstance(capture_for(str(tmp_path)), FolderCapture)
+    assert not capture_for(str(red_blue_clip)).live
+    with pytest.raises(SourceError, match="not a camera index"):
+        capture_for(str(tmp_path / "missing.mp4"))
+
+
+def test_picamera2_source_explains_how_to_install_it_when_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match="apt install python3-picamera2"):
+        capture_for("picamera2")
+
+
+def test_picamera2_source_reads_frames_when_picamera2_imports(monkeypatch):
+    class FakePicamera2:
+        def create_video_configuration(self, main):
+            self.size = main["size"]
+            assert main["format"] == "RGB888"
+            return main
+
+        def configure(self, config):
+            self.config = config
+
+        def start(self):
+            self.started = True
+
+        def capture_array(self, stream):
+            width, height = self.size
+            return np.full((height, width, 3), (255, 0, 0), np.uint8)
+
+        def stop(self):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    capture = capture_for("picamera2:320x240")
+    assert isinstance(capture, Picamera2Capture) and capture.live
+    with FrameSource(capture) as source:
+        frame = source.next_frame(threading.Event())
+    assert frame.image.shape == (240, 320, 3)
+    assert isinstance(capture_for("camera"), Picamera2Capture)
