@@ -13,9 +13,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fuselite.bundle import BundleError, read_bundle
 from fuselite.devices.compat import bundle_ops, check_ops, loadable_runtimes, ops_to_strings
 from fuselite.devices.profiles import Profile, get_profile, list_profiles
+
+from fuselite.bundle import BundleError, read_bundle
 from fuselite.errors import UserError
 
 
@@ -137,7 +138,7 @@ def format_result(result) -> str:
         lines.append(f"  op problem: {problem}")
     for c in result.comparisons:
         rule = "bit-exact" if c.tolerance == 0 else f"<= {c.tolerance:g}"
-        lines.append(f"  {c.name:<22} {c.dtype:<8} {str(c.shape):<9} max |diff| {c.max_abs_diff:.3g} "
+        lines.append(f"  {c.name:<22} {c.dtype:<8} {c.shape!s:<9} max |diff| {c.max_abs_diff:.3g} "
                      f"({rule}) {'ok' if c.passed else 'MISMATCH'}")
     if result.board:
         lines.append(f"  board: {result.board.get('machine')} Python {result.board.get('python')} "

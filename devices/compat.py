@@ -24,9 +24,9 @@ from __future__ import annotations
 import functools
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from fuselite.errors import UserError
 
@@ -61,7 +61,7 @@ class OpCode:
         return f"{self.name} v{self.version}"
 
     @classmethod
-    def parse(cls, text: str) -> "OpCode":
+    def parse(cls, text: str) -> OpCode:
         """Parses the ``str()`` form back (``"CONV_2D v3"`` or ``"custom op 'X'"``)."""
         if text.startswith("custom op "):
             return cls(text[len("custom op ") :].strip("'\""), 1, custom=True)
@@ -119,8 +119,11 @@ class _Reader:
     def field(self, table: int, index: int) -> int | None:
         """Position of field ``index`` of the table at ``table``, or None when absent."""
         vtable = table - self._unpack("<i", table)
+        size = self._unpack("<H", vtable)
+        if size < 4 or size % 2:
+            raise ModelFormatError(f"table at offset {table} has a broken vtable")
         entry = 4 + 2 * index
-        if entry >= self._unpack("<H", vtable):
+        if entry >= size:
             return None
         offset = self._unpack("<H", vtable + entry)
         return table + offset if offset else None
@@ -163,6 +166,8 @@ def read_ops(data: bytes) -> tuple[OpCode, ...]:
         raise ModelFormatError("not a TFLite model (no 'TFL3' file identifier)")
     reader = _Reader(data)
     model = reader._unpack("<I", 0)
+    if model < 8:  # the root table follows the offset and the file identifier
+        raise ModelFormatError("not a TFLite model (bad root offset)")
     names = builtin_names()
     ops = set()
     for code_table in reader.tables(model, 1):  # Model.operator_codes

@@ -5,8 +5,10 @@ It reads a bundle with :func:`fuselite.bundle.read_bundle`, runs the image model
 every architecture) and the text encoder on every label, and writes the raw
 outputs as ``.npy`` files (never pickle) plus an ``info.json`` saying which
 interpreter ran.  Models are loaded through the runtime's own loader
-(:class:`fuselite.runtime.interpreter.TfliteModel`) when the runtime is present,
-so the real code path is what gets verified.
+(:class:`fuselite.runtime.interpreter.TfliteModel`) when the runtime is present.
+Where OpenCV is installed too, the same frames (at camera size, BGR) also go
+through :class:`fuselite.runtime.Annotator` - resize, quantization, inference,
+scoring - so the code a board runs is what gets verified.
 
 Run: ``python -m fuselite.devices.probe --bundle B --out DIR [--frames 8 --seed 0]``.
 Imports only numpy, the bundle contract and the interpreter.
@@ -26,6 +28,9 @@ from fuselite.bundle import Bundle, read_bundle
 
 IMAGE_OUTPUT = "image_embeddings.npy"
 TEXT_OUTPUT = "text_embeddings.npy"
+ANNOTATOR_INPUTS = "annotator_inputs.npy"
+ANNOTATOR_SCORES = "annotator_scores.npy"
+CAMERA_SIZE = (120, 160)  # frames for the Annotator are resized like a camera's
 INFO = "info.json"
 
 
@@ -93,6 +98,11 @@ def run_probe(bundle: Bundle, count: int, seed: int, num_threads: int) -> tuple[
         text_model.run(np.asarray([bundle.tokenizer.encode(label)], dtype=text_model.input_dtype))[0]
         for label in bundle.manifest.labels
     ]
+    outputs = {IMAGE_OUTPUT: np.stack(image), TEXT_OUTPUT: np.stack(text)}
+    annotated = run_annotator(bundle.path, count, seed, num_threads)
+    if annotated:
+        outputs.update(annotated)
+        code_path += " + fuselite.runtime.Annotator"
     info = {
         "machine": platform.machine(),
         "python": platform.python_version(),
@@ -102,7 +112,23 @@ def run_probe(bundle: Bundle, count: int, seed: int, num_threads: int) -> tuple[
         "frames": count,
         "seed": seed,
     }
-    return {IMAGE_OUTPUT: np.stack(image), TEXT_OUTPUT: np.stack(text)}, info
+    return outputs, info
+
+
+def run_annotator(bundle_path: Path, count: int, seed: int, num_threads: int) -> dict:
+    """Model inputs and label scores from the runtime's Annotator; empty without OpenCV."""
+    try:
+        from fuselite.runtime.annotator import Annotator
+        from fuselite.runtime.options import AnnotatorOptions
+    except ImportError:  # no OpenCV (armv7 under emulation) or an older runtime
+        return {}
+    inputs, scores = [], []
+    with Annotator.create(AnnotatorOptions(bundle_path, num_threads=num_threads)) as annotator:
+        for index, frame in enumerate(frames(count, CAMERA_SIZE, seed + 1)):
+            inputs.append(annotator.preprocess(frame))
+            result = annotator.annotate_preprocessed(inputs[-1], timestamp_ms=100.0 * index)
+            scores.append([result.scores[label] for label in annotator.labels if label in result.scores])
+    return {ANNOTATOR_INPUTS: np.concatenate(inputs), ANNOTATOR_SCORES: np.asarray(scores, np.float64)}
 
 
 def _interpreter_version() -> str:

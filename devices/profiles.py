@@ -19,14 +19,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from fuselite.errors import UserError
 from fuselite.devices.compat import RuntimeSpec, get_runtime
+
+from fuselite.errors import UserError
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEVICES_DIR = Path(__file__).resolve().parent
 ARCHITECTURES = ("aarch64", "armv7l", "x86_64")
 CAMERA_BACKENDS = ("libcamera", "v4l2")
-SETUP_FILES = ("install.sh", "fuselite.service", "config.json")
+SETUP_FILES = ("install.sh", "fuselite.service", "fuselite.env")
 
 
 @dataclass(frozen=True)

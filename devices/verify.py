@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -42,11 +43,11 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
-from fuselite.bundle import read_bundle
 from fuselite.devices import probe
 from fuselite.devices.compat import bundle_ops, check_ops
 from fuselite.devices.profiles import Profile
+
+from fuselite.bundle import read_bundle
 from fuselite.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,21 @@ def rootfs_ready(profile: Profile, cache_dir: Path) -> bool:
     return (rootfs_dir(profile, cache_dir) / ROOTFS_OK).exists()
 
 
+def cache_ready(profile: Profile, cache_dir: Path) -> bool:
+    """True when the rootfs, the board's wheels and the host's reference wheels are all cached.
+
+    Then a verify needs no network and takes seconds.
+    """
+    emulation = EMULATIONS.get(profile.architecture)
+    if emulation is None or not rootfs_ready(profile, cache_dir):
+        return False
+    options = VerifyOptions(bundle=Path(), cache_dir=cache_dir)
+    board_site = site_dir(profile, emulation, options)
+    if not (board_site / SITE_OK).exists():
+        return False
+    return (host_site_dir(profile, board_site, cache_dir) / SITE_OK).exists()
+
+
 def verify(profile: Profile, options: VerifyOptions) -> VerifyResult:
     """Verifies ``options.bundle`` on ``profile``'s emulated userland; see the module doc."""
     start = time.monotonic()
@@ -221,11 +237,12 @@ def verify(profile: Profile, options: VerifyOptions) -> VerifyResult:
     cached = rootfs_ready(profile, options.cache_dir) and (site_dir(profile, emulation, options) / SITE_OK).exists()
     root = _timed(timings, "rootfs", ensure_rootfs, profile, emulation, options)
     site = _timed(timings, "wheels", ensure_site, profile, emulation, options)
+    host_site = _timed(timings, "host_wheels", ensure_host_site, profile, site, options)
     source = copy_fuselite(options.cache_dir / "fuselite-src")
     write_cpuinfo(root, profile)
     with tempfile.TemporaryDirectory(prefix="fuselite-verify-") as tmp:
         host_dir, board_dir = Path(tmp) / "host", Path(tmp) / "board"
-        _timed(timings, "host_probe", run_host_probe, options, host_dir)
+        _timed(timings, "host_probe", run_host_probe, options, source, host_site, host_dir)
         _timed(timings, "board_probe", run_board_probe, profile, emulation, root, site, source, options, board_dir)
         comparisons = tuple(compare_outputs(host_dir, board_dir))
         host_info, board_info = _read_info(host_dir), _read_info(board_dir)
@@ -279,9 +296,9 @@ def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
         for line in path.read_text(errors="replace").splitlines():
             words = line.split("#", 1)[0].split()
             urls = [w for w in words if w.startswith(("http://", "https://"))]
-            if urls and ("URIs:" in words or words[:1] == ["deb"]):
-                if "security" not in urls[0] and "/debian" in urls[0]:
-                    return urls[0].rstrip("/")
+            is_source = urls and ("URIs:" in words or words[:1] == ["deb"])
+            if is_source and "security" not in urls[0] and "/debian" in urls[0]:
+                return urls[0].rstrip("/")
     return DEFAULT_MIRROR
 
 
@@ -456,6 +473,63 @@ def ensure_site(profile: Profile, emulation: Emulation, options: VerifyOptions) 
     return site
 
 
+def installed_version(site: Path, package: str) -> str:
+    """The version of ``package`` installed in ``site`` (a ``pip --target`` folder)."""
+    for dist in metadata.distributions(path=[str(site)]):
+        if dist.metadata["Name"].lower().replace("_", "-") == package.lower().replace("_", "-"):
+            return dist.version
+    raise UserError(f"{package} is missing from {site}; delete that folder and verify again")
+
+
+def host_requirements(profile: Profile, board_site: Path) -> list[str]:
+    """The board's wheels pinned to the versions it got (numpy: the runtime's range)."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+    spec = profile.runtime_spec
+    pinned = [f"{spec.package}=={installed_version(board_site, spec.package)}"]
+    for text in board_requirements(profile):
+        name = Requirement(text).name
+        if name != spec.package:
+            pinned.append(f"{name}=={installed_version(board_site, name)}")
+    # armv7 takes numpy from Debian, not from the wheels: keep the runtime's range.
+    pinned += [r for r in spec.requirements if r.startswith("numpy") and "numpy" not in " ".join(pinned)]
+    return pinned
+
+
+def host_site_dir(profile: Profile, board_site: Path, cache_dir: Path) -> Path:
+    """Where this host's reference wheels for ``profile`` are cached."""
+    key = hashlib.sha256(json.dumps(host_requirements(profile, board_site)).encode()).hexdigest()[:12]
+    return cache_dir / f"host-{platform.machine()}" / f"site-{key}"
+
+
+def ensure_host_site(profile: Profile, board_site: Path, options: VerifyOptions) -> Path:
+    """Installs, for this host, the very runtime version the board got; returns the folder.
+
+    The reference must run the same interpreter build: int8 kernels of different
+    releases may round differently (tflite-runtime 2.14 and ai-edge-litert 2.3
+    differ by one step on some int8 outputs).
+    """
+    requirements = host_requirements(profile, board_site)
+    machine = platform.machine()
+    site = host_site_dir(profile, board_site, options.cache_dir)
+    if (site / SITE_OK).exists():
+        return site
+    partial = site.with_name(site.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [sys.executable, "-m", "pip", "install", "--target", str(partial), "--only-binary=:all:",
+               *PIP_QUIET, *requirements]
+    log.info("installing the host's reference runtime: %s", " ".join(requirements))
+    _run(command, options.timeout, f"pip install of {' '.join(requirements)} for this host ({machine})",
+         hint=f"the host's Python must be one that {profile.runtime_spec.name} has wheels for "
+         f"({profile.runtime_spec.python})")
+    (partial / SITE_OK).write_text("\n".join(requirements) + "\n")
+    shutil.rmtree(site, ignore_errors=True)
+    partial.rename(site)
+    return site
+
+
 def copy_fuselite(target: Path) -> Path:
     """Copies the pure-Python parts a board runs (contract, runtime, devices) to ``target``."""
     import fuselite
@@ -466,7 +540,7 @@ def copy_fuselite(target: Path) -> Path:
     shutil.copytree(Path(fuselite.__file__).parent, package, ignore=ignore)
     for sub in ("runtime", "devices"):
         module = __import__(f"fuselite.{sub}", fromlist=["__path__"])
-        shutil.copytree(Path(list(module.__path__)[0]), package / sub, ignore=ignore, dirs_exist_ok=True)
+        shutil.copytree(Path(next(iter(module.__path__))), package / sub, ignore=ignore, dirs_exist_ok=True)
     return target
 
 
@@ -481,11 +555,27 @@ def _probe_args(options: VerifyOptions, out: Path) -> list[str]:
     ]
 
 
-def run_host_probe(options: VerifyOptions, out: Path) -> None:
-    """Runs the probe natively with this Python."""
-    # cwd: with -m, Python puts the working folder first on sys.path; a source tree there
-    # would shadow the package layout (fuselite.devices lives in devices/).
-    _run([sys.executable, *_probe_args(options, out)], options.timeout, "the host probe", cwd=out.parent)
+def run_host_probe(options: VerifyOptions, source: Path, host_site: Path, out: Path) -> None:
+    """Runs the probe natively with this Python, on the reference runtime only.
+
+    ``-S`` keeps this environment's own packages (another interpreter, numpy 2)
+    out of the way; the cwd is a scratch folder because with ``-m`` Python puts
+    the working folder first on sys.path.
+    """
+    env = {**_base_env(out), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    env["PYTHONPATH"] = f"{source}{os.pathsep}{host_site}"
+    command = [sys.executable, "-S", *_probe_args(options, out)]
+    _run(command, options.timeout, "the host probe", env=env, cwd=out.parent)
+
+
+def _base_env(out: Path) -> dict:
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(out.parent),
+        "LANG": "C.UTF-8",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
 
 
 def run_board_probe(
@@ -494,14 +584,7 @@ def run_board_probe(
 ) -> None:
     """Runs the probe with the board's Python under qemu-user."""
     qemu = shutil.which(emulation.qemu, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin"]))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(out.parent),
-        "LANG": "C.UTF-8",
-        "PYTHONPATH": f"{source}{os.pathsep}{site}",
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+    env = {**_base_env(out), "PYTHONPATH": f"{source}{os.pathsep}{site}"}
     python = root / "usr" / "bin" / f"python{profile.python}"
     command = [qemu, "-cpu", profile.cpu, "-L", str(root), str(python), *_probe_args(options, out)]
     _run(command, options.timeout, f"the probe under {emulation.qemu}", env=env, cwd=out.parent)
@@ -510,7 +593,12 @@ def run_board_probe(
 def compare_outputs(host_dir: Path, board_dir: Path) -> list[Comparison]:
     """Compares every output: integer dtypes bit-exact, float within 1e-5."""
     rows = []
-    for name in (probe.IMAGE_OUTPUT, probe.TEXT_OUTPUT):
+    host_names = {p.name for p in host_dir.glob("*.npy")}
+    board_names = {p.name for p in board_dir.glob("*.npy")}
+    for name in sorted(host_names ^ board_names):
+        side = "board" if name in host_names else "host"
+        rows.append(Comparison(name, f"missing on the {side}", (), float("inf"), 0.0, False))
+    for name in sorted(host_names & board_names):
         host = np.load(host_dir / name, allow_pickle=False)
         board = np.load(board_dir / name, allow_pickle=False)
         exact = np.issubdtype(host.dtype, np.integer)
@@ -540,7 +628,7 @@ def _run(
     log.debug("running %s", " ".join(map(str, command)))
     try:
         done = subprocess.run(
-            command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+            command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False,
         )
     except subprocess.TimeoutExpired:
         raise UserError(f"{what} did not finish within {timeout:.0f} s; raise --timeout or check the network") from None

@@ -13,9 +13,11 @@ the zip.  The zip holds:
 * ``text_encoder.tflite``  - the text tower, so a board can embed labels the user
   types without the host.
 
-The image model maps a ``[1, H, W, 3]`` RGB image to an L2-normalised embedding
-``[1, D]``; a label's probability is ``sigmoid(logit_scale * dot(image, text) +
-logit_bias)``.
+The image model maps a ``[1, H, W, 3]`` RGB image to L2-normalised embeddings:
+``[1, D]`` (global scoring) or ``[1, cells, D]`` (regional scoring, one per cell of
+the last feature map).  A label's probability is ``sigmoid(logit_scale *
+similarity + logit_bias)`` where similarity is the dot product with the label's
+text embedding (the best cell's, for regional models): :func:`label_probabilities`.
 
 This module imports nothing heavier than numpy, and reading never executes or
 unpickles anything: it validates sizes, member names, types and ranges, and the
@@ -155,6 +157,29 @@ class Bundle:
     tokenizer: Tokenizer
     label_embeddings: np.ndarray
     text_encoder_bytes: bytes
+
+
+def label_probabilities(image_embedding: np.ndarray, label_embeddings: np.ndarray,
+                        logit_scale: float, logit_bias: float) -> np.ndarray:
+    """Probability of each label for each image: the scorer every stage shares.
+
+    ``image_embedding`` is ``[batch, D]`` (one embedding per image) or
+    ``[batch, cells, D]`` (regional models: one per cell of the last feature map,
+    and a label scores as its best cell).  Returns ``[batch, labels]``.
+    """
+    similarity = np.asarray(image_embedding, np.float32) @ np.asarray(label_embeddings, np.float32).T
+    if similarity.ndim == 3:
+        similarity = similarity.max(axis=1)
+    logits = logit_scale * similarity + logit_bias
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
+
+
+def global_embedding(image_embedding: np.ndarray) -> np.ndarray:
+    """One unit-length embedding per image (the mean of the cells for regional models)."""
+    emb = np.asarray(image_embedding, np.float32)
+    if emb.ndim == 3:
+        emb = emb.mean(axis=1)
+    return emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
 
 
 def sha256(data: bytes) -> str:

@@ -27,6 +27,10 @@ class TrainConfig:
         blocks: Image tower depthwise-separable blocks as ``(channels, stride)``.
         pooling: Image tower pooling: ``"avg"``, or ``"avgmax"`` (average and max
             concatenated; max keeps small objects' conjunctive features).
+        scoring: ``"global"``: one image embedding, scored against each label; or
+            ``"regional"``: one embedding per cell of the last feature map, and a
+            label's score is its best cell.  Regional scoring binds attributes to
+            the object they belong to, so unseen phrases ("green star") generalise.
         embed_dim: Size of the joint image-text space.
         text_embed_dim: Word embedding size of the text tower.
         text_hidden: Channels of the text tower's bigram convolution.
@@ -54,6 +58,7 @@ class TrainConfig:
     width: float = 1.0
     blocks: tuple[tuple[int, int], ...] = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (256, 2))
     pooling: str = "avg"
+    scoring: str = "global"
     embed_dim: int = 64
     text_embed_dim: int = 48
     text_hidden: int = 96
@@ -122,11 +127,12 @@ def get_config(name: str) -> TrainConfig:
     return _REGISTRY[name]
 
 
-register(TrainConfig(name="scenes-default"))
+register(TrainConfig(name="scenes-default", scoring="regional", epochs=24))
 # A few seconds on two cores: for tests and smoke runs, still learns.
 register(
     TrainConfig(
         name="scenes-tiny",
+        scoring="regional",
         width=1.0,
         blocks=((32, 1), (64, 2), (128, 2)),
         embed_dim=32,
@@ -168,4 +174,5 @@ register(
     )
 )
 # Starting point for a user's own images (--data PATH).
-register(TrainConfig(name="custom", data="", epochs=40, test_fraction=0.15, val_fraction=0.15))
+register(TrainConfig(name="custom", data="", scoring="regional", epochs=40, test_fraction=0.15,
+                     val_fraction=0.15))

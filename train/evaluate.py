@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fuselite import metrics as m
+from fuselite.bundle import global_embedding, label_probabilities
 from fuselite.tokenizer import Tokenizer
 from fuselite.train.data import ImageTextData
 from fuselite.train.pipeline import RunData, embed_images, embed_texts
@@ -19,7 +20,7 @@ def label_scores(model, tokenizer: Tokenizer, texts: list[str], images: np.ndarr
     image_emb = embed_images(model.image_encoder, images)
     text_emb = embed_texts(model.text_encoder, tokenizer, texts)
     scale, bias = model.logit_scale_value(), float(model.logit_bias.numpy())
-    return m.sigmoid(scale * image_emb @ text_emb.T + bias)
+    return label_probabilities(image_emb, text_emb, scale, bias)
 
 
 def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> dict:
@@ -47,7 +48,7 @@ def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> d
 
 
 def _caption_recall(model, tokenizer: Tokenizer, test: ImageTextData) -> dict:
-    image_emb = embed_images(model.image_encoder, test.images)
+    image_emb = global_embedding(embed_images(model.image_encoder, test.images))
     caption_emb = embed_texts(model.text_encoder, tokenizer, test.captions)
     return m.retrieval_recall(image_emb, caption_emb, test.captions)
 

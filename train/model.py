@@ -63,6 +63,8 @@ def image_encoder(config: TrainConfig) -> keras.Model:
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     for i, (channels, stride) in enumerate(config.blocks):
         x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}")
+    if config.scoring == "regional":
+        return keras.Model(pixels, _regional_head(x, config), name="image_encoder")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if config.pooling == "avgmax":
         peak = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
@@ -70,6 +72,28 @@ def image_encoder(config: TrainConfig) -> keras.Model:
     x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
     embedding = keras.layers.UnitNormalization(name="embedding")(x)
     return keras.Model(pixels, embedding, name="image_encoder")
+
+
+def _regional_head(features, config: TrainConfig):
+    """One unit-length embedding per cell of the last feature map: ``[cells, embed_dim]``."""
+    x = keras.layers.Conv2D(config.embed_dim, 1, name="project")(features)
+    cells = int(x.shape[1]) * int(x.shape[2])
+    x = keras.layers.Reshape((cells, config.embed_dim), name="cells")(x)
+    return keras.layers.UnitNormalization(axis=-1, name="embedding")(x)
+
+
+def image_similarity(image_emb, text_emb):
+    """Cosine similarity ``[batch, texts]``; for regional embeddings, the best cell's."""
+    if len(image_emb.shape) == 3:
+        return tf.reduce_max(tf.einsum("bnd,td->bnt", image_emb, text_emb), axis=1)
+    return tf.matmul(image_emb, text_emb, transpose_b=True)
+
+
+def global_embedding(image_emb):
+    """A single unit-length image embedding: the mean of the cells for regional models."""
+    if len(image_emb.shape) == 3:
+        return tf.math.l2_normalize(tf.reduce_mean(image_emb, axis=1), axis=-1)
+    return image_emb
 
 
 def text_encoder(config: TrainConfig, vocab_size: int) -> keras.Model:
@@ -143,7 +167,7 @@ class FusedModel(keras.Model):
         """Logits ``[batch, num_labels]`` of every training label for ``images``."""
         image_emb = self.image_encoder(images, training=training)
         label_emb = self.text_encoder(self.label_ids, training=training)
-        return self.scale() * tf.matmul(image_emb, label_emb, transpose_b=True) + self.logit_bias
+        return self.scale() * image_similarity(image_emb, label_emb) + self.logit_bias
 
     def call(self, images, training=False):
         """Label probabilities for a batch of uint8 images."""
@@ -153,7 +177,7 @@ class FusedModel(keras.Model):
         images, targets = batch["image"], batch["targets"]
         image_emb = self.image_encoder(images, training=training)
         label_emb = self.text_encoder(self.label_ids, training=training)
-        logits = self.scale() * tf.matmul(image_emb, label_emb, transpose_b=True) + self.logit_bias
+        logits = self.scale() * image_similarity(image_emb, label_emb) + self.logit_bias
         if self.task == "single":
             loss = keras.losses.categorical_crossentropy(
                 targets, logits, from_logits=True, label_smoothing=self.config.label_smoothing
@@ -165,7 +189,7 @@ class FusedModel(keras.Model):
             )
         if self.use_captions:
             caption_emb = self.text_encoder(batch["caption_ids"], training=training)
-            pair = sigmoid_pair_loss(image_emb, caption_emb, self.scale(), self.logit_bias)
+            pair = sigmoid_pair_loss(global_embedding(image_emb), caption_emb, self.scale(), self.logit_bias)
             loss += self.config.siglip_weight * pair
         return loss
 

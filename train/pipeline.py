@@ -146,7 +146,7 @@ def _augmenter(config: TrainConfig):
 def embed_images(encoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Image embeddings ``[N, D]`` of uint8 images, in batches."""
     out = [encoder(images[i : i + batch_size], training=False).numpy() for i in range(0, len(images), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, encoder.output_shape[-1]), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, *encoder.output_shape[1:]), np.float32)
 
 
 def embed_texts(encoder, tokenizer: Tokenizer, texts: list[str], batch_size: int = 1024) -> np.ndarray:

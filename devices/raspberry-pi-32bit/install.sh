@@ -2,8 +2,9 @@
 # Installs fuselite for the raspberry-pi-32bit profile (Raspberry Pi on 32-bit Raspberry Pi OS (armv7: Pi 2/3/4 32-bit)).
 #
 # What it does: a venv in $PREFIX with the base package only (no TensorFlow) and
-# the profile's interpreter (tflite-runtime 2.14), a system user, the example config in
-# $CONFIG_DIR (kept if present) and the systemd unit.  It does not start the service.
+# the profile's interpreter (tflite-runtime 2.14), a system user, the example settings
+# $CONFIG_DIR/fuselite.env (kept if present) and the systemd unit.  It does not start
+# the service, which runs as the unprivileged user fuselite: edit fuselite.env, not the unit.
 #
 # Usage:  sudo ./install.sh [PACKAGE]
 #   PACKAGE  a fuselite wheel built on the host (pip wheel --no-deps -w dist .),
@@ -37,9 +38,11 @@ python3 -m venv "$PREFIX/venv"
 "$PREFIX/venv/bin/fuselite" --version
 
 install -d -m 755 "$CONFIG_DIR"
-[[ -e "$CONFIG_DIR/config.json" ]] || install -m 644 "$HERE/config.json" "$CONFIG_DIR/config.json"
-install -m 644 "$HERE/fuselite.service" /etc/systemd/system/fuselite.service
+[[ -e "$CONFIG_DIR/fuselite.env" ]] || install -m 644 "$HERE/fuselite.env" "$CONFIG_DIR/fuselite.env"
+# The unit names the default paths; point it at $PREFIX and $CONFIG_DIR if they moved.
+sed -e "s#/opt/fuselite#$PREFIX#g" -e "s#/etc/fuselite#$CONFIG_DIR#g" "$HERE/fuselite.service" \
+  > /etc/systemd/system/fuselite.service
 systemctl daemon-reload
 
-echo "installed. Next: copy your bundle to $CONFIG_DIR/model.tflite, check $CONFIG_DIR/config.json,"
+echo "installed. Next: copy your bundle to $CONFIG_DIR/model.fuselite, check $CONFIG_DIR/fuselite.env,"
 echo "then: sudo systemctl enable --now fuselite && journalctl -u fuselite -f"

@@ -124,13 +124,13 @@ def build_parts(variant: str) -> dict:
             output_quant=_quant(image_bytes, "output"),
         ),
     )
-    return dict(
-        model_bytes=image_bytes,
-        manifest=manifest,
-        tokenizer=tokenizer,
-        label_embeddings=embeddings.astype(np.float32),
-        text_encoder_bytes=text_bytes,
-    )
+    return {
+        "model_bytes": image_bytes,
+        "manifest": manifest,
+        "tokenizer": tokenizer,
+        "label_embeddings": embeddings.astype(np.float32),
+        "text_encoder_bytes": text_bytes,
+    }
 
 
 def write_test_bundle(path: Path, variant: str) -> Path:

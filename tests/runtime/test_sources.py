@@ -106,16 +106,15 @@ def test_empty_and_corrupt_frames_are_skipped_and_counted():
 
 def test_a_lost_live_source_is_reconnected_with_backoff_and_each_attempt_logged(caplog):
     capture = ScriptedCapture(numbered(5) + ["lost"] + numbered(5), live=True)
+    stop = threading.Event()
+    threading.Timer(5, stop.set).start()  # a bound, should the test fail
     with caplog.at_level(logging.WARNING, logger="fuselite.runtime.sources"):
-        with FrameSource(capture, reconnect_delay=0.01, reconnect_max_delay=0.04) as source:
+        source = FrameSource(capture, drop_stale=False, reconnect_delay=0.01, reconnect_max_delay=0.04)
+        with source:
             capture.failed_opens = 3  # the next three opens fail
-            frames = []
-            stop = threading.Event()
-            deadline = time.monotonic() + 5
-            while len(frames) < 10 and time.monotonic() < deadline:
-                frames.append(source.next_frame(stop))
-                time.sleep(0.001)
-    assert len(frames) == 10 and source.counters.reconnects >= 1
+            frames = [source.next_frame(stop) for _ in range(10)]
+    stop.set()
+    assert None not in frames and source.counters.reconnects >= 1
     attempts = [r.getMessage() for r in caplog.records if "reconnect attempt" in r.getMessage()]
     assert [m.split("attempt ")[1].split(" ")[0] for m in attempts[:4]] == ["1", "2", "3", "4"]
     delays = [float(m.split(" in ")[1].split(" s")[0]) for m in attempts[:4]]

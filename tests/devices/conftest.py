@@ -1,0 +1,79 @@
+"""Fixtures of the devices tests: tiny bundles, real (TensorFlow) and hand-made (no TensorFlow)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fuselite.devices.compat import builtin_names
+
+from fuselite.bundle import Manifest, Preprocessing, write_bundle
+from fuselite.tokenizer import Tokenizer
+
+
+def opcode_model(opcodes: list[tuple[int, int, int, str | None]]) -> bytes:
+    """A TFLite flatbuffer whose operator_codes are ``(deprecated, builtin, version, custom)``.
+
+    Built with the ``flatbuffers`` package (an ai-edge-litert dependency), independent
+    of the reader under test.
+    """
+    import flatbuffers
+
+    b = flatbuffers.Builder(256)
+    names = [b.CreateString(custom) if custom else None for *_, custom in opcodes]
+    tables = []
+    for (deprecated, builtin, version, _), name in zip(opcodes, names):
+        b.StartObject(4)
+        if builtin is not None:
+            b.PrependInt32Slot(3, builtin, -1)
+        b.PrependInt32Slot(2, version, -1)
+        if name is not None:
+            b.PrependUOffsetTRelativeSlot(1, name, 0)
+        b.PrependInt8Slot(0, deprecated, -1)
+        tables.append(b.EndObject())
+    b.StartVector(4, len(tables), 4)
+    for table in reversed(tables):
+        b.PrependUOffsetTRelative(table)
+    codes = b.EndVector()
+    b.StartObject(2)
+    b.PrependUOffsetTRelativeSlot(1, codes, 0)
+    b.PrependUint32Slot(0, 3, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def code(name: str) -> int:
+    """The builtin code of op ``name``."""
+    return builtin_names().index(name)
+
+
+@pytest.fixture
+def handmade_bundle(tmp_path: Path) -> Path:
+    """A valid bundle whose models are hand-made flatbuffers using FULLY_CONNECTED v1 (no TF)."""
+    model = opcode_model([(code("FULLY_CONNECTED"), code("FULLY_CONNECTED"), 1, None)])
+    tokenizer = Tokenizer.fit(["a cup"], max_length=4)
+    manifest = Manifest(
+        variant="fp32", task="single", labels=("a cup",), thresholds=(0.5,), default_threshold=0.5,
+        embedding_dim=4, logit_scale=1.0, logit_bias=0.0, preprocessing=Preprocessing(input_size=(16, 16)),
+    )
+    return write_bundle(
+        tmp_path / "handmade.fuselite", model_bytes=model, manifest=manifest, tokenizer=tokenizer,
+        label_embeddings=np.ones((1, 4), np.float32) / 2, text_encoder_bytes=model,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Real fp32, dynamic and int8 bundles converted by TensorFlow (seconds; slow tests only)."""
+    pytest.importorskip("tensorflow")
+    from devices_testbundle import VARIANTS, write_test_bundle
+
+    folder = tmp_path_factory.mktemp("bundles")
+    return {v: write_test_bundle(folder / f"tiny-{v}.fuselite", v) for v in VARIANTS}
+
+
+def u32(value: int) -> bytes:
+    """Little-endian uint32, for hand-corrupting flatbuffers."""
+    return struct.pack("<I", value)
