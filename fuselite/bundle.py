@@ -129,7 +129,7 @@ class Manifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         """Parses and validates manifest JSON; raises :class:`BundleError` naming the bad field."""
         try:
             data = json.loads(text)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Tokenizer:
         object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.vocab)})
 
     @classmethod
-    def fit(cls, texts: Iterable[str], max_length: int = 8) -> "Tokenizer":
+    def fit(cls, texts: Iterable[str], max_length: int = 8) -> Tokenizer:
         """Builds a vocabulary from ``texts``: every word seen, sorted, so it is deterministic."""
         words = sorted({w for text in texts for w in split_words(text)})
         return cls(vocab=(PAD, UNK, *words), max_length=max_length)
@@ -81,7 +81,7 @@ class Tokenizer:
         return {"type": "word", "max_length": self.max_length, "vocab": list(self.vocab)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Tokenizer":
+    def from_dict(cls, data: dict) -> Tokenizer:
         """Rebuilds a tokenizer saved by :meth:`to_dict`, validating its fields."""
         if not isinstance(data, dict) or data.get("type") != "word":
             raise ValueError("tokenizer must be a mapping with type 'word'")
@@ -97,6 +97,6 @@ class Tokenizer:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "Tokenizer":
+    def load(cls, path: Path) -> Tokenizer:
         """Reads a tokenizer written by :meth:`save`."""
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

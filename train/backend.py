@@ -10,10 +10,10 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide oneDNN/cuda banners on CPU hosts
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-from absl import logging as _absl_logging  # noqa: E402
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging as _absl_logging
 
 _absl_logging.set_verbosity(_absl_logging.WARNING)  # "Sharding callback duration" on every save
 
-__all__ = ["tf", "keras"]
+__all__ = ["keras", "tf"]

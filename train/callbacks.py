@@ -6,8 +6,8 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tqdm.auto import tqdm
 
@@ -90,7 +90,7 @@ class CheckpointAndStop(keras.callbacks.Callback):
                  self.state["best_val_score"])
         return int(self.state["epochs_done"])
 
-    def on_epoch_end(self, epoch, logs=None):  # noqa: D401
+    def on_epoch_end(self, epoch, logs=None):
         """Records the epoch, saves the best weights and the checkpoint, decides on stopping."""
         score = float(self.val_score())
         if logs is not None:

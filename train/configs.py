@@ -85,7 +85,7 @@ class TrainConfig:
         if self.width <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
 
-    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+    def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with the given fields changed; ``None`` values are ignored."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         known = {f.name for f in fields(self)}
@@ -99,7 +99,7 @@ class TrainConfig:
         Path(path).write_text(json.dumps(asdict(self), indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
+    def load(cls, path: Path) -> TrainConfig:
         """Reads a config written by :meth:`save`."""
         data = json.loads(Path(path).read_text())
         data["blocks"] = tuple(tuple(b) for b in data["blocks"])

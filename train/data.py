@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class ImageTextData:
         """Every label text used, sorted."""
         return sorted({t for tags in self.tags for t in tags})
 
-    def subset(self, indices: Sequence[int]) -> "ImageTextData":
+    def subset(self, indices: Sequence[int]) -> ImageTextData:
         """The items at ``indices``, in that order."""
         idx = np.asarray(indices, dtype=np.int64)
         return ImageTextData(
@@ -109,11 +109,11 @@ class Splits:
     test: list[int]
 
     @classmethod
-    def make(cls, n: int, val_fraction: float, test_fraction: float, seed: int) -> "Splits":
+    def make(cls, n: int, val_fraction: float, test_fraction: float, seed: int) -> Splits:
         """Shuffles ``range(n)`` with ``seed`` and cuts it; test is empty if ``test_fraction`` is 0."""
         order = np.random.default_rng(seed).permutation(n)
-        n_val = max(1, int(round(n * val_fraction)))
-        n_test = int(round(n * test_fraction))
+        n_val = max(1, round(n * val_fraction))
+        n_test = round(n * test_fraction)
         test = sorted(order[:n_test].tolist())
         val = sorted(order[n_test : n_test + n_val].tolist())
         train = sorted(order[n_test + n_val :].tolist())
@@ -124,7 +124,7 @@ class Splits:
         Path(path).write_text(json.dumps({"train": self.train, "val": self.val, "test": self.test}))
 
     @classmethod
-    def load(cls, path: Path) -> "Splits":
+    def load(cls, path: Path) -> Splits:
         """Reads splits written by :meth:`save`."""
         data = json.loads(Path(path).read_text())
         return cls(train=data["train"], val=data["val"], test=data["test"])

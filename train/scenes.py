@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
 from fuselite.train.data import ImageTextData
 
 log = logging.getLogger(__name__)

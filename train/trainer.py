@@ -28,7 +28,13 @@ from fuselite.train.configs import TrainConfig
 from fuselite.train.data import Splits
 from fuselite.train.evaluate import evaluate
 from fuselite.train.model import FusedModel
-from fuselite.train.pipeline import RunData, fit_tokenizer, label_vocabulary, load_run_data, make_dataset
+from fuselite.train.pipeline import (
+    RunData,
+    fit_tokenizer,
+    label_vocabulary,
+    load_run_data,
+    make_dataset,
+)
 
 log = logging.getLogger(__name__)
 

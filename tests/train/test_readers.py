@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from fuselite.errors import UserError
 from fuselite.train.readers import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -19,8 +21,6 @@ from fuselite.train.readers import (
     read_folder_per_class,
     read_manifest,
 )
-
-from fuselite.errors import UserError
 
 SIZE = 32
 RED, BLUE = (220, 30, 30), (30, 30, 220)
