@@ -1,10 +1,12 @@
-"""Data for a training run: which images, which splits, and the tf.data input pipeline."""
+"""The tf.data input pipeline and batched embedding helpers.
+
+Which images and which splits a run uses is decided in :mod:`fuselite.train.sources`
+(no TensorFlow there, so bench can rebuild a run's test split on a board).
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -12,75 +14,10 @@ from fuselite.errors import UserError
 from fuselite.tokenizer import Tokenizer
 from fuselite.train.backend import tf
 from fuselite.train.configs import TrainConfig
-from fuselite.train.data import ImageTextData, Splits
+from fuselite.train.data import ImageTextData
+from fuselite.train.sources import RunData, load_run_data  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunData:
-    """The images of one run, already split.
-
-    Attributes:
-        train: Training split.
-        val: Validation split (thresholds, early stopping).
-        test: Test split (``metrics.json``).
-        heldout: Scenes made of held-out attribute-object combinations, or ``None``.
-        splits: The indices the splits were cut with, saved in the run.
-        skipped: How many source items were unusable and left out.
-    """
-
-    train: ImageTextData
-    val: ImageTextData
-    test: ImageTextData
-    heldout: ImageTextData | None
-    splits: Splits
-    skipped: int = 0
-
-
-def load_run_data(config: TrainConfig, splits: Splits | None = None) -> RunData:
-    """Loads the config's source and cuts it into splits (or reuses saved ``splits``)."""
-    pool, official_test, heldout = _load_sources(config)
-    if splits is None:
-        test_fraction = 0.0 if official_test is not None else config.test_fraction
-        splits = Splits.make(len(pool), config.val_fraction, test_fraction, config.seed)
-        if official_test is not None:
-            splits = Splits(splits.train, splits.val, list(range(len(official_test))))
-        if config.limit:
-            splits = Splits(splits.train[: config.limit], splits.val, splits.test)
-    test_source = official_test if official_test is not None else pool
-    data = RunData(
-        train=pool.subset(splits.train),
-        val=pool.subset(splits.val),
-        test=test_source.subset(splits.test),
-        heldout=heldout,
-        splits=splits,
-        skipped=len(pool.skipped) + (len(official_test.skipped) if official_test is not None else 0),
-    )
-    if len(data.train) == 0 or len(data.test) == 0:
-        raise UserError(f"{config.data}: too few usable items to split into train/val/test")
-    return data
-
-
-def _load_sources(config: TrainConfig):
-    """Returns (pool, official test split or None, held-out scenes or None)."""
-    if config.data == "scenes":
-        from fuselite.train.scenes import SceneSpec, generate_scenes
-
-        spec = SceneSpec(image_size=config.image_size)
-        pool = generate_scenes(config.scenes_train, spec, seed=config.seed)
-        heldout = generate_scenes(config.scenes_heldout, spec, seed=config.seed + 1, heldout=True)
-        return pool, None, heldout
-    if config.data == "fashion-mnist":
-        from fuselite.train.readers import read_fashion_mnist
-
-        train = read_fashion_mnist(image_size=config.image_size, split="train")
-        return train, read_fashion_mnist(image_size=config.image_size, split="test"), None
-    if not config.data:
-        raise UserError("this config needs --data PATH (a class folder, manifest, COCO JSON or IDX folder)")
-    from fuselite.train.readers import read_dataset
-
-    return read_dataset(Path(config.data), config.image_size), None, None
 
 
 def label_vocabulary(train: ImageTextData) -> list[str]:
@@ -137,10 +74,23 @@ def _augmenter(config: TrainConfig):
         if config.flip:
             image = tf.image.random_flip_left_right(image)
         image = image + tf.random.uniform((), -12.0, 12.0)
+        if config.cutout > 0:
+            image = _cutout(image, int(size * config.cutout))
         example["image"] = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
         return example
 
     return augment
+
+
+def _cutout(image, side: int):
+    """Blanks a random ``side`` x ``side`` square to mid-grey (random erasing)."""
+    size = image.shape[0]
+    y = tf.random.uniform((), 0, size - side + 1, dtype=tf.int32)
+    x = tf.random.uniform((), 0, size - side + 1, dtype=tf.int32)
+    rows = tf.logical_and(tf.range(size) >= y, tf.range(size) < y + side)
+    cols = tf.logical_and(tf.range(size) >= x, tf.range(size) < x + side)
+    mask = tf.logical_and(rows[:, None], cols[None, :])[:, :, None]
+    return tf.where(mask, tf.fill(tf.shape(image), 127.0), image)
 
 
 def embed_images(encoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
