@@ -1,15 +1,20 @@
 """``fuselite demo``: the whole chain on the embedded synthetic scenes.
 
+train -> convert -> annotate a rendered video with the int8 bundle -> bench.
 Each step writes into ``--out`` and is skipped when its output is already there,
 so an interrupted demo picks up where it stopped (``--fresh`` starts over).
+Every step goes through the same command a user would type.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 from pathlib import Path
+
+from fuselite.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -18,32 +23,95 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the demo options to ``parser``."""
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)")
     parser.add_argument("--config", default="scenes-default", help="training config (default: scenes-default)")
+    parser.add_argument("--threads", type=int, default=2, help="interpreter threads (default: 2)")
     parser.add_argument("--fresh", action="store_true", help="delete --out first and redo every step")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs train (and the later stages) and prints what each produced."""
+    """Runs every stage and prints what each produced."""
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = train_step(args.out / "run", args.config)
-    print(f"\n[1/1] trained model: {run_dir}")
+    print(f"\n[1/4] trained model: {run_dir}\n")
+    bundles = convert_step(run_dir, args.out / "bundles", args.threads)
+    print(f"\n[2/4] bundles: {bundles}\n")
+    stream = annotate_step(bundles / "int8.tflite", args.out / "video", args.threads)
+    print(f"\n[3/4] annotated video: {stream['video']}\n      events: {stream['events']}\n"
+          f"      stream accuracy vs ground truth: micro-F1 {stream['micro_f1']:.3f}, "
+          f"mAP {stream['mAP']:.3f} over {stream['frames']} frames\n")
+    report_dir = bench_step(bundles, run_dir, args.out / "bench", args.threads)
+    print(f"\n[4/4] bench report: {report_dir / 'report.md'}\n      Pareto plot: {report_dir / 'pareto.png'}")
     return 0
+
+
+def _cli(argv: list[str]) -> None:
+    """Runs a fuselite subcommand; a failure stops the demo with its exit code."""
+    from fuselite.cli import main
+
+    code = main(argv)
+    if code != 0:
+        raise UserError(f"`fuselite {' '.join(argv)}` failed with exit code {code}")
 
 
 def train_step(run_dir: Path, config_name: str) -> Path:
     """Trains ``config_name`` into ``run_dir`` unless a finished run is already there."""
-    from fuselite.train.cli import format_metrics
-    from fuselite.train.configs import get_config
-    from fuselite.train.trainer import train
-
     if (run_dir / "metrics.json").exists():
-        log.info("reusing the finished run in %s", run_dir)
-        import json
+        from fuselite.train.cli import format_metrics
 
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    else:
-        resume = (run_dir / "checkpoints" / "state.json").exists()
-        metrics = train(get_config(config_name), run_dir, resume=resume)
-    print(format_metrics(metrics))
+        print(format_metrics(json.loads((run_dir / "metrics.json").read_text())))
+        return run_dir
+    resume = ["--resume"] if (run_dir / "checkpoints" / "state.json").exists() else []
+    _cli(["train", "--config", config_name, "--out", str(run_dir), *resume])
     return run_dir
+
+
+def convert_step(run_dir: Path, bundle_dir: Path, threads: int) -> Path:
+    """Writes every default variant and lists the files with their sizes."""
+    if not (bundle_dir / "int8.tflite").exists():
+        _cli(["convert", str(run_dir), "--out", str(bundle_dir), "--threads", str(threads)])
+    _cli(["convert", "--list", str(bundle_dir)])
+    return bundle_dir
+
+
+def annotate_step(bundle: Path, out_dir: Path, threads: int) -> dict:
+    """Renders a scenes video, annotates it with ``fuselite run`` and scores the stream."""
+    from fuselite.train.video import read_truth, render_video
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video, annotated, events = out_dir / "scenes.mp4", out_dir / "annotated.mp4", out_dir / "events.jsonl"
+    truth_path = video.with_suffix(".truth.jsonl")
+    if not truth_path.exists():
+        render_video(video)
+    if not events.exists():
+        _cli(["run", "--bundle", str(bundle), "--source", str(video), "--threads", str(threads),
+              "--jsonl", str(events), "--video-out", str(annotated), "--max-results", "20"])
+    scores = stream_accuracy(events, read_truth(truth_path))
+    return {"video": annotated, "events": events, **scores}
+
+
+def stream_accuracy(events_path: Path, truth: list[list[str]]) -> dict:
+    """Micro-F1 of the reported labels and mAP of the scores, against each frame's true tags."""
+    import numpy as np
+
+    from fuselite.metrics import mean_average_precision
+
+    events = [json.loads(line) for line in events_path.read_text().splitlines() if line.strip()]
+    events = [e for e in events if e.get("type") == "annotation" and 0 <= e["frame"] < len(truth)]
+    if not events:
+        raise UserError(f"{events_path}: no annotation events to score")
+    labels = sorted(events[0]["scores"])
+    scores = np.array([[e["scores"][label] for label in labels] for e in events])
+    targets = np.array([[label in truth[e["frame"]] for label in labels] for e in events], dtype=float)
+    reported = sum(len(e["labels"]) for e in events)
+    correct = sum(sum(c["label"] in truth[e["frame"]] for c in e["labels"]) for e in events)
+    actual = int(targets.sum())
+    micro_f1 = 2 * correct / (reported + actual) if reported + actual else 0.0
+    return {"micro_f1": micro_f1, "mAP": mean_average_precision(scores, targets), "frames": len(events)}
+
+
+def bench_step(bundle_dir: Path, run_dir: Path, report_dir: Path, threads: int) -> Path:
+    """Benchmarks every bundle on the run's test split and prints the table."""
+    _cli(["bench", str(bundle_dir), "--data", str(run_dir), "--out", str(report_dir),
+          "--threads", str(threads)])
+    return report_dir

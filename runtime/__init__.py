@@ -26,7 +26,17 @@ _EXPORTS = {
     "InterpreterNotFoundError": "fuselite.runtime.interpreter",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AnnotationResult",
+    "Annotator",
+    "AnnotatorOptions",
+    "Category",
+    "InterpreterNotFoundError",
+    "Latency",
+    "RunOptions",
+    "RunSummary",
+    "run",
+]
 
 
 def __getattr__(name: str):

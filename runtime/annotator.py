@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from fuselite.runtime.results import AnnotationResult, Category, Latency
 from fuselite.runtime.scoring import Scorer
 from fuselite.runtime.smoothing import ScoreSmoother
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +39,10 @@ class Annotator:
     on another thread.
     """
 
-    def __init__(self, options: AnnotatorOptions, bundle: Bundle, model: TfliteModel, label_set: LabelSet):
+    def __init__(
+        self, options: AnnotatorOptions, bundle: Bundle, model: TfliteModel, label_set: LabelSet
+    ):
+        """Use :meth:`create`; this takes parts that are already loaded and checked."""
         self._options = options
         self._manifest = bundle.manifest
         self._model = model
@@ -52,7 +59,7 @@ class Annotator:
         self._last_timestamp_ms = -np.inf
 
     @classmethod
-    def create(cls, options: AnnotatorOptions) -> "Annotator":
+    def create(cls, options: AnnotatorOptions) -> Annotator:
         """Reads and verifies the bundle, loads the model and embeds typed labels.
 
         Raises:
@@ -75,7 +82,7 @@ class Annotator:
     create_from_options = create
 
     @classmethod
-    def create_from_bundle_path(cls, bundle_path, **options) -> "Annotator":
+    def create_from_bundle_path(cls, bundle_path, **options) -> Annotator:
         """Shortcut for ``Annotator.create(AnnotatorOptions(bundle_path, **options))``."""
         return cls.create(AnnotatorOptions(bundle_path, **options))
 
@@ -154,13 +161,15 @@ class Annotator:
             self._model.close()
             self._model = None
 
-    def __enter__(self) -> "Annotator":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _categories(self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray) -> tuple[Category, ...]:
+    def _categories(
+        self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray
+    ) -> tuple[Category, ...]:
         allowed = self._allowed
         if self._manifest.task == "single":
             top = allowed[int(np.argmax(scores[allowed]))]
@@ -171,15 +180,19 @@ class Annotator:
         if self._options.max_results is not None:
             chosen = chosen[: self._options.max_results]
         return tuple(
-            Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(self._thresholds[i]))
+            Category(
+                int(i), self._labels[i], float(scores[i]), float(raw[i]), float(self._thresholds[i])
+            )
             for i in chosen
         )
 
 
 def _allowed_indices(labels: tuple[str, ...], options: AnnotatorOptions) -> np.ndarray:
     """Indices of the labels that may be reported; unknown names are a ValueError."""
-    for name, names in (("category_allowlist", options.category_allowlist),
-                        ("category_denylist", options.category_denylist)):
+    for name, names in (
+        ("category_allowlist", options.category_allowlist),
+        ("category_denylist", options.category_denylist),
+    ):
         unknown = [n for n in names if n not in labels]
         if unknown:
             raise ValueError(

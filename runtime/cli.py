@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 EPILOG = """examples:
   fuselite run --bundle model.fuselite --source 0 --preview 8080
-  fuselite run --bundle model.fuselite --source clip.mp4 --video-out annotated.mp4 --jsonl events.jsonl
+  fuselite run --bundle model.fuselite --source clip.mp4 --video-out out.mp4 --jsonl ev.jsonl
   fuselite run --bundle model.fuselite --source rtsp://cam.local/stream --labels "red circle,cup"
 """
 
@@ -32,72 +32,132 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _model_arguments(group) -> None:
     group.add_argument("--bundle", type=Path, required=True, help="the .fuselite bundle to run")
-    group.add_argument("--threads", type=int, default=None,
-                       help="interpreter threads (default: CPU count, at most 4)")
-    group.add_argument("--labels", help='labels to look for instead of the bundle\'s, e.g. "red circle,cup" '
-                       "(embedded on the device by the bundle's text encoder)")
-    group.add_argument("--threshold", type=float, help="one score threshold for every label "
-                       "(default: the bundle's calibrated thresholds)")
+    group.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="interpreter threads (default: CPU count, at most 4)",
+    )
+    group.add_argument(
+        "--labels",
+        help='labels to look for instead of the bundle\'s, e.g. "red circle,cup" '
+        "(embedded on the device by the bundle's text encoder)",
+    )
+    group.add_argument(
+        "--threshold",
+        type=float,
+        help="one score threshold for every label (default: the bundle's calibrated thresholds)",
+    )
     group.add_argument("--max-results", type=int, help="report at most this many labels per frame")
     group.add_argument("--allow", help="comma-separated labels to report (all others are hidden)")
     group.add_argument("--deny", help="comma-separated labels never to report")
-    group.add_argument("--smoothing", type=float, default=None,
-                       help="weight of the past in the score moving average, 0 (off) to <1 "
-                       "(default: 0.5 for cameras, streams and videos, 0 for image folders)")
-    group.add_argument("--hysteresis", type=float, default=None,
-                       help="margin around each threshold before a label flips "
-                       "(default: 0.05 for cameras, streams and videos, 0 for image folders)")
+    group.add_argument(
+        "--smoothing",
+        type=float,
+        default=None,
+        help="weight of the past in the score moving average, 0 (off) to <1 "
+        "(default: 0.5 for cameras, streams and videos, 0 for image folders)",
+    )
+    group.add_argument(
+        "--hysteresis",
+        type=float,
+        default=None,
+        help="margin around each threshold before a label flips "
+        "(default: 0.05 for cameras, streams and videos, 0 for image folders)",
+    )
 
 
 def _source_arguments(group) -> None:
-    group.add_argument("--source", required=True,
-                       help="camera index (0), video file, rtsp:// or http:// URL, image folder, "
-                       "'picamera2[:WxH]', or 'camera' (picamera2 if present, else camera 0)")
-    group.add_argument("--fps-limit", type=float, help="annotate at most this many frames per second")
+    group.add_argument(
+        "--source",
+        required=True,
+        help="camera index (0), video file, rtsp:// or http:// URL, image folder, "
+        "'picamera2[:WxH]', or 'camera' (picamera2 if present, else camera 0)",
+    )
+    group.add_argument(
+        "--fps-limit", type=float, help="annotate at most this many frames per second"
+    )
     group.add_argument("--max-frames", type=int, help="stop after this many annotated frames")
-    group.add_argument("--drop-stale", choices=("auto", "yes", "no"), default="auto",
-                       help="keep only the newest frame (auto: yes for cameras and streams, "
-                       "no for files and folders, whose every frame is annotated)")
+    group.add_argument(
+        "--drop-stale",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="keep only the newest frame (auto: yes for cameras and streams, "
+        "no for files and folders, whose every frame is annotated)",
+    )
     group.add_argument("--loop", action="store_true", help="replay a video file or folder forever")
-    group.add_argument("--stream-timeout", type=float, default=5.0,
-                       help="seconds without frames before a stream counts as lost (default 5)")
-    group.add_argument("--reconnect-delay", type=float, default=0.5,
-                       help="first wait before reconnecting, doubled per attempt (default 0.5 s)")
-    group.add_argument("--reconnect-max-delay", type=float, default=10.0,
-                       help="longest wait between reconnect attempts (default 10 s)")
+    group.add_argument(
+        "--stream-timeout",
+        type=float,
+        default=5.0,
+        help="seconds without frames before a stream counts as lost (default 5)",
+    )
+    group.add_argument(
+        "--reconnect-delay",
+        type=float,
+        default=0.5,
+        help="first wait before reconnecting, doubled per attempt (default 0.5 s)",
+    )
+    group.add_argument(
+        "--reconnect-max-delay",
+        type=float,
+        default=10.0,
+        help="longest wait between reconnect attempts (default 10 s)",
+    )
 
 
 def _output_arguments(group) -> None:
-    group.add_argument("--jsonl", default="-",
-                       help="file for the JSONL events, '-' for stdout (default), 'none' for none")
+    group.add_argument(
+        "--jsonl",
+        default="-",
+        help="file for the JSONL events, '-' for stdout (default), 'none' for none",
+    )
     group.add_argument("--video-out", type=Path, help="write an annotated video (.mp4 or .avi)")
-    group.add_argument("--preview", type=int, metavar="PORT",
-                       help="serve an MJPEG preview at http://BIND:PORT/ (0 picks a free port)")
-    group.add_argument("--bind", default="127.0.0.1",
-                       help="address of the preview (default 127.0.0.1; 0.0.0.0 exposes it, no password)")
-    group.add_argument("--display", choices=("auto", "on", "off"), default="auto",
-                       help="on-screen window with the overlay (auto: when a display exists)")
-    group.add_argument("--stats-interval", type=float, default=10.0,
-                       help="seconds between stats records and log lines, 0 for none (default 10)")
+    group.add_argument(
+        "--preview",
+        type=int,
+        metavar="PORT",
+        help="serve an MJPEG preview at http://BIND:PORT/ (0 picks a free port)",
+    )
+    group.add_argument(
+        "--bind",
+        default="127.0.0.1",
+        help="address of the preview (default 127.0.0.1; 0.0.0.0 exposes it, no password)",
+    )
+    group.add_argument(
+        "--display",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="on-screen window with the overlay (auto: when a display exists)",
+    )
+    group.add_argument(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        help="seconds between stats records and log lines, 0 for none (default 10)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the annotation loop; returns 0 when it ends or is stopped by a signal."""
-    from fuselite.bundle import BundleError
     from fuselite.runtime.interpreter import InterpreterNotFoundError
+    from fuselite.runtime.loop import SetupError
+    from fuselite.runtime.loop import run as run_loop
 
     try:
-        from fuselite.runtime.loop import run as run_loop
-
         annotator_options, run_options = _build_options(args)
+    except (ValueError, TypeError) as exc:
+        raise UserError(str(exc)) from None
+    try:
         summary = run_loop(run_options, annotator_options)
-    except (BundleError, InterpreterNotFoundError) as exc:
+    except (SetupError, InterpreterNotFoundError) as exc:
         raise UserError(str(exc)) from None
-    except ValueError as exc:  # options and sources: SourceError is a ValueError
-        raise UserError(str(exc)) from None
-    except OSError as exc:
-        raise UserError(f"{exc.filename or ''} {exc.strerror or exc}".strip()) from None
-    log.info("annotated %d frames in %.1f s (stopped by %s)", summary.frames, summary.seconds, summary.stopped_by)
+    log.info(
+        "annotated %d frames in %.1f s (stopped by %s)",
+        summary.frames,
+        summary.seconds,
+        summary.stopped_by,
+    )
     return 0
 
 

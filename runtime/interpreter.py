@@ -25,17 +25,17 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "no TFLite interpreter is installed: `pip install ai-edge-litert` "
-    "(on 32-bit Arm: `pip install tflite-runtime \"numpy<2\"`)"
+    '(on 32-bit Arm: `pip install tflite-runtime "numpy<2"`)'
 )
 # A TFLite flatbuffer carries this file identifier at bytes 4..8.
 TFLITE_IDENTIFIER = b"TFL3"
 
 
 class InterpreterNotFoundError(ImportError):
-    """Neither ai_edge_litert nor tflite_runtime can be imported; the message says what to install."""
+    """Neither ai_edge_litert nor tflite_runtime imports; the message says what to install."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interpreter_class() -> type:
     """Returns the Interpreter class of ai_edge_litert, else tflite_runtime.
 
@@ -114,7 +114,9 @@ class TfliteModel:
 def check_flatbuffer(model_bytes: bytes, name: str) -> None:
     """Raises :class:`BundleError` unless ``model_bytes`` starts like a TFLite flatbuffer."""
     if len(model_bytes) < 16 or model_bytes[4:8] != TFLITE_IDENTIFIER:
-        raise BundleError(f"{name} is not a TFLite flatbuffer (no {TFLITE_IDENTIFIER.decode()} header)")
+        raise BundleError(
+            f"{name} is not a TFLite flatbuffer (no {TFLITE_IDENTIFIER.decode()} header)"
+        )
 
 
 def _load(model_bytes: bytes, num_threads: int, name: str) -> Any:

@@ -9,14 +9,14 @@ precomputed embedding and calibrated threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError
 from fuselite.runtime.interpreter import TfliteModel
-from fuselite.tokenizer import split_words
+from fuselite.tokenizer import Tokenizer, split_words
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,22 @@ def bundle_labels(bundle: Bundle) -> LabelSet:
 
 
 def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> LabelSet:
-    """Embeds ``texts`` with the bundle's text encoder; known labels reuse the bundle's data."""
+    """Embeds ``texts`` with the bundle's text encoder; known labels reuse the bundle's data.
+
+    A label none of whose words the vocabulary knows would get a meaningless score, so
+    it is left out with a warning.
+
+    Raises:
+        ValueError: no label text is left to score.
+    """
     texts = tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))
-    if not texts:
-        raise ValueError("give at least one non-empty label text")
     known = {label: i for i, label in enumerate(bundle.manifest.labels)}
+    texts = tuple(t for t in texts if t in known or _has_known_word(bundle.tokenizer, t))
+    if not texts:
+        raise ValueError(
+            "none of the labels uses a word the bundle knows; its labels are: "
+            + ", ".join(bundle.manifest.labels[:20])
+        )
     new = [t for t in texts if t not in known]
     new_embeddings = embed_texts(bundle, new, num_threads) if new else {}
     embeddings, thresholds = [], []
@@ -67,11 +78,29 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
         else:
             embeddings.append(new_embeddings[text])
             thresholds.append(bundle.manifest.default_threshold)
-    return LabelSet(texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32))
+    return LabelSet(
+        texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32)
+    )
 
 
-def embed_texts(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> dict[str, np.ndarray]:
-    """Runs the bundle's text encoder on each text; warns about words it cannot know."""
+def _has_known_word(tokenizer: Tokenizer, text: str) -> bool:
+    """Warns about unknown words; False when the label has no known word at all."""
+    words = split_words(text)
+    unknown = tokenizer.unknown_words(text)
+    if not unknown:
+        return True
+    names = ", ".join(repr(w) for w in unknown)
+    if len(unknown) == len(words):
+        log.warning("label %r left out: the bundle's vocabulary knows none of its words", text)
+        return False
+    log.warning("label %r: the bundle's vocabulary does not know %s; ignored", text, names)
+    return True
+
+
+def embed_texts(
+    bundle: Bundle, texts: Sequence[str], num_threads: int = 1
+) -> dict[str, np.ndarray]:
+    """Runs the bundle's text encoder on each text (unknown words map to the unknown id)."""
     encoder = TfliteModel(bundle.text_encoder_bytes, num_threads, name="text encoder")
     try:
         _check_text_encoder(encoder, bundle)
@@ -81,15 +110,7 @@ def embed_texts(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> d
 
 
 def _embed_one(encoder: TfliteModel, bundle: Bundle, text: str) -> np.ndarray:
-    tokenizer = bundle.tokenizer
-    unknown = tokenizer.unknown_words(text)
-    if unknown:
-        log.warning(
-            "label %r: the bundle's vocabulary does not know %s; %s",
-            text, ", ".join(repr(w) for w in unknown),
-            "the label cannot match anything" if len(unknown) == len(split_words(text)) else "ignored",
-        )
-    ids = np.asarray([tokenizer.encode(text)], dtype=encoder.input.dtype)
+    ids = np.asarray([bundle.tokenizer.encode(text)], dtype=encoder.input.dtype)
     embedding = encoder.run(ids).reshape(-1).astype(np.float32)
     if not np.all(np.isfinite(embedding)):
         raise BundleError(f"text encoder returned NaN or infinity for label {text!r}")

@@ -11,8 +11,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.options import AnnotatorOptions, RunOptions
@@ -24,6 +24,12 @@ from fuselite.runtime.sources import Frame, FrameSource, capture_for
 from fuselite.runtime.stats import RunStats, describe
 
 log = logging.getLogger(__name__)
+
+STATS_WAKEUP_S = 0.5
+
+
+class SetupError(ValueError):
+    """The run could not start (bundle, source, option or output); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,12 @@ class Outputs:
     """Every sink of one run, opened together and closed together."""
 
     def __init__(self, options: RunOptions, fps: float | None) -> None:
-        self.jsonl = JsonlWriter(options.jsonl) if options.jsonl is not None else None
-        self.video = VideoOutput(options.video_out, fps) if options.video_out is not None else None
-        self.preview = None
-        self.display = None
+        self.jsonl = self.video = self.preview = self.display = None
         try:
+            if options.video_out is not None:
+                self.video = VideoOutput(options.video_out, fps)
+            if options.jsonl is not None:
+                self.jsonl = JsonlWriter(options.jsonl)
             if options.preview_port is not None:
                 self.preview = MjpegPreview(options.preview_bind, options.preview_port).start()
             self.display = Display.open(options.display)
@@ -69,7 +76,9 @@ class Outputs:
         """Whether any output shows pixels (so the overlay must be drawn)."""
         return bool(self.video or self.preview or self.display)
 
-    def write(self, frame: Frame, result: AnnotationResult, total_ms: float, status: str) -> str | None:
+    def write(
+        self, frame: Frame, result: AnnotationResult, total_ms: float, status: str
+    ) -> str | None:
         """Sends one annotated frame everywhere; returns a reason to stop, or ``None``."""
         if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
             return "output"
@@ -107,29 +116,53 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
     """Annotates ``options.source`` until it ends, ``max_frames`` is reached or a signal arrives.
 
     Raises:
-        fuselite.bundle.BundleError: the bundle is unusable.
-        fuselite.runtime.sources.SourceError: a file or folder source cannot be opened.
-        ValueError: an option does not fit (the message says which).
+        SetupError: the bundle is unusable, the source cannot be opened, an option does
+            not fit the bundle, or an output cannot be created (the message says which).
+        InterpreterNotFoundError: no TFLite interpreter is installed.
     """
     stop = threading.Event()
     with _stop_on_signals(stop), contextlib.ExitStack() as stack:
-        annotator = stack.enter_context(Annotator.create(annotator_options))
-        source = FrameSource(
-            capture_for(options.source, options.stream_timeout),
-            drop_stale=options.drop_stale,
-            loop=options.loop,
-            reconnect_delay=options.reconnect_delay,
-            reconnect_max_delay=options.reconnect_max_delay,
-            prepare=annotator.preprocess,
-        )
-        stack.enter_context(source)
-        outputs = Outputs(options, options.fps_limit or source.fps)
-        stack.callback(outputs.close)
+        with _setup_errors():
+            annotator = stack.enter_context(Annotator.create(annotator_options))
+            source = FrameSource(
+                capture_for(options.source, options.stream_timeout),
+                drop_stale=options.drop_stale,
+                loop=options.loop,
+                reconnect_delay=options.reconnect_delay,
+                reconnect_max_delay=options.reconnect_max_delay,
+                prepare=annotator.preprocess,
+            )
+            stack.enter_context(source)
+            outputs = Outputs(options, options.fps_limit or source.fps)
+            stack.callback(outputs.close)
         return _annotate_stream(source, annotator, outputs, options, stop)
 
 
+@contextlib.contextmanager
+def _setup_errors() -> Iterator[None]:
+    """Turns the user-fixable errors of starting a run into :class:`SetupError`.
+
+    ``BundleError`` and ``SourceError`` are ``ValueError``s; ``OSError`` covers paths
+    and ports. Errors once the stream runs keep their type: they are bugs.
+    """
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        raise SetupError(_one_line(exc)) from exc
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 def _annotate_stream(
-    source: FrameSource, annotator: Annotator, outputs: Outputs, options: RunOptions, stop: threading.Event
+    source: FrameSource,
+    annotator: Annotator,
+    outputs: Outputs,
+    options: RunOptions,
+    stop: threading.Event,
 ) -> RunSummary:
     stats = RunStats(source.counters)
     period = 1.0 / options.fps_limit if options.fps_limit else 0.0
@@ -137,11 +170,12 @@ def _annotate_stream(
     next_due = time.monotonic()
     stopped_by = "signal"
     while not stop.is_set():
-        frame = source.next_frame(stop)
-        if frame is None:
-            stopped_by = "signal" if stop.is_set() else "end"
+        # Wake up now and then even without frames, so stats keep coming during an outage.
+        frame = source.next_frame(stop, timeout=STATS_WAKEUP_S)
+        if frame is None and (source.ended or stop.is_set()):
+            stopped_by = "end" if source.ended and not stop.is_set() else "signal"
             break
-        reason = _handle(frame, annotator, outputs, stats)
+        reason = _handle(frame, annotator, outputs, stats) if frame is not None else None
         if reason is None and options.max_frames and stats.frames >= options.max_frames:
             reason = "max_frames"
         if reason is not None:
@@ -150,8 +184,8 @@ def _annotate_stream(
         if options.stats_interval and time.monotonic() >= next_report:
             outputs.write_stats(stats.snapshot())
             next_report = time.monotonic() + options.stats_interval
-        if period:
-            next_due = max(next_due + period, time.monotonic() - period)
+        if period and frame is not None:
+            next_due = max(next_due + period, time.monotonic())
             stop.wait(max(0.0, next_due - time.monotonic()))
     return _finish(stats, outputs, stopped_by)
 
@@ -159,15 +193,21 @@ def _annotate_stream(
 def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStats) -> str | None:
     """Annotates one frame and writes it out; returns a reason to stop, or ``None``."""
     if frame.model_input is not None:
-        result = annotator.annotate_preprocessed(frame.model_input, frame.timestamp_ms, frame.preprocess_ms)
+        result = annotator.annotate_preprocessed(
+            frame.model_input, frame.timestamp_ms, frame.preprocess_ms
+        )
     elif frame_problem(frame.image) is not None:
         stats.skipped += 1
         return None
     else:
         result = annotator.annotate(frame.image, frame.timestamp_ms)
-    total_ms = (time.time() - frame.wall_time) * 1000.0 + frame.capture_ms
+    # From the moment the frame was read; the read itself is left out because on a
+    # live source it is mostly waiting for the camera.
+    total_ms = (time.time() - frame.wall_time) * 1000.0
     stats.record(total_ms, result.latency.inference_ms)
-    status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}" if outputs.visual else ""
+    status = (
+        f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}" if outputs.visual else ""
+    )
     return outputs.write(frame, result, total_ms, status)
 
 

@@ -18,7 +18,7 @@ def default_threads() -> int:
 
 def _as_tuple(value, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
-        raise ValueError(f"{name} must be a list of label texts, not one string {value!r}")
+        raise TypeError(f"{name} must be a list of label texts, not one string {value!r}")
     return tuple(str(v) for v in value)
 
 
@@ -58,19 +58,31 @@ class AnnotatorOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_path", Path(self.bundle_path))
-        object.__setattr__(self, "category_allowlist", _as_tuple(self.category_allowlist, "category_allowlist"))
-        object.__setattr__(self, "category_denylist", _as_tuple(self.category_denylist, "category_denylist"))
+        object.__setattr__(
+            self, "category_allowlist", _as_tuple(self.category_allowlist, "category_allowlist")
+        )
+        object.__setattr__(
+            self, "category_denylist", _as_tuple(self.category_denylist, "category_denylist")
+        )
         if self.labels is not None:
             object.__setattr__(self, "labels", _as_tuple(self.labels, "labels"))
         self._validate()
 
     def _validate(self) -> None:
-        if isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1:
-            raise ValueError(f"num_threads must be a whole number of at least 1, not {self.num_threads!r}")
+        if (
+            isinstance(self.num_threads, bool)
+            or not isinstance(self.num_threads, int)
+            or self.num_threads < 1
+        ):
+            raise ValueError(
+                f"num_threads must be a whole number of at least 1, not {self.num_threads!r}"
+            )
         if self.score_threshold is not None and not 0.0 <= self.score_threshold <= 1.0:
             raise ValueError(f"score_threshold must be from 0 to 1, not {self.score_threshold}")
         if self.max_results is not None and self.max_results < 1:
-            raise ValueError(f"max_results must be at least 1 (or None for all), not {self.max_results}")
+            raise ValueError(
+                f"max_results must be at least 1 (or None for all), not {self.max_results}"
+            )
         if self.category_allowlist and self.category_denylist:
             raise ValueError("use category_allowlist or category_denylist, not both")
         if self.labels is not None and not any(label.strip() for label in self.labels):
@@ -131,7 +143,9 @@ class RunOptions:
             raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")
         if self.preview_port is not None and not 0 <= self.preview_port <= 65535:
             raise ValueError(f"preview_port must be from 0 to 65535, not {self.preview_port}")
-        if self.fps_limit is not None and not (self.fps_limit > 0 and math.isfinite(self.fps_limit)):
+        if self.fps_limit is not None and not (
+            self.fps_limit > 0 and math.isfinite(self.fps_limit)
+        ):
             raise ValueError(f"fps_limit must be a positive number, not {self.fps_limit}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be at least 1, not {self.max_frames}")

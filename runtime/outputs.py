@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_VIDEO_FPS = 15.0
 OVERLAY_ROWS = 5
-GREEN, GREY, WHITE, BLACK = (60, 200, 60), (150, 150, 150), (255, 255, 255), (0, 0, 0)
+GREEN, GREY, WHITE, BLACK = (80, 230, 80), (190, 190, 190), (255, 255, 255), (0, 0, 0)
 
 
 def event_record(frame: Frame, result: AnnotationResult, total_ms: float) -> dict[str, Any]:
@@ -108,7 +108,9 @@ class VideoOutput:
     def __init__(self, path: str | Path, fps: float | None) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in FOURCC:
-            raise ValueError(f"video output {self.path} must end in one of {', '.join(sorted(FOURCC))}")
+            raise ValueError(
+                f"video output {self.path} must end in one of {', '.join(sorted(FOURCC))}"
+            )
         self.fps = fps if fps and 1 <= fps <= 240 else DEFAULT_VIDEO_FPS
         self.partial = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.frames = 0
@@ -144,24 +146,30 @@ class VideoOutput:
 
 
 def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") -> np.ndarray:
-    """Draws the best scores as labelled bars, and a status line, onto ``image`` in place."""
+    """Draws the best scores (text over a score bar) and a status line onto ``image`` in place."""
     scale = max(0.7, min(2.0, image.shape[0] / 480))
-    row = int(24 * scale)
+    row = int(26 * scale)
     present = {c.label for c in result.categories}
     best = sorted(result.scores.items(), key=lambda item: -item[1])[:OVERLAY_ROWS]
     width = min(image.shape[1], int(240 * scale))
-    height = row * (len(best) + (2 if status else 1))
+    height = row * (len(best) + (1 if status else 0)) + int(8 * scale)
     panel = image[:height, :width]
-    panel[:] = (panel * 0.4).astype(np.uint8)  # darken behind the text, no copy of the frame
-    y = row
+    panel[:] = (panel * 0.35).astype(np.uint8)  # darken behind the text, no copy of the frame
+    y = int(4 * scale)
     if status:
-        _text(image, status, (6, y), scale, WHITE)
+        _text(image, status, (6, y + row - int(8 * scale)), scale, WHITE)
         y += row
     for label, score in best:
         colour = GREEN if label in present else GREY
-        bar = int((width - 12) * score)
-        cv2.rectangle(image, (6, y - row + 6), (6 + bar, y + 2), colour, cv2.FILLED)
-        _text(image, f"{label[:24]} {score:.2f}", (10, y - 3), scale, WHITE)
+        _text(image, f"{label[:24]}  {score:.2f}", (8, y + row - int(10 * scale)), scale, colour)
+        bar_y = y + row - int(6 * scale)
+        cv2.rectangle(
+            image,
+            (8, bar_y),
+            (8 + int((width - 16) * score), bar_y + max(2, int(3 * scale))),
+            colour,
+            cv2.FILLED,
+        )
         y += row
     return image
 
@@ -180,7 +188,7 @@ class Display:
         cv2.namedWindow(self.WINDOW, cv2.WINDOW_NORMAL)
 
     @classmethod
-    def open(cls, mode: str) -> "Display | None":
+    def open(cls, mode: str) -> Display | None:
         """A window for ``mode`` ``"on"``/``"auto"``, or ``None`` for ``"off"`` or none available.
 
         Raises:
@@ -197,7 +205,9 @@ class Display:
             except cv2.error:
                 problem = "this OpenCV has no GUI (opencv-python-headless); install opencv-python"
         if mode == "on":
-            raise ValueError(f"cannot show a window: {problem}; use --preview PORT to watch in a browser")
+            raise ValueError(
+                f"cannot show a window: {problem}; use --preview PORT to watch in a browser"
+            )
         log.debug("no on-screen window: %s", problem)
         return None
 

@@ -99,11 +99,15 @@ def _input_quantization(manifest: Manifest, spec: TensorSpec) -> tuple[float, in
     declared = manifest.preprocessing.input_quant
     actual = spec.quantization
     if declared is not None and actual is not None and not quant_equal(declared, actual):
-        raise BundleError(f"image model input quantization {actual} disagrees with the manifest's {declared}")
+        raise BundleError(
+            f"image model input quantization {actual} disagrees with the manifest's {declared}"
+        )
     quant = actual or declared
     if quant is None or quant_equal(quant, (1.0, 0)):
         if spec.dtype != np.uint8:
-            raise BundleError(f"image model input is {spec.dtype.name} without quantization parameters")
+            raise BundleError(
+                f"image model input is {spec.dtype.name} without quantization parameters"
+            )
         return None
     return quant
 

@@ -29,7 +29,8 @@ MAX_PREVIEW_FPS = 15.0
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>fuselite preview</title>
 <style>body{margin:0;background:#111;color:#ddd;font:14px sans-serif}
-img{display:block;max-width:100vw;max-height:94vh;margin:auto}p{margin:4px 8px}</style></head>
+img{display:block;height:92vh;max-width:100vw;object-fit:contain;margin:auto}
+p{margin:4px 8px}</style></head>
 <body><p>fuselite live preview &middot; <a href="/stats.json" style="color:#8cf">stats</a></p>
 <img src="/stream.mjpg" alt="annotated stream"></body></html>
 """
@@ -67,14 +68,25 @@ class MjpegPreview:
         host = "127.0.0.1" if self.bind in ("", "0.0.0.0") else self.bind
         return f"http://{host}:{self.port}/"
 
-    def start(self) -> "MjpegPreview":
+    def start(self) -> MjpegPreview:
         """Binds the port and starts serving; raises ``OSError`` if the port is taken."""
-        self._server = ThreadingHTTPServer((self.bind, self.requested_port), _handler_for(self))
+        address = (self.bind, self.requested_port)
+        try:
+            self._server = ThreadingHTTPServer(address, _handler_for(self))
+        except OSError as exc:
+            raise OSError(
+                exc.errno, exc.strerror, f"preview {self.bind}:{self.requested_port}"
+            ) from None
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="preview", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="preview", daemon=True
+        )
         self._thread.start()
         if self.bind not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("the preview on %s has no password; anyone who can reach it sees the camera", self.bind)
+            log.warning(
+                "the preview on %s has no password; anyone who can reach it sees the camera",
+                self.bind,
+            )
         log.info("preview: %s", self.url)
         return self
 
@@ -100,9 +112,14 @@ class MjpegPreview:
             self._server = None
 
     def wait_jpeg(self, after_version: int, timeout: float) -> tuple[int, bytes] | None:
-        """The newest frame as ``(version, JPEG)`` once newer than ``after_version``, else ``None``."""
+        """The newest frame as ``(version, JPEG)`` once newer than ``after_version``.
+
+        Returns ``None`` on timeout or once the preview is closed.
+        """
         with self._cond:
-            if not self._cond.wait_for(lambda: self._closed or self._version > after_version, timeout):
+            if not self._cond.wait_for(
+                lambda: self._closed or self._version > after_version, timeout
+            ):
                 return None
             if self._closed or self._image is None:
                 return None
@@ -138,7 +155,7 @@ class _PreviewHandler(BaseHTTPRequestHandler):
     preview: MjpegPreview
     server_version = "fuselite-preview"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:
         route = self.path.split("?", 1)[0]
         if route in ("/", "/index.html"):
             self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
@@ -175,14 +192,13 @@ class _PreviewHandler(BaseHTTPRequestHandler):
                 if frame is None:
                     continue
                 version, jpeg = frame
-                self.wfile.write(
-                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-                    + jpeg + b"\r\n"
-                )
+                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                head += f"Content-Length: {len(jpeg)}\r\n\r\n"
+                self.wfile.write(head.encode() + jpeg + b"\r\n")
                 self.wfile.flush()
                 time.sleep(1.0 / MAX_PREVIEW_FPS)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the viewer closed the tab
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server API
+    def log_message(self, format: str, *args) -> None:
         log.debug("preview %s: " + format, self.client_address[0], *args)

@@ -21,7 +21,9 @@ class Scorer:
         >>> probabilities = scorer(model.run(model_input))
     """
 
-    def __init__(self, manifest: Manifest, output_spec: TensorSpec, label_embeddings: np.ndarray) -> None:
+    def __init__(
+        self, manifest: Manifest, output_spec: TensorSpec, label_embeddings: np.ndarray
+    ) -> None:
         self.quantization = check_output(manifest, output_spec)
         # Folding logit_scale into the label matrix saves one multiply per frame.
         self.weights = (manifest.logit_scale * label_embeddings.astype(np.float32)).T.copy()
@@ -60,11 +62,16 @@ def check_output(manifest: Manifest, spec: TensorSpec) -> tuple[float, int] | No
             raise BundleError("image model outputs float32, but the manifest gives output_quant")
         return None
     if spec.dtype.kind not in "iu":
-        raise BundleError(f"image model outputs {spec.dtype.name}; the runtime reads float32, uint8 or int8")
+        raise BundleError(
+            f"image model outputs {spec.dtype.name}; the runtime reads float32, uint8 or int8"
+        )
     if declared is None:
-        raise BundleError(f"image model outputs {spec.dtype.name}, but the manifest has no output_quant")
+        raise BundleError(
+            f"image model outputs {spec.dtype.name}, but the manifest has no output_quant"
+        )
     if spec.quantization is not None and not quant_equal(declared, spec.quantization):
         raise BundleError(
-            f"image model output quantization {spec.quantization} disagrees with the manifest's {declared}"
+            f"image model output quantization {spec.quantization} disagrees with "
+            f"the manifest's {declared}"
         )
     return declared

@@ -19,7 +19,9 @@ class ScoreSmoother:
         >>> scores, present = smoother.update(np.array([0.9]))
     """
 
-    def __init__(self, thresholds: np.ndarray, smoothing: float = 0.0, hysteresis: float = 0.0) -> None:
+    def __init__(
+        self, thresholds: np.ndarray, smoothing: float = 0.0, hysteresis: float = 0.0
+    ) -> None:
         self.thresholds = np.asarray(thresholds, dtype=np.float32)
         self.smoothing = float(smoothing)
         self.hysteresis = float(hysteresis)

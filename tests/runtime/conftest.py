@@ -15,7 +15,7 @@ from runtime_helpers import BLUE, RED, write_clip
 
 @pytest.fixture(scope="session")
 def bundles(tmp_path_factory) -> dict[str, Path]:
-    """``{"fp32": path, "int8": path}``: real TFLite bundles with colour-aware weights."""
+    """``{variant: path}``: real TFLite bundles (fp32, int8 with uint8 and with int8 I/O)."""
     return runtime_bundles.build_bundles(tmp_path_factory.mktemp("bundles"))
 
 
@@ -31,7 +31,7 @@ def int8_bundle(bundles) -> Path:
     return bundles["int8"]
 
 
-@pytest.fixture(params=["fp32", "int8"])
+@pytest.fixture(params=sorted(runtime_bundles.VARIANTS))
 def any_bundle(request, bundles) -> Path:
     """Each bundle variant in turn."""
     return bundles[request.param]
@@ -40,4 +40,6 @@ def any_bundle(request, bundles) -> Path:
 @pytest.fixture(scope="session")
 def red_blue_clip(tmp_path_factory) -> Path:
     """20 red frames then 20 blue frames, 160x120 at 25 fps."""
-    return write_clip(tmp_path_factory.mktemp("clips") / "red_blue.mp4", [RED, BLUE], frames_each=20)
+    return write_clip(
+        tmp_path_factory.mktemp("clips") / "red_blue.mp4", [RED, BLUE], frames_each=20
+    )

@@ -96,11 +96,15 @@ def build_text_model(tokenizer: Tokenizer, dim=EMBEDDING_DIM):
     return model
 
 
-def convert(model, int8: bool = False) -> bytes:
-    """Converts a Keras model to a TFLite flatbuffer, fp32 or full-int8 with uint8 I/O."""
+# variant -> dtype of the image model's input and output (None: float32, no quantization)
+VARIANTS = {"fp32": None, "int8": "uint8", "int8-signed-io": "int8"}
+
+
+def convert(model, io_type: str | None = None) -> bytes:
+    """Converts a Keras model to TFLite: fp32, or full-int8 with ``io_type`` input and output."""
     tf, _ = _tf()
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if int8:
+    if io_type:
         shape = model.inputs[0].shape
 
         def representative():
@@ -113,28 +117,29 @@ def convert(model, int8: bool = False) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+        converter.inference_input_type = getattr(tf, io_type)
+        converter.inference_output_type = getattr(tf, io_type)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
 
 
-def _io_quant(model_bytes: bytes):
-    """The (scale, zero_point) of the model's input and output, read back from TFLite."""
+def _io_details(model_bytes: bytes):
+    """The input dtype name and the (scale, zero_point) of input and output, from TFLite."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=model_bytes)
+    input_dtype = np.dtype(interpreter.get_input_details()[0]["dtype"]).name
     quant = []
     for detail in (interpreter.get_input_details()[0], interpreter.get_output_details()[0]):
         scale, zero_point = detail["quantization"]
         quant.append((float(scale), int(zero_point)) if scale else None)
-    return quant
+    return input_dtype, *quant
 
 
 def base_manifest(variant: str, model_bytes: bytes, input_size=INPUT_SIZE) -> Manifest:
     """The manifest of a factory bundle; quantization read from the model itself."""
-    input_quant, output_quant = _io_quant(model_bytes)
+    input_dtype, input_quant, output_quant = _io_details(model_bytes)
     return Manifest(
         variant=variant,
         task="multi",
@@ -148,7 +153,7 @@ def base_manifest(variant: str, model_bytes: bytes, input_size=INPUT_SIZE) -> Ma
             input_size=tuple(input_size),
             color_order="RGB",
             resize="area",
-            input_dtype="uint8" if input_quant else "float32",
+            input_dtype=input_dtype,
             normalization=(1 / 255, 0.0),
             input_quant=input_quant,
             output_quant=output_quant,
@@ -164,7 +169,7 @@ def label_embeddings(text_model, tokenizer: Tokenizer, labels=LABELS) -> np.ndar
 
 
 def build_bundles(out_dir: Path, input_size=INPUT_SIZE, width=0) -> dict[str, Path]:
-    """Writes ``fp32.fuselite`` and ``int8.fuselite`` into ``out_dir``; returns their paths."""
+    """Writes one bundle per :data:`VARIANTS` entry into ``out_dir``; returns their paths."""
     out_dir = Path(out_dir)
     tokenizer = Tokenizer.fit(WORDS, max_length=4)
     text_model = build_text_model(tokenizer)
@@ -172,8 +177,8 @@ def build_bundles(out_dir: Path, input_size=INPUT_SIZE, width=0) -> dict[str, Pa
     embeddings = label_embeddings(text_model, tokenizer)
     image_model = build_image_model(input_size, width=width)
     paths = {}
-    for variant, int8 in (("fp32", False), ("int8", True)):
-        model_bytes = convert(image_model, int8=int8)
+    for variant, io_type in VARIANTS.items():
+        model_bytes = convert(image_model, io_type)
         paths[variant] = write_bundle(
             out_dir / f"{variant}.fuselite",
             model_bytes=model_bytes,

@@ -11,7 +11,13 @@ import cv2
 import numpy as np
 
 # BGR colours, as OpenCV frames hold them.
-RED, GREEN, BLUE, GRAY, YELLOW = (0, 0, 255), (0, 255, 0), (255, 0, 0), (128, 128, 128), (0, 255, 255)
+RED, GREEN, BLUE, GRAY, YELLOW = (
+    (0, 0, 255),
+    (0, 255, 0),
+    (255, 0, 0),
+    (128, 128, 128),
+    (0, 255, 255),
+)
 FRAME_SIZE = (120, 160)  # height, width
 
 
@@ -25,13 +31,15 @@ def solid(bgr, size=FRAME_SIZE, noise: float = 0.0, seed: int = 0) -> np.ndarray
     return frame
 
 
-def write_clip(path: Path, colours, frames_each: int = 10, fps: float = 25.0) -> Path:
+def write_clip(
+    path: Path, colours, frames_each: int = 10, fps: float = 25.0, size=FRAME_SIZE
+) -> Path:
     """Writes an mp4 of ``frames_each`` frames per colour with OpenCV (no ffmpeg needed)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, FRAME_SIZE[::-1])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size[::-1])
     assert writer.isOpened()
     for colour in colours:
         for _ in range(frames_each):
-            writer.write(solid(colour))
+            writer.write(solid(colour, size=size))
     writer.release()
     return path
 
@@ -61,14 +69,21 @@ def fuselite_command(*args) -> list[str]:
 
 def fuselite_run(*args, timeout: float = 60) -> subprocess.CompletedProcess:
     """Runs ``fuselite run ARGS`` in a subprocess (so a crash shows as a crash)."""
-    return subprocess.run(fuselite_command(*args), capture_output=True, text=True,
-                          timeout=timeout, env=runtime_env())
+    return subprocess.run(
+        fuselite_command(*args),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+        env=runtime_env(),
+    )
 
 
 def fuselite_popen(*args, stdout=subprocess.PIPE) -> subprocess.Popen:
     """Starts ``fuselite run ARGS`` in the background; stderr is piped."""
-    return subprocess.Popen(fuselite_command(*args), stdout=stdout, stderr=subprocess.PIPE,
-                            text=True, env=runtime_env())
+    return subprocess.Popen(
+        fuselite_command(*args), stdout=stdout, stderr=subprocess.PIPE, text=True, env=runtime_env()
+    )
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from runtime_helpers import GRAY, RED, solid
 
@@ -10,7 +12,7 @@ from fuselite.runtime.smoothing import ScoreSmoother
 
 
 def flips(states: list[bool]) -> int:
-    return sum(a != b for a, b in zip(states, states[1:]))
+    return sum(a != b for a, b in itertools.pairwise(states))
 
 
 def test_hysteresis_stops_a_score_hovering_at_the_threshold_from_flickering():
@@ -25,7 +27,9 @@ def test_hysteresis_stops_a_score_hovering_at_the_threshold_from_flickering():
 
 def test_a_real_change_still_switches_the_label_after_a_few_frames():
     smoother = ScoreSmoother(np.array([0.5]), smoothing=0.6, hysteresis=0.05)
-    states = [bool(smoother.update(np.array([p]))[1][0]) for p in [0.05] * 5 + [0.95] * 10 + [0.05] * 10]
+    states = [
+        bool(smoother.update(np.array([p]))[1][0]) for p in [0.05] * 5 + [0.95] * 10 + [0.05] * 10
+    ]
     assert states[:5] == [False] * 5
     assert states[14] and not states[-1]
     assert flips(states) == 2
@@ -41,7 +45,9 @@ def test_smoothing_off_returns_the_raw_scores():
 
 def test_annotator_with_smoothing_does_not_flicker_on_alternating_frames(fp32_bundle):
     frames = [solid(RED if i % 2 else GRAY) for i in range(30)]
-    options = AnnotatorOptions(fp32_bundle, smoothing=0.8, hysteresis=0.1, category_allowlist=("red",))
+    options = AnnotatorOptions(
+        fp32_bundle, smoothing=0.8, hysteresis=0.1, category_allowlist=("red",)
+    )
     with Annotator.create(AnnotatorOptions(fp32_bundle, category_allowlist=("red",))) as raw:
         raw_states = [bool(raw.annotate(f, i * 40).categories) for i, f in enumerate(frames)]
     with Annotator.create(options) as calm:

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from runtime_helpers import BLUE, RED, solid
 
-from fuselite.runtime.sources import (
+from fuselite.runtime.captures import (
     FolderCapture,
-    FrameSource,
     OpenCVCapture,
     Picamera2Capture,
     SourceError,
     capture_for,
 )
+from fuselite.runtime.sources import FrameSource
 
 
 class ScriptedCapture:
@@ -81,22 +81,30 @@ def test_file_sources_deliver_every_frame_in_order_even_to_a_slow_consumer():
 
 
 def test_live_sources_keep_only_the_latest_frame_and_count_the_dropped_ones():
-    capture = ScriptedCapture(numbered(200), live=True, delay=0.001)
+    capture = ScriptedCapture(numbered(5000), live=True, delay=0.001)
     with FrameSource(capture, reconnect_delay=10) as source:
         frames = []
         stop = threading.Event()
         while len(frames) < 10:
-            frame = source.next_frame(stop)
+            frame = source.next_frame(stop, timeout=5)
             frames.append((frame, time.time() - frame.wall_time))
             time.sleep(0.02)  # inference slower than the camera
-    assert source.counters.dropped > 50
     indices = [f.index for f, _ in frames]
-    assert indices == sorted(indices) and indices[-1] - indices[0] > 50
-    assert max(age for _, age in frames[1:]) < 0.05  # latency stays bounded
+    assert indices == sorted(indices)
+    assert source.counters.dropped >= (indices[-1] - indices[0]) - 10 > 10
+    # A queue would make every frame older than the last; the newest frame stays fresh.
+    ages = [age for _, age in frames[1:]]
+    assert sorted(ages)[len(ages) // 2] < 0.02 and max(ages) < 0.5
 
 
 def test_empty_and_corrupt_frames_are_skipped_and_counted():
-    script = [solid(RED), None, np.zeros((0, 0, 3), np.uint8), np.zeros((5, 5), np.float64), solid(BLUE)]
+    script = [
+        solid(RED),
+        None,
+        np.zeros((0, 0, 3), np.uint8),
+        np.zeros((5, 5), np.float64),
+        solid(BLUE),
+    ]
     with FrameSource(ScriptedCapture(script, live=False)) as source:
         frames = drain(source)
     assert len(frames) == 2
@@ -109,7 +117,9 @@ def test_a_lost_live_source_is_reconnected_with_backoff_and_each_attempt_logged(
     stop = threading.Event()
     threading.Timer(5, stop.set).start()  # a bound, should the test fail
     with caplog.at_level(logging.WARNING, logger="fuselite.runtime.sources"):
-        source = FrameSource(capture, drop_stale=False, reconnect_delay=0.01, reconnect_max_delay=0.04)
+        source = FrameSource(
+            capture, drop_stale=False, reconnect_delay=0.01, reconnect_max_delay=0.04
+        )
         with source:
             capture.failed_opens = 3  # the next three opens fail
             frames = [source.next_frame(stop) for _ in range(10)]

@@ -1,0 +1,85 @@
+"""``fuselite convert RUN_DIR --out DIR``: a trained run -> one TFLite bundle per variant.
+
+Exit codes: 0 when every requested variant was written; 1 when one failed (the
+converter refused it or its numbers were out of tolerance); 2 for a usage mistake,
+including a variant that ``--target`` cannot load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from fuselite.convert.variants import VARIANTS, default_variants, list_variants, resolve_variants
+from fuselite.errors import UserError
+
+log = logging.getLogger(__name__)
+EXIT_FAILED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``convert`` options; imports no TensorFlow."""
+    table = "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values())
+    parser.epilog = f"Variants - {table}. Default: {', '.join(default_variants())}."
+    parser.add_argument("run_dir", type=Path, nargs="?", metavar="RUN_DIR", help="a finished `fuselite train` run")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="folder for <variant>.tflite bundles")
+    parser.add_argument(
+        "--variants", nargs="+", metavar="NAME",
+        help=f"variants to write (names, comma lists, 'default' or 'all'; known: {', '.join(list_variants())})",
+    )
+    parser.add_argument("--sparsity", type=float, default=0.75, help="target sparsity of pruned variants")
+    parser.add_argument(
+        "--target", metavar="PROFILE",
+        help="refuse variants this device profile's (or runtime's) interpreter cannot load",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the numeric checks")
+    parser.add_argument("--calibration-samples", type=int, default=200, help="training images for int8 calibration")
+    parser.add_argument("--eval-samples", type=int, default=0, help="test images to check on (0: all)")
+    parser.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning steps of pruned variants")
+    parser.add_argument("--list", type=Path, metavar="DIR", help="only list the bundles in DIR with their sizes")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the conversion; returns the exit code."""
+    if args.list is not None:
+        from fuselite.convert.report import describe_bundles
+
+        print(describe_bundles(args.list))
+        return 0
+    if args.run_dir is None or args.out is None:
+        raise UserError("give RUN_DIR and --out DIR (or --list DIR)")
+    variants = resolve_variants(args.variants)
+    from fuselite.convert.export import Converter, ConvertOptions
+    from fuselite.convert.report import results_table, write_report
+
+    options = ConvertOptions(
+        sparsity=args.sparsity, target=args.target, num_threads=args.threads,
+        calibration_samples=args.calibration_samples, eval_samples=args.eval_samples,
+        finetune_steps=args.finetune_steps,
+    )
+    started = time.perf_counter()
+    converter = Converter.load(args.run_dir, args.out, options)
+    results = [converter.convert(v) for v in _progress(variants)]
+    seconds = round(time.perf_counter() - started, 1)
+    write_report(args.out, results, {"run_dir": str(args.run_dir), "seconds": seconds, "options": vars(options)})
+    print(results_table(results))
+    print(f"{sum(r.status == 'ok' for r in results)} of {len(results)} bundles in {args.out} ({seconds:.0f} s)")
+    return _exit_code(results)
+
+
+def _progress(variants):
+    from tqdm import tqdm
+
+    return tqdm(variants, desc="convert", unit="variant", disable=not sys.stderr.isatty())
+
+
+def _exit_code(results) -> int:
+    if any(r.status == "failed" for r in results):
+        return EXIT_FAILED
+    refused = [r for r in results if r.status == "refused"]
+    if refused:
+        raise UserError("; ".join(f"{r.variant} not written: {r.message}" for r in refused))
+    return 0

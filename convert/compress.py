@@ -1,0 +1,244 @@
+"""Weight pruning and weight clustering of the image tower with TensorFlow Model Optimization.
+
+The pointwise (1x1) convolutions and the projection hold nearly all weights, so
+they are the ones compressed; the stem and the depthwise 3x3 kernels are small and
+sensitive and stay as they are.  Batch-norm statistics are frozen.
+
+* ``prune``: magnitude pruning; sparsity ramps up polynomially over the first 70 %
+  of the fine-tuning steps, then holds while the network recovers.
+* ``cluster``: each compressed kernel shares ``clusters`` values (k-means++ start).
+
+Both fine-tune with a loss that keeps the task and the geometry: the run's label
+loss against the frozen label embeddings and scorer (binary cross-entropy for tags,
+softmax for single labels), plus a distillation term pulling each embedding towards
+the original tower's embedding of the same augmented image.  Stripping the wrappers
+afterwards leaves a plain tf_keras model, ready for the same int8 conversion.  Zeros
+and shared values only shrink a file once it is compressed (gzip, zip).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from fuselite.train.backend import keras, tf
+from fuselite.train.model import image_similarity
+
+log = logging.getLogger(__name__)
+
+METHODS = ("prune", "cluster")
+RAMP_SHARE = 0.7  # share of the steps over which sparsity rises to its target
+
+
+@dataclass(frozen=True)
+class CompressSettings:
+    """How hard to compress and how long to fine-tune.
+
+    Attributes:
+        sparsity: Target share of zeros in each pruned kernel.
+        clusters: Shared values per clustered kernel.
+        steps: Fine-tuning steps (batches of the run's batch size).
+        learning_rate: Adam learning rate, held while sparsity ramps up, then cosine-decayed to 0.
+        distill_weight: Weight of the distillation term, relative to the label loss.
+        seed: Seeds the shuffling and augmentation.
+    """
+
+    sparsity: float = 0.75
+    clusters: int = 16
+    steps: int = 500
+    learning_rate: float = 3e-3
+    distill_weight: float = 1.0
+    seed: int = 0
+
+
+def compressible(layer) -> bool:
+    """Whether ``layer`` is pruned or clustered: 1x1 convolutions and dense layers."""
+    if isinstance(layer, keras.layers.Dense):
+        return True
+    return type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
+
+
+def compress_image_encoder(
+    method: str, run, train_data, label_embeddings: np.ndarray, settings: CompressSettings
+) -> tuple[keras.Model, dict]:
+    """Prunes or clusters a fine-tuned copy of ``run.image_encoder``; returns it stripped, with a report.
+
+    ``run`` is a :class:`fuselite.train.run.TrainedRun`, ``train_data`` its training
+    split and ``label_embeddings`` the text tower's embeddings of ``run.labels``.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    started = time.perf_counter()
+    wrapped = _wrap(run.image_encoder, method, settings)
+    callbacks = [tfmot.sparsity.keras.UpdatePruningStep()] if method == "prune" else []
+    loss = _fine_tune(wrapped, run, train_data, label_embeddings, settings, callbacks)
+    if method == "prune":
+        stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
+    else:
+        stripped = tfmot.clustering.keras.strip_clustering(wrapped)
+    report = {
+        "method": method,
+        "api": _API[method],
+        "layers": [layer.name for layer in run.image_encoder.layers if compressible(layer)],
+        "layers_sparsity": layers_sparsity(stripped),
+        "layers_max_unique_values": layers_max_unique(stripped),
+        "steps": settings.steps,
+        "learning_rate": settings.learning_rate,
+        "distill_weight": settings.distill_weight,
+        "final_loss": loss,
+        "tfmot": tfmot.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    report.update({"target_sparsity": settings.sparsity} if method == "prune" else {"clusters": settings.clusters})
+    if method == "prune":
+        log.info("pruned: %.1f%% zeros in the pruned layers, in %.0f s", 100 * report["layers_sparsity"],
+                 report["seconds"])
+    else:
+        log.info("clustered: at most %d values per kernel, in %.0f s", report["layers_max_unique_values"],
+                 report["seconds"])
+    return stripped, report
+
+
+_API = {
+    "prune": "tfmot.sparsity.keras.prune_low_magnitude (PolynomialDecay), strip_pruning",
+    "cluster": "tfmot.clustering.keras.cluster_weights (k-means++), strip_clustering",
+}
+
+
+def layers_sparsity(model: keras.Model) -> float:
+    """Share of zeros in the kernels of the compressible layers of ``model``."""
+    kernels = [layer.kernel.numpy() for layer in model.layers if compressible(layer)]
+    total = sum(k.size for k in kernels)
+    return float(sum(np.count_nonzero(k == 0) for k in kernels) / total) if total else 0.0
+
+
+def layers_max_unique(model: keras.Model) -> int:
+    """The largest number of distinct values in one compressible kernel of ``model``."""
+    return max((len(np.unique(layer.kernel.numpy())) for layer in model.layers if compressible(layer)), default=0)
+
+
+def _wrap(model: keras.Model, method: str, settings: CompressSettings) -> keras.Model:
+    """A copy of ``model`` with its compressible layers wrapped; the original stays untouched."""
+    wrap_layer = _pruner(settings) if method == "prune" else _clusterer(settings)
+    # clone_model's clone_function sees the layers of its input; wrapping them would
+    # share weights with that input, so the first copy is a throwaway.
+    base = keras.models.clone_model(model)
+    base.set_weights(model.get_weights())
+
+    def wrap(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # keeps the moving statistics of the trained run
+        return wrap_layer(layer) if compressible(layer) else layer
+
+    return keras.models.clone_model(base, clone_function=wrap)
+
+
+def _pruner(settings: CompressSettings):
+    import tensorflow_model_optimization as tfmot
+
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0,
+        final_sparsity=settings.sparsity,
+        begin_step=0,
+        end_step=max(1, int(settings.steps * RAMP_SHARE)),
+        frequency=max(1, settings.steps // 40),
+    )
+    return lambda layer: tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+
+def _clusterer(settings: CompressSettings):
+    import tensorflow_model_optimization as tfmot
+
+    init = tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS
+    return lambda layer: tfmot.clustering.keras.cluster_weights(
+        layer, number_of_clusters=settings.clusters, cluster_centroids_init=init
+    )
+
+
+def _fine_tune(model, run, train_data, label_embeddings, settings: CompressSettings, callbacks) -> float:
+    """Fine-tunes ``model`` in place; returns the last epoch's loss."""
+    tf.random.set_seed(settings.seed)
+    trainer = _Distiller(model, run.image_encoder, label_embeddings, run, settings.distill_weight)
+    trainer.compile(optimizer=keras.optimizers.Adam(HoldThenCosine(settings.learning_rate, settings.steps)))
+    steps_per_epoch = min(50, settings.steps)
+    history = trainer.fit(
+        _dataset(run, train_data, settings.seed),
+        steps_per_epoch=steps_per_epoch,
+        epochs=max(1, round(settings.steps / steps_per_epoch)),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return float(history.history["loss"][-1])
+
+
+class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Constant learning rate while sparsity ramps up, then a cosine decay to 0 as it recovers."""
+
+    def __init__(self, learning_rate: float, steps: int, hold_share: float = RAMP_SHARE):
+        self.learning_rate, self.steps, self.hold_share = learning_rate, steps, hold_share
+
+    def __call__(self, step):
+        hold = float(int(self.steps * self.hold_share))
+        progress = tf.clip_by_value((tf.cast(step, tf.float32) - hold) / max(1.0, self.steps - hold), 0.0, 1.0)
+        return self.learning_rate * 0.5 * (1.0 + tf.cos(np.pi * progress))
+
+    def get_config(self) -> dict:
+        """The constructor arguments."""
+        return {"learning_rate": self.learning_rate, "steps": self.steps, "hold_share": self.hold_share}
+
+
+def _dataset(run, train_data, seed: int):
+    """The run's own augmented training pipeline, repeated."""
+    from dataclasses import replace
+
+    from fuselite.train.pipeline import make_dataset
+
+    config = replace(run.config, seed=seed)
+    return make_dataset(train_data, run.labels, run.tokenizer, config, training=True).repeat()
+
+
+class _Distiller(keras.Model):
+    """Trains ``student`` on the label loss plus distillation to a frozen ``teacher``."""
+
+    def __init__(self, student, teacher, label_embeddings, run, distill_weight: float):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        self.labels = tf.constant(label_embeddings, dtype=tf.float32)
+        self.scale = float(run.logit_scale)
+        self.bias = float(run.logit_bias)
+        self.single = run.task == "single"
+        self.distill_weight = distill_weight
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        """Reset at every epoch."""
+        return [self.loss_tracker]
+
+    def _loss(self, batch):
+        images, targets = batch["image"], batch["targets"]
+        embedding = self.student(images, training=True)
+        logits = self.scale * image_similarity(embedding, self.labels) + self.bias
+        if self.single:
+            task = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(targets, logits))
+        else:
+            task = tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), 1))
+        teacher = tf.stop_gradient(self.teacher(images, training=False))
+        # 1 - cosine (per cell for regional models), in logit units like the label loss.
+        distill = self.scale * tf.reduce_mean(1.0 - tf.reduce_sum(embedding * teacher, axis=-1))
+        return task + self.distill_weight * distill
+
+    def train_step(self, batch):
+        """One Adam step on the student's trainable weights."""
+        with tf.GradientTape() as tape:
+            loss = self._loss(batch)
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}

@@ -1,0 +1,377 @@
+"""A trained run -> one checked, self-describing ``<variant>.tflite`` bundle per variant.
+
+For each variant: convert the image tower (pruning it first for ``pruned-*``), run
+the flatbuffer in ai-edge-litert on the test split and compare it with the Keras
+model it came from, read its op list and the runtimes that load it, then pack the
+bundle (:mod:`fuselite.bundle`) and write it atomically.  A variant whose numbers
+are out of tolerance, or that ``--target`` cannot load, is reported and not written.
+
+Example:
+    >>> converter = Converter.load(Path("runs/scenes"), Path("bundles"), ConvertOptions())
+    >>> results = [converter.convert(v) for v in resolve_variants(["int8"])]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from fuselite import __version__
+from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle, write_atomic
+from fuselite.convert import modelinfo, numerics
+from fuselite.convert.compress import CompressSettings
+from fuselite.convert.report import VariantResult, gzip_size
+from fuselite.convert.variants import Variant
+from fuselite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Settings shared by every variant of one conversion.
+
+    Attributes:
+        sparsity: Target sparsity of pruned variants.
+        target: ``--target``: a runtime key or board profile name, or ``None``.
+        num_threads: Interpreter threads for the numeric checks.
+        calibration_samples: Training images that calibrate full-integer variants.
+        eval_samples: Test images for the numeric checks (0: the whole test split).
+        finetune_steps: Fine-tuning steps of pruned and clustered variants.
+        seed: Seeds sampling and fine-tuning.
+    """
+
+    sparsity: float = 0.75
+    target: str | None = None
+    num_threads: int = 2
+    calibration_samples: int = 200
+    eval_samples: int = 0
+    finetune_steps: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.sparsity < 1.0:
+            raise UserError(f"--sparsity {self.sparsity} must be between 0 and 1 (e.g. 0.75)")
+        if self.num_threads < 1 or self.calibration_samples < 1 or self.eval_samples < 0:
+            raise UserError("--threads and --calibration-samples must be >= 1, --eval-samples >= 0")
+        if self.finetune_steps < 1:
+            raise UserError("--finetune-steps must be >= 1")
+
+
+@dataclass
+class Reference:
+    """What every variant is checked against, computed once from the Keras run.
+
+    Attributes:
+        images: Test images the checks run on (then the held-out scenes, if any).
+        n_test: How many of ``images`` are test images.
+        targets: Multi-hot test targets for the run's labels.
+        phrases: Held-out phrases (never training labels) and their text embeddings.
+        phrase_tags: Per image in ``images``, its tags (for phrase AP).
+        keras_embeddings: The original tower's embeddings of ``images``.
+        keras_metrics: Task metrics of the original Keras model.
+    """
+
+    images: np.ndarray
+    n_test: int
+    targets: np.ndarray
+    phrases: list[str]
+    phrase_embeddings: np.ndarray
+    phrase_tags: list[list[str]]
+    keras_embeddings: np.ndarray
+    keras_metrics: dict = field(default_factory=dict)
+
+
+class Converter:
+    """Converts the variants of one run into one output folder.
+
+    Build it with :meth:`load`; it loads the run, converts the text tower and computes
+    the Keras reference once, then :meth:`convert` handles one variant at a time.
+    """
+
+    def __init__(self, run, data, out_dir: Path, options: ConvertOptions):
+        from fuselite.convert.tflite import convert_text_model
+        from fuselite.train.pipeline import embed_texts
+
+        self.run, self.data, self.out_dir, self.options = run, data, Path(out_dir), options
+        self.target = modelinfo.resolve_target(options.target) if options.target else None
+        self.scorer = numerics.Scorer(run.logit_scale, run.logit_bias)
+        self.label_embeddings = embed_texts(run.text_encoder, run.tokenizer, run.labels).astype(np.float32)
+        self.text_encoder_bytes = convert_text_model(run.text_encoder)
+        self.text_encoder_error = self._text_encoder_error()
+        self.calibration = _sample(data.train.images, options.calibration_samples, options.seed)
+        self.reference = self._reference(run.image_encoder)
+        self.default_threshold = self._default_threshold()
+        self._compressed: dict[str, tuple] = {}
+
+    @classmethod
+    def load(cls, run_dir: Path, out_dir: Path, options: ConvertOptions) -> Converter:
+        """Loads ``run_dir`` (UserError naming any missing piece) and prepares the checks."""
+        from fuselite.train.run import check_run_dir, load_run
+
+        check_run_dir(run_dir)
+        if options.target:
+            modelinfo.resolve_target(options.target)  # fail before the slow part
+        started = time.perf_counter()
+        run = load_run(run_dir)
+        log.info("loading the data of %s (%s)", run_dir, run.config.name)
+        converter = cls(run, run.load_data(), out_dir, options)
+        log.info("run, text encoder and Keras reference ready in %.1f s", _since(started))
+        return converter
+
+    # --- one variant -------------------------------------------------------------
+
+    def convert(self, variant: Variant) -> VariantResult:
+        """Converts, checks and (if good) writes one variant; never raises for a bad variant."""
+        from fuselite.convert.tflite import ConversionError, convert_image_model
+
+        started = time.perf_counter()
+        remove_stale_parts(self.out_dir, variant)
+        try:
+            keras_model, extra = self._keras_model(variant)
+            model_bytes = convert_image_model(keras_model, variant, self.calibration)
+            result = self._check(variant, keras_model, model_bytes, extra)
+        except (ConversionError, numerics.InterpreterError) as exc:
+            log.error("%s: %s", variant.name, exc)
+            return VariantResult(variant.name, "failed", str(exc), seconds=_since(started))
+        if result.status == "ok":
+            self._write(variant, model_bytes, result, extra)
+        result.seconds = _since(started)
+        log.info("%s: %s in %.1f s", variant.name, result.status, result.seconds)
+        return result
+
+    def _keras_model(self, variant: Variant):
+        """The Keras image tower to convert for ``variant`` and what it adds to the manifest.
+
+        A pruned or clustered tower is fine-tuned once and shared by the variants that use it.
+        """
+        method = variant.compression
+        if method == "none":
+            return self.run.image_encoder, {}
+        if method not in self._compressed:
+            from fuselite.convert.compress import compress_image_encoder
+
+            settings = CompressSettings(
+                sparsity=self.options.sparsity, steps=self.options.finetune_steps, seed=self.options.seed
+            )
+            model, report = compress_image_encoder(method, self.run, self.data.train, self.label_embeddings, settings)
+            self._compressed[method] = (model, {"compression": report, "thresholds": self._thresholds(model)})
+        return self._compressed[method]
+
+    def _check(self, variant: Variant, keras_model, model_bytes: bytes, extra: dict) -> VariantResult:
+        """Numbers against Keras, op list and runtimes; the status says whether to write."""
+        checks = self._numerics(variant, keras_model, model_bytes, extra.get("thresholds", self.run.thresholds))
+        ops = modelinfo.model_ops(model_bytes, self.text_encoder_bytes)
+        problems = modelinfo.runtime_problems(ops)
+        result = VariantResult(
+            variant.name, "ok", model_size=len(model_bytes), model_gzip_size=gzip_size(model_bytes),
+            sparsity=modelinfo.kernel_sparsity(model_bytes), numerics=checks,
+            runtimes={key: not found for key, found in problems.items()},
+            ops=modelinfo.op_strings(ops), runtime_problems={k: v for k, v in problems.items() if v},
+        )
+        if not checks["passed"]:
+            result.status, result.message = "failed", _tolerance_message(variant, checks)
+        elif self.target and problems[self.target.runtime]:
+            result.status = "refused"
+            result.message = f"--target {self.target.name} cannot load it: {problems[self.target.runtime][0]}"
+        return result
+
+    def _numerics(self, variant: Variant, keras_model, model_bytes: bytes, thresholds) -> dict:
+        ref = self.reference
+        keras_emb = ref.keras_embeddings if keras_model is self.run.image_encoder else _embed(keras_model, ref.images)
+        tflite_emb = numerics.tflite_embeddings(model_bytes, ref.images, self.options.num_threads)
+        n = ref.n_test
+        expected, actual = (self.scorer(e[:n], self.label_embeddings) for e in (keras_emb, tflite_emb))
+        checks = numerics.compare(expected, actual, np.asarray(thresholds))
+        # Probabilities of a run whose bias keeps them tiny hide errors; logits do not.
+        logit_error = self.scorer.logits(keras_emb[:n], self.label_embeddings) - self.scorer.logits(
+            tflite_emb[:n], self.label_embeddings)
+        checks["max_logit_error"] = float(np.abs(logit_error).max())
+        metrics = self._metrics(ref, tflite_emb)
+        name = next(iter(ref.keras_metrics))
+        checks.update(
+            reference=_REFERENCES[variant.compression],
+            split="test", samples=n, interpreter=numerics.interpreter_version(),
+            num_threads=self.options.num_threads,
+            tolerance={"min_agreement": variant.min_agreement, "max_score_error": variant.max_score_error},
+            text_encoder_max_error=self.text_encoder_error,
+            task_metric_name=name, task_metric=metrics[name], keras_task_metric=ref.keras_metrics[name],
+            delta_pt=_delta_pt(metrics[name], ref.keras_metrics[name]),
+            metrics=metrics, keras_metrics=ref.keras_metrics,
+        )
+        checks["passed"] = (
+            checks["top1_agreement"] >= variant.min_agreement
+            and checks["max_score_error"] <= variant.max_score_error
+        )
+        return checks
+
+    def _metrics(self, ref: Reference, embeddings: np.ndarray) -> dict:
+        """Task metrics of image embeddings of ``ref.images`` (as in metrics.json)."""
+        probs = self.scorer(embeddings[: ref.n_test], self.label_embeddings)
+        metrics = numerics.task_metrics(probs, ref.targets, self.run.task)
+        if ref.phrases:
+            phrase_probs = self.scorer(embeddings, ref.phrase_embeddings)
+            metrics["heldout_combo_ap"] = numerics.phrase_ap(phrase_probs, ref.phrases, ref.phrase_tags)
+        return {k: _json_float(v) for k, v in metrics.items()}
+
+    # --- writing -----------------------------------------------------------------
+
+    def _write(self, variant: Variant, model_bytes: bytes, result: VariantResult, extra: dict) -> None:
+        io = numerics.io_details(model_bytes)
+        manifest = Manifest(
+            variant=variant.name,
+            task=self.run.task,
+            labels=tuple(self.run.labels),
+            thresholds=tuple(extra.get("thresholds", self.run.thresholds)),
+            default_threshold=self.default_threshold,
+            embedding_dim=int(self.label_embeddings.shape[1]),
+            logit_scale=float(self.run.logit_scale),
+            logit_bias=float(self.run.logit_bias),
+            preprocessing=self._preprocessing(io),
+            sparsity=result.sparsity,
+            provenance=self._provenance(variant, model_bytes, result, extra),
+            numerics=result.numerics,
+        )
+        data = pack_bundle(
+            model_bytes=model_bytes, manifest=manifest, tokenizer=self.run.tokenizer,
+            label_embeddings=self.label_embeddings, text_encoder_bytes=self.text_encoder_bytes,
+        )
+        path = self.out_dir / variant.filename
+        write_atomic(path, data)
+        os.chmod(path, 0o644)  # write_atomic's temp file is private (0600); a bundle is meant to be copied
+        read_bundle(path)  # what the board will do first; fails loudly if anything is off
+        result.path, result.file_size, result.gzip_size = path, len(data), gzip_size(data)
+
+    def _preprocessing(self, io: dict) -> Preprocessing:
+        from fuselite.train.model import PIXEL_OFFSET, PIXEL_SCALE
+
+        size = self.run.config.image_size
+        return Preprocessing(
+            input_size=(size, size), color_order="RGB", resize="area",
+            input_dtype=io["input_dtype"], normalization=(PIXEL_SCALE, PIXEL_OFFSET),
+            input_quant=io["input_quant"], output_quant=io["output_quant"],
+        )
+
+    def _provenance(self, variant: Variant, model_bytes: bytes, result: VariantResult, extra: dict) -> dict:
+        from fuselite.train.backend import tf
+
+        provenance = {
+            "source_run": str(self.run.run_dir.resolve()),
+            "run_config": self.run.config.name,
+            "run_metrics": {k: v for k, v in self.run.metrics.items() if isinstance(v, (int, float))},
+            "fuselite": __version__,
+            "tensorflow": tf.__version__,
+            "converter": f"tf.lite.TFLiteConverter.from_keras_model (TensorFlow {tf.__version__})",
+            "quantization": {"mode": variant.quantization, "per_channel": variant.per_channel},
+            "calibration_samples": len(self.calibration) if variant.calibrated else 0,
+            "ops": modelinfo.op_strings(modelinfo.model_ops(model_bytes)),
+            "text_encoder_ops": modelinfo.op_strings(modelinfo.model_ops(self.text_encoder_bytes)),
+            "runtimes": result.runtimes,
+            "runtime_problems": result.runtime_problems,
+            "thresholds": "recalibrated on validation" if "thresholds" in extra else "from the run",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if "compression" in extra:
+            provenance["compression"] = extra["compression"]
+        return provenance
+
+    # --- reference ---------------------------------------------------------------
+
+    def _reference(self, encoder) -> Reference:
+        from fuselite.train.pipeline import embed_texts
+
+        test = self.data.test
+        if self.options.eval_samples:
+            test = test.subset(range(min(self.options.eval_samples, len(test))))
+        images, tags, phrases = test.images, list(test.tags), []
+        heldout = self.data.heldout
+        if heldout is not None:
+            phrases = sorted(set(heldout.label_vocabulary()) - set(self.run.labels))
+            images, tags = np.concatenate([images, heldout.images]), tags + list(heldout.tags)
+        phrase_emb = embed_texts(self.run.text_encoder, self.run.tokenizer, phrases) if phrases else None
+        ref = Reference(
+            images=images, n_test=len(test), targets=test.multi_hot(self.run.labels), phrases=phrases,
+            phrase_embeddings=phrase_emb, phrase_tags=tags, keras_embeddings=_embed(encoder, images),
+        )
+        ref.keras_metrics = self._metrics(ref, ref.keras_embeddings)
+        return ref
+
+    def _thresholds(self, encoder) -> list[float]:
+        """Per-label thresholds of ``encoder`` calibrated on validation, as training does."""
+        from fuselite import metrics as m
+
+        val = self.data.val
+        probs = self.scorer(_embed(encoder, val.images), self.label_embeddings)
+        return [float(t) for t in np.clip(m.calibrate_thresholds(probs, val.multi_hot(self.run.labels)), 0, 1)]
+
+    def _default_threshold(self) -> float:
+        val = self.data.val
+        probs = self.scorer(_embed(self.run.image_encoder, val.images), self.label_embeddings)
+        return numerics.global_threshold(probs, val.multi_hot(self.run.labels))
+
+    def _text_encoder_error(self) -> float:
+        ids = self.run.tokenizer.encode_batch(self.run.labels)
+        tflite = numerics.tflite_embeddings(self.text_encoder_bytes, ids, self.options.num_threads)
+        return float(np.abs(tflite - self.label_embeddings).max())
+
+
+def convert_run(run_dir: Path, out_dir: Path, variants: list[Variant], options: ConvertOptions) -> list[VariantResult]:
+    """Converts ``variants`` of ``run_dir`` into ``out_dir``; see :class:`Converter`."""
+    converter = Converter.load(run_dir, out_dir, options)
+    return [converter.convert(v) for v in variants]
+
+
+def remove_stale_parts(out_dir: Path, variant: Variant) -> None:
+    """Deletes temp files an interrupted earlier write of ``variant`` left behind."""
+    for path in Path(out_dir).glob(f".{variant.filename}.*.part"):
+        log.debug("removing %s, left by an interrupted conversion", path)
+        path.unlink(missing_ok=True)
+
+
+_REFERENCES = {
+    "none": "Keras image tower",
+    "prune": "pruned, fine-tuned Keras image tower",
+    "cluster": "clustered, fine-tuned Keras image tower",
+}
+
+
+def _tolerance_message(variant: Variant, checks: dict) -> str:
+    return (
+        f"numbers differ from Keras beyond tolerance: top-label agreement "
+        f"{checks['top1_agreement']:.3f} (min {variant.min_agreement}), max score error "
+        f"{checks['max_score_error']:.3g} (max {variant.max_score_error}); not written"
+    )
+
+
+def _embed(encoder, images: np.ndarray) -> np.ndarray:
+    from fuselite.train.pipeline import embed_images
+
+    return embed_images(encoder, images)
+
+
+def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` images drawn without replacement (all of them when there are fewer)."""
+    if n >= len(images):
+        return images
+    return images[np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))]
+
+
+def _delta_pt(value: float | None, reference: float | None) -> float | None:
+    """``value - reference`` in percentage points, or None when either is undefined."""
+    return None if value is None or reference is None else 100 * (value - reference)
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 1)
+

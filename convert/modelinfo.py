@@ -1,0 +1,125 @@
+"""Facts read back from a converted flatbuffer: op list, loadable runtimes, sparsity.
+
+The op list and runtime tables come from :mod:`fuselite.devices.compat` (the same
+code ``fuselite devices check`` uses on a board), so convert and devices never
+disagree about where a bundle loads.  ``--target`` accepts a runtime key or a
+board profile name (:mod:`fuselite.devices.profiles`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fuselite.devices.compat import (
+    OpCode,
+    check_ops,
+    get_runtime,
+    list_runtimes,
+    ops_to_strings,
+    read_ops,
+)
+from fuselite.devices.profiles import get_profile, list_profiles
+from fuselite.errors import UserError
+
+# Operators whose second input is a weight kernel (sparsity is measured over these).
+KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+# TensorType enum value -> numpy dtype, for the types a kernel is stored in.
+_KERNEL_DTYPES = {0: np.float32, 1: np.float16, 3: np.uint8, 9: np.int8}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What ``--target`` names: a board profile or a bare runtime.
+
+    Attributes:
+        name: As given (``"raspberry-pi-32bit"`` or ``"tflite-runtime-2.14"``).
+        runtime: The runtime key whose op table decides.
+    """
+
+    name: str
+    runtime: str
+
+
+def target_names() -> list[str]:
+    """Every value ``--target`` accepts: runtime keys, then profile names."""
+    return [*list_runtimes(), *list_profiles()]
+
+
+def resolve_target(name: str) -> Target:
+    """The target called ``name``; unknown names raise UserError listing the known ones."""
+    if name in list_runtimes():
+        return Target(name, get_runtime(name).key)
+    if name in list_profiles():
+        return Target(name, get_profile(name).runtime)
+    raise UserError(f"unknown --target {name!r}; known: {', '.join(target_names())}")
+
+
+def model_ops(*models: bytes) -> tuple[OpCode, ...]:
+    """The union of the operator lists of ``models`` (a board loads all of them)."""
+    return tuple(sorted({op for model in models for op in read_ops(model)}))
+
+
+def runtime_problems(ops: tuple[OpCode, ...]) -> dict[str, list[str]]:
+    """Maps every runtime key to the reasons it cannot load ``ops`` (empty when it can)."""
+    return {key: check_ops(ops, key) for key in list_runtimes()}
+
+
+def op_strings(ops: tuple[OpCode, ...]) -> list[str]:
+    """``["CONV_2D v3", ...]``, as stored in the manifest."""
+    return ops_to_strings(ops)
+
+
+def kernel_sparsity(model_bytes: bytes) -> float:
+    """Share of zeros among the stored weights of conv and fully-connected kernels.
+
+    Read from the flatbuffer itself, so rounding to int8 counts, and a float16
+    kernel is found behind its DEQUANTIZE op.  Shared buffers count once.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    zeros = total = 0
+    for subgraph in model.subgraphs:
+        producers = {out: op for op in subgraph.operators for out in op.outputs}
+        seen = set()
+        for op in subgraph.operators:
+            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) not in KERNEL_OPS:
+                continue
+            tensor = _stored_tensor(model, subgraph, producers, op.inputs[1])
+            if tensor is None or tensor.buffer in seen:
+                continue
+            seen.add(tensor.buffer)
+            values = _values(model, tensor)
+            zeros += int(np.count_nonzero(values == _zero_point(tensor)))
+            total += values.size
+    return zeros / total if total else 0.0
+
+
+def _stored_tensor(model, subgraph, producers, index: int):
+    """The constant tensor holding a kernel, following a DEQUANTIZE back to its input."""
+    tensor = subgraph.tensors[index]
+    if model.buffers[tensor.buffer].data is not None:
+        return tensor
+    producer = producers.get(index)
+    if producer is not None and producer.inputs is not None and len(producer.inputs):
+        source = subgraph.tensors[producer.inputs[0]]
+        if model.buffers[source.buffer].data is not None:
+            return source
+    return None
+
+
+def _values(model, tensor) -> np.ndarray:
+    dtype = _KERNEL_DTYPES.get(tensor.type)
+    if dtype is None:
+        raise ValueError(f"kernel stored as TensorType {tensor.type}, which sparsity does not read")
+    return np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=dtype)
+
+
+def _zero_point(tensor) -> int:
+    """The stored value that means 0.0 (TFLite's int8 kernels are symmetric: 0)."""
+    quant = tensor.quantization
+    if quant is None or quant.zeroPoint is None or not len(quant.zeroPoint):
+        return 0
+    return int(quant.zeroPoint[0])

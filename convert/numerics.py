@@ -1,0 +1,162 @@
+"""Does a converted model still give the Keras model's answers?
+
+Embeddings come from ai-edge-litert's interpreter (the device's interpreter, with
+``num_threads`` explicit, never ``tf.lite.Interpreter``) and are scored with the
+bundle's own scorer, :func:`fuselite.bundle.label_probabilities`, which training's
+evaluation and the runtime use too.  The task
+metrics are :mod:`fuselite.metrics`, the functions behind ``metrics.json``, so a
+variant's numbers sit next to the run's own.
+
+This module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fuselite import metrics as m
+from fuselite.bundle import label_probabilities
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """The fused scorer of a run.
+
+    Attributes:
+        logit_scale: Scale applied to the cosine similarity.
+        logit_bias: Bias added before the sigmoid.
+    """
+
+    logit_scale: float
+    logit_bias: float
+
+    def __call__(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """Probabilities ``[len(image_emb), len(text_emb)]``; regional embeddings score their best cell."""
+        return label_probabilities(image_emb, text_emb, self.logit_scale, self.logit_bias)
+
+    def logits(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """The logits behind :meth:`__call__` (what the sigmoid is applied to)."""
+        similarity = np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
+        if similarity.ndim == 3:
+            similarity = similarity.max(axis=1)
+        return self.logit_scale * similarity + self.logit_bias
+
+
+class InterpreterError(RuntimeError):
+    """ai-edge-litert cannot load or run a converted model; the message says why."""
+
+
+def interpreter_version() -> str:
+    """``ai_edge_litert <version>``, for the manifest."""
+    import ai_edge_litert
+
+    return f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+
+
+def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, batch_size: int = 50) -> np.ndarray:
+    """Runs a single-input model over ``inputs`` in batches; returns float32 outputs.
+
+    Inputs are quantized and outputs dequantized with the model's own parameters,
+    exactly as the runtime does.
+    """
+    interpreter = _interpreter(model_bytes, num_threads)
+    index = interpreter.get_input_details()[0]["index"]
+    outputs, size = [], 0
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        if len(batch) != size:
+            interpreter.resize_tensor_input(index, [len(batch), *batch.shape[1:]])
+            interpreter.allocate_tensors()
+            size = len(batch)
+        detail, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        interpreter.set_tensor(index, quantize_input(batch, detail))
+        interpreter.invoke()
+        outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+    return np.concatenate(outputs)
+
+
+def io_details(model_bytes: bytes) -> dict:
+    """Input dtype and ``(scale, zero_point)`` of the input and output (``None`` if float)."""
+    interpreter = _interpreter(model_bytes, num_threads=1)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    return {
+        "input_dtype": np.dtype(inp["dtype"]).name,
+        "input_quant": _quant(inp),
+        "output_quant": _quant(out),
+    }
+
+
+def compare(reference: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray) -> dict:
+    """How far ``probabilities`` ``[images, labels]`` are from the ``reference`` ones.
+
+    ``top1_agreement``: share of images with the same top label (in multi-label data
+    several labels often sit near 1, so near-ties flip; the decisions are the better
+    guide there).  ``decision_agreement``: share of (image, label) pairs judged the same
+    way at ``thresholds``.  ``max_score_error`` / ``mean_score_error``: absolute
+    probability differences.
+    """
+    error = np.abs(probabilities.astype(np.float64) - reference)
+    decisions = (reference >= thresholds) == (probabilities >= thresholds)
+    return {
+        "top1_agreement": float(np.mean(np.argmax(reference, 1) == np.argmax(probabilities, 1))),
+        "decision_agreement": float(decisions.mean()),
+        "max_score_error": float(error.max()),
+        "mean_score_error": float(error.mean()),
+    }
+
+
+def task_metrics(probabilities: np.ndarray, targets: np.ndarray, task: str) -> dict:
+    """The task metric of ``metrics.json``: ``{"top1": x}`` (single) or ``{"mAP": x}`` (multi)."""
+    if task == "single":
+        return {"top1": m.top1_accuracy(probabilities, targets)}
+    return {"mAP": m.mean_average_precision(probabilities, targets)}
+
+
+def phrase_ap(probabilities: np.ndarray, phrases: list[str], tags: list[list[str]]) -> float:
+    """Mean AP of phrases never trained as labels (``heldout_combo_ap`` in ``metrics.json``)."""
+    aps = [m.average_precision(probabilities[:, j], np.array([p in t for t in tags])) for j, p in enumerate(phrases)]
+    aps = [ap for ap in aps if not np.isnan(ap)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def global_threshold(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """One F1-best threshold over every (image, label) pair, for labels typed at run time."""
+    threshold = m.calibrate_thresholds(probabilities.reshape(-1, 1), targets.reshape(-1, 1))[0]
+    return float(np.clip(threshold, 0.0, 1.0))
+
+
+def _interpreter(model_bytes: bytes, num_threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InterpreterError(f"ai-edge-litert cannot load the converted model: {first}") from exc
+    return interpreter
+
+
+def quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    quant = _quant(detail)
+    if quant is None or dtype.kind == "f":
+        return batch.astype(dtype)
+    scale, zero_point = quant
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(batch.astype(np.float32) / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    quant = _quant(detail)
+    values = values.astype(np.float32)
+    if quant is None:
+        return values
+    return (values - quant[1]) * quant[0]
+
+
+def _quant(detail: dict) -> tuple[float, int] | None:
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    return (float(scale), int(zero_point)) if scale else None

@@ -1,0 +1,138 @@
+"""Results of a conversion, as tables for people and JSON for machines.
+
+No TensorFlow here: :func:`describe_bundles` lists a folder of bundles (file, size,
+variant, runtimes) from their manifests alone, e.g. for the README demo.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fuselite.bundle import BundleError, read_manifest
+
+REPORT_NAME = "convert-report.json"
+STATUSES = ("ok", "failed", "refused")
+
+
+@dataclass
+class VariantResult:
+    """What happened to one variant.
+
+    Attributes:
+        variant: Variant name.
+        status: ``"ok"`` (written), ``"failed"`` (conversion error or numbers out of
+            tolerance; nothing written) or ``"refused"`` (``--target`` cannot load it).
+        message: Why it was not written, one line.
+        path: The bundle written, or ``None``.
+        file_size: Bytes of the bundle file (model + zip of associated files).
+        gzip_size: Bytes of the bundle file after ``gzip -9``.
+        model_size: Bytes of the image model flatbuffer alone.
+        model_gzip_size: Bytes of the image model after ``gzip -9``.
+        sparsity: Share of zeros in the model's conv/dense kernels.
+        numerics: The manifest's ``numerics`` (agreement, errors, task metrics).
+        runtimes: Runtime key -> whether it loads the bundle.
+        ops: The image model's and text encoder's ops (``"CONV_2D v3"``).
+        runtime_problems: Runtime key -> why it cannot load the bundle (only those that cannot).
+        seconds: Wall time spent on this variant (fine-tuning included).
+    """
+
+    variant: str
+    status: str
+    message: str = ""
+    path: Path | None = None
+    file_size: int = 0
+    gzip_size: int = 0
+    model_size: int = 0
+    model_gzip_size: int = 0
+    sparsity: float = 0.0
+    numerics: dict = field(default_factory=dict)
+    runtimes: dict = field(default_factory=dict)
+    ops: list = field(default_factory=list)
+    runtime_problems: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        data = asdict(self)
+        data["path"] = str(self.path) if self.path else None
+        return data
+
+
+def gzip_size(data: bytes) -> int:
+    """Length of ``data`` after gzip at level 9 (what pruning is judged by)."""
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def kb(size: int) -> str:
+    """``353.4 kB`` (10^3 bytes)."""
+    return f"{size / 1000:.1f} kB"
+
+
+def results_table(results: list[VariantResult]) -> str:
+    """The end-of-conversion table, one row per variant, as plain aligned text."""
+    header = [
+        "variant", "file", "gzip", "model", "model.gz", "sparsity", "agree", "max err", "metric", "runtimes", "status",
+    ]
+    rows = [header] + [_row(r) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    problems = [f"{r.variant}: {r.message}" for r in results if r.status != "ok"]
+    return "\n".join(lines + problems)
+
+
+def _row(r: VariantResult) -> list[str]:
+    n = r.numerics
+    if r.status == "failed" and not r.model_size:
+        return [r.variant] + ["-"] * 9 + [r.status]
+    return [
+        r.variant,
+        kb(r.file_size) if r.file_size else "-",
+        kb(r.gzip_size) if r.gzip_size else "-",
+        kb(r.model_size),
+        kb(r.model_gzip_size),
+        f"{100 * r.sparsity:.0f}%",
+        f"{100 * n.get('top1_agreement', 0):.1f}%",
+        f"{n.get('max_score_error', 0):.2g}",
+        _metric(n),
+        ",".join(k for k, ok in r.runtimes.items() if ok) or "none",
+        r.status,
+    ]
+
+
+def _metric(numerics: dict) -> str:
+    name, value = numerics.get("task_metric_name"), numerics.get("task_metric")
+    if name is None or value is None:
+        return "-"
+    delta = numerics.get("delta_pt")
+    return f"{name} {100 * value:.2f}" + ("" if delta is None else f" ({delta:+.2f})")
+
+
+def write_report(out_dir: Path, results: list[VariantResult], extra: dict) -> Path:
+    """Writes ``convert-report.json`` (results plus ``extra``) atomically into ``out_dir``."""
+    from fuselite.bundle import write_atomic
+
+    path = Path(out_dir) / REPORT_NAME
+    doc = {**extra, "variants": [r.to_dict() for r in results]}
+    write_atomic(path, json.dumps(doc, indent=1, default=str).encode())
+    return path
+
+
+def describe_bundles(out_dir: Path) -> str:
+    """Lists the ``*.tflite`` bundles in ``out_dir``: file, size, variant, loadable runtimes."""
+    lines = []
+    for path in sorted(Path(out_dir).glob("*.tflite")):
+        try:
+            manifest = read_manifest(path)
+        except BundleError as exc:
+            lines.append(f"{path.name:<24} {kb(path.stat().st_size):>10}  not a bundle ({exc})")
+            continue
+        runtimes = [k for k, ok in manifest.provenance.get("runtimes", {}).items() if ok]
+        lines.append(
+            f"{path.name:<24} {kb(path.stat().st_size):>10}  {manifest.variant:<16} "
+            f"runs on: {', '.join(runtimes) or 'no known runtime'}"
+        )
+    return "\n".join(lines) if lines else f"{out_dir}: no bundles"

@@ -1,0 +1,113 @@
+"""Keras towers -> TFLite flatbuffers, one converter setup per variant row.
+
+Every image model takes uint8 ``[1, S, S, 3]`` RGB pixels, so the device never
+normalises: float variants keep the Keras model's uint8 input (a CAST op feeds the
+in-model Rescaling), and full-integer variants are converted from a float-input copy
+with ``inference_input_type=uint8``, whose calibrated input scale is exactly 1 with
+zero point 0 (raw pixels).  Their embedding output is int8 with the fixed scale 1/128
+of TFLite's quantized L2 normalisation, so a float output would add nothing.
+
+The text tower is always plain float32: it is small and scores typed labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from fuselite.convert.variants import Variant
+from fuselite.errors import UserError
+from fuselite.train.backend import keras, tf
+
+log = logging.getLogger(__name__)
+
+
+class ConversionError(UserError):
+    """The TFLite converter refused a model; the message names the variant and the reason."""
+
+
+def convert_image_model(model: keras.Model, variant: Variant, calibration: np.ndarray | None = None) -> bytes:
+    """Converts the image tower as ``variant`` says; ``calibration`` is uint8 images for int8."""
+    if variant.calibrated:
+        if calibration is None or not len(calibration):
+            raise ValueError(f"{variant.name} needs calibration images")
+        model = float_input_copy(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    _configure(converter, variant, calibration)
+    return _run(converter, f"{variant.name} image model")
+
+
+def convert_text_model(model: keras.Model) -> bytes:
+    """Converts the text tower to a float32 flatbuffer (int32 ids in, embedding out)."""
+    return _run(tf.lite.TFLiteConverter.from_keras_model(model), "text encoder")
+
+
+def float_input_copy(model: keras.Model) -> keras.Model:
+    """A copy of a uint8-input functional model that takes the same pixels as float32.
+
+    The full-integer converter quantizes a float input; a uint8 input would stay a
+    float CAST in front of the integer graph.
+    """
+    shape = model.input_shape[1:]
+    inputs = keras.Input(shape, dtype="float32", name=model.input_names[0])
+    copy = keras.models.clone_model(model, input_tensors=inputs)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def representative_dataset(images: np.ndarray):
+    """A converter ``representative_dataset`` over uint8 images, one image per step.
+
+    The first image gets one black and one white pixel, so the calibrated input range
+    is the full 0..255 and the uint8 input takes raw pixels (scale 1, zero point 0)
+    even when the sample never reaches the extremes.
+    """
+    first = images[:1].astype(np.float32)
+    first[0, 0, 0, :], first[0, 0, -1, :] = 0.0, 255.0
+
+    def generate():
+        yield [first]
+        for image in images[1:]:
+            yield [image[np.newaxis].astype(np.float32)]
+
+    return generate
+
+
+def _configure(converter, variant: Variant, calibration: np.ndarray | None) -> None:
+    if variant.quantization == "none":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant.quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant.quantization == "int8":
+        converter.representative_dataset = representative_dataset(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.int8
+        converter._experimental_disable_per_channel = not variant.per_channel
+
+
+def _run(converter, what: str) -> bytes:
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(max(level, logging.WARNING))  # "Assets written to /tmp/..." on every call
+    try:
+        with warnings.catch_warnings():
+            # Only meaningful for the legacy converter's quantized_input_stats, not used here.
+            warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
+            return bytes(converter.convert())
+    except Exception as exc:  # the converter raises many types, all meaning "cannot convert"
+        raise ConversionError(f"{what}: the TFLite converter failed: {_reason(exc)}") from exc
+    finally:
+        tf_log.setLevel(level)
+
+
+def _reason(exc: Exception) -> str:
+    """The most telling line of a converter error (MLIR errors bury it among notes)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "error:" in line:
+            return line[line.index("error:") + len("error:") :].strip()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,213 @@
+"""Every variant of a tiny trained run becomes a bundle that loads, describes itself and agrees with Keras."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fuselite.bundle import BundleError, Manifest, read_bundle
+from fuselite.convert.variants import VARIANTS, get_variant
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:distutils Version classes are deprecated:DeprecationWarning"),
+]
+
+ALL = list(VARIANTS)
+
+
+def _probabilities(manifest: Manifest, image_emb, label_emb):
+    """The scorer written out again: a label scores its best cell in regional models."""
+    similarity = image_emb @ label_emb.T
+    if similarity.ndim == 3:
+        similarity = similarity.max(axis=1)
+    return 1 / (1 + np.exp(-(manifest.logit_scale * similarity + manifest.logit_bias)))
+
+
+def bundle_output_rank(bundle) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return len(Interpreter(model_content=bundle.model_bytes).get_output_details()[0]["shape"])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_variant_is_written_and_loads_in_ai_edge_litert_from_its_path(converted_tiny_run, name):
+    from ai_edge_litert.interpreter import Interpreter
+
+    result = converted_tiny_run[name]
+    assert result.status == "ok", result.message
+    assert result.path.name == f"{name}.tflite"
+    interpreter = Interpreter(model_path=str(result.path), num_threads=1)  # trailing zip and all
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    manifest = read_bundle(result.path).manifest
+    assert list(inp["shape"]) == [1, *manifest.preprocessing.input_size, 3]
+    assert np.dtype(inp["dtype"]) == np.uint8  # every variant takes raw pixels
+    # [1, D], or [1, cells, D] for regional models
+    assert out["shape"][0] == 1 and out["shape"][-1] == manifest.embedding_dim and len(out["shape"]) in (2, 3)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_manifest_round_trips_and_carries_what_the_runtime_needs(converted_tiny_run, tiny_converter, name):
+    bundle = read_bundle(converted_tiny_run[name].path)
+    manifest, run = bundle.manifest, tiny_converter.run
+    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert manifest.variant == name and manifest.task == run.task
+    assert list(manifest.labels) == run.labels and len(manifest.thresholds) == len(run.labels)
+    assert bundle.tokenizer == run.tokenizer
+    assert manifest.preprocessing.input_size == (run.config.image_size,) * 2
+    assert manifest.preprocessing.color_order == "RGB" and manifest.preprocessing.input_dtype == "uint8"
+    assert np.allclose(bundle.label_embeddings, tiny_converter.label_embeddings)
+    provenance = manifest.provenance
+    assert provenance["source_run"] == str(run.run_dir.resolve())
+    assert provenance["tensorflow"] and provenance["ops"] and provenance["text_encoder_ops"]
+    assert provenance["runtimes"]["ai-edge-litert"] is True
+    assert 0.0 < manifest.default_threshold < 1.0
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if VARIANTS[n].compression == "none"])
+def test_each_variant_scores_test_images_like_the_keras_model(converted_tiny_run, tiny_converter, name):
+    """Re-checked here, independently of the numbers the converter stored."""
+    from fuselite.convert.numerics import tflite_embeddings
+    from fuselite.train.pipeline import embed_images
+
+    bundle = read_bundle(converted_tiny_run[name].path)
+    images = tiny_converter.data.test.images
+    keras = _probabilities(bundle.manifest, embed_images(tiny_converter.run.image_encoder, images),
+                           bundle.label_embeddings)
+    tflite = _probabilities(bundle.manifest, tflite_embeddings(bundle.model_bytes, images, num_threads=2),
+                            bundle.label_embeddings)
+    variant = get_variant(name)
+    assert np.mean(keras.argmax(1) == tflite.argmax(1)) >= variant.min_agreement
+    assert np.abs(keras - tflite).max() <= variant.max_score_error
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_manifest_stores_its_numeric_check_and_task_metric(converted_tiny_run, tiny_run, name):
+    import json
+
+    numerics = read_bundle(converted_tiny_run[name].path).manifest.numerics
+    assert numerics["passed"] is True and numerics["samples"] > 0
+    assert numerics["top1_agreement"] >= numerics["tolerance"]["min_agreement"]
+    assert numerics["max_score_error"] <= numerics["tolerance"]["max_score_error"]
+    assert numerics["text_encoder_max_error"] < 1e-4
+    assert 0.0 <= numerics["max_logit_error"] < (1e-3 if name == "fp32" else 10.0)
+    assert 0.9 <= numerics["decision_agreement"] <= 1.0
+    # The Keras reference goes through the same metric code as training: same number.
+    run_metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert numerics["keras_task_metric"] == pytest.approx(run_metrics["mAP"], abs=1e-6)
+    assert numerics["keras_metrics"]["heldout_combo_ap"] == pytest.approx(run_metrics["heldout_combo_ap"], abs=1e-6)
+    assert 0.0 <= numerics["task_metric"] <= 1.0
+
+
+def test_full_integer_bundles_take_raw_pixels_and_give_int8_embeddings(converted_tiny_run):
+    for name in ("int8", "pruned-int8", "int8-per-tensor"):
+        pre = read_bundle(converted_tiny_run[name].path).manifest.preprocessing
+        assert pre.input_quant == (1.0, 0), name
+        assert pre.output_quant is not None and pre.output_quant[1] == 0
+    pre = read_bundle(converted_tiny_run["fp32"].path).manifest.preprocessing
+    assert pre.input_quant is None and pre.output_quant is None
+
+
+def test_quantized_bundles_are_smaller_than_fp32(converted_tiny_run):
+    sizes = {name: r.model_size for name, r in converted_tiny_run.items()}
+    assert sizes["fp16"] < 0.7 * sizes["fp32"]
+    for name in ("dynamic", "int8", "int8-per-tensor"):
+        assert sizes[name] < 0.5 * sizes["fp32"], name
+
+
+def test_pruned_bundle_reaches_the_sparsity_and_compresses_better(converted_tiny_run):
+    result = converted_tiny_run["pruned-int8"]
+    manifest = read_bundle(result.path).manifest
+    pruning = manifest.provenance["compression"]
+    assert pruning["method"] == "prune"
+    assert pruning["layers_sparsity"] == pytest.approx(0.75, abs=0.02)
+    # Measured in the flatbuffer over every kernel, the dense stem and depthwise ones too.
+    assert 0.5 < manifest.sparsity < pruning["layers_sparsity"]
+    assert converted_tiny_run["int8"].sparsity < 0.1
+    assert result.model_gzip_size < 0.8 * converted_tiny_run["int8"].model_gzip_size
+    assert manifest.numerics["reference"] == "pruned, fine-tuned Keras image tower"
+
+
+def test_clustered_bundle_shares_few_values_per_kernel_and_compresses_better(converted_tiny_run):
+    result = converted_tiny_run["clustered-int8"]
+    clustering = read_bundle(result.path).manifest.provenance["compression"]
+    assert clustering["method"] == "cluster" and clustering["layers_max_unique_values"] <= 16
+    assert result.model_gzip_size < 0.9 * converted_tiny_run["int8"].model_gzip_size
+
+
+def test_each_bundle_records_its_ops_and_the_runtimes_that_load_them(converted_tiny_run):
+    from fuselite.devices.compat import OpCode, loadable_runtimes
+
+    for name, result in converted_tiny_run.items():
+        provenance = read_bundle(result.path).manifest.provenance
+        ops = [OpCode.parse(op) for op in provenance["ops"] + provenance["text_encoder_ops"]]
+        assert provenance["runtimes"] == loadable_runtimes(ops), name
+        assert set(provenance["runtime_problems"]) == {k for k, ok in provenance["runtimes"].items() if not ok}
+
+
+def test_dynamic_range_dense_layers_need_a_runtime_newer_than_tflite_runtime_214():
+    """The GUIDE's finding, on a global-scoring tower (its projection is a Dense layer)."""
+    from fuselite.convert.modelinfo import model_ops, runtime_problems
+    from fuselite.convert.tflite import convert_image_model
+    from fuselite.train.configs import get_config
+    from fuselite.train.model import image_encoder
+
+    config = get_config("fashion-mnist-tiny")
+    assert config.scoring == "global"
+    ops = model_ops(convert_image_model(image_encoder(config), get_variant("dynamic")))
+    problems = runtime_problems(ops)
+    assert problems["ai-edge-litert"] == []
+    assert any("FULLY_CONNECTED v12" in p and "use the fp32 or int8 variant" in p
+               for p in problems["tflite-runtime-2.14"])
+
+
+def test_the_bundled_text_encoder_embeds_the_labels_like_keras(converted_tiny_run, tiny_converter):
+    from fuselite.convert.numerics import tflite_embeddings
+
+    bundle = read_bundle(converted_tiny_run["int8"].path)
+    ids = bundle.tokenizer.encode_batch(list(bundle.manifest.labels))
+    embeddings = tflite_embeddings(bundle.text_encoder_bytes, ids, num_threads=1)
+    assert np.abs(embeddings - bundle.label_embeddings).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8"])
+def test_the_runtime_annotator_gets_the_converters_scores(converted_tiny_run, tiny_converter, name):
+    """The contract end to end: fuselite.runtime reads the bundle and scores a frame the same way."""
+    from fuselite.convert.numerics import tflite_embeddings
+    from fuselite.runtime import Annotator
+
+    bundle = read_bundle(converted_tiny_run[name].path)
+    image = tiny_converter.data.test.images[0]
+    expected = _probabilities(bundle.manifest, tflite_embeddings(bundle.model_bytes, image[None], 1),
+                              bundle.label_embeddings)[0]
+    try:
+        annotator = Annotator.create_from_bundle_path(converted_tiny_run[name].path)
+    except BundleError as exc:
+        if bundle_output_rank(bundle) == 3:
+            pytest.xfail(f"the runtime does not read regional ([1, cells, D]) bundles yet: {exc}")
+        raise
+    with annotator:
+        result = annotator.annotate(np.ascontiguousarray(image[..., ::-1]), timestamp_ms=0)
+    assert np.allclose([result.scores[label] for label in bundle.manifest.labels], expected, atol=1e-5)
+
+
+def test_a_variant_outside_its_tolerance_is_an_error_not_a_file(tiny_converter):
+    strict = replace(get_variant("int8"), name="int8-strict", max_score_error=0.0)
+    result = tiny_converter.convert(strict)
+    assert result.status == "failed" and "beyond tolerance" in result.message
+    assert not (tiny_converter.out_dir / "int8-strict.tflite").exists()
+    assert not list(tiny_converter.out_dir.glob(".int8-strict*"))
+
+
+def test_a_model_the_converter_rejects_gets_a_message_naming_the_variant():
+    from fuselite.convert.tflite import ConversionError, convert_image_model
+    from fuselite.train.backend import keras, tf
+
+    inputs = keras.Input((8, 8, 3), dtype="uint8")
+    x = keras.layers.Lambda(lambda t: tf.numpy_function(lambda a: a, [t], tf.uint8))(inputs)
+    model = keras.Model(inputs, x)
+    with pytest.raises(ConversionError, match="fp32 image model: the TFLite converter failed"):
+        convert_image_model(model, get_variant("fp32"))

@@ -1,0 +1,145 @@
+"""TFLite flatbuffers with exactly one semantic defect each, for the bundle fuzz.
+
+Bit flips mostly break a flatbuffer's structure; these keep the structure valid
+(re-serialised through the TFLite schema's object API, which ai-edge-litert ships as
+``ai_edge_litert.schema_py_generated``) and change one meaning: a tensor index that
+points nowhere, a shape that no longer fits its weights, a zero point outside its
+type's range, an operator code that does not exist.  A flatbuffer verifier accepts
+all of them; only the interpreter's own checks stand between them and memory.
+
+Example:
+    >>> for name, model in defects(model_bytes):
+    ...     ...  # "tensor3:zero-point-out-of-range", b"...TFL3..."
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+FILE_IDENTIFIER = b"TFL3"
+INT8, UINT8, FLOAT32 = schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.FLOAT32
+
+
+def parse(model_bytes: bytes) -> schema.ModelT:
+    """The model as mutable Python objects."""
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAs(model_bytes, 0))
+
+
+def serialise(model: schema.ModelT) -> bytes:
+    """The objects back as a flatbuffer with the TFLite file identifier."""
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def mutated(model_bytes: bytes, change: Callable[[schema.ModelT], None]) -> bytes:
+    """A fresh copy of the model with ``change`` applied."""
+    model = parse(model_bytes)
+    change(model)
+    return serialise(model)
+
+
+def _put(obj, attr: str, index: int, value: int | Callable[[int], int]) -> None:
+    """Sets ``obj.attr[index]`` on a writable copy (the parsed arrays are read-only)."""
+    array = np.array(getattr(obj, attr))
+    array[index] = value(array[index]) if callable(value) else value
+    setattr(obj, attr, array)
+
+
+def _tensor_changes(tensor: schema.TensorT, count: int, buffers: int) -> dict[str, Callable]:
+    changes: dict[str, Callable] = {
+        "shape-doubled": lambda t: _put(t, "shape", -1, lambda n: n * 2),
+        "shape-huge": lambda t: _put(t, "shape", 0, 2**31 - 1),
+        "shape-negative": lambda t: _put(t, "shape", -1, -7),
+        "rank-0": lambda t: setattr(t, "shape", np.zeros(0, np.int32)),
+        "buffer-out-of-range": lambda t: setattr(t, "buffer", buffers + 7),
+        "type-unknown": lambda t: setattr(t, "type", 99),
+        "type-swapped": lambda t: setattr(t, "type", FLOAT32 if t.type != FLOAT32 else INT8),
+    }
+    if tensor.shape is None or len(tensor.shape) == 0:
+        for name in ("shape-doubled", "shape-huge", "shape-negative"):
+            del changes[name]
+    q = tensor.quantization
+    if q is not None and q.scale is not None and len(q.scale):
+        bad_zero_point = -3712 if tensor.type == INT8 else 1000
+        changes.update({
+            "zero-point-out-of-range": lambda t: _set_quant(t, zero_point=bad_zero_point),
+            "scale-zero": lambda t: _set_quant(t, scale=0.0),
+            "scale-negative": lambda t: _set_quant(t, scale=-1.0),
+            "scale-nan": lambda t: _set_quant(t, scale=math.nan),
+            "quant-dimension-out-of-range": lambda t: setattr(t.quantization,
+                                                              "quantizedDimension", 9),
+        })
+    return changes
+
+
+def _set_quant(tensor: schema.TensorT, scale: float | None = None,
+               zero_point: int | None = None) -> None:
+    q = tensor.quantization
+    if scale is not None:
+        q.scale = np.full(len(q.scale), scale, np.float32)
+    if zero_point is not None:
+        q.zeroPoint = np.full(len(q.zeroPoint), zero_point, np.int64)
+
+
+def _operator_changes(tensors: int, opcodes: int) -> dict[str, Callable]:
+    return {
+        "input-out-of-range": lambda op: _put(op, "inputs", 0, tensors + 3),
+        "input-negative": lambda op: _put(op, "inputs", 0, -5),
+        "output-out-of-range": lambda op: _put(op, "outputs", 0, tensors + 3),
+        "output-is-its-input": lambda op: _put(op, "outputs", 0, int(op.inputs[0])),
+        "opcode-out-of-range": lambda op: setattr(op, "opcodeIndex", opcodes + 2),
+        "no-inputs": lambda op: setattr(op, "inputs", np.zeros(0, np.int32)),
+        "options-dropped": lambda op: (setattr(op, "builtinOptionsType", 0),
+                                       setattr(op, "builtinOptions", None)),
+    }
+
+
+def _graph_changes(tensors: int) -> dict[str, Callable]:
+    return {
+        "graph-input-out-of-range": lambda g: _put(g, "inputs", 0, tensors + 5),
+        "graph-output-out-of-range": lambda g: _put(g, "outputs", 0, tensors + 5),
+        "graph-output-negative": lambda g: _put(g, "outputs", 0, -3),
+        "graph-no-outputs": lambda g: setattr(g, "outputs", np.zeros(0, np.int32)),
+        "graph-no-operators": lambda g: setattr(g, "operators", []),
+    }
+
+
+def defects(model_bytes: bytes) -> Iterator[tuple[str, bytes]]:
+    """``(name, model)`` for the unchanged round trip, then one defect at a time."""
+    model = parse(model_bytes)
+    graph = model.subgraphs[0]
+    tensors, opcodes, buffers = len(graph.tensors), len(model.operatorCodes), len(model.buffers)
+    yield "roundtrip", serialise(model)
+    for i, tensor in enumerate(graph.tensors):
+        for name, change in _tensor_changes(tensor, tensors, buffers).items():
+            yield (f"tensor{i}:{name}",
+                   mutated(model_bytes, lambda m, i=i, c=change: c(m.subgraphs[0].tensors[i])))
+    for j in range(len(graph.operators)):
+        for name, change in _operator_changes(tensors, opcodes).items():
+            yield (f"op{j}:{name}",
+                   mutated(model_bytes, lambda m, j=j, c=change: c(m.subgraphs[0].operators[j])))
+    for name, change in _graph_changes(tensors).items():
+        yield name, mutated(model_bytes, lambda m, c=change: c(m.subgraphs[0]))
+    yield from _buffer_and_opcode_defects(model_bytes, model)
+
+
+def _buffer_and_opcode_defects(model_bytes: bytes, model: schema.ModelT) -> Iterator:
+    for k, buffer in enumerate(model.buffers):
+        if buffer.data is not None and len(buffer.data) > 1:
+            yield (f"buffer{k}:half-data", mutated(
+                model_bytes, lambda m, k=k: setattr(m.buffers[k], "data",
+                                                    m.buffers[k].data[: len(m.buffers[k].data) // 2])))
+            yield f"buffer{k}:no-data", mutated(
+                model_bytes, lambda m, k=k: setattr(m.buffers[k], "data", None))
+    for k in range(len(model.operatorCodes)):
+        yield f"opcode{k}:builtin-unknown", mutated(
+            model_bytes, lambda m, k=k: (setattr(m.operatorCodes[k], "builtinCode", 9999),
+                                         setattr(m.operatorCodes[k], "deprecatedBuiltinCode", 127)))
+        yield f"opcode{k}:version-99", mutated(
+            model_bytes, lambda m, k=k: setattr(m.operatorCodes[k], "version", 99))
