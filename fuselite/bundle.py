@@ -33,6 +33,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,10 @@ MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LABELS = 10_000
 MAX_LABEL_CHARS = 200
+
+# Everything zipfile/zlib raise on damaged, encrypted or exotic archives.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+               NotImplementedError)
 
 
 class BundleError(ValueError):
@@ -133,6 +138,8 @@ class Manifest:
         """Parses and validates manifest JSON; raises :class:`BundleError` naming the bad field."""
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise BundleError("manifest JSON is nested too deeply") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"manifest is not valid JSON ({exc})") from None
         return _manifest_from_dict(data)
@@ -195,7 +202,10 @@ def write_atomic(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -248,7 +258,7 @@ def read_bundle(path: Path) -> Bundle:
     data = _read_file(path)
     try:
         members = _read_members(data)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc}); re-run `fuselite convert`") from None
     manifest = _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
     tokenizer = _parse_member(
@@ -269,7 +279,7 @@ def read_manifest(path: Path) -> Manifest:
     path = Path(path)
     try:
         members = _read_members(_read_file(path))
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc})") from None
     return _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
 
@@ -297,6 +307,8 @@ def _read_members(data: bytes) -> dict[str, bytes]:
             name = info.filename
             if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
                 raise ValueError(f"unsafe member name {name!r}")
+            if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ValueError(f"member {name!r} is encrypted or uses an unsupported compression")
             infos[name] = info
         missing = [m for m in REQUIRED_MEMBERS if m not in infos]
         if missing:
@@ -323,9 +335,26 @@ def _parse_member(path: Path, parse):
 
 
 def _load_embeddings(raw: bytes, manifest: Manifest) -> np.ndarray:
-    embeddings = np.load(io.BytesIO(raw), allow_pickle=False)
-    if embeddings.dtype != np.float32:
-        raise BundleError(f"label embeddings must be float32, not {embeddings.dtype}")
+    """Parses the .npy header first, so a lying header never allocates or reads past the data."""
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(stream)
+    except Exception as exc:  # noqa: BLE001 - numpy parses the untrusted header with ast/tokenize
+        raise BundleError(f"label embeddings are not a valid .npy array ({type(exc).__name__})") from None
+    if not isinstance(shape, tuple):
+        raise BundleError("label embeddings have no valid shape")
+    expected = (len(manifest.labels), manifest.embedding_dim)
+    if dtype != np.dtype("<f4") or fortran or tuple(shape) != expected:
+        raise BundleError(
+            f"label embeddings must be little-endian float32 {expected}, not {dtype} {tuple(shape)}"
+        )
+    body = raw[stream.tell():]
+    if len(body) != expected[0] * expected[1] * 4:
+        raise BundleError("label embeddings hold the wrong number of bytes for their shape")
+    embeddings = np.frombuffer(body, dtype="<f4").reshape(expected).copy()
     _validate_embeddings(embeddings, manifest)
     return embeddings
 

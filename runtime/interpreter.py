@@ -13,6 +13,7 @@ flatbuffer header again so that no arbitrary bytes ever reach native code.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -91,9 +92,18 @@ class TfliteModel:
         check_flatbuffer(model_bytes, name)
         self.name = name
         self._model_bytes = model_bytes  # the interpreter reads from this buffer
+        _check_quantization(model_bytes, name)
         self._interpreter = _load(model_bytes, num_threads, name)
         self.input = _single_tensor(self._interpreter.get_input_details(), name, "input")
         self.output = _single_tensor(self._interpreter.get_output_details(), name, "output")
+        self._first_invoke()
+
+    def _first_invoke(self) -> None:
+        """Runs once on zeros, so a model that cannot run fails at load, not on frame one."""
+        try:
+            self.run(np.zeros(self.input.shape, dtype=self.input.dtype))
+        except (RuntimeError, ValueError) as exc:
+            raise BundleError(f"{self.name}: the interpreter cannot run it ({_first_line(exc)})") from None
 
     def run(self, model_input: np.ndarray) -> np.ndarray:
         """Invokes the model on ``model_input`` and returns a copy of its output."""
@@ -117,6 +127,46 @@ def check_flatbuffer(model_bytes: bytes, name: str) -> None:
         raise BundleError(
             f"{name} is not a TFLite flatbuffer (no {TFLITE_IDENTIFIER.decode()} header)"
         )
+
+
+def _check_quantization(model_bytes: bytes, name: str) -> None:
+    """Refuses impossible quantization (scale <= 0 or NaN, zero point out of range).
+
+    LiteRT's default XNNPACK delegate crashes the process on such tensors inside
+    ``allocate_tensors``, so they are read first through an interpreter without
+    delegates, which only parses the model.
+    """
+    interpreter_type = interpreter_class()
+    module = importlib.import_module(interpreter_type.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver is None:
+        return
+    try:
+        probe = interpreter_type(
+            model_content=model_bytes, num_threads=1,
+            experimental_op_resolver_type=resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+        details = probe.get_tensor_details()
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"{name}: the interpreter cannot load it ({_first_line(exc)})") from None
+    for detail in details:
+        problem = _quantization_problem(detail)
+        if problem:
+            raise BundleError(f"{name}: tensor {detail.get('name', '?')!r} {problem}; re-convert the bundle")
+
+
+def _quantization_problem(detail: dict) -> str | None:
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []), dtype=np.float64)
+    zero_points = np.asarray(params.get("zero_points", []), dtype=np.int64)
+    if scales.size and (not np.all(np.isfinite(scales)) or np.any(scales <= 0)):
+        return "has a quantization scale that is not a positive number"
+    dtype = np.dtype(detail["dtype"])
+    if zero_points.size and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if np.any(zero_points < info.min) or np.any(zero_points > info.max):
+            return f"has a zero point outside the {dtype.name} range"
+    return None
 
 
 def _load(model_bytes: bytes, num_threads: int, name: str) -> Any:

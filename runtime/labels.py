@@ -130,3 +130,12 @@ def _check_text_encoder(encoder: TfliteModel, bundle: Bundle) -> None:
             f"text encoder returns {encoder.output.dtype} {list(encoder.output.shape)}, but the "
             f"manifest's embedding_dim needs float32 {list(expected_out)}"
         )
+    # The largest token id must index the encoder's word table, or GATHER fails mid-run.
+    largest = np.full(expected_in, bundle.tokenizer.vocab_size - 1, dtype=encoder.input.dtype)
+    try:
+        encoder.run(largest)
+    except (RuntimeError, ValueError):
+        raise BundleError(
+            f"the tokenizer has {bundle.tokenizer.vocab_size} words but the text encoder's word "
+            "table is smaller; re-convert the bundle"
+        ) from None

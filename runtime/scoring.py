@@ -1,7 +1,9 @@
 """From the image model's output to one probability per label.
 
 ``probability = sigmoid(logit_scale * dot(image_embedding, label_embedding) + logit_bias)``,
-the fused scorer recorded in the manifest.
+the fused scorer recorded in the manifest.  A regional model outputs one
+embedding per cell (``[1, cells, D]``) and a label scores as its best cell, as in
+``fuselite.bundle.label_probabilities``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ class Scorer:
         self.bias = np.float32(manifest.logit_bias)
 
     def embedding(self, model_output: np.ndarray) -> np.ndarray:
-        """The float32 embedding ``[D]`` held in one model output."""
-        embedding = model_output.reshape(-1).astype(np.float32)
+        """The float32 embedding held in one model output: ``[D]``, or ``[cells, D]``."""
+        embedding = model_output.reshape(-1, model_output.shape[-1]).astype(np.float32)
+        if embedding.shape[0] == 1:
+            embedding = embedding[0]
         if self.quantization is not None:
             scale, zero_point = self.quantization
             embedding -= zero_point
@@ -41,6 +45,8 @@ class Scorer:
     def __call__(self, model_output: np.ndarray) -> np.ndarray:
         """Returns float32 probabilities, one per label."""
         logits = self.embedding(model_output) @ self.weights
+        if logits.ndim == 2:  # regional: the best cell per label (logit_scale > 0)
+            logits = logits.max(axis=0)
         logits += self.bias
         return 1.0 / (1.0 + np.exp(-logits))
 
@@ -51,11 +57,15 @@ def check_output(manifest: Manifest, spec: TensorSpec) -> tuple[float, int] | No
     Returns the ``(scale, zero_point)`` to dequantize with, or ``None`` for float output.
     """
     dim = manifest.embedding_dim
-    if spec.shape != (1, dim):
+    regional = len(spec.shape) == 3 and spec.shape[0] == 1 and spec.shape[1] >= 1
+    if spec.shape != (1, dim) and not (regional and spec.shape[2] == dim):
         raise BundleError(
             f"image model outputs {list(spec.shape)}, but the manifest's labels are "
-            f"embedded in {dim} dimensions (needs [1, {dim}]); re-convert the bundle"
+            f"embedded in {dim} dimensions (needs [1, {dim}] or [1, cells, {dim}]); "
+            "re-convert the bundle"
         )
+    if manifest.logit_scale <= 0:
+        raise BundleError("manifest logit_scale must be positive")
     declared = manifest.preprocessing.output_quant
     if spec.dtype == np.float32:
         if declared is not None:

@@ -158,7 +158,7 @@ def read_folder_per_class(root: Path, image_size: int) -> ImageTextData:
         tag = _class_tag(class_dir.name)
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
-                collector.add(file.relative_to(root).as_posix(), file, [tag], "")
+                collector.add(file.relative_to(root).as_posix(), path_inside(root, file), [tag], "")
     fix = f"put images in one sub-folder per class, with suffixes {', '.join(IMAGE_SUFFIXES)}"
     return collector.finish(root, "single", root.name, fix)
 
@@ -184,19 +184,23 @@ def _utf8_lines(path: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[in
 def resolve_image_path(folder: Path, written: str) -> Path | str:
     """``written`` resolved against ``folder``, or a reason if it is empty or escapes it.
 
-    Absolute paths are taken as they are; a relative path may not leave ``folder`` with
-    ``..``, so a manifest cannot silently pull in files from elsewhere.
+    The path is resolved with symlinks followed, and must stay inside ``folder``
+    whether it was written relative (``../x.png``), absolute (``/home/u/x.png``) or
+    reaches outside through a symlink: a dataset never pulls in files from elsewhere.
     """
     written = written.strip()
     if not written:
         return "empty image path"
-    candidate = Path(written)
-    if candidate.is_absolute():
-        return candidate
-    joined = os.path.normpath(folder / candidate)
-    if os.path.commonpath([joined, os.path.normpath(folder)]) != os.path.normpath(folder):
+    return path_inside(folder, Path(folder) / written)
+
+
+def path_inside(folder: Path, path: Path) -> Path | str:
+    """``path`` with symlinks resolved if it stays inside ``folder``, else the reason it does not."""
+    base = os.path.realpath(folder)
+    resolved = os.path.realpath(path)
+    if os.path.commonpath([resolved, base]) != base:
         return _ESCAPES_REASON
-    return Path(joined)
+    return Path(resolved)
 
 
 def _split_tags(value: object) -> list[str]:

@@ -75,8 +75,6 @@ def test_bundle_map_equals_recomputation_from_a_bare_interpreter(run_report, run
     assert row.delta_pt == pytest.approx(100 * (row.metric - run_report.rows[0].metric))
 
 
-@pytest.mark.xfail(reason="runtime's Scorer accepts only [1, D] outputs, not regional [1, cells, D] "
-                          "(reported to the lead)", strict=False)
 def test_fuselite_run_serves_regional_bundles(run_report):
     assert [r.status for r in run_report.bundles] == ["ok"], [r.message for r in run_report.bundles]
 

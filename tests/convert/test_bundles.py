@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fuselite.bundle import BundleError, Manifest, read_bundle
+from fuselite.bundle import Manifest, read_bundle
 from fuselite.convert.variants import VARIANTS, get_variant
 
 pytestmark = [
@@ -183,13 +183,7 @@ def test_the_runtime_annotator_gets_the_converters_scores(converted_tiny_run, ti
     image = tiny_converter.data.test.images[0]
     expected = _probabilities(bundle.manifest, tflite_embeddings(bundle.model_bytes, image[None], 1),
                               bundle.label_embeddings)[0]
-    try:
-        annotator = Annotator.create_from_bundle_path(converted_tiny_run[name].path)
-    except BundleError as exc:
-        if bundle_output_rank(bundle) == 3:
-            pytest.xfail(f"the runtime does not read regional ([1, cells, D]) bundles yet: {exc}")
-        raise
-    with annotator:
+    with Annotator.create_from_bundle_path(converted_tiny_run[name].path) as annotator:
         result = annotator.annotate(np.ascontiguousarray(image[..., ::-1]), timestamp_ms=0)
     assert np.allclose([result.scores[label] for label in bundle.manifest.labels], expected, atol=1e-5)
 

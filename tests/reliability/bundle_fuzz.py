@@ -33,6 +33,7 @@ created or changed outside its working folder (``strays``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -45,6 +46,7 @@ import signal
 import struct
 import subprocess
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -167,18 +169,12 @@ def zip_bytes(members: Iterable[tuple[str | zipfile.ZipInfo, bytes]],
     return archive.getvalue()
 
 
-class _quiet_duplicates:  # noqa: N801 - used like a function
+@contextlib.contextmanager
+def _quiet_duplicates():
     """Silences zipfile's "Duplicate name" warning: duplicates are made on purpose."""
-
-    def __enter__(self):
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-
-    def __exit__(self, *exc):
-        self._catch.__exit__(*exc)
+        yield
 
 
 def flip_bits(data: bytes, rng: random.Random, start: int, end: int, flips: int) -> bytes:
@@ -241,7 +237,7 @@ def _member_data_span(data: bytes, name: str) -> tuple[int, int]:
 def _central_entry(data: bytes, name: str) -> int:
     """Offset of ``name``'s entry in the central directory."""
     end = data.rfind(b"PK\x05\x06")
-    size, offset = struct.unpack_from("<II", data, end + 12)
+    size, _offset = struct.unpack_from("<II", data, end + 12)
     position = end - size
     while position < end:
         name_length, extra_length, comment_length = struct.unpack_from("<HHH", data, position + 28)
@@ -755,6 +751,7 @@ class Sandbox:
         self.source = Path(source)
         self.cases = self.root / "cases"
         self.home, self.tmp = self.root / "home", self.root / "tmp"
+        self.expected_frames = sum(1 for p in self.source.iterdir() if p.is_file())
         for folder in (self.cases, self.home, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         self._known_cases: set[str] = set()
@@ -865,7 +862,10 @@ def run_case(case: Case, sandbox: Sandbox, timeout: float = 60.0) -> Outcome:
         verdict, message = classify(done.returncode, done.stderr, work / "events.jsonl")
         code = done.returncode
         answers = _answers(work / "events.jsonl") if verdict == "loaded" else ()
-        if verdict == "loaded" and _decides_like(sandbox.reference, bundle, answers) is False:
+        if verdict == "loaded" and len(answers) != sandbox.expected_frames:
+            verdict = "bug"
+            message = f"{len(answers)} of {sandbox.expected_frames} frames reached the events"
+        elif verdict == "loaded" and _decides_like(sandbox.reference, bundle, answers) is False:
             verdict, message = "wrong", f"answered {answers}, the seed {sandbox.reference[1]}"
     seconds = round(time.monotonic() - started, 2)
     strays = tuple(sandbox.case_strays(bundle, work, before))

@@ -24,7 +24,7 @@ RUNTIME_TESTS = REPO / "tests" / "runtime"
 if str(RUNTIME_TESTS) not in sys.path:
     sys.path.insert(0, str(RUNTIME_TESTS))
 
-from runtime_helpers import error_lines, runtime_env  # noqa: E402 - needs the path above
+from runtime_helpers import error_lines, runtime_env  # found through the path above
 
 __all__ = [
     "REPO",

@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             stream_timeout=args.stream_timeout,
         )
     print(markdown(report))
-    print(f"\n{report.annotations} frames annotated in {report.seconds:.0f} s; "
+    print(f"\n{report.frames} frames annotated, {report.annotations} events written, "
+          f"in {report.seconds:.0f} s; "
           f"reconnects counted {report.reconnects}, 'lost the stream' logged {report.lost_logged}; "
           f"largest gap away from the outages {report.max_other_gap:.2f} s; exit {report.returncode}")
     problems = report.problems()

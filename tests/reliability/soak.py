@@ -253,8 +253,8 @@ def markdown(report: SoakReport) -> str:
         ("wall time", f"{report.seconds:.0f} s (warm-up until {report.warmup_seconds:.0f} s)"),
         ("resident memory after warm-up", f"{report.rss_start_kb / 1024:.1f} MB"),
         ("resident memory at the end", f"{report.rss_end_kb / 1024:.1f} MB"),
-        ("growth after warm-up", f"{report.rss_growth_mb:+.2f} MB (max "
-         f"{report.rss_max_kb / 1024:.1f} MB)"),
+        ("growth after warm-up",
+         f"{report.rss_growth_mb:+.2f} MB (max {report.rss_max_kb / 1024:.1f} MB)"),
         ("open file descriptors", f"{report.fds_start} -> {report.fds_end}"),
         ("threads", f"{report.threads_start} -> {report.threads_end}"),
         ("preview requests served", str(report.preview_requests)),

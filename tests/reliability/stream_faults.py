@@ -14,6 +14,7 @@ came back (at most ``--reconnect-max-delay``), plus the time to open the stream 
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import signal
@@ -103,7 +104,8 @@ class StreamReport:
     Attributes:
         seconds: Wall time of the run.
         returncode: Exit code of ``fuselite run`` (0 after SIGTERM is a clean end).
-        annotations: Annotated frames.
+        annotations: Annotation events in the JSONL file.
+        frames: Frames the runtime says it annotated (final stats record).
         outages: The planned outages with the gaps measured around them.
         reconnects: Reconnects the runtime counted (final stats record).
         lost_logged: "lost the stream" log lines.
@@ -115,6 +117,7 @@ class StreamReport:
     seconds: float
     returncode: int | None
     annotations: int
+    frames: int
     outages: list[Outage]
     reconnects: int
     lost_logged: int
@@ -132,6 +135,8 @@ class StreamReport:
         found = []
         if self.returncode != 0:
             found.append(f"exit code {self.returncode}")
+        if self.annotations != self.frames:
+            found.append(f"{self.frames} frames annotated but {self.annotations} events written")
         if self.reconnects < len(self.outages):
             found.append(f"{self.reconnects} reconnects for {len(self.outages)} outages")
         for i, outage in enumerate(self.outages, 1):
@@ -238,14 +243,14 @@ def _report(events: Path, outages: list[Outage], returncode: int | None,
         outage.reconnected_logged_at = _first_line_after(stderr, "reconnected after",
                                                          outage.restarted_at)
     windows = [(o.killed_at, o.restarted_at) for o in outages]
-    other = [b - a for a, b in zip(times, times[1:])
+    other = [b - a for a, b in itertools.pairwise(times)
              if not any(a < end and b > start for start, end in windows)]
     stats = _records(events, "stats")
     final = stats[-1] if stats else {}
     text = "".join(line for _, line in stderr)
     return StreamReport(
         seconds=round(seconds, 1), returncode=returncode, annotations=len(times),
-        outages=outages, reconnects=int(final.get("reconnects", 0)),
+        frames=int(final.get("frames", -1)), outages=outages, reconnects=int(final.get("reconnects", 0)),
         lost_logged=text.count("lost the stream"), max_other_gap=max(other, default=0.0),
         reconnect_max_delay=reconnect_max_delay, stderr_tail=text[-3000:], stats=stats,
     )
@@ -257,8 +262,8 @@ def _first_line_after(lines: list[tuple[float, str]], text: str, after: float) -
 
 def markdown(report: StreamReport) -> str:
     """One row per outage: its length, the event gap and bound, and where the time went."""
-    rows = ["| outage | camera gone (s) | event gap (s) | bound (s) | gap - outage (s) "
-            "| loss logged after (s) | reconnected after return (s) |",
+    rows = [("| outage | camera gone (s) | event gap (s) | bound (s) | gap - outage (s) "
+             "| loss logged after (s) | reconnected after return (s) |"),
             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, o in enumerate(report.outages, 1):
         gap = "none" if o.gap is None else f"{o.gap:.2f}"

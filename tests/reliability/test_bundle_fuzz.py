@@ -38,28 +38,6 @@ CI_SEED = 20261127
 IN_PROCESS_PER_FAMILY = 40  # random families; catalogues are read whole
 SUBPROCESS_PER_FAMILY = 3
 
-BUG_ZIP_ERRORS = (
-    "BUG: fuselite/bundle.py _read_members lets zlib.error (corrupt deflate stream), "
-    "RuntimeError (encrypted member) and NotImplementedError (unknown compression method) "
-    "escape instead of raising BundleError; `fuselite run` exits 1 with a traceback"
-)
-BUG_DEEP_JSON = (
-    "BUG: fuselite/bundle.py Manifest.from_json lets RecursionError escape on deeply nested "
-    "JSON (e.g. provenance nested 100,000 levels, well under the 4 MB manifest limit)"
-)
-BUG_NPY = (
-    "BUG: fuselite/bundle.py _load_embeddings trusts the .npy header: an empty member raises "
-    "EOFError and a header claiming 10^12 x 8 floats raises MemoryError, not BundleError"
-)
-IN_PROCESS_BUGS = {
-    "flip-zip": BUG_ZIP_ERRORS,
-    "flip-manifest": BUG_ZIP_ERRORS,
-    "members": BUG_ZIP_ERRORS,
-    "manifest-field": BUG_DEEP_JSON,
-    "embeddings": BUG_NPY,
-}
-
-
 @pytest.fixture(scope="module")
 def seed(seed_bundles) -> Seed:
     """The int8 colour bundle, taken apart (the int8 model has the most to damage)."""
@@ -89,8 +67,7 @@ def _described(outcomes) -> str:
 
 @pytest.mark.parametrize(
     "family",
-    [pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=IN_PROCESS_BUGS[f]))
-     if f in IN_PROCESS_BUGS else f for f in BEFORE_INTERPRETER],
+    BEFORE_INTERPRETER,
 )
 def test_read_bundle_answers_each_damaged_file_with_a_bundle_error_or_a_bundle(
     family, in_process_cases, tmp_path
@@ -136,9 +113,6 @@ def test_fuselite_run_never_crashes_hangs_or_writes_elsewhere_on_damage_read_bun
     assert sandbox.strays() == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: see the regression tests below; each names its "
-                   "defect (uncaught zip/JSON/npy errors, GATHER out of bounds, XNNPACK "
-                   "segfaults on bad quantization, models failing their first invoke)")
 def test_fuselite_run_ends_every_damaged_bundle_in_one_clear_error_or_a_correct_load(
     subprocess_outcomes,
 ):

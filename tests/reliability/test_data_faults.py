@@ -40,7 +40,7 @@ def write_scene_manifest(folder: Path, items: int = 200, bad: int = 10) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         if i % (items // bad) == 0:
             if (i // (items // bad)) % 2:  # half corrupt: a PNG cut short, half missing
-                ok, png = cv2.imencode(".png", image[:, :, ::-1])
+                _ok, png = cv2.imencode(".png", image[:, :, ::-1])
                 path.write_bytes(png.tobytes()[:40])
         else:
             cv2.imwrite(str(path), image[:, :, ::-1])
