@@ -6,7 +6,7 @@ costs almost nothing and ``fuselite run --help`` stays fast.
 
 Example:
     >>> from fuselite.runtime import Annotator, AnnotatorOptions
-    >>> with Annotator.create(AnnotatorOptions("model.fuselite")) as annotator:
+    >>> with Annotator.create(AnnotatorOptions("model.tflite")) as annotator:
     ...     result = annotator.annotate(frame_bgr, timestamp_ms=0)
 """
 

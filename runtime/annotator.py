@@ -2,7 +2,7 @@
 
 Example:
     >>> from fuselite.runtime import Annotator, AnnotatorOptions
-    >>> options = AnnotatorOptions("model.fuselite", labels=("red circle", "cup"))
+    >>> options = AnnotatorOptions("model.tflite", labels=("red circle", "cup"))
     >>> with Annotator.create(options) as annotator:
     ...     result = annotator.annotate(frame_bgr, timestamp_ms=0)
     ...     print([(c.label, round(c.score, 2)) for c in result.categories])

@@ -1,6 +1,6 @@
 """Measures the runtime against its targets, on this machine or on a board.
 
-    python -m fuselite.runtime.benchmark --bundle model.fuselite --video clip.mp4 [--threads 1]
+    python -m fuselite.runtime.benchmark --bundle model.tflite --video clip.mp4 [--threads 1]
 
 In one run (so the ratios compare like with like) it measures:
 
@@ -313,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m fuselite.runtime.benchmark", description=__doc__
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--bundle", type=Path, required=True, help="the .fuselite bundle")
+    parser.add_argument("--bundle", type=Path, required=True, help="the bundle (.tflite)")
     parser.add_argument("--video", type=Path, required=True, help="a video file to annotate")
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     parser.add_argument("--frames", type=int, default=400, help="frames per throughput round")

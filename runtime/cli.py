@@ -15,9 +15,9 @@ from fuselite.errors import UserError
 log = logging.getLogger(__name__)
 
 EPILOG = """examples:
-  fuselite run --bundle model.fuselite --source 0 --preview 8080
-  fuselite run --bundle model.fuselite --source clip.mp4 --video-out out.mp4 --jsonl ev.jsonl
-  fuselite run --bundle model.fuselite --source rtsp://cam.local/stream --labels "red circle,cup"
+  fuselite run --bundle model.tflite --source 0 --preview 8080
+  fuselite run --bundle model.tflite --source clip.mp4 --video-out out.mp4 --jsonl ev.jsonl
+  fuselite run --bundle model.tflite --source rtsp://cam.local/stream --labels "red circle,cup"
 """
 
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arguments(group) -> None:
-    group.add_argument("--bundle", type=Path, required=True, help="the .fuselite bundle to run")
+    group.add_argument("--bundle", type=Path, required=True, help="the bundle (.tflite written by fuselite convert) to run")
     group.add_argument(
         "--threads",
         type=int,

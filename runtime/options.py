@@ -27,7 +27,7 @@ class AnnotatorOptions:
     """Options for :class:`fuselite.runtime.Annotator`.
 
     Attributes:
-        bundle_path: Path of the ``.fuselite`` bundle written by ``fuselite convert``.
+        bundle_path: Path of the bundle (``.tflite``) written by ``fuselite convert``.
         num_threads: Interpreter threads (passed to the interpreter explicitly).
         score_threshold: One probability threshold for every label; ``None`` uses the
             bundle's calibrated per-label thresholds (and its default threshold for

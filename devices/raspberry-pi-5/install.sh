@@ -41,5 +41,5 @@ sed -e "s#/opt/fuselite#$PREFIX#g" -e "s#/etc/fuselite#$CONFIG_DIR#g" "$HERE/fus
   > /etc/systemd/system/fuselite.service
 systemctl daemon-reload
 
-echo "installed. Next: copy your bundle to $CONFIG_DIR/model.fuselite, check $CONFIG_DIR/fuselite.env,"
+echo "installed. Next: copy your bundle to $CONFIG_DIR/model.tflite, check $CONFIG_DIR/fuselite.env,"
 echo "then: sudo systemctl enable --now fuselite && journalctl -u fuselite -f"

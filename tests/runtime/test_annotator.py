@@ -186,7 +186,7 @@ def test_missing_output_quantization_in_the_manifest_is_a_bundle_error(int8_bund
 
 
 def test_options_are_frozen_and_validated():
-    options = AnnotatorOptions("model.fuselite", category_allowlist=["red"])
+    options = AnnotatorOptions("model.tflite", category_allowlist=["red"])
     assert options.category_allowlist == ("red",)
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.num_threads = 3
@@ -201,9 +201,9 @@ def test_options_are_frozen_and_validated():
     ]
     for bad in bad_options:
         with pytest.raises(ValueError):
-            AnnotatorOptions("model.fuselite", **bad)
+            AnnotatorOptions("model.tflite", **bad)
     with pytest.raises(TypeError, match="list of label texts"):
-        AnnotatorOptions("model.fuselite", labels="red,blue")
+        AnnotatorOptions("model.tflite", labels="red,blue")
 
 
 def test_preprocess_can_run_apart_from_annotate(fp32_bundle):
