@@ -180,7 +180,7 @@ def build_bundles(out_dir: Path, input_size=INPUT_SIZE, width=0) -> dict[str, Pa
     for variant, io_type in VARIANTS.items():
         model_bytes = convert(image_model, io_type)
         paths[variant] = write_bundle(
-            out_dir / f"{variant}.fuselite",
+            out_dir / f"{variant}.tflite",
             model_bytes=model_bytes,
             manifest=base_manifest(variant, model_bytes, input_size),
             tokenizer=tokenizer,

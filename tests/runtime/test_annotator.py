@@ -146,7 +146,7 @@ def test_unknown_allowlist_label_is_a_value_error_listing_the_labels(fp32_bundle
 
 
 def test_single_task_answers_with_the_top_label_only(fp32_bundle, tmp_path):
-    single = repack(fp32_bundle, tmp_path / "single.fuselite", task="single")
+    single = repack(fp32_bundle, tmp_path / "single.tflite", task="single")
     with Annotator.create(AnnotatorOptions(single, score_threshold=0.1)) as annotator:
         result = annotator.annotate(solid(YELLOW, noise=5), 0)
     assert len(result.categories) == 1
@@ -157,7 +157,7 @@ def test_single_task_answers_with_the_top_label_only(fp32_bundle, tmp_path):
 def test_model_output_inconsistent_with_the_labels_is_a_bundle_error(fp32_bundle, tmp_path):
     wide = repack(
         fp32_bundle,
-        tmp_path / "wide.fuselite",
+        tmp_path / "wide.tflite",
         embedding_dim=16,
         label_embeddings=np.eye(4, 16, dtype=np.float32),
     )
@@ -171,7 +171,7 @@ def test_manifest_input_size_disagreeing_with_the_model_is_a_bundle_error(fp32_b
     preprocessing = dataclasses.replace(
         read_manifest(fp32_bundle).preprocessing, input_size=(64, 64)
     )
-    wrong = repack(fp32_bundle, tmp_path / "wrong.fuselite", preprocessing=preprocessing)
+    wrong = repack(fp32_bundle, tmp_path / "wrong.tflite", preprocessing=preprocessing)
     with pytest.raises(BundleError, match=r"input is \[1, 32, 32, 3\].*\[1, 64, 64, 3\]"):
         Annotator.create(AnnotatorOptions(wrong))
 
@@ -180,7 +180,7 @@ def test_missing_output_quantization_in_the_manifest_is_a_bundle_error(int8_bund
     from fuselite.bundle import read_manifest
 
     preprocessing = dataclasses.replace(read_manifest(int8_bundle).preprocessing, output_quant=None)
-    wrong = repack(int8_bundle, tmp_path / "noquant.fuselite", preprocessing=preprocessing)
+    wrong = repack(int8_bundle, tmp_path / "noquant.tflite", preprocessing=preprocessing)
     with pytest.raises(BundleError, match="no output_quant"):
         Annotator.create(AnnotatorOptions(wrong))
 

@@ -200,7 +200,7 @@ BAD_BUNDLES = [
 def test_a_bad_bundle_gets_one_clear_error_line_and_exit_2(
     int8_bundle, red_blue_clip, tmp_path, damage, message
 ):
-    bad = tmp_path / "bad.fuselite"
+    bad = tmp_path / "bad.tflite"
     damage(int8_bundle, bad)
     done = fuselite_run("--bundle", bad, "--source", red_blue_clip)
     assert done.returncode == 2, done.stderr  # not a crash (negative) nor a bug (1)
