@@ -39,16 +39,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser(available: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """Builds the parser with the subcommands whose modules import on this install."""
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """Builds the parser; only the ``selected`` subcommand's module is imported.
+
+    Importing one stage only keeps ``fuselite run`` on a board free of the host
+    stages (``fuselite.train``, ``fuselite.convert``) and fast to start.
+    """
     parser = _Parser(prog="fuselite", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"fuselite {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in available if available is not None else COMMANDS:
-        module_name, help_text = COMMANDS[name]
-        module = _import_command(module_name)
+    for name, (module_name, help_text) in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name != selected:
+            continue
+        module = _import_command(module_name)
         if module is None:
             sub.set_defaults(_missing=module_name)
             continue
@@ -68,7 +73,9 @@ def _import_command(module_name: str):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

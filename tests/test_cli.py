@@ -36,3 +36,16 @@ def test_unknown_command_is_one_line_exit_2():
     proc = subprocess.run([sys.executable, "-m", "fuselite.cli", "fly"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "invalid choice" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "bench", "devices"])
+def test_device_commands_load_no_host_stage(command: str):
+    code = (
+        "import sys\n"
+        "from fuselite.cli import build_parser\n"
+        f"build_parser({command!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('fuselite.train', 'fuselite.convert', "
+        "'tensorflow', 'tf_keras', 'keras'))))\n"
+    )
+    printed = subprocess.check_output([sys.executable, "-c", code], text=True)
+    assert printed.strip() == "[]"
