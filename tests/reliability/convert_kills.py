@@ -2,9 +2,10 @@
 
     python tests/reliability/convert_kills.py RUN_DIR --kills 10 --variants fp32 int8
 
-Times one full conversion first, then starts ``fuselite convert`` again and again into
-the same folder and SIGKILLs it at a uniformly random moment of that duration.  After
-every kill, each ``*.tflite`` in the folder must pass ``read_bundle`` and
+Times one full conversion first, then starts ``fuselite convert`` again and again and
+SIGKILLs it at a uniformly random moment of that duration; every other attempt starts
+from an empty folder, the others over the previous bundles.  After every kill, each
+``*.tflite`` in the folder must pass ``read_bundle`` (old or new, never partial) and
 ``convert-report.json``, if present, must be valid JSON; leftover temporary files
 (hidden ``.*.part``) are counted.  A last, uninterrupted conversion must remove them and
 write good bundles.  Prints a Markdown table; exit code 1 on any partial bundle.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,13 +43,14 @@ def convert(run_dir: Path, out: Path, variants: list[str], kill_after: float | N
     return process.returncode, time.monotonic() - started
 
 
-def inspect(out: Path) -> dict:
-    """The state of the output folder: good bundles, partial bundles, temporary leftovers."""
+def inspect(out: Path, before: dict[str, int]) -> dict:
+    """The output folder: good bundles (``new`` or ``old``), partial bundles, leftovers."""
     good, partial = [], []
     for path in sorted(out.glob("*.tflite")):
         try:
             read_bundle(path)
-            good.append(path.name)
+            age = "old" if before.get(path.name) == path.stat().st_mtime_ns else "new"
+            good.append(f"{path.name} ({age})")
         except BundleError as exc:
             partial.append(f"{path.name}: {exc}")
     report = out / "convert-report.json"
@@ -76,16 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"the uninterrupted conversion failed (exit {code})")
     rows = []
     for i in range(args.kills):
-        at = rng.uniform(0.5, full)
+        if i % 2 == 0:
+            shutil.rmtree(out)
+            out.mkdir()
+        before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tflite")}
+        at = rng.uniform(0.5, 0.95 * full)
         code, _ = convert(args.run_dir, out, args.variants, kill_after=at)
-        rows.append({"kill": i + 1, "at_s": round(at, 1), "exit": code, **inspect(out)})
+        rows.append({"kill": i + 1, "at_s": round(at, 1), "exit": code,
+                     "fresh_folder": i % 2 == 0, **inspect(out, before)})
     code, _ = convert(args.run_dir, out, args.variants)
-    final = {"exit": code, **inspect(out)}
+    final = {"exit": code, **inspect(out, {})}
     print(f"one conversion: {full:.1f} s\n")
-    print("| kill | at (s) | exit | good bundles | partial bundles | temp leftovers |")
-    print("| ---: | ---: | ---: | --- | --- | ---: |")
+    print("| kill | at (s) | folder | exit | good bundles | partial bundles | temp leftovers |")
+    print("| ---: | ---: | --- | ---: | --- | --- | ---: |")
     for r in rows:
-        print(f"| {r['kill']} | {r['at_s']} | {r['exit']} | {', '.join(r['good']) or '-'} | "
+        folder = "empty" if r["fresh_folder"] else "previous bundles"
+        print(f"| {r['kill']} | {r['at_s']} | {folder} | {r['exit']} | "
+              f"{', '.join(r['good']) or '-'} | "
               f"{'; '.join(r['partial']) or 'none'} | {len(r['leftovers'])} |")
     print(f"\nafter a last uninterrupted conversion: exit {final['exit']}, good {final['good']}, "
           f"partial {final['partial'] or 'none'}, leftovers {final['leftovers'] or 'none'}")
