@@ -13,10 +13,9 @@ import dataclasses
 import json
 from pathlib import Path
 
+from fuselite.bundle import BundleError, read_bundle
 from fuselite.devices.compat import bundle_ops, check_ops, loadable_runtimes, ops_to_strings
 from fuselite.devices.profiles import Profile, get_profile, list_profiles
-
-from fuselite.bundle import BundleError, read_bundle
 from fuselite.errors import UserError
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fuselite.devices.compat import RuntimeSpec, get_runtime
-
 from fuselite.errors import UserError
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"

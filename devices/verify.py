@@ -43,11 +43,11 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from fuselite.bundle import read_bundle
 from fuselite.devices import probe
 from fuselite.devices.compat import bundle_ops, check_ops
 from fuselite.devices.profiles import Profile
-
-from fuselite.bundle import read_bundle
 from fuselite.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuselite.devices.compat import builtin_names
 
 from fuselite.bundle import Manifest, Preprocessing, write_bundle
+from fuselite.devices.compat import builtin_names
 from fuselite.tokenizer import Tokenizer
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from conftest import code, opcode_model
+
+from fuselite.bundle import read_bundle
 from fuselite.devices.compat import (
     ModelFormatError,
     OpCode,
@@ -19,8 +21,6 @@ from fuselite.devices.compat import (
     ops_to_strings,
     read_ops,
 )
-
-from fuselite.bundle import read_bundle
 from fuselite.errors import UserError
 
 TFLRT214_PYTHON = Path(os.environ.get("FUSELITE_TFLITE_RUNTIME_214_PYTHON", "/tmp/tflrt214/bin/python"))

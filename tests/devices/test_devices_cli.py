@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from fuselite.devices.profiles import get_profile, list_profiles
-from fuselite.devices.verify import check_mirror, debian_mirror
 
 from fuselite.cli import main
+from fuselite.devices.profiles import get_profile, list_profiles
+from fuselite.devices.verify import check_mirror, debian_mirror
 from fuselite.errors import UserError
 
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+
 from fuselite.devices.compat import list_runtimes
 from fuselite.devices.profiles import ARCHITECTURES, CAMERA_BACKENDS, get_profile, list_profiles
 from fuselite.devices.verify import CPU_MODELS, EMULATIONS
-
 from fuselite.errors import UserError
 
 PROFILES = list_profiles()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from fuselite.devices import probe
 from fuselite.devices.profiles import get_profile
 from fuselite.devices.verify import (

@@ -685,6 +685,7 @@ REGRESSION_CASES = (
     "manifest:provenance-nested-100k",
     "embeddings:empty",
     "embeddings:huge-shape",
+    "embeddings:garbage-header",
     "tokenizer:ids-beyond-the-text-tower",
     "crafted:tensor0:scale-zero",
     "crafted:tensor6:zero-point-out-of-range",

@@ -143,3 +143,27 @@ def _buffer_and_opcode_defects(model_bytes: bytes, model: schema.ModelT) -> Iter
                                          setattr(m.operatorCodes[k], "deprecatedBuiltinCode", 127)))
         yield f"opcode{k}:version-99", mutated(
             model_bytes, lambda m, k=k: setattr(m.operatorCodes[k], "version", 99))
+
+
+def _first_operator(model: schema.ModelT, builtin: int) -> schema.OperatorT:
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            return op
+    raise LookupError(f"no operator with builtin code {builtin}")
+
+
+def output_aliasing_input(model_bytes: bytes, builtin: int) -> bytes:
+    """The first ``builtin`` operator made to write its output into its own first input."""
+    return mutated(model_bytes, lambda m: _put(
+        _first_operator(m, builtin), "outputs", 0, int(_first_operator(m, builtin).inputs[0])))
+
+
+def output_retyped(model_bytes: bytes, builtin: int, tensor_type: int) -> bytes:
+    """The output tensor of the first ``builtin`` operator declared as ``tensor_type``."""
+    def change(m: schema.ModelT) -> None:
+        index = int(_first_operator(m, builtin).outputs[0])
+        m.subgraphs[0].tensors[index].type = tensor_type
+
+    return mutated(model_bytes, change)

@@ -115,7 +115,8 @@ def make_looping_source(folder: Path) -> Path:
 
 def run_soak(bundle: Path, source: Path, workdir: Path, frames: int, warmup_frames: int,
              sample_seconds: float = 0.5, video: bool = True, preview: bool = True,
-             fps_limit: float | None = None, timeout: float = 7200) -> SoakReport:
+             fps_limit: float | None = None, preview_every: float = 2.0,
+             timeout: float = 7200) -> SoakReport:
     """Runs ``fuselite run`` for ``frames`` frames of ``source`` (looped) and samples it."""
     events = workdir / "events.jsonl"
     args = ["--bundle", bundle, "--source", source, "--loop", "--max-frames", frames,
@@ -130,7 +131,7 @@ def run_soak(bundle: Path, source: Path, workdir: Path, frames: int, warmup_fram
     process = subprocess.Popen(fuselite_command("run", *args), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=quiet_env())
     stderr: list[str] = []
-    client = _PreviewClient(stderr) if preview else None
+    client = _PreviewClient(stderr, preview_every) if preview else None
     threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True).start()
     if client:
         client.start()
@@ -160,10 +161,12 @@ def _sample_until_exit(process: subprocess.Popen, started: float, every: float,
 
 
 class _PreviewClient:
-    """Opens the MJPEG stream for half a second every two seconds, then the snapshot and stats."""
+    """Opens the MJPEG stream for half a second every ``every`` seconds, then the snapshot
+    and the stats."""
 
-    def __init__(self, stderr: list[str]) -> None:
+    def __init__(self, stderr: list[str], every: float = 2.0) -> None:
         self.stderr = stderr
+        self.every = every
         self.requests = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -183,7 +186,7 @@ class _PreviewClient:
         return None
 
     def _run(self) -> None:
-        while not self._stop.wait(2.0):
+        while not self._stop.wait(self.every):
             url = self._url()
             if url is None:
                 continue
@@ -273,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps-limit", type=float, help="pace the run like a camera (e.g. 15)")
     parser.add_argument("--no-video", action="store_true", help="do not write an annotated video")
     parser.add_argument("--no-preview", action="store_true", help="no MJPEG preview client")
+    parser.add_argument("--preview-every", type=float, default=2.0,
+                        help="seconds between the preview client's visits")
     parser.add_argument("--max-rss-growth-mb", type=float, default=5.0)
     parser.add_argument("--json", type=Path, help="write the figures and samples here")
     args = parser.parse_args(argv)
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_soak(bundle, make_looping_source(workdir), workdir, args.frames,
                           args.warmup_frames or args.frames // 10, args.sample_seconds,
                           video=not args.no_video, preview=not args.no_preview,
-                          fps_limit=args.fps_limit)
+                          fps_limit=args.fps_limit, preview_every=args.preview_every)
     print(markdown(report))
     problems = report.problems(args.max_rss_growth_mb)
     print("problems: " + ("; ".join(problems) if problems else "none"))

@@ -29,9 +29,10 @@ from reliability_support import fuselite_command, quiet_env
 from rtsp_relay import RtspRelay
 
 FFMPEG = shutil.which("ffmpeg")
-# RTSP handshake plus the frames up to the next keyframe (one every 0.2 s in our clip),
-# measured at 0.3-0.6 s on loopback; the rest is margin for a loaded CI machine.
-OPEN_ALLOWANCE_S = 1.5
+# Reopening the stream: RTSP handshake, OpenCV's FFmpeg probing the stream, decoding up to
+# the next keyframe (one every 0.2 s in our clip).  Measured 1.0 s on the idle machine and
+# up to 1.7 s with other jobs on its two cores; the rest is margin.
+OPEN_ALLOWANCE_S = 2.5
 
 
 def free_port() -> int:

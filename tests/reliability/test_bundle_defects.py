@@ -56,7 +56,9 @@ def test_a_deeply_nested_manifest_is_a_bundle_error(seed, tmp_path):
         read_case(seed, "manifest:provenance-nested-100k", tmp_path)
 
 
-@pytest.mark.parametrize("name", ["embeddings:empty", "embeddings:huge-shape"])
+@pytest.mark.parametrize(
+    "name", ["embeddings:empty", "embeddings:huge-shape", "embeddings:garbage-header"]
+)
 def test_label_embeddings_are_checked_against_their_header_before_loading(seed, tmp_path, name):
     with pytest.raises(BundleError):
         read_case(seed, name, tmp_path)

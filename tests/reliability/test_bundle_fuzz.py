@@ -38,6 +38,7 @@ CI_SEED = 20261127
 IN_PROCESS_PER_FAMILY = 40  # random families; catalogues are read whole
 SUBPROCESS_PER_FAMILY = 3
 
+
 @pytest.fixture(scope="module")
 def seed(seed_bundles) -> Seed:
     """The int8 colour bundle, taken apart (the int8 model has the most to damage)."""
@@ -65,10 +66,7 @@ def _described(outcomes) -> str:
     return "\n".join(rows[:40])
 
 
-@pytest.mark.parametrize(
-    "family",
-    BEFORE_INTERPRETER,
-)
+@pytest.mark.parametrize("family", BEFORE_INTERPRETER)
 def test_read_bundle_answers_each_damaged_file_with_a_bundle_error_or_a_bundle(
     family, in_process_cases, tmp_path
 ):
