@@ -8,6 +8,10 @@ zero point 0 (raw pixels).  Their embedding output is int8 with the fixed scale 
 of TFLite's quantized L2 normalisation, so a float output would add nothing.
 
 The text tower is always plain float32: it is small and scores typed labels.
+
+Every flatbuffer leaves with short tensor names ("t12"; inputs and outputs keep
+theirs): the converter names each tensor after the whole chain of fused Keras ops,
+about 4 kB of text that a board would store and never read.
 """
 
 from __future__ import annotations
@@ -97,11 +101,29 @@ def _run(converter, what: str) -> bytes:
         with warnings.catch_warnings():
             # Only meaningful for the legacy converter's quantized_input_stats, not used here.
             warnings.filterwarnings("ignore", "Statistics for quantized inputs were expected")
-            return bytes(converter.convert())
+            flatbuffer = bytes(converter.convert())
     except Exception as exc:  # the converter raises many types, all meaning "cannot convert"
         raise ConversionError(f"{what}: the TFLite converter failed: {_reason(exc)}") from exc
     finally:
         tf_log.setLevel(level)
+    return compact_tensor_names(flatbuffer)
+
+
+def compact_tensor_names(flatbuffer: bytes) -> bytes:
+    """``flatbuffer`` with every inner tensor renamed ``t<index>``.
+
+    Subgraph inputs and outputs keep their names, and signatures refer to tensors by
+    index, so nothing that loads or runs the model changes.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    for subgraph in model.subgraphs:
+        keep = set(subgraph.inputs) | set(subgraph.outputs)
+        for index, tensor in enumerate(subgraph.tensors):
+            if index not in keep:
+                tensor.name = f"t{index}".encode()
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _reason(exc: Exception) -> str:

@@ -5,8 +5,8 @@ builtin code with a version, or a custom op name.  An interpreter refuses the
 whole model if it lacks one of them ("Didn't find op for builtin opcode
 'FULLY_CONNECTED' version '12'"), so the op list decides where a bundle runs.
 
-This module reads that list straight from the flatbuffer with a small reader of
-the three tables involved (``Model`` -> ``operator_codes`` -> ``OperatorCode``),
+This module reads that list straight from the flatbuffer with the small reader of
+``fuselite/flatbuffer.py`` (``Model`` -> ``operator_codes`` -> ``OperatorCode``),
 without TensorFlow or the ``flatbuffers`` package, and checks it against the
 largest op versions each runtime loads.  Those tables live in ``optables/*.json``;
 their numbers were measured by ``devices/tools/probe_op_versions.py`` on the real
@@ -23,22 +23,17 @@ from __future__ import annotations
 
 import functools
 import json
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from fuselite.errors import UserError
+from fuselite.flatbuffer import ModelFormatError, Reader
 
 OPTABLES_DIR = Path(__file__).resolve().parent / "optables"
 BUILTIN_NAMES_FILE = OPTABLES_DIR / "builtin_ops.json"
 CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM: the op is named by custom_code
-TFLITE_IDENTIFIER = b"TFL3"
 FALLBACK_VARIANTS = "fp32 or int8"  # variants whose op versions older runtimes load
-
-
-class ModelFormatError(ValueError):
-    """Bytes that are not a readable TFLite flatbuffer."""
 
 
 @dataclass(frozen=True, order=True)
@@ -105,69 +100,13 @@ class RuntimeSpec:
 # --- reading the operator list -----------------------------------------------------
 
 
-class _Reader:
-    """Bounds-checked access to the few flatbuffer structures the op list needs."""
-
-    def __init__(self, data: bytes):
-        self.data = memoryview(data)
-
-    def _unpack(self, fmt: str, pos: int) -> int:
-        if pos < 0 or pos + struct.calcsize(fmt) > len(self.data):
-            raise ModelFormatError(f"offset {pos} is outside the {len(self.data)}-byte model")
-        return struct.unpack_from(fmt, self.data, pos)[0]
-
-    def field(self, table: int, index: int) -> int | None:
-        """Position of field ``index`` of the table at ``table``, or None when absent."""
-        vtable = table - self._unpack("<i", table)
-        size = self._unpack("<H", vtable)
-        if size < 4 or size % 2:
-            raise ModelFormatError(f"table at offset {table} has a broken vtable")
-        entry = 4 + 2 * index
-        if entry >= size:
-            return None
-        offset = self._unpack("<H", vtable + entry)
-        return table + offset if offset else None
-
-    def scalar(self, table: int, index: int, fmt: str, default: int) -> int:
-        """A scalar field's value, or the schema default when absent."""
-        pos = self.field(table, index)
-        return default if pos is None else self._unpack(fmt, pos)
-
-    def tables(self, table: int, index: int) -> list[int]:
-        """Positions of the tables in the vector held by field ``index``."""
-        pos = self.field(table, index)
-        if pos is None:
-            return []
-        start = pos + self._unpack("<I", pos)
-        count = self._unpack("<I", start)
-        if count > len(self.data) // 4:
-            raise ModelFormatError(f"vector of {count} entries cannot fit in the model")
-        items = (start + 4 + 4 * i for i in range(count))
-        return [item + self._unpack("<I", item) for item in items]
-
-    def string(self, table: int, index: int) -> str | None:
-        """A string field's text, or None when absent."""
-        pos = self.field(table, index)
-        if pos is None:
-            return None
-        start = pos + self._unpack("<I", pos)
-        length = self._unpack("<I", start)
-        if start + 4 + length > len(self.data):
-            raise ModelFormatError("string runs past the end of the model")
-        return bytes(self.data[start + 4 : start + 4 + length]).decode("utf-8", "replace")
-
-
 def read_ops(data: bytes) -> tuple[OpCode, ...]:
     """Returns the sorted operator list of a TFLite flatbuffer (trailing bytes are ignored).
 
     Raises :class:`ModelFormatError` when ``data`` is not a TFLite model.
     """
-    if len(data) < 8 or bytes(data[4:8]) != TFLITE_IDENTIFIER:
-        raise ModelFormatError("not a TFLite model (no 'TFL3' file identifier)")
-    reader = _Reader(data)
-    model = reader._unpack("<I", 0)
-    if model < 8:  # the root table follows the offset and the file identifier
-        raise ModelFormatError("not a TFLite model (bad root offset)")
+    reader = Reader(data)
+    model = reader.root()
     names = builtin_names()
     ops = set()
     for code_table in reader.tables(model, 1):  # Model.operator_codes

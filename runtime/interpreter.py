@@ -6,8 +6,13 @@ says what to install.  TensorFlow's own ``tf.lite.Interpreter`` is never used: t
 board does not have TensorFlow.
 
 :class:`TfliteModel` wraps one single-input, single-output model loaded from
-bytes that :func:`fuselite.bundle.read_bundle` has already verified; it checks the
-flatbuffer header again so that no arbitrary bytes ever reach native code.
+bytes that :func:`fuselite.bundle.read_bundle` has already verified.  A bundle can be
+re-signed, so verified bytes may still hold a model that crashes the interpreter;
+before this process runs any of it, the model passes, in order: the flatbuffer
+header, the graph check (``graphcheck.py``: indices, producers, order), the
+quantization check (a delegate-free interpreter that only parses), and the load
+probe (``childprobe.py``: the real load in a child process, whose crash is a
+:class:`BundleError`, not ours).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from fuselite.bundle import BundleError
+from fuselite.runtime.childprobe import probe_load
+from fuselite.runtime.graphcheck import check_graph
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +97,12 @@ class TfliteModel:
 
     def __init__(self, model_bytes: bytes, num_threads: int, name: str = "model") -> None:
         check_flatbuffer(model_bytes, name)
+        check_graph(model_bytes, name)  # impossible graphs never reach native code
         self.name = name
         self._model_bytes = model_bytes  # the interpreter reads from this buffer
         _check_quantization(model_bytes, name)
+        # What no static check sees crashes a child process, not this one.
+        probe_load(model_bytes, interpreter_class().__module__, num_threads, name)
         self._interpreter = _load(model_bytes, num_threads, name)
         self.input = _single_tensor(self._interpreter.get_input_details(), name, "input")
         self.output = _single_tensor(self._interpreter.get_output_details(), name, "output")

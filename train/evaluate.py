@@ -26,7 +26,7 @@ def label_scores(model, tokenizer: Tokenizer, texts: list[str], images: np.ndarr
 def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> dict:
     """Metrics on the test split; thresholds are calibrated on validation.
 
-    Returns ``task``, ``top1`` (single-label) or ``mAP`` and ``micro_f1``
+    Returns ``task``, ``top1`` and ``true_label_probability`` (single-label) or ``mAP`` and ``micro_f1``
     (multi-label), caption retrieval recall when captions exist,
     ``heldout_combo_ap`` when held-out scenes exist, and the ``thresholds``.
     """
@@ -37,6 +37,8 @@ def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> d
     results: dict = {"task": data.test.task, "thresholds": thresholds.tolist()}
     if data.test.task == "single":
         results["top1"] = m.top1_accuracy(test_scores, targets)
+        # What a device shows next to the right label: the sigmoid is calibrated too.
+        results["true_label_probability"] = round(float(test_scores[targets > 0].mean()), 4)
     else:
         results["mAP"] = m.mean_average_precision(test_scores, targets)
         results["micro_f1"] = m.micro_f1(test_scores, targets, thresholds)

@@ -41,14 +41,22 @@ def _batch_norm(name: str):
     return keras.layers.BatchNormalization(momentum=0.9, name=name)
 
 
-def _separable_block(x, channels: int, stride: int, name: str):
-    """Depthwise 3x3 + pointwise 1x1, each with batch norm and ReLU6 (MobileNet v1)."""
+def _separable_block(x, channels: int, stride: int, name: str, residual: bool = False):
+    """Depthwise 3x3 + pointwise 1x1, each with batch norm and ReLU6 (MobileNet v1).
+
+    With ``residual``, a stride-1 block whose input has ``channels`` channels adds
+    its input to its output.
+    """
+    shortcut = x if residual and stride == 1 and int(x.shape[-1]) == channels else None
     x = keras.layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
     x = _batch_norm(f"{name}_dw_bn")(x)
     x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
     x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_pw")(x)
     x = _batch_norm(f"{name}_pw_bn")(x)
-    return keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+    x = keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+    if shortcut is None:
+        return x
+    return keras.layers.Add(name=f"{name}_add")([shortcut, x])
 
 
 def image_encoder(config: TrainConfig) -> keras.Model:
@@ -62,7 +70,7 @@ def image_encoder(config: TrainConfig) -> keras.Model:
     x = _batch_norm("stem_bn")(x)
     x = keras.layers.ReLU(6.0, name="stem_relu")(x)
     for i, (channels, stride) in enumerate(config.blocks):
-        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}")
+        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}", config.residual)
     if config.scoring == "regional":
         return keras.Model(pixels, _regional_head(x, config), name="image_encoder")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -119,6 +127,11 @@ def sigmoid_pair_loss(image_emb, text_emb, scale, bias):
     logits = scale * tf.matmul(image_emb, text_emb, transpose_b=True) + bias
     signs = 2.0 * tf.eye(tf.shape(logits)[0]) - 1.0
     return -tf.reduce_mean(tf.reduce_sum(tf.math.log_sigmoid(signs * logits), axis=1))
+
+
+def _mean_label_bce(targets, logits):
+    """Sigmoid cross-entropy summed over labels, averaged over the batch."""
+    return tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), axis=1))
 
 
 class FusedModel(keras.Model):
@@ -182,11 +195,9 @@ class FusedModel(keras.Model):
             loss = keras.losses.categorical_crossentropy(
                 targets, logits, from_logits=True, label_smoothing=self.config.label_smoothing
             )
-            loss = tf.reduce_mean(loss)
+            loss = tf.reduce_mean(loss) + self.config.label_bce_weight * _mean_label_bce(targets, logits)
         else:
-            loss = tf.reduce_mean(
-                tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), axis=1)
-            )
+            loss = _mean_label_bce(targets, logits)
         if self.use_captions:
             caption_emb = self.text_encoder(batch["caption_ids"], training=training)
             pair = sigmoid_pair_loss(global_embedding(image_emb), caption_emb, self.scale(), self.logit_bias)

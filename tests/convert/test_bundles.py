@@ -111,6 +111,20 @@ def test_full_integer_bundles_take_raw_pixels_and_give_int8_embeddings(converted
     assert pre.input_quant is None and pre.output_quant is None
 
 
+@pytest.mark.parametrize("name", ["fp32", "int8"])
+def test_inner_tensors_carry_short_names_and_inputs_keep_theirs(converted_tiny_run, name):
+    from ai_edge_litert.interpreter import Interpreter
+
+    bundle = read_bundle(converted_tiny_run[name].path)
+    for model_bytes, input_name in ((bundle.model_bytes, "image"), (bundle.text_encoder_bytes, "token_ids")):
+        interpreter = Interpreter(model_content=model_bytes)
+        ends = interpreter.get_input_details() + interpreter.get_output_details()
+        assert input_name in ends[0]["name"]
+        outer = {d["index"] for d in ends}
+        inner = [d for d in interpreter.get_tensor_details() if d["index"] not in outer]
+        assert inner and all(d["name"] == f"t{d['index']}" for d in inner)
+
+
 def test_quantized_bundles_are_smaller_than_fp32(converted_tiny_run):
     sizes = {name: r.model_size for name, r in converted_tiny_run.items()}
     assert sizes["fp16"] < 0.7 * sizes["fp32"]

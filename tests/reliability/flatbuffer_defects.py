@@ -167,3 +167,73 @@ def output_retyped(model_bytes: bytes, builtin: int, tensor_type: int) -> bytes:
         m.subgraphs[0].tensors[index].type = tensor_type
 
     return mutated(model_bytes, change)
+
+
+# --- hand-built graphs -----------------------------------------------------------------
+#
+# The smallest runnable model with two operators, so each graph defect can be built on
+# purpose: x [1, 4] -> EXPAND_DIMS(x, axis0) -> h [1, 1, 4] -> EXPAND_DIMS(h, axis1) -> y.
+X, AXIS0, H, Y, AXIS1 = range(5)  # tensor indices of chain_model()
+
+
+def build_model(tensors: list[tuple[str, list[int], int, int]], operators: list[tuple],
+                inputs: list[int], outputs: list[int], buffers: list[bytes | None],
+                builtins: tuple[int, ...] = (schema.BuiltinOperator.EXPAND_DIMS,),
+                extra_subgraphs: int = 0) -> bytes:
+    """A flatbuffer from plain lists: tensors ``(name, shape, type, buffer)``, operators
+    ``(opcode index, inputs, outputs)``; ``extra_subgraphs`` copies of the main one follow it."""
+    model = schema.ModelT()
+    model.version = 3
+    model.operatorCodes = [_opcode(b) for b in builtins]
+    model.subgraphs = [_subgraph(tensors, operators, inputs, outputs)
+                       for _ in range(1 + extra_subgraphs)]
+    model.buffers = [_buffer(data) for data in buffers]
+    return serialise(model)
+
+
+def chain_model(**changes) -> bytes:
+    """The two-operator chain above; ``changes`` replaces any argument of build_model
+    (``operators=...``), or is called on a copy of it (``edit=lambda parts: ...``)."""
+    axis = np.array([1], np.int32).tobytes()
+    parts = {
+        "tensors": [("x", [1, 4], FLOAT32, 0), ("axis0", [1], schema.TensorType.INT32, 1),
+                    ("h", [1, 1, 4], FLOAT32, 0), ("y", [1, 1, 1, 4], FLOAT32, 0),
+                    ("axis1", [1], schema.TensorType.INT32, 2)],
+        "operators": [(0, [X, AXIS0], [H]), (0, [H, AXIS1], [Y])],
+        "inputs": [X], "outputs": [Y], "buffers": [None, axis, axis],
+    }
+    edit = changes.pop("edit", None)
+    parts.update(changes)
+    if edit is not None:
+        edit(parts)
+    return build_model(**parts)
+
+
+def _opcode(builtin: int) -> schema.OperatorCodeT:
+    code = schema.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
+    return code
+
+
+def _subgraph(tensors, operators, inputs, outputs) -> schema.SubGraphT:
+    graph = schema.SubGraphT()
+    graph.tensors = []
+    for name, shape, tensor_type, buffer in tensors:
+        tensor = schema.TensorT()
+        tensor.name, tensor.shape, tensor.type, tensor.buffer = (
+            name, np.array(shape, np.int32), tensor_type, buffer)
+        graph.tensors.append(tensor)
+    graph.operators = []
+    for opcode, op_inputs, op_outputs in operators:
+        op = schema.OperatorT()
+        op.opcodeIndex = opcode
+        op.inputs, op.outputs = np.array(op_inputs, np.int32), np.array(op_outputs, np.int32)
+        graph.operators.append(op)
+    graph.inputs, graph.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+    return graph
+
+
+def _buffer(data: bytes | None) -> schema.BufferT:
+    buffer = schema.BufferT()
+    buffer.data = None if data is None else np.frombuffer(data, np.uint8)
+    return buffer

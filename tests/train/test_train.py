@@ -47,6 +47,22 @@ def test_tiny_run_learns_loss_falls_and_map_beats_chance(tiny_run: Path):
     assert metrics["task"] == "multi"
 
 
+def test_single_label_run_with_shortcuts_learns_and_reports_calibrated_probabilities(tmp_path: Path):
+    from fuselite.train.run import load_run
+    from fuselite.train.trainer import train
+
+    config = get_config("fashion-mnist-tiny").with_overrides(
+        residual=True, blocks=((32, 1), (64, 2), (64, 1), (128, 2))
+    )
+    metrics = train(config, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+    assert metrics["task"] == "single" and metrics["top1"] > 0.5  # ten classes: chance is 0.1
+    # Softmax alone leaves the sigmoid's bias free: the right label used to score ~0.001.
+    assert metrics["true_label_probability"] > 0.3
+    assert any(layer.name.endswith("_add") for layer in load_run(tmp_path / "run").image_encoder.layers)
+
+
 def test_heldout_phrases_are_never_training_labels(tiny_run: Path):
     labels = set(json.loads((tiny_run / "labels.json").read_text())["labels"])
     phrases = json.loads((tiny_run / "metrics.json").read_text())["heldout_combo_ap_per_phrase"]

@@ -1,0 +1,217 @@
+"""Refuses impossible TFLite graphs before any interpreter sees the bytes.
+
+The interpreter trusts a model's graph: ai-edge-litert 2.3 checks that tensor
+indices are in range, but an operator that writes its output into its own input,
+two operators writing one tensor, or an operator overwriting a constant (which
+lives in the read-only model bytes) reach the kernels as they are, and some of
+them crash the process (the bundle fuzz found EXPAND_DIMS writing its own input:
+SIGSEGV in the first invoke).  A re-signed bundle can carry any such graph, so
+:func:`check_graph` reads every subgraph with the bounds-checked reader of
+``fuselite/flatbuffer.py`` and refuses, for each subgraph:
+
+* tensor indices out of range in operator inputs and outputs and in the
+  subgraph's inputs and outputs (-1, "no tensor", is allowed for an optional
+  operator input only);
+* buffer and opcode indices out of range;
+* an operator output that is also one of its inputs;
+* a tensor with more than one producer;
+* an operator writing a subgraph input or a constant (buffer-backed) tensor;
+* an operator reading a tensor that only a later operator writes (the interpreter
+  runs operators in the stored order, so that must be a topological order).
+
+What no static check sees (type rules, kernel bugs) is left to the child-process
+load probe of ``runtime/childprobe.py``.
+
+Example:
+    >>> check_graph(bundle.text_encoder_bytes, "text encoder")   # BundleError if damaged
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from fuselite.bundle import BundleError
+from fuselite.flatbuffer import ModelFormatError, Reader
+
+REMEDY = "re-convert the bundle"
+OPTIONAL_TENSOR = -1  # kTfLiteOptionalTensor: an optional operator input left out
+CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM
+
+
+@dataclass(frozen=True)
+class Operator:
+    """One node: its opcode index and the tensors it reads and writes."""
+
+    opcode: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Subgraph:
+    """The parts of ``SubGraph`` the checks need.
+
+    Attributes:
+        buffers: The buffer index of each tensor.
+        names: The name of each tensor (for messages).
+        inputs: Tensor indices of the subgraph's inputs.
+        outputs: Tensor indices of its outputs.
+        operators: Its operators, in execution order.
+    """
+
+    buffers: tuple[int, ...]
+    names: tuple[str, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    operators: tuple[Operator, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A model's subgraphs, which buffers hold constant data, and its opcodes (a builtin
+    code, or a custom op's name)."""
+
+    subgraphs: tuple[Subgraph, ...]
+    constant_buffers: tuple[bool, ...]
+    opcodes: tuple[int | str, ...]
+
+
+def check_graph(model_bytes: bytes, name: str) -> None:
+    """Raises :class:`BundleError` naming ``name`` and the first graph defect found."""
+    try:
+        graph = read_graph(model_bytes)
+    except ModelFormatError as exc:
+        raise BundleError(f"{name}: its flatbuffer cannot be read ({exc}); {REMEDY}") from None
+    problem = next(graph_problems(graph), None)
+    if problem:
+        raise BundleError(f"{name}: {problem}; {REMEDY}")
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def read_graph(model_bytes: bytes) -> Graph:
+    """The graph of a TFLite flatbuffer; :class:`ModelFormatError` when it cannot be read."""
+    reader = Reader(model_bytes)
+    model = reader.root()
+    return Graph(
+        subgraphs=tuple(_read_subgraph(reader, s) for s in reader.tables(model, 2)),
+        constant_buffers=tuple(_holds_data(reader, b) for b in reader.tables(model, 4)),
+        opcodes=tuple(_opcode(reader, c) for c in reader.tables(model, 1)),
+    )
+
+
+def _read_subgraph(reader: Reader, table: int) -> Subgraph:
+    tensors = reader.tables(table, 0)  # SubGraph.tensors
+    operators = tuple(
+        Operator(reader.scalar(op, 0, "<I", 0), tuple(reader.ints(op, 1)), tuple(reader.ints(op, 2)))
+        for op in reader.tables(table, 3)  # SubGraph.operators
+    )
+    return Subgraph(
+        buffers=tuple(reader.scalar(t, 2, "<I", 0) for t in tensors),  # Tensor.buffer
+        names=tuple(reader.string(t, 3) or "" for t in tensors),  # Tensor.name
+        inputs=tuple(reader.ints(table, 1)),
+        outputs=tuple(reader.ints(table, 2)),
+        operators=operators,
+    )
+
+
+def _holds_data(reader: Reader, buffer: int) -> bool:
+    """Whether a Buffer holds constant data: inline bytes, or (models over 2 GB) an offset."""
+    _, size = reader.vector(buffer, 0, 1)  # Buffer.data
+    offset = reader.scalar(buffer, 1, "<Q", 0)  # Buffer.offset; 0 and 1 mean "none"
+    return size > 0 or (offset > 1 and reader.scalar(buffer, 2, "<Q", 0) > 0)
+
+
+def _opcode(reader: Reader, table: int) -> int | str:
+    """An OperatorCode's builtin code, or a custom op's name."""
+    # Codes above 127 live only in the int32 field; the int8 one holds 127 then.
+    code = max(reader.scalar(table, 0, "<b", 0), reader.scalar(table, 3, "<i", 0))
+    return (reader.string(table, 1) or "custom op") if code == CUSTOM_CODE else code
+
+
+# --- checking ----------------------------------------------------------------------------
+
+
+def graph_problems(graph: Graph) -> Iterator[str]:
+    """Each defect of ``graph`` as one phrase, subgraph by subgraph."""
+    for index, subgraph in enumerate(graph.subgraphs):
+        where = f"subgraph {index}: " if len(graph.subgraphs) > 1 else ""
+        for problem in _subgraph_problems(subgraph, graph):
+            yield where + problem
+
+
+def _subgraph_problems(sub: Subgraph, graph: Graph) -> Iterator[str]:
+    broken = list(_index_problems(sub, graph))
+    if broken:  # the checks below follow the indices, so they need them in range
+        yield from broken
+        return
+    producers: dict[int, int] = {}  # tensor -> the operator that writes it
+    for j, op in enumerate(sub.operators):
+        for tensor in op.outputs:
+            yield from _output_problems(sub, graph, j, op, tensor, producers)
+            producers[tensor] = j
+    for j, op in enumerate(sub.operators):
+        later = [t for t in op.inputs if producers.get(t, -1) > j]
+        if later:
+            yield (f"{_op(graph, j, op)} reads {_tensor(sub, later[0])} before operator "
+                   f"{producers[later[0]]} writes it (operators out of order)")
+
+
+def _index_problems(sub: Subgraph, graph: Graph) -> Iterator[str]:
+    """Indices that point nowhere: buffers, opcodes, tensors (checked before any use)."""
+    count = len(sub.buffers)
+    for tensor, buffer in enumerate(sub.buffers):
+        if buffer >= len(graph.constant_buffers):
+            yield (f"{_tensor(sub, tensor)} points at buffer {buffer}, but the model's "
+                   f"buffers are {_numbered(len(graph.constant_buffers))}")
+    for kind, indices in (("input", sub.inputs), ("output", sub.outputs)):
+        for tensor in indices:
+            if not 0 <= tensor < count:
+                yield f"the graph's {kind} is tensor {tensor}, but its tensors are {_numbered(count)}"
+    for j, op in enumerate(sub.operators):
+        if op.opcode >= len(graph.opcodes):
+            yield (f"operator {j} has opcode index {op.opcode}, but the model's opcodes are "
+                   f"{_numbered(len(graph.opcodes))}")
+        bad = [t for t in op.inputs if t != OPTIONAL_TENSOR and not 0 <= t < count]
+        bad += [t for t in op.outputs if not 0 <= t < count]
+        if bad:
+            yield f"{_op(graph, j, op)} uses tensor {bad[0]}, but the tensors are {_numbered(count)}"
+
+
+def _output_problems(sub: Subgraph, graph: Graph, j: int, op: Operator, tensor: int,
+                     producers: dict[int, int]) -> Iterator[str]:
+    """Why operator ``j`` must not write ``tensor``, if it must not."""
+    what = f"{_op(graph, j, op)} writes {_tensor(sub, tensor)}"
+    if tensor in op.inputs:
+        yield f"{what}, which is also its input"
+    elif tensor in producers:
+        yield f"{what}, which operator {producers[tensor]} writes too"
+    elif tensor in sub.inputs:
+        yield f"{what}, which is an input of the graph"
+    elif graph.constant_buffers[sub.buffers[tensor]]:
+        yield f"{what}, which is a constant"
+
+
+def _numbered(count: int) -> str:
+    return f"numbered 0 to {count - 1}" if count else "missing"
+
+
+def _op(graph: Graph, j: int, op: Operator) -> str:
+    """``operator 1 (EXPAND_DIMS)``: names help whoever reads the message find the spot."""
+    if op.opcode >= len(graph.opcodes):
+        return f"operator {j}"
+    code = graph.opcodes[op.opcode]
+    if isinstance(code, str):
+        return f"operator {j} (custom op {code!r})"
+    # Only messages need names, so the device side reads the enum's JSON only here.
+    from fuselite.devices.compat import builtin_names
+
+    names = builtin_names()
+    return f"operator {j} ({names[code] if 0 <= code < len(names) else f'BUILTIN_{code}'})"
+
+
+def _tensor(sub: Subgraph, tensor: int) -> str:
+    name = sub.names[tensor]
+    return f"tensor {tensor} ({name!r})" if name else f"tensor {tensor}"
