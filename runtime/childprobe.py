@@ -134,7 +134,7 @@ def child_problem(name: str, returncode: int | None, stderr: str) -> str | None:
     if returncode == 0:
         return None
     if returncode is None:
-        return (f"{name} did not load and run once within {PROBE_TIMEOUT_S:.0f} s in a test "
+        return (f"{name} did not load and run once within {PROBE_TIMEOUT_S:g} s in a test "
                 f"process; {damaged}")
     detail = _last_line(stderr)
     if returncode < 0:

@@ -8,9 +8,15 @@ its own thread so that decoding overlaps inference:
   when inference is slower than the camera.  A lost source is reopened with
   exponential backoff, each attempt logged, and the stream carries on.
 * files and folders are not live: every frame is annotated, through a small queue.
-  Whichever side waits for the other does the preprocessing: the capture thread when
-  the consumer is the bottleneck (a heavy model), the consumer when decoding is (a
-  light model and a big video). The pipeline balances itself from the waits it sees.
+
+With a ``prepare`` function (the annotator's preprocessing: resize, colour order,
+quantization), the capture thread also turns each frame into the model's input, so
+the consumer only runs the model.  One exception keeps both cores busy: when the
+consumer is the side that waits (decoding is the bottleneck: a light model and a big
+video, or a camera slower than inference), the idle consumer preprocesses instead and
+the capture thread only decodes.  The pipeline decides from the waits it sees: the
+capture thread waiting on a full queue, or a live frame dropped, means the consumer
+is the bottleneck; the consumer finding no frame means the capture side is.
 
 Empty or unreadable frames are skipped and counted.
 """
@@ -109,9 +115,10 @@ class FrameSource:
         self.loop = loop
         self.reconnect_delay = reconnect_delay
         self.reconnect_max_delay = max(reconnect_delay, reconnect_max_delay)
-        # Preprocessing ahead only pays when every frame is annotated.
-        self.prepare = None if self.drop_stale else prepare
-        self._balance = 0  # > 0: the capture thread waits more, so it preprocesses
+        self.prepare = prepare
+        # > 0: the consumer is the bottleneck, so the capture thread preprocesses (the
+        # starting assumption: inference is the slow stage on a board).
+        self._balance = 1
         self.counters = SourceCounters()
         self._frames: collections.deque[Frame] = collections.deque()
         self._cond = threading.Condition()
@@ -121,6 +128,11 @@ class FrameSource:
         self._thread: threading.Thread | None = None
         self._index = 0
         self._start = time.monotonic()
+
+    @property
+    def preprocessing_ahead(self) -> bool:
+        """Whether the capture thread currently preprocesses the frames it delivers."""
+        return self.prepare is not None and self._balance > 0
 
     @property
     def live(self) -> bool:
@@ -239,7 +251,7 @@ class FrameSource:
         self._balance = max(-BALANCE_LIMIT, min(BALANCE_LIMIT, self._balance + step))
 
     def _prepared(self, frame: Frame) -> Frame | None:
-        if self.prepare is None or self._balance <= 0:
+        if not self.preprocessing_ahead:
             return frame
         start = time.perf_counter()
         try:
@@ -254,8 +266,10 @@ class FrameSource:
     def _deliver(self, frame: Frame) -> None:
         with self._cond:
             if self.drop_stale:
-                self.counters.dropped += len(self._frames)
-                self._frames.clear()
+                if self._frames:
+                    self._lean(+1)  # the consumer did not take the last one: it is the bottleneck
+                    self.counters.dropped += len(self._frames)
+                    self._frames.clear()
             else:
                 if len(self._frames) >= QUEUE_SIZE:
                     self._lean(+1)  # the capture thread waits: it has time to preprocess

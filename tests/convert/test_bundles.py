@@ -219,3 +219,33 @@ def test_a_model_the_converter_rejects_gets_a_message_naming_the_variant():
     model = keras.Model(inputs, x)
     with pytest.raises(ConversionError, match="fp32 image model: the TFLite converter failed"):
         convert_image_model(model, get_variant("fp32"))
+
+
+def _buffer_alignments(flatbuffer: bytes) -> list[int]:
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    base = np.frombuffer(flatbuffer, np.uint8).ctypes.data
+    buffers = (model.Buffers(i) for i in range(model.BuffersLength()))
+    return [(b.DataAsNumpy().ctypes.data - base) % 16 for b in buffers if b.DataLength()]
+
+
+def test_short_names_change_neither_weights_alignment_nor_results(tiny_converter):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from fuselite.convert.tflite import compact_tensor_names
+    from fuselite.train.backend import tf
+
+    converted = bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_converter.run.image_encoder).convert())
+    compact = compact_tensor_names(converted)
+    assert len(compact) < len(converted) - 500
+    assert _buffer_alignments(compact) == _buffer_alignments(converted)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+    outputs = []
+    for flatbuffer in (converted, compact):
+        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], pixels)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
