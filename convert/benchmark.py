@@ -164,13 +164,15 @@ def markdown(table: list[dict], checks, info: dict) -> str:
 
 def benchmark(run_dir: Path, out_dir: Path, variant_names, options) -> dict:
     """Converts and measures; returns the JSON document (rows, targets, machine)."""
-    from fuselite.convert.export import Converter
+    from fuselite.convert.export import Converter, auto_finetune_steps
     from fuselite.train.backend import tf
 
     info = {**machine(), "run_dir": str(run_dir), "threads": options.num_threads, "tensorflow": tf.__version__,
-            "sparsity": options.sparsity, "finetune_steps": options.finetune_steps}
+            "sparsity": options.sparsity}
     started = time.perf_counter()
     converter = Converter.load(run_dir, out_dir, options)
+    info["finetune_steps"] = options.finetune_steps or auto_finetune_steps(
+        len(converter.data.train), converter.run.config.batch_size)
     results = [converter.convert(v) for v in resolve_variants(variant_names)]
     info["seconds"] = time.perf_counter() - started
     info["run_config"] = converter.run.config.name
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="where bundles go (default: a temporary folder)")
     parser.add_argument("--variants", nargs="+", default=["default"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--finetune-steps", type=int, default=500)
+    parser.add_argument("--finetune-steps", type=int, default=None, help="default: about 7 epochs, >= 500")
     parser.add_argument("--sparsity", type=float, default=0.75)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)

@@ -38,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the numeric checks")
     parser.add_argument("--calibration-samples", type=int, default=200, help="training images for int8 calibration")
     parser.add_argument("--eval-samples", type=int, default=0, help="test images to check on (0: all)")
-    parser.add_argument("--finetune-steps", type=int, default=500, help="fine-tuning steps of pruned and clustered variants")
+    parser.add_argument(
+        "--finetune-steps", type=int, default=None,
+        help="fine-tuning steps of pruned and clustered variants (default: about 7 epochs of "
+             "the run's training split, at least 500)",
+    )
     parser.add_argument("--list", type=Path, metavar="DIR", help="only list the bundles in DIR with their sizes")
 
 

@@ -43,7 +43,8 @@ class ConvertOptions:
         num_threads: Interpreter threads for the numeric checks.
         calibration_samples: Training images that calibrate full-integer variants.
         eval_samples: Test images for the numeric checks (0: the whole test split).
-        finetune_steps: Fine-tuning steps of pruned and clustered variants.
+        finetune_steps: Fine-tuning steps of pruned and clustered variants; ``None``
+            means :func:`auto_finetune_steps` of the run's training split.
         seed: Seeds sampling and fine-tuning.
     """
 
@@ -52,7 +53,7 @@ class ConvertOptions:
     num_threads: int = 2
     calibration_samples: int = 200
     eval_samples: int = 0
-    finetune_steps: int = 500
+    finetune_steps: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,8 +61,21 @@ class ConvertOptions:
             raise UserError(f"--sparsity {self.sparsity} must be between 0 and 1 (e.g. 0.75)")
         if self.num_threads < 1 or self.calibration_samples < 1 or self.eval_samples < 0:
             raise UserError("--threads and --calibration-samples must be >= 1, --eval-samples >= 0")
-        if self.finetune_steps < 1:
+        if self.finetune_steps is not None and self.finetune_steps < 1:
             raise UserError("--finetune-steps must be >= 1")
+
+
+FINETUNE_EPOCHS = 7  # passes over the training split that pruned variants recover in
+MIN_FINETUNE_STEPS = 500
+
+
+def auto_finetune_steps(train_items: int, batch_size: int) -> int:
+    """Default fine-tuning steps: about seven epochs of the run's training split, at least 500.
+
+    A fixed step count recovered the 4,000 training scenes but left a 57,000-image
+    Fashion-MNIST tower 1.45 pt short at 75 % sparsity; seven epochs there cost 0.8 pt.
+    """
+    return max(MIN_FINETUNE_STEPS, round(FINETUNE_EPOCHS * train_items / max(1, batch_size)))
 
 
 @dataclass
@@ -157,9 +171,10 @@ class Converter:
         if method not in self._compressed:
             from fuselite.convert.compress import compress_image_encoder
 
-            settings = CompressSettings(
-                sparsity=self.options.sparsity, steps=self.options.finetune_steps, seed=self.options.seed
+            steps = self.options.finetune_steps or auto_finetune_steps(
+                len(self.data.train), self.run.config.batch_size
             )
+            settings = CompressSettings(sparsity=self.options.sparsity, steps=steps, seed=self.options.seed)
             model, report = compress_image_encoder(method, self.run, self.data.train, self.label_embeddings, settings)
             self._compressed[method] = (model, {"compression": report, "thresholds": self._thresholds(model)})
         return self._compressed[method]

@@ -5,11 +5,15 @@ ai-edge-litert 2.3's XNNPACK delegate, a float32 activation re-declared int8
 corrupts the heap, and glibc only notices when the memory is freed ("double free
 or corruption", SIGABRT); kernels may have bugs no check knows of.  So before the
 real load, :func:`probe_load` does the same load in a child,
-``sys.executable -c PROBE_SCRIPT``, with the model bytes on stdin: the same
-interpreter module and thread count (hence the same default delegates), allocate,
-one invoke on zeros, then the interpreter is deleted while the child still runs,
-so that glibc's heap checks run.  A child killed by a signal, or one that fails,
-becomes one :class:`BundleError`; the board's process never runs the model first.
+``sys.executable -S -c PROBE_SCRIPT`` with this process's import path, the model
+bytes on stdin: the same interpreter module and thread count (hence the same
+default delegates), allocate, one invoke on zeros, then the interpreter is deleted
+while the child still runs, so that glibc's heap checks run.  A child killed by a
+signal, or one that fails, after it has said "ready" (imports done, model not yet
+read) becomes one :class:`BundleError`; the board's process never runs the model
+first.  A child that cannot even start the interpreter (no ``fork``, a Python that
+cannot run here, as under ``devices verify``'s qemu) is not the bundle's fault: the
+probe is skipped with a warning and the load goes on as it did before the probe.
 
 A child costs about 0.15 s (Python, numpy and the interpreter start).  A model that
 passed is remembered: one small file per sha256 of the model bytes, interpreter
@@ -46,21 +50,22 @@ SWITCH_ENV = "FUSELITE_LOAD_PROBE"  # "off" (or 0, no, false) skips the probe
 OFF_VALUES = ("0", "off", "no", "false")
 PROBE_TIMEOUT_S = 30.0  # generous for a small model on a Pi Zero; a hang is a failure too
 LOAD_ERROR_EXIT = 3  # the interpreter raised: the child prints the error's first line
-NO_INTERPRETER_EXIT = 4  # the child cannot import the interpreter: not the bundle's fault
+READY = b"ready"  # the child's first line on stdout: imports done, the model comes next
 CACHE_FOLDER = "load-probe"
 
-# The child imports only the interpreter and numpy (never TensorFlow, never fuselite).
+# The child imports only the interpreter and numpy (never TensorFlow, never fuselite),
+# from the import path it is given: the parent's, without the working folder.
 PROBE_SCRIPT = r"""
 import sys
-sys.path[:] = [p for p in sys.path if p not in ("", ".")]  # never import from the cwd
+module, threads, sys.path[:] = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 import gc, importlib
-import numpy as np
-module, threads = sys.argv[1], int(sys.argv[2])
 try:
+    import numpy as np
     Interpreter = importlib.import_module(module).Interpreter
 except ImportError as exc:
     print(f"cannot import {module}: {exc}", file=sys.stderr)
-    sys.exit(4)
+    sys.exit(1)
+print("ready", flush=True)  # from here on, whatever happens is the model's doing
 model = sys.stdin.buffer.read()
 try:
     interpreter = Interpreter(model_content=model, num_threads=threads)
@@ -105,23 +110,30 @@ def probe_load(model_bytes: bytes, interpreter_module: str, num_threads: int, na
 def run_child(model_bytes: bytes, interpreter_module: str,
               num_threads: int) -> tuple[int | None, str] | None:
     """``(returncode, stderr)`` of the probe child (returncode None: it timed out), or
-    None when no child could be started or it could not import the interpreter."""
-    command = [sys.executable, "-c", PROBE_SCRIPT, interpreter_module, str(num_threads)]
+    None when the child never got as far as reading the model."""
+    cwd = os.getcwd()
+    path = [p for p in sys.path if p and p != "." and p != cwd]  # never import from the cwd
+    # -S: the path above is the whole import path (and startup is quicker without site).
+    command = [sys.executable, "-S", "-c", PROBE_SCRIPT, interpreter_module, str(num_threads),
+               *path]
     # glibc writes its fatal messages to the terminal unless told to use stderr.
     env = dict(os.environ, LIBC_FATAL_STDERR_="1")
     try:
         done = subprocess.run(command, input=model_bytes, capture_output=True, env=env,
                               timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:  # run() has killed and reaped the child
-        return None, ""
-    except OSError as exc:  # e.g. no memory to fork, or no executable Python
+    except subprocess.TimeoutExpired as exc:  # run() has killed and reaped the child
+        returncode, stdout, stderr = None, exc.stdout or b"", exc.stderr or b""
+    except OSError as exc:  # e.g. no memory to fork, or a Python that cannot run here
         log.warning("load probe skipped: cannot start %s (%s)", sys.executable, exc)
         return None
-    stderr = done.stderr.decode("utf-8", "replace")
-    if done.returncode == NO_INTERPRETER_EXIT:
-        log.warning("load probe skipped: %s", _last_line(stderr))
+    else:
+        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
+    text = stderr.decode("utf-8", "replace")
+    if READY not in stdout.splitlines():
+        log.warning("load probe skipped: the test process did not start the interpreter (%s)",
+                    _last_line(text) or f"exit {returncode}")
         return None
-    return done.returncode, stderr
+    return returncode, text
 
 
 def child_problem(name: str, returncode: int | None, stderr: str) -> str | None:

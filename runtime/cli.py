@@ -114,6 +114,13 @@ def _output_arguments(group) -> None:
     )
     group.add_argument("--video-out", type=Path, help="write an annotated video (.mp4 or .avi)")
     group.add_argument(
+        "--video-segment-minutes",
+        type=float,
+        metavar="MIN",
+        help="cut the video into files of MIN minutes, OUT-0001.mp4, OUT-0002.mp4... "
+        "(0: one file; default: 10 for cameras, streams and --loop, one file otherwise)",
+    )
+    group.add_argument(
         "--preview",
         type=int,
         metavar="PORT",
@@ -181,6 +188,7 @@ def _build_options(args: argparse.Namespace):
         source=args.source,
         jsonl=None if args.jsonl.lower() == "none" else args.jsonl,
         video_out=args.video_out,
+        video_segment_minutes=args.video_segment_minutes,
         preview_port=args.preview,
         preview_bind=args.bind,
         display=args.display,

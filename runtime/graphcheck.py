@@ -82,7 +82,9 @@ def check_graph(model_bytes: bytes, name: str) -> None:
     try:
         graph = read_graph(model_bytes)
     except ModelFormatError as exc:
-        raise BundleError(f"{name}: its flatbuffer cannot be read ({exc}); {REMEDY}") from None
+        # Worded like the interpreter's own refusals: no interpreter loads such bytes.
+        raise BundleError(f"{name}: the interpreter cannot load it (its flatbuffer is broken: "
+                          f"{exc}); {REMEDY}") from None
     problem = next(graph_problems(graph), None)
     if problem:
         raise BundleError(f"{name}: {problem}; {REMEDY}")

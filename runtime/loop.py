@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fuselite.runtime.annotator import Annotator
-from fuselite.runtime.options import AnnotatorOptions, RunOptions
+from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, AnnotatorOptions, RunOptions
 from fuselite.runtime.outputs import Display, JsonlWriter, VideoOutput, draw_overlay, event_record
 from fuselite.runtime.preprocess import frame_problem
 from fuselite.runtime.preview import MjpegPreview
@@ -26,6 +27,7 @@ from fuselite.runtime.stats import RunStats, describe
 log = logging.getLogger(__name__)
 
 STATS_WAKEUP_S = 0.5
+OUTPUT_QUEUE = 4  # annotated frames waiting for the writer thread (bounds memory and latency)
 
 
 class SetupError(ValueError):
@@ -55,13 +57,30 @@ class RunSummary:
 
 
 class Outputs:
-    """Every sink of one run, opened together and closed together."""
+    """Every sink of one run, opened together and closed together.
 
-    def __init__(self, options: RunOptions, fps: float | None) -> None:
+    Writing happens on a thread of its own (``outputs``), so that formatting JSON,
+    drawing the overlay and encoding video overlap inference instead of adding to it.
+    Records keep their order through a small bounded queue; when the queue is full the
+    inference loop waits (every annotated frame reaches every sink).  The on-screen
+    window is the exception: GUI calls belong to the main thread, so with a window the
+    overlay is drawn and shown there, and only the encoding is handed over.
+    """
+
+    def __init__(self, options: RunOptions, fps: float | None, live: bool = False) -> None:
         self.jsonl = self.video = self.preview = self.display = None
+        self._queue: queue.Queue = queue.Queue(maxsize=OUTPUT_QUEUE)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.stop_reason: str | None = None
         try:
             if options.video_out is not None:
-                self.video = VideoOutput(options.video_out, fps)
+                self.video = VideoOutput(
+                    options.video_out,
+                    fps,
+                    segment_seconds=segment_seconds(options, live),
+                    on_file=self._video_file_written,
+                )
             if options.jsonl is not None:
                 self.jsonl = JsonlWriter(options.jsonl)
             if options.preview_port is not None:
@@ -70,6 +89,9 @@ class Outputs:
         except BaseException:
             self.close()
             raise
+        if self.jsonl or self.video or self.preview:
+            self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
+            self._thread.start()
 
     @property
     def visual(self) -> bool:
@@ -79,37 +101,110 @@ class Outputs:
     def write(
         self, frame: Frame, result: AnnotationResult, total_ms: float, status: str
     ) -> str | None:
-        """Sends one annotated frame everywhere; returns a reason to stop, or ``None``."""
-        if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
-            return "output"
-        if not self.visual:
-            return None
-        image = draw_overlay(frame.image, result, status)
-        if self.video is not None:
-            self.video.write(image)
-        if self.preview is not None:
-            self.preview.publish(image)
-        if self.display is not None and not self.display.show(image):
-            return "window"
+        """Sends one annotated frame everywhere; returns a reason to stop, or ``None``.
+
+        Raises what a sink raised for an earlier frame (e.g. a video that cannot be written).
+        """
+        self._raise_error()
+        if self.stop_reason is not None:
+            return self.stop_reason
+        drawn = None
+        if self.display is not None:
+            drawn = draw_overlay(frame.image, result, status)
+            if not self.display.show(drawn):
+                return "window"
+        if self._thread is not None:
+            self._queue.put(("frame", frame, result, total_ms, status, drawn))
         return None
 
     def write_stats(self, record: dict) -> None:
-        """Logs a stats record and sends it to the JSONL stream and the preview."""
+        """Logs a stats record and sends it to the JSONL stream (in order) and the preview."""
         log.info("%s", describe(record))
-        if self.jsonl is not None:
-            self.jsonl.write(record)
         if self.preview is not None:
             self.preview.set_stats(record)
+        if self.jsonl is None:
+            return
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(("record", record))
+        else:
+            self.jsonl.write(record)
+
+    def drain(self) -> None:
+        """Waits until everything sent so far is written, and stops the writer thread.
+
+        Raises what a sink raised on the way.
+        """
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
 
     def close(self) -> None:
         """Flushes and closes every sink; a failing one does not stop the others."""
-        for sink in (self.jsonl, self.video, self.preview, self.display):
+        try:
+            self.drain()
+        except Exception:
+            log.exception("could not write the last frames")
+        for sink in (self.video, self.jsonl, self.preview, self.display):
             if sink is None:
                 continue
             try:
                 sink.close()
             except Exception:
                 log.exception("could not close %s cleanly", type(sink).__name__)
+
+    def close_video(self) -> None:
+        """Finishes the video file now (its JSONL record then precedes the final stats)."""
+        if self.video is not None:
+            self.video.close()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep the queue moving so the loop never blocks on it
+            try:
+                if item[0] == "record":
+                    self.jsonl.write(item[1])
+                else:
+                    self._write_frame(*item[1:])
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+                self._error = exc
+
+    def _write_frame(
+        self, frame: Frame, result: AnnotationResult, total_ms: float, status: str, drawn
+    ) -> None:
+        if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
+            self.stop_reason = "output"
+        if self.video is None and self.preview is None:
+            return
+        image = drawn if drawn is not None else draw_overlay(frame.image, result, status)
+        if self.video is not None:
+            self.video.write(image, frame.timestamp_ms, frame.index)
+        if self.preview is not None:
+            self.preview.publish(image)
+
+    def _video_file_written(self, record: dict) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+
+
+def segment_seconds(options: RunOptions, live: bool) -> float | None:
+    """Length of the video's segments in seconds, or ``None`` for a single file.
+
+    ``video_segment_minutes`` ``None`` means automatic: runs that may last for days (a
+    live source, or a file with ``loop``) get files of :data:`DEFAULT_SEGMENT_MINUTES`;
+    a file or folder read once gets one file.  ``0`` always means one file.
+    """
+    minutes = options.video_segment_minutes
+    if minutes is None:
+        minutes = DEFAULT_SEGMENT_MINUTES if live or options.loop else 0.0
+    return minutes * 60.0 if minutes else None
 
 
 def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
@@ -133,7 +228,7 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
                 prepare=annotator.preprocess,
             )
             stack.enter_context(source)
-            outputs = Outputs(options, options.fps_limit or source.fps)
+            outputs = Outputs(options, options.fps_limit or source.fps, source.live)
             stack.callback(outputs.close)
         return _annotate_stream(source, annotator, outputs, options, stop)
 
@@ -176,6 +271,7 @@ def _annotate_stream(
             stopped_by = "end" if source.ended and not stop.is_set() else "signal"
             break
         reason = _handle(frame, annotator, outputs, stats) if frame is not None else None
+        reason = reason or outputs.stop_reason
         if reason is None and options.max_frames and stats.frames >= options.max_frames:
             reason = "max_frames"
         if reason is not None:
@@ -212,6 +308,8 @@ def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStat
 
 
 def _finish(stats: RunStats, outputs: Outputs, stopped_by: str) -> RunSummary:
+    outputs.drain()
+    outputs.close_video()
     record = stats.snapshot(final=True)
     record["stopped_by"] = stopped_by
     outputs.write_stats(record)

@@ -10,6 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Video segments of runs that may last for days (live sources, looping files).
+DEFAULT_SEGMENT_MINUTES = 10.0
+
 
 def default_threads() -> int:
     """Interpreter threads when none are given: the CPU count, at most 4."""
@@ -103,6 +106,10 @@ class RunOptions:
         jsonl: Where annotation events go, one JSON object per line: a path, ``"-"`` for
             stdout, or ``None`` for nowhere.
         video_out: Path of an annotated video to write (``.mp4`` or ``.avi``), or ``None``.
+        video_segment_minutes: Cut the video into files of this many minutes of stream
+            time, ``<stem>-0001.mp4``, ``<stem>-0002.mp4``...; ``0`` writes one file;
+            ``None`` (auto) cuts every :data:`DEFAULT_SEGMENT_MINUTES` minutes for live
+            sources and looping files, and writes one file otherwise.
         preview_port: Serve an MJPEG preview on this port (0 picks a free one), or ``None``.
         preview_bind: Address the preview listens on; loopback unless you say otherwise.
         display: ``"auto"`` shows an on-screen window when a display and an OpenCV GUI
@@ -124,6 +131,7 @@ class RunOptions:
     source: str
     jsonl: str | Path | None = "-"
     video_out: str | Path | None = None
+    video_segment_minutes: float | None = None
     preview_port: int | None = None
     preview_bind: str = "127.0.0.1"
     display: str = "auto"
@@ -149,6 +157,13 @@ class RunOptions:
             raise ValueError(f"fps_limit must be a positive number, not {self.fps_limit}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be at least 1, not {self.max_frames}")
+        if self.video_segment_minutes is not None and not (
+            self.video_segment_minutes >= 0 and math.isfinite(self.video_segment_minutes)
+        ):
+            raise ValueError(
+                "video_segment_minutes must be a positive number of minutes (0 for one file), "
+                f"not {self.video_segment_minutes}"
+            )
         for name in ("stats_interval", "reconnect_delay", "reconnect_max_delay", "stream_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")

@@ -99,3 +99,10 @@ def test_scorer_logits_are_what_the_shared_bundle_scorer_applies_the_sigmoid_to(
         probabilities = scorer(images.astype(np.float32), labels)
         assert probabilities.shape == (3, 5)
         assert np.allclose(1 / (1 + np.exp(-scorer.logits(images, labels))), probabilities, atol=1e-6)
+
+
+def test_pruned_variants_fine_tune_about_seven_epochs_of_large_datasets():
+    from fuselite.convert.export import auto_finetune_steps
+
+    assert auto_finetune_steps(4_000, 64) == 500  # synthetic scenes: the floor
+    assert 3_000 <= auto_finetune_steps(57_000, 128) <= 3_300  # Fashion-MNIST: ~7 epochs

@@ -43,6 +43,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import struct
 import subprocess
@@ -72,6 +73,7 @@ ESCAPE_TOKEN = "fuselite-fuzz-escape"
 # Typed labels that are no bundle label of either seed, so the text encoder really runs.
 TYPED_LABELS = "red and blue,a large star"
 OK_VERDICTS = ("loaded", "rejected")
+VERDICT_NAME = re.compile(r"[0-9a-f]{64}\.json")  # the runtime's load-probe cache entries
 
 
 @dataclass(frozen=True)
@@ -757,6 +759,9 @@ class Sandbox:
 
     Every case runs with its working folder as cwd, and HOME and TMPDIR inside the sandbox;
     :meth:`strays` then lists whatever appeared or changed anywhere else in the sandbox.
+    The one place the runtime may write is its load-probe verdict cache
+    (``HOME/.cache/fuselite/load-probe``, shared by the cases as a board's runs share it),
+    and only verdict files named by a sha256 digest.
     """
 
     def __init__(self, root: Path, source: Path) -> None:
@@ -764,8 +769,9 @@ class Sandbox:
         self.source = Path(source)
         self.cases = self.root / "cases"
         self.home, self.tmp = self.root / "home", self.root / "tmp"
+        self.verdicts = self.home / ".cache" / "fuselite" / "load-probe"
         self.expected_frames = sum(1 for p in self.source.iterdir() if p.is_file())
-        for folder in (self.cases, self.home, self.tmp):
+        for folder in (self.cases, self.home, self.tmp, self.verdicts.parent):
             folder.mkdir(parents=True, exist_ok=True)
         self._known_cases: set[str] = set()
         # (fingerprint, answers) of the seed: a case that decides the same must answer the same.
@@ -777,8 +783,17 @@ class Sandbox:
         listing = {}
         for folder in (self.root, self.source):
             for path in _walk(folder, skip=self.cases):
-                listing[str(path)] = _signature(path)
+                if not path.is_relative_to(self.verdicts):
+                    listing[str(path)] = _signature(path)
         return listing
+
+    def odd_verdicts(self) -> list[str]:
+        """Entries of the verdict cache that are not a whole verdict file (a leftover
+        temporary file, a folder, anything named otherwise)."""
+        if not self.verdicts.is_dir():
+            return []
+        return [str(p) for p in self.verdicts.iterdir()
+                if not (p.is_file() and VERDICT_NAME.fullmatch(p.name))]
 
     def prepare(self, case: Case) -> tuple[Path, Path]:
         """Writes the case's bundle; returns ``(bundle path, working folder)``."""
@@ -804,6 +819,7 @@ class Sandbox:
         escaping zip member in /tmp or above the sandbox."""
         after = self._outside_listing()
         found = [p for p, sig in after.items() if self._before.get(p) != sig]
+        found += self.odd_verdicts()
         found += [str(p) for p in self.cases.iterdir() if p.name not in self._known_cases]
         for folder in (Path("/tmp"), self.root.parent, self.root.parent.parent):
             found += [str(p) for p in folder.glob(f"*{ESCAPE_TOKEN}*")]
@@ -863,7 +879,10 @@ def run_case(case: Case, sandbox: Sandbox, timeout: float = 60.0) -> Outcome:
             "--threads", 1, "--stats-interval", 0]
     if case.labels:
         args += ["--labels", case.labels]
-    env = quiet_env(HOME=str(sandbox.home), TMPDIR=str(sandbox.tmp))
+    env = quiet_env(HOME=str(sandbox.home), TMPDIR=str(sandbox.tmp),
+                    XDG_CACHE_HOME=str(sandbox.home / ".cache"))
+    for name in ("FUSELITE_CACHE_DIR", "FUSELITE_LOAD_PROBE"):  # the probe runs, in the sandbox
+        env.pop(name, None)
     started = time.monotonic()
     answers: tuple = ()
     try:

@@ -111,7 +111,7 @@ def test_every_problem_is_listed_without_following_broken_indices():
 @pytest.mark.parametrize("cut", [9, 16, 40, 100])
 def test_a_flatbuffer_the_reader_cannot_follow_is_one_clear_error(cut):
     message = refusal(chain_model()[:cut], "image model")
-    assert "its flatbuffer cannot be read" in message
+    assert "the interpreter cannot load it (its flatbuffer is broken: " in message
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,9 @@ The session's ``scenes-tiny`` run uses regional scoring like the default
 was written the runtime refused such bundles; the first test guards the fix.  The
 second fuzzes this real bundle the way test_bundle_fuzz.py fuzzes the tiny colour one.
 The last two hold the smallest crashes the large fuzz found in its text encoder (word
-embeddings, EXPAND_DIMS, a bigram CONV_2D, RESHAPE, MAX...): the colour bundle's
-simpler text tower does not have them.
+embeddings, EXPAND_DIMS, a bigram CONV_2D, RESHAPE, MAX...), which the colour bundle's
+simpler text tower does not have: once a SIGSEGV and a SIGABRT of `fuselite run`, now
+refused by the graph check and by the child-process load probe.
 """
 
 from __future__ import annotations
@@ -65,49 +66,32 @@ def test_a_seeded_fuzz_of_a_converted_bundle_never_crashes_hangs_or_writes_elsew
     assert sandbox.strays() == []
 
 
-GRAPH_BUG = (
-    "BUG: runtime/interpreter.py hands the interpreter flatbuffers whose graph is impossible; "
-    "ai-edge-litert 2.3 crashes the process on some of them during the first invoke, with or "
-    "without XNNPACK (the quantization probe and first invoke of the earlier fixes do not "
-    "help: the crash is inside them). Here the text encoder's EXPAND_DIMS writes its output "
-    "into its own input tensor: SIGSEGV. Fix: before any interpreter sees the bytes, check "
-    "the graph with a small flatbuffer reader (like devices/compat.py's): tensor indices in "
-    "range, no operator output among its inputs, one producer per tensor, operators in "
-    "topological order; and, as a backstop for what such checks cannot see, load + "
-    "allocate + invoke once in a child process (same delegate settings) and turn a child "
-    "killed by a signal into BundleError"
-)
-TYPE_BUG = (
-    "BUG: a float32 activation re-declared int8 in the text encoder (the RESHAPE output "
-    "before MAX) corrupts the heap under ai-edge-litert 2.3's XNNPACK delegate: "
-    "`fuselite run --labels` dies with SIGABRT 'double free or corruption (!prev)' when the "
-    "encoder is freed (without the delegate it runs). No static check covers every type "
-    "rule; fix with the child-process probe described for the graph defect (the child must "
-    "delete its interpreter before exiting so that glibc's heap checks run)"
-)
-
-
 def _text_encoder_case(bundle, name: str, damage) -> Case:
     seed = Seed.read(bundle)
     return Case(name, "crafted-text", seed.resigned(text_encoder=damage(
         seed.bundle.text_encoder_bytes)), labels=TYPED_LABELS)
 
 
-@pytest.mark.xfail(strict=True, reason=GRAPH_BUG)
 def test_a_text_encoder_whose_operator_writes_its_own_input_is_refused_not_a_segfault(
     regional_int8_bundle, two_images, tmp_path
 ):
+    """ai-edge-litert 2.3 segfaulted in the first invoke; the graph check refuses it unread."""
     case = _text_encoder_case(regional_int8_bundle, "expand-dims-aliasing", lambda model:
                               output_aliasing_input(model, schema.BuiltinOperator.EXPAND_DIMS))
     (outcome,) = run_cases([case], Sandbox(tmp_path / "sandbox", two_images))
     assert outcome.verdict == "rejected", outcome
+    assert "text encoder: operator 1 (EXPAND_DIMS) writes tensor" in outcome.message
+    assert "which is also its input; re-convert the bundle" in outcome.message
 
 
-@pytest.mark.xfail(strict=True, reason=TYPE_BUG)
 def test_a_text_encoder_with_a_float_tensor_declared_int8_is_refused_not_a_heap_corruption(
     regional_int8_bundle, two_images, tmp_path
 ):
+    """XNNPACK corrupts the heap (SIGABRT when freed): no static check sees it, so the load
+    probe's child dies instead of `fuselite run`, and the death is the error message."""
     case = _text_encoder_case(regional_int8_bundle, "reshape-retyped", lambda model:
                               output_retyped(model, schema.BuiltinOperator.RESHAPE, INT8))
     (outcome,) = run_cases([case], Sandbox(tmp_path / "sandbox", two_images))
     assert outcome.verdict == "rejected", outcome
+    assert "text encoder crashed the interpreter (SIGABRT" in outcome.message
+    assert outcome.message.endswith("the bundle is damaged: re-convert it")

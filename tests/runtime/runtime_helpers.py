@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from fuselite.runtime.captures import SourceError
 
 # BGR colours, as OpenCV frames hold them.
 RED, GREEN, BLUE, GRAY, YELLOW = (
@@ -97,3 +100,56 @@ def events(path: Path, kind: str = "annotation") -> list[dict]:
 
     lines = Path(path).read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("type") == kind]
+
+
+class ScriptedCapture:
+    """A capture that plays a script: a frame, ``None`` (corrupt frame) or ``"lost"``."""
+
+    def __init__(self, script, live=True, failed_opens=0, delay=0.0):
+        self.name, self.live, self.fps = "scripted", live, None
+        self.script = list(script)
+        self.failed_opens = failed_opens
+        self.delay = delay
+        self.opens = 0
+        self.released = 0
+
+    def open(self):
+        self.opens += 1
+        if self.failed_opens:
+            self.failed_opens -= 1
+            raise SourceError("camera unplugged")
+
+    def read(self):
+        time.sleep(self.delay)
+        if not self.script:
+            if self.live:  # a live source idles rather than ending
+                time.sleep(0.01)
+                return False, None, None, None
+            return False, None, None, None
+        item = self.script.pop(0)
+        if isinstance(item, str):
+            return False, None, None, None
+        return True, item, None, None
+
+    def release(self):
+        self.released += 1
+
+
+class SyntheticCamera:
+    """A live capture that delivers a fresh frame of one colour every ``delay`` seconds."""
+
+    def __init__(self, colour=RED, delay: float = 0.002, size=FRAME_SIZE):
+        self.name, self.live, self.fps = "synthetic camera", True, 30.0
+        self.colour, self.delay, self.size = colour, delay, size
+        self.reads = 0
+
+    def open(self):
+        pass
+
+    def read(self):
+        time.sleep(self.delay)
+        self.reads += 1
+        return True, solid(self.colour, size=self.size), None, None
+
+    def release(self):
+        pass

@@ -11,7 +11,7 @@ import types
 import cv2
 import numpy as np
 import pytest
-from runtime_helpers import BLUE, RED, solid
+from runtime_helpers import BLUE, RED, ScriptedCapture, solid
 
 from fuselite.runtime.captures import (
     FolderCapture,
@@ -21,39 +21,6 @@ from fuselite.runtime.captures import (
     capture_for,
 )
 from fuselite.runtime.sources import FrameSource
-
-
-class ScriptedCapture:
-    """A capture that plays a script: a frame, ``None`` (corrupt frame) or ``"lost"``."""
-
-    def __init__(self, script, live=True, failed_opens=0, delay=0.0):
-        self.name, self.live, self.fps = "scripted", live, None
-        self.script = list(script)
-        self.failed_opens = failed_opens
-        self.delay = delay
-        self.opens = 0
-        self.released = 0
-
-    def open(self):
-        self.opens += 1
-        if self.failed_opens:
-            self.failed_opens -= 1
-            raise SourceError("camera unplugged")
-
-    def read(self):
-        time.sleep(self.delay)
-        if not self.script:
-            if self.live:  # a live source idles rather than ending
-                time.sleep(0.01)
-                return False, None, None, None
-            return False, None, None, None
-        item = self.script.pop(0)
-        if isinstance(item, str):
-            return False, None, None, None
-        return True, item, None, None
-
-    def release(self):
-        self.released += 1
 
 
 def drain(source: FrameSource, stop_after: float = 5.0, per_frame: float = 0.0):

@@ -69,6 +69,9 @@ def test_each_way_the_child_ends_maps_to_one_message(returncode, stderr, message
     assert childprobe.child_problem("text encoder", returncode, stderr) == message
 
 
+READY = "print('ready', flush=True); import sys; sys.stdin.buffer.read(); "
+
+
 @pytest.mark.parametrize(
     ("script", "cause"),
     [
@@ -81,7 +84,7 @@ def test_each_way_the_child_ends_maps_to_one_message(returncode, stderr, message
 def test_a_child_killed_by_a_signal_is_a_bundle_error_and_is_not_remembered(
     model_bytes, cache, monkeypatch, script, cause
 ):
-    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", script)
+    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", READY + script)
     with pytest.raises(BundleError) as caught:
         probe(model_bytes)
     assert str(caught.value).startswith(f"image model crashed the interpreter ({cause}")
@@ -90,14 +93,14 @@ def test_a_child_killed_by_a_signal_is_a_bundle_error_and_is_not_remembered(
 
 
 def test_a_child_that_hangs_is_killed_at_the_timeout(model_bytes, cache, monkeypatch):
-    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", "import time; time.sleep(60)")
+    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", READY + "import time; time.sleep(60)")
     monkeypatch.setattr(childprobe, "PROBE_TIMEOUT_S", 0.5)
     with pytest.raises(BundleError, match=r"did not load and run once within 0\.5 s"):
         probe(model_bytes)
 
 
 def test_a_child_that_exits_with_an_error_is_a_bundle_error(model_bytes, cache, monkeypatch):
-    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", "import sys; sys.exit('no luck')")
+    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", READY + "sys.exit('no luck')")
     with pytest.raises(BundleError, match=r"test process fail \(exit 1: no luck\)"):
         probe(model_bytes)
 
@@ -112,8 +115,33 @@ def test_a_child_without_the_interpreter_skips_the_probe_with_a_warning(
 ):
     with caplog.at_level(logging.WARNING, logger="fuselite.runtime.childprobe"):
         childprobe.probe_load(model_bytes, "no_such_interpreter_module", 1, "image model")
-    assert "load probe skipped: cannot import no_such_interpreter_module" in caplog.text
+    assert "load probe skipped" in caplog.text
+    assert "cannot import no_such_interpreter_module" in caplog.text
     assert not cache.exists()
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["import os; os.abort()", "import sys; sys.exit(1)", "import time; time.sleep(60)"],
+    ids=["killed", "failed", "hung"],
+)
+def test_a_child_that_dies_before_it_reads_the_model_does_not_blame_the_bundle(
+    model_bytes, cache, caplog, monkeypatch, script
+):
+    """E.g. a Python that cannot start here (devices verify's qemu): not the bundle's fault."""
+    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", script)
+    monkeypatch.setattr(childprobe, "PROBE_TIMEOUT_S", 2.0)
+    with caplog.at_level(logging.WARNING, logger="fuselite.runtime.childprobe"):
+        probe(model_bytes)
+    assert "load probe skipped: the test process did not start the interpreter" in caplog.text
+    assert not cache.exists()
+
+
+def test_a_python_that_cannot_be_started_skips_the_probe(model_bytes, cache, caplog, monkeypatch):
+    monkeypatch.setattr(childprobe.sys, "executable", "/nonexistent/python")
+    with caplog.at_level(logging.WARNING, logger="fuselite.runtime.childprobe"):
+        probe(model_bytes)
+    assert "load probe skipped: cannot start /nonexistent/python" in caplog.text
 
 
 def test_a_model_that_loads_is_probed_once_then_remembered(model_bytes, cache, monkeypatch):
@@ -149,7 +177,7 @@ def test_a_broken_cache_entry_is_a_miss_and_an_unwritable_cache_no_error(
 
 def test_the_off_switch_skips_the_child(model_bytes, cache, monkeypatch):
     monkeypatch.setenv(childprobe.SWITCH_ENV, "off")
-    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", "import os; os.abort()")
+    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", READY + "import os; os.abort()")
     probe(model_bytes)
     assert not cache.exists()
 
@@ -181,7 +209,7 @@ def test_tflite_model_probes_with_the_real_loads_interpreter_and_threads(
 def test_a_crashing_probe_stops_the_load_before_this_process_runs_the_model(
     model_bytes, cache, monkeypatch
 ):
-    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", "import os; os.abort()")
+    monkeypatch.setattr(childprobe, "PROBE_SCRIPT", READY + "import os; os.abort()")
     monkeypatch.setattr("fuselite.runtime.interpreter._load", lambda *a: pytest.fail("loaded"))
     with pytest.raises(BundleError, match="crashed the interpreter"):
         TfliteModel(model_bytes, num_threads=1, name="image model")
