@@ -163,11 +163,7 @@ register(
     TrainConfig(
         name="fashion-mnist",
         data="fashion-mnist",
-        # 28 px garments need no 4x4 stage: a third 128-channel block at 8x8, with
-        # shortcuts, keeps the int8 image model under 100 KB (about 59k weights).
-        blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1)),
         residual=True,
-        embed_dim=48,
         epochs=40,
         batch_size=128,
         cutout=0.25,
@@ -178,6 +174,13 @@ register(
         patience=8,
     )
 )
+# Under the 100 KB int8 budget: 28 px garments need no 4x4 stage, so a third
+# 128-channel block at 8x8 replaces it (62k parameters, int8 image model 91 kB).
+register(get_config("fashion-mnist").with_overrides(
+    name="fashion-mnist-small",
+    blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1)),
+    embed_dim=48,
+))
 register(
     TrainConfig(
         name="fashion-mnist-tiny",
