@@ -54,11 +54,11 @@ class Reader:
         """Position of field ``index`` of the table at ``table``, or None when absent."""
         vtable = table - self.unpack("<i", table)
         size = self.unpack("<H", vtable)
-        if size < 4 or size % 2:
+        if size % 2:
             raise ModelFormatError(f"table at offset {table} has a broken vtable")
         entry = 4 + 2 * index
-        if entry >= size:
-            return None
+        if entry >= size:  # a short vtable (even one of size 0) leaves the field absent,
+            return None  # as the flatbuffers library and the interpreter read it
         offset = self.unpack("<H", vtable + entry)
         return table + offset if offset else None
 

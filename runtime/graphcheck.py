@@ -17,7 +17,10 @@ SIGSEGV in the first invoke).  A re-signed bundle can carry any such graph, so
 * a tensor with more than one producer;
 * an operator writing a subgraph input or a constant (buffer-backed) tensor;
 * an operator reading a tensor that only a later operator writes (the interpreter
-  runs operators in the stored order, so that must be a topological order).
+  runs operators in the stored order, so that must be a topological order);
+* a tensor declared larger than 1 GiB: the interpreter allocates what the shape
+  says (the fuzz's ``shape-huge`` on an activation took 16 s and 6 GB before the model
+  ran), which no board has room for.
 
 What no static check sees (type rules, kernel bugs) is left to the child-process
 load probe of ``runtime/childprobe.py``.
@@ -35,6 +38,10 @@ from fuselite.bundle import BundleError
 from fuselite.flatbuffer import ModelFormatError, Reader
 
 REMEDY = "re-convert the bundle"
+MAX_TENSOR_BYTES = 2**30  # far above any edge model's tensor (a 4K float image: 100 MB)
+# Bits per element by TensorType, in the schema's order (FLOAT32, FLOAT16, INT32, ...,
+# INT4, BFLOAT16, INT2, UINT4, FLOAT8 x2); unknown types count as 8.
+ELEMENT_BITS = (32, 16, 32, 8, 64, 8, 8, 16, 64, 8, 64, 128, 64, 8, 8, 32, 16, 4, 16, 2, 4, 8, 8)
 OPTIONAL_TENSOR = -1  # kTfLiteOptionalTensor: an optional operator input left out
 CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM
 
@@ -55,6 +62,7 @@ class Subgraph:
     Attributes:
         buffers: The buffer index of each tensor.
         names: The name of each tensor (for messages).
+        sizes: The bytes each tensor's declared shape needs (negative dimensions skipped).
         inputs: Tensor indices of the subgraph's inputs.
         outputs: Tensor indices of its outputs.
         operators: Its operators, in execution order.
@@ -62,6 +70,7 @@ class Subgraph:
 
     buffers: tuple[int, ...]
     names: tuple[str, ...]
+    sizes: tuple[int, ...]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     operators: tuple[Operator, ...]
@@ -113,10 +122,23 @@ def _read_subgraph(reader: Reader, table: int) -> Subgraph:
     return Subgraph(
         buffers=tuple(reader.scalar(t, 2, "<I", 0) for t in tensors),  # Tensor.buffer
         names=tuple(reader.string(t, 3) or "" for t in tensors),  # Tensor.name
+        sizes=tuple(_declared_bytes(reader, t) for t in tensors),
         inputs=tuple(reader.ints(table, 1)),
         outputs=tuple(reader.ints(table, 2)),
         operators=operators,
     )
+
+
+def _declared_bytes(reader: Reader, tensor: int) -> int:
+    """Bytes of a Tensor's shape (field 0) at its type's (field 1) element size."""
+    count = 1
+    for dim in reader.ints(tensor, 0):
+        count *= max(dim, 1)  # negative (unknown) dimensions are the interpreter's to refuse
+        if count > MAX_TENSOR_BYTES * 8:  # too big already: stop before the number explodes
+            break
+    tensor_type = reader.scalar(tensor, 1, "<b", 0)
+    bits = ELEMENT_BITS[tensor_type] if 0 <= tensor_type < len(ELEMENT_BITS) else 8
+    return count * bits // 8
 
 
 def _holds_data(reader: Reader, buffer: int) -> bool:
@@ -149,16 +171,16 @@ def _subgraph_problems(sub: Subgraph, graph: Graph) -> Iterator[str]:
     if broken:  # the checks below follow the indices, so they need them in range
         yield from broken
         return
+    for tensor, size in enumerate(sub.sizes):
+        if size > MAX_TENSOR_BYTES:
+            yield (f"{_tensor(sub, tensor)} is declared {size / 2**30:.1f} GiB, more than any "
+                   f"board holds (at most 1 GiB a tensor)")
     producers: dict[int, int] = {}  # tensor -> the operator that writes it
     for j, op in enumerate(sub.operators):
         for tensor in op.outputs:
             yield from _output_problems(sub, graph, j, op, tensor, producers)
             producers[tensor] = j
-    for j, op in enumerate(sub.operators):
-        later = [t for t in op.inputs if producers.get(t, -1) > j]
-        if later:
-            yield (f"{_op(graph, j, op)} reads {_tensor(sub, later[0])} before operator "
-                   f"{producers[later[0]]} writes it (operators out of order)")
+    yield from _order_problems(sub, graph, producers)
 
 
 def _index_problems(sub: Subgraph, graph: Graph) -> Iterator[str]:
@@ -194,6 +216,16 @@ def _output_problems(sub: Subgraph, graph: Graph, j: int, op: Operator, tensor: 
         yield f"{what}, which is an input of the graph"
     elif graph.constant_buffers[sub.buffers[tensor]]:
         yield f"{what}, which is a constant"
+
+
+def _order_problems(sub: Subgraph, graph: Graph, producers: dict[int, int]) -> Iterator[str]:
+    """Operators reading a tensor that a later operator writes: the interpreter runs them
+    in stored order, so the reader would see memory nobody has written yet."""
+    for j, op in enumerate(sub.operators):
+        later = [t for t in op.inputs if producers.get(t, -1) > j]
+        if later:
+            yield (f"{_op(graph, j, op)} reads {_tensor(sub, later[0])} before operator "
+                   f"{producers[later[0]]} writes it (operators out of order)")
 
 
 def _numbered(count: int) -> str:

@@ -9,7 +9,7 @@ board does not have TensorFlow.
 bytes that :func:`fuselite.bundle.read_bundle` has already verified.  A bundle can be
 re-signed, so verified bytes may still hold a model that crashes the interpreter;
 before this process runs any of it, the model passes, in order: the flatbuffer
-header, the graph check (``graphcheck.py``: indices, producers, order), the
+header, the graph check (``graphcheck.py``: indices, writers, order, sizes), the
 quantization check (a delegate-free interpreter that only parses), and the load
 probe (``childprobe.py``: the real load in a child process, whose crash is a
 :class:`BundleError`, not ours).

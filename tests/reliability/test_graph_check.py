@@ -2,21 +2,23 @@
 
 ``runtime/graphcheck.py`` reads every subgraph by hand and refuses indices that point
 nowhere, an operator writing its own input, a graph input or a constant, two
-producers of one tensor, and operators out of order.  Hand-built two-operator chains
-(``flatbuffer_defects.chain_model``) hold one defect each; the colour bundle's real
-models, edited by ``flatbuffer_defects.defects``, show that the check refuses every
-index defect of a real graph and nothing that is not one.  The last test shows why
-the child-process probe is the backstop: the self-aliasing chain really segfaults the
-interpreter, and the probe turns that into a BundleError.
+producers of one tensor, operators out of order, and tensors declared larger than
+1 GiB.  Hand-built two-operator chains (``flatbuffer_defects.chain_model``) hold one
+defect each; the colour bundle's real models, edited by ``flatbuffer_defects.defects``,
+show that the check refuses every index defect and absurd shape of a real graph and
+nothing else.  One test shows why the child-process probe is the backstop: the
+self-aliasing chain really segfaults the interpreter, and the probe turns that into a
+BundleError.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from flatbuffer_defects import AXIS0, AXIS1, H, X, Y, chain_model, defects, mutated
+from flatbuffer_defects import AXIS0, AXIS1, FLOAT32, H, X, Y, chain_model, defects, mutated
 
 from fuselite.bundle import BundleError, read_bundle
+from fuselite.flatbuffer import ModelFormatError, Reader
 from fuselite.runtime import childprobe
 from fuselite.runtime.graphcheck import check_graph, graph_problems, read_graph
 from fuselite.runtime.interpreter import TfliteModel
@@ -99,6 +101,32 @@ def test_a_defect_in_a_later_subgraph_names_the_subgraph():
     assert message.startswith("text encoder: subgraph 1: operator 1 (EXPAND_DIMS) writes tensor 2")
 
 
+def test_a_tensor_declared_larger_than_a_board_holds_is_refused():
+    """The fuzz's shape 2**31 - 1 on an activation made the interpreter take 16 s and 6 GB."""
+    def huge(parts):
+        parts["tensors"][H] = ("h", [2**31 - 1, 1, 4], FLOAT32, 0)
+
+    assert refusal(chain_model(edit=huge)) == (
+        "text encoder: tensor 2 ('h') is declared 32.0 GiB, more than any board holds "
+        "(at most 1 GiB a tensor); re-convert the bundle")
+
+
+def test_a_shape_of_thousands_of_huge_dimensions_is_refused_quickly():
+    def many(parts):
+        parts["tensors"][H] = ("h", [2**31 - 1] * 5000, FLOAT32, 0)
+
+    assert "GiB, more than any board holds" in refusal(chain_model(edit=many))
+
+
+def test_a_table_whose_vtable_is_zeroed_reads_as_all_fields_absent():
+    """As the flatbuffers library reads it: the fuzz zeroed such vtables in models that
+    the interpreter loaded and ran correctly, so the reader must not refuse them."""
+    data = b"\x00\x00\x00\x00" + b"\x04\x00\x00\x00"  # a vtable of size 0, a table using it
+    assert Reader(data).field(4, 0) is None
+    with pytest.raises(ModelFormatError, match="broken vtable"):
+        Reader(b"\x03\x00\x00\x00" + b"\x04\x00\x00\x00").field(4, 0)
+
+
 def test_every_problem_is_listed_without_following_broken_indices():
     model = chain_model(operators=[(0, [X, 40], [H]), (5, [H, AXIS1], [H])])
     problems = list(graph_problems(read_graph(model)))
@@ -120,12 +148,14 @@ def colour_models(seed_bundles) -> dict[str, bytes]:
     return {"image model": bundle.model_bytes, "text encoder": bundle.text_encoder_bytes}
 
 
-INDEX_DEFECTS = ("input-out-of-range", "input-negative", "output-out-of-range",
+# The fuzz's defects the graph check sees: indices, and shapes of 2**31 - 1 elements.
+GRAPH_DEFECTS = ("input-out-of-range", "input-negative", "output-out-of-range",
                  "output-is-its-input", "opcode-out-of-range", "buffer-out-of-range",
-                 "graph-input-out-of-range", "graph-output-out-of-range", "graph-output-negative")
+                 "graph-input-out-of-range", "graph-output-out-of-range", "graph-output-negative",
+                 "shape-huge")
 
 
-def test_real_models_pass_and_every_index_defect_of_theirs_is_refused(colour_models):
+def test_real_models_pass_and_every_graph_defect_of_theirs_is_refused(colour_models):
     refused, passed = [], []
     for part, model in colour_models.items():
         check_graph(model, part)
@@ -136,8 +166,8 @@ def test_real_models_pass_and_every_index_defect_of_theirs_is_refused(colour_mod
                 refused.append(name)
             else:
                 passed.append(name)
-    assert {n.split(":")[-1] for n in refused} == set(INDEX_DEFECTS)
-    assert not [n for n in passed if n.split(":")[-1] in INDEX_DEFECTS]
+    assert {n.split(":")[-1] for n in refused} == set(GRAPH_DEFECTS)
+    assert not [n for n in passed if n.split(":")[-1] in GRAPH_DEFECTS]
     assert "roundtrip" in passed
 
 
