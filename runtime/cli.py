@@ -118,7 +118,7 @@ def _output_arguments(group) -> None:
         type=float,
         metavar="MIN",
         help="cut the video into files of MIN minutes, OUT-0001.mp4, OUT-0002.mp4... "
-        "(0: one file; default: 10 for cameras, streams and --loop, one file otherwise)",
+        "(0: one file; default: 10 for cameras and streams, one file for files and folders)",
     )
     group.add_argument(
         "--preview",

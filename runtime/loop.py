@@ -13,7 +13,9 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, AnnotatorOptions, RunOptions
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATS_WAKEUP_S = 0.5
 OUTPUT_QUEUE = 4  # annotated frames waiting for the writer thread (bounds memory and latency)
+NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # stands for a frame's image once no output needs it
 
 
 class SetupError(ValueError):
@@ -46,6 +49,9 @@ class RunSummary:
         seconds: Wall time of the loop.
         stopped_by: ``"end"`` (source ended), ``"max_frames"``, ``"signal"``,
             ``"window"`` (q pressed) or ``"output"`` (the JSONL reader went away).
+        cpu_s: CPU seconds of each thread of the pipeline: ``"capture"`` (reading and
+            preprocessing; decoder threads of the capture library not included),
+            ``"inference"`` (the loop: invoke, scoring) and ``"outputs"``.
     """
 
     frames: int
@@ -54,6 +60,7 @@ class RunSummary:
     reconnects: int
     seconds: float
     stopped_by: str
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 class Outputs:
@@ -73,6 +80,7 @@ class Outputs:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self.stop_reason: str | None = None
+        self.cpu_s = 0.0  # of the writer thread
         try:
             if options.video_out is not None:
                 self.video = VideoOutput(
@@ -114,6 +122,9 @@ class Outputs:
             if not self.display.show(drawn):
                 return "window"
         if self._thread is not None:
+            if self.video is None and self.preview is None:
+                frame = replace(frame, image=NO_PIXELS, model_input=None)  # free them now
+                drawn = None
             self._queue.put(("frame", frame, result, total_ms, status, drawn))
         return None
 
@@ -175,6 +186,7 @@ class Outputs:
                     self._write_frame(*item[1:])
             except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
                 self._error = exc
+            self.cpu_s = time.thread_time()
 
     def _write_frame(
         self, frame: Frame, result: AnnotationResult, total_ms: float, status: str, drawn
@@ -197,13 +209,13 @@ class Outputs:
 def segment_seconds(options: RunOptions, live: bool) -> float | None:
     """Length of the video's segments in seconds, or ``None`` for a single file.
 
-    ``video_segment_minutes`` ``None`` means automatic: runs that may last for days (a
-    live source, or a file with ``loop``) get files of :data:`DEFAULT_SEGMENT_MINUTES`;
-    a file or folder read once gets one file.  ``0`` always means one file.
+    ``video_segment_minutes`` ``None`` means automatic: a live source (a camera or
+    stream, which may run for days) gets files of :data:`DEFAULT_SEGMENT_MINUTES`; a
+    file or folder gets one file, even with ``loop``.  ``0`` always means one file.
     """
     minutes = options.video_segment_minutes
     if minutes is None:
-        minutes = DEFAULT_SEGMENT_MINUTES if live or options.loop else 0.0
+        minutes = DEFAULT_SEGMENT_MINUTES if live else 0.0
     return minutes * 60.0 if minutes else None
 
 
@@ -260,6 +272,7 @@ def _annotate_stream(
     stop: threading.Event,
 ) -> RunSummary:
     stats = RunStats(source.counters)
+    cpu_start = time.thread_time()
     period = 1.0 / options.fps_limit if options.fps_limit else 0.0
     next_report = time.monotonic() + options.stats_interval
     next_due = time.monotonic()
@@ -283,7 +296,10 @@ def _annotate_stream(
         if period and frame is not None:
             next_due = max(next_due + period, time.monotonic())
             stop.wait(max(0.0, next_due - time.monotonic()))
-    return _finish(stats, outputs, stopped_by)
+    inference_cpu_s = time.thread_time() - cpu_start
+    summary = _finish(stats, outputs, stopped_by)
+    cpu = {"capture": source.counters.cpu_s, "inference": inference_cpu_s, "outputs": outputs.cpu_s}
+    return replace(summary, cpu_s={name: round(value, 4) for name, value in cpu.items()})
 
 
 def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStats) -> str | None:

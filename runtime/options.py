@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Video segments of runs that may last for days (live sources, looping files).
+# Video segments of runs that may last for days (cameras and streams).
 DEFAULT_SEGMENT_MINUTES = 10.0
 
 
@@ -109,7 +109,7 @@ class RunOptions:
         video_segment_minutes: Cut the video into files of this many minutes of stream
             time, ``<stem>-0001.mp4``, ``<stem>-0002.mp4``...; ``0`` writes one file;
             ``None`` (auto) cuts every :data:`DEFAULT_SEGMENT_MINUTES` minutes for live
-            sources and looping files, and writes one file otherwise.
+            sources (cameras, streams) and writes one file for files and folders.
         preview_port: Serve an MJPEG preview on this port (0 picks a free one), or ``None``.
         preview_bind: Address the preview listens on; loopback unless you say otherwise.
         display: ``"auto"`` shows an on-screen window when a display and an OpenCV GUI

@@ -83,12 +83,15 @@ class SourceCounters:
         dropped: Live frames replaced by a newer one before they were annotated.
         skipped: Empty, corrupt or unreadable frames.
         reconnects: Successful reopenings after the source was lost.
+        cpu_s: CPU seconds of the capture thread so far (decoder threads that the
+            capture library runs on its own are not included).
     """
 
     read: int = 0
     dropped: int = 0
     skipped: int = 0
     reconnects: int = 0
+    cpu_s: float = 0.0
 
 
 class FrameSource:
@@ -229,6 +232,7 @@ class FrameSource:
         start = time.perf_counter()
         ok, image, media_ms, name = self.capture.read()
         capture_ms = (time.perf_counter() - start) * 1000.0
+        self.counters.cpu_s = time.thread_time()
         if not ok:
             return False
         index, self._index = self._index, self._index + 1
@@ -245,6 +249,7 @@ class FrameSource:
         frame = self._prepared(frame)
         if frame is not None:
             self._deliver(frame)
+        self.counters.cpu_s = time.thread_time()
         return True
 
     def _lean(self, step: int) -> None:

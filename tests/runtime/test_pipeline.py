@@ -48,7 +48,8 @@ def test_a_file_gets_every_frame_in_order_preprocessed_on_the_capture_thread(
     annotations = events(jsonl)
     assert summary.frames == 40 and summary.dropped == 0
     assert [e["frame"] for e in annotations] == list(range(40))
-    assert [e["timestamp_ms"] for e in annotations] == sorted(e["timestamp_ms"] for e in annotations)
+    stamps = [e["timestamp_ms"] for e in annotations]
+    assert stamps == sorted(stamps)
     assert [lab["label"] for lab in annotations[10]["labels"]] == ["red"]
     assert [lab["label"] for lab in annotations[-1]["labels"]] == ["blue"]
     for event in annotations:
@@ -59,6 +60,8 @@ def test_a_file_gets_every_frame_in_order_preprocessed_on_the_capture_thread(
     # The inference thread waits for nothing here, so the capture thread preprocesses.
     assert preprocess_threads["capture"] >= 30, preprocess_threads
     assert sum(preprocess_threads.values()) == 40
+    assert set(summary.cpu_s) == {"capture", "inference", "outputs"}
+    assert all(seconds > 0 for seconds in summary.cpu_s.values())
 
 
 def test_a_live_source_drops_stale_frames_and_counts_them(

@@ -110,9 +110,9 @@ def test_without_timestamps_each_frame_counts_one_over_fps(tmp_path):
     assert [count_frames(f) for f in video.files] == [5, 5, 2]
 
 
-def test_segments_by_default_only_for_runs_that_may_last_for_days():
+def test_segments_by_default_only_for_live_sources():
     assert segment_seconds(RunOptions("clip.mp4"), live=False) is None
-    assert segment_seconds(RunOptions("clip.mp4", loop=True), live=False) == 60 * DEFAULT_SEGMENT_MINUTES
+    assert segment_seconds(RunOptions("clip.mp4", loop=True), live=False) is None
     assert segment_seconds(RunOptions("0"), live=True) == 60 * DEFAULT_SEGMENT_MINUTES
     assert segment_seconds(RunOptions("0", video_segment_minutes=0), live=True) is None
     assert segment_seconds(RunOptions("clip.mp4", video_segment_minutes=2), live=False) == 120
