@@ -36,7 +36,8 @@ class Annotator:
 
     Create it with :meth:`create`; call :meth:`close` (or use ``with``) when done.
     One annotator serves one stream from one thread; :meth:`preprocess` alone may run
-    on another thread.
+    on another thread, and a pipeline may call :meth:`infer` and :meth:`postprocess`
+    from two threads (each from one, in frame order).
     """
 
     def __init__(
@@ -134,14 +135,37 @@ class Annotator:
         self, model_input: np.ndarray, timestamp_ms: float, preprocess_ms: float = 0.0
     ) -> AnnotationResult:
         """Annotates a model input made by :meth:`preprocess` (possibly on another thread)."""
-        if self._model is None:
+        output, inference_ms = self.infer(model_input)
+        return self.postprocess(output, timestamp_ms, preprocess_ms, inference_ms)
+
+    def infer(self, model_input: np.ndarray) -> tuple[np.ndarray, float]:
+        """Runs the image model alone: ``(its output, a copy; milliseconds taken)``.
+
+        With :meth:`postprocess` this splits :meth:`annotate_preprocessed` in two, so a
+        pipeline can run the model for one frame while another thread scores the last
+        one.  Call each of the two from one thread, and postprocess in frame order.
+
+        Raises:
+            ValueError: the annotator is closed.
+        """
+        model = self._model
+        if model is None:
             raise ValueError("the annotator is closed; create a new one")
+        start = time.perf_counter()
+        output = model.run(model_input)
+        return output, _ms_since(start)
+
+    def postprocess(
+        self,
+        output: np.ndarray,
+        timestamp_ms: float,
+        preprocess_ms: float = 0.0,
+        inference_ms: float = 0.0,
+    ) -> AnnotationResult:
+        """Scores, smooths and selects the labels of one :meth:`infer` output."""
         if timestamp_ms < self._last_timestamp_ms:
             self._smoother.reset()
         self._last_timestamp_ms = timestamp_ms
-        start = time.perf_counter()
-        output = self._model.run(model_input)
-        inference_ms = _ms_since(start)
         start = time.perf_counter()
         probabilities = self._scorer(output)
         scores, present = self._smoother.update(probabilities)

@@ -22,8 +22,7 @@ from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, AnnotatorOptions, 
 from fuselite.runtime.outputs import Display, JsonlWriter, VideoOutput, draw_overlay, event_record
 from fuselite.runtime.preprocess import frame_problem
 from fuselite.runtime.preview import MjpegPreview
-from fuselite.runtime.results import AnnotationResult
-from fuselite.runtime.sources import Frame, FrameSource, capture_for
+from fuselite.runtime.sources import Frame, FrameSource, capture_for, lower_thread_priority
 from fuselite.runtime.stats import RunStats, describe
 
 log = logging.getLogger(__name__)
@@ -64,14 +63,16 @@ class RunSummary:
 
 
 class Outputs:
-    """Every sink of one run, opened together and closed together.
+    """Every sink of one run, opened together and closed together, and the thread that
+    finishes each frame.
 
-    Writing happens on a thread of its own (``outputs``), so that formatting JSON,
-    drawing the overlay and encoding video overlap inference instead of adding to it.
-    Records keep their order through a small bounded queue; when the queue is full the
-    inference loop waits (every annotated frame reaches every sink).  The on-screen
-    window is the exception: GUI calls belong to the main thread, so with a window the
-    overlay is drawn and shown there, and only the encoding is handed over.
+    Scoring the model's output (scores, smoothing, labels), formatting JSON, drawing the
+    overlay and encoding video happen on a thread of its own (``outputs``), so they
+    overlap the next frame's inference instead of adding to it.  Frames keep their
+    order through a small bounded queue; when it is full the inference loop waits, so
+    every inferred frame reaches every sink.  The on-screen window is the exception:
+    GUI calls belong to the loop's thread, so with a window every frame is finished
+    there, as is everything when no sink is open.
     """
 
     def __init__(self, options: RunOptions, fps: float | None, live: bool = False) -> None:
@@ -79,6 +80,8 @@ class Outputs:
         self._queue: queue.Queue = queue.Queue(maxsize=OUTPUT_QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._annotator: Annotator | None = None
+        self._stats: RunStats | None = None
         self.stop_reason: str | None = None
         self.cpu_s = 0.0  # of the writer thread
         try:
@@ -97,48 +100,50 @@ class Outputs:
         except BaseException:
             self.close()
             raise
-        if self.jsonl or self.video or self.preview:
-            self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
-            self._thread.start()
 
     @property
     def visual(self) -> bool:
         """Whether any output shows pixels (so the overlay must be drawn)."""
         return bool(self.video or self.preview or self.display)
 
+    def start(self, annotator: Annotator, stats: RunStats) -> None:
+        """Starts the writer thread (when anything is written) for this annotator and stats."""
+        self._annotator, self._stats = annotator, stats
+        if self.display is None and (self.jsonl or self.video or self.preview):
+            self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
+            self._thread.start()
+
     def write(
-        self, frame: Frame, result: AnnotationResult, total_ms: float, status: str
+        self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
     ) -> str | None:
-        """Sends one annotated frame everywhere; returns a reason to stop, or ``None``.
+        """Finishes one inferred frame and sends it everywhere; returns a reason to stop.
 
         Raises what a sink raised for an earlier frame (e.g. a video that cannot be written).
         """
         self._raise_error()
         if self.stop_reason is not None:
             return self.stop_reason
-        drawn = None
-        if self.display is not None:
-            drawn = draw_overlay(frame.image, result, status)
-            if not self.display.show(drawn):
-                return "window"
-        if self._thread is not None:
-            if self.video is None and self.preview is None:
-                frame = replace(frame, image=NO_PIXELS, model_input=None)  # free them now
-                drawn = None
-            self._queue.put(("frame", frame, result, total_ms, status, drawn))
+        if self._thread is None:
+            self._finish_frame(frame, output, preprocess_ms, inference_ms)
+            return self.stop_reason
+        if self.video is None and self.preview is None:
+            frame = replace(frame, image=NO_PIXELS, model_input=None)  # free them now
+        self._queue.put(("frame", frame, output, preprocess_ms, inference_ms))
         return None
 
-    def write_stats(self, record: dict) -> None:
-        """Logs a stats record and sends it to the JSONL stream (in order) and the preview."""
-        log.info("%s", describe(record))
-        if self.preview is not None:
-            self.preview.set_stats(record)
-        if self.jsonl is None:
-            return
-        if self._thread is not None and self._thread.is_alive():
-            self._queue.put(("record", record))
-        else:
-            self.jsonl.write(record)
+    def write_stats(self, final: bool = False, **extra) -> dict | None:
+        """Writes a stats record (in order with the frames); the final one is returned.
+
+        A periodic record is made on the writer thread, so that it counts exactly the
+        frames written before it.
+        """
+        if self._thread is not None and not final:
+            self._queue.put(("stats",))
+            return None
+        record = self._stats.snapshot(final=final)
+        record.update(extra)
+        self._publish_stats(record)
+        return record
 
     def drain(self) -> None:
         """Waits until everything sent so far is written, and stops the writer thread.
@@ -176,30 +181,50 @@ class Outputs:
             raise error
 
     def _work(self) -> None:
+        lower_thread_priority()  # finishing frames can wait; inference is the bottleneck
         while (item := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep the queue moving so the loop never blocks on it
             try:
-                if item[0] == "record":
-                    self.jsonl.write(item[1])
+                if item[0] == "stats":
+                    self._publish_stats(self._stats.snapshot())
                 else:
-                    self._write_frame(*item[1:])
+                    self._finish_frame(*item[1:])
             except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
                 self._error = exc
             self.cpu_s = time.thread_time()
 
-    def _write_frame(
-        self, frame: Frame, result: AnnotationResult, total_ms: float, status: str, drawn
+    def _finish_frame(
+        self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
     ) -> None:
+        """Scores one frame's model output, counts it and writes it to every sink."""
+        result = self._annotator.postprocess(
+            output, frame.timestamp_ms, preprocess_ms, inference_ms
+        )
+        # From the moment the frame was read to its result; the read itself is left out
+        # because on a live source it is mostly waiting for the camera.
+        total_ms = (time.time() - frame.wall_time) * 1000.0
+        stats = self._stats
+        stats.record(total_ms, inference_ms)
         if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
             self.stop_reason = "output"
-        if self.video is None and self.preview is None:
+        if not self.visual:
             return
-        image = drawn if drawn is not None else draw_overlay(frame.image, result, status)
+        status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
+        image = draw_overlay(frame.image, result, status)
+        if self.display is not None and not self.display.show(image):
+            self.stop_reason = "window"
         if self.video is not None:
             self.video.write(image, frame.timestamp_ms, frame.index)
         if self.preview is not None:
             self.preview.publish(image)
+
+    def _publish_stats(self, record: dict) -> None:
+        log.info("%s", describe(record))
+        if self.preview is not None:
+            self.preview.set_stats(record)
+        if self.jsonl is not None:
+            self.jsonl.write(record)
 
     def _video_file_written(self, record: dict) -> None:
         if self.jsonl is not None:
@@ -272,26 +297,31 @@ def _annotate_stream(
     stop: threading.Event,
 ) -> RunSummary:
     stats = RunStats(source.counters)
+    outputs.start(annotator, stats)
     cpu_start = time.thread_time()
     period = 1.0 / options.fps_limit if options.fps_limit else 0.0
     next_report = time.monotonic() + options.stats_interval
     next_due = time.monotonic()
-    stopped_by = "signal"
+    inferred, stopped_by = 0, "signal"
     while not stop.is_set():
         # Wake up now and then even without frames, so stats keep coming during an outage.
         frame = source.next_frame(stop, timeout=STATS_WAKEUP_S)
         if frame is None and (source.ended or stop.is_set()):
             stopped_by = "end" if source.ended and not stop.is_set() else "signal"
             break
-        reason = _handle(frame, annotator, outputs, stats) if frame is not None else None
+        reason = None
+        if frame is not None:
+            reason = _handle(frame, annotator, outputs, stats)
+            inferred += reason != "skipped"
+            reason = None if reason == "skipped" else reason
         reason = reason or outputs.stop_reason
-        if reason is None and options.max_frames and stats.frames >= options.max_frames:
+        if reason is None and options.max_frames and inferred >= options.max_frames:
             reason = "max_frames"
         if reason is not None:
             stopped_by = reason
             break
         if options.stats_interval and time.monotonic() >= next_report:
-            outputs.write_stats(stats.snapshot())
+            outputs.write_stats()
             next_report = time.monotonic() + options.stats_interval
         if period and frame is not None:
             next_due = max(next_due + period, time.monotonic())
@@ -303,32 +333,25 @@ def _annotate_stream(
 
 
 def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStats) -> str | None:
-    """Annotates one frame and writes it out; returns a reason to stop, or ``None``."""
+    """Runs the model on one frame and hands it on; returns a reason to stop, ``"skipped"``
+    for an unusable frame, or ``None``."""
     if frame.model_input is not None:
-        result = annotator.annotate_preprocessed(
-            frame.model_input, frame.timestamp_ms, frame.preprocess_ms
-        )
+        model_input, preprocess_ms = frame.model_input, frame.preprocess_ms
     elif frame_problem(frame.image) is not None:
         stats.skipped += 1
-        return None
-    else:
-        result = annotator.annotate(frame.image, frame.timestamp_ms)
-    # From the moment the frame was read; the read itself is left out because on a
-    # live source it is mostly waiting for the camera.
-    total_ms = (time.time() - frame.wall_time) * 1000.0
-    stats.record(total_ms, result.latency.inference_ms)
-    status = (
-        f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}" if outputs.visual else ""
-    )
-    return outputs.write(frame, result, total_ms, status)
+        return "skipped"
+    else:  # the capture thread left the preprocessing to this one (see sources.py)
+        start = time.perf_counter()
+        model_input = annotator.preprocess(frame.image)
+        preprocess_ms = (time.perf_counter() - start) * 1000.0
+    output, inference_ms = annotator.infer(model_input)
+    return outputs.write(frame, output, preprocess_ms, inference_ms)
 
 
 def _finish(stats: RunStats, outputs: Outputs, stopped_by: str) -> RunSummary:
     outputs.drain()
     outputs.close_video()
-    record = stats.snapshot(final=True)
-    record["stopped_by"] = stopped_by
-    outputs.write_stats(record)
+    record = outputs.write_stats(final=True, stopped_by=stopped_by)
     return RunSummary(
         frames=stats.frames,
         dropped=record["dropped"],

@@ -213,3 +213,18 @@ def test_preprocess_can_run_apart_from_annotate(fp32_bundle):
         result = annotator.annotate_preprocessed(model_input, 0, preprocess_ms=1.5)
     assert labels_of(result) == ["blue"]
     assert result.latency.preprocess_ms == 1.5
+
+
+def test_infer_and_postprocess_split_annotate_preprocessed(int8_bundle):
+    options = AnnotatorOptions(int8_bundle, smoothing=0.5, hysteresis=0.05)
+    with Annotator.create(options) as whole, Annotator.create(options) as split:
+        for t, colour in enumerate([RED, RED, BLUE, BLUE, BLUE]):
+            model_input = whole.preprocess(solid(colour))
+            expected = whole.annotate_preprocessed(model_input, t * 40.0)
+            output, inference_ms = split.infer(model_input)
+            result = split.postprocess(output, t * 40.0, 0.0, inference_ms)
+            assert labels_of(result) == labels_of(expected)
+            assert result.scores == pytest.approx(expected.scores)
+            assert result.latency.inference_ms == inference_ms
+    with pytest.raises(ValueError, match="closed"):
+        split.infer(model_input)
