@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import sys
 import threading
 import time
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from runtime_helpers import BLUE, RED, ScriptedCapture, SyntheticCamera, events, solid, write_clip
 
-from fuselite.runtime import AnnotatorOptions, RunOptions, run
+from fuselite.runtime import AnnotatorOptions, RunOptions, run, sources
 from fuselite.runtime import loop as run_loop
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.outputs import VideoOutput
@@ -163,3 +165,23 @@ def test_without_a_visual_output_frames_are_not_drawn_on(fp32_bundle, monkeypatc
     run(RunOptions("clip", jsonl=tmp_path / "e.jsonl"), AnnotatorOptions(fp32_bundle))
     assert drawn == []
     assert all(np.array_equal(f, solid(RED)) for f in frames)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_helper_threads_of_a_file_run_yield_the_cpu_to_inference(fp32_bundle, red_blue_clip):
+    seen = {}
+
+    def spy():
+        name = threading.current_thread().name
+        seen[name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        original()
+        seen[name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - seen[name]
+
+    original = sources.lower_thread_priority
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sources, "lower_thread_priority", spy)
+        patch.setattr(run_loop, "lower_thread_priority", spy)
+        run(RunOptions(str(red_blue_clip), jsonl=os.devnull), AnnotatorOptions(fp32_bundle))
+    assert seen == {"capture": sources.HELPER_NICE, "outputs": sources.HELPER_NICE}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # unchanged
