@@ -55,10 +55,13 @@ class Capture(Protocol):
 class OpenCVCapture:
     """A V4L2 camera, a video file, or an RTSP/HTTP stream read by OpenCV's FFmpeg."""
 
-    def __init__(self, target: int | str, live: bool, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, target: int | str, live: bool, timeout_s: float = 5.0, decode_threads: int = 0
+    ) -> None:
         self.target = target
         self.live = live
         self.timeout_ms = int(timeout_s * 1000)
+        self.decode_threads = decode_threads
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.fps: float | None = None
         self._capture = None
@@ -86,6 +89,10 @@ class OpenCVCapture:
             cv2.CAP_PROP_READ_TIMEOUT_MSEC,
             self.timeout_ms,
         ]
+        if self.decode_threads:
+            # FFmpeg's default, one decoder thread per core, takes turns with the
+            # interpreter's threads on a small board; fewer decoder threads leave it its cores.
+            params += [cv2.CAP_PROP_N_THREADS, self.decode_threads]
         return cv2.VideoCapture(self.target, cv2.CAP_FFMPEG, params)
 
     def read(self) -> tuple[bool, np.ndarray | None, float | None, str | None]:
@@ -192,12 +199,13 @@ def picamera2_available() -> bool:
     return True
 
 
-def capture_for(spec: str, stream_timeout: float = 5.0) -> Capture:
+def capture_for(spec: str, stream_timeout: float = 5.0, decode_threads: int = 0) -> Capture:
     """Chooses the capture for a ``--source`` value.
 
     ``0``/``1``... is a V4L2 camera; ``picamera2`` (or ``picamera2:1280x720``) the Pi
     camera; ``camera`` the Pi camera when picamera2 imports, else camera 0; a URL a
-    stream; a folder its images; any other existing path a video file.
+    stream; a folder its images; any other existing path a video file.  Streams and
+    files are decoded by FFmpeg with ``decode_threads`` threads (0: FFmpeg's choice).
     """
     spec = str(spec).strip()
     if spec.isdigit():
@@ -211,12 +219,14 @@ def capture_for(spec: str, stream_timeout: float = 5.0) -> Capture:
         size = (int(match[1]), int(match[2])) if match[1] else (640, 480)
         return Picamera2Capture(size)
     if spec.lower().startswith(STREAM_SCHEMES):
-        return OpenCVCapture(spec, live=True, timeout_s=stream_timeout)
+        return OpenCVCapture(spec, live=True, timeout_s=stream_timeout, decode_threads=decode_threads)
     path = Path(spec)
     if path.is_dir():
         return FolderCapture(path)
     if path.is_file():
-        return OpenCVCapture(str(path), live=False, timeout_s=stream_timeout)
+        return OpenCVCapture(
+            str(path), live=False, timeout_s=stream_timeout, decode_threads=decode_threads
+        )
     raise SourceError(
         f"source {spec!r} is not a camera index, 'picamera2', a URL, a folder or an existing file"
     )

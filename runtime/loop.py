@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import signal
 import threading
 import time
@@ -18,18 +17,29 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from fuselite.runtime.annotator import Annotator
-from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, AnnotatorOptions, RunOptions
+from fuselite.runtime.handoff import LazyHandoff
+from fuselite.runtime.options import (
+    DEFAULT_SEGMENT_MINUTES,
+    AnnotatorOptions,
+    RunOptions,
+    default_decode_threads,
+)
 from fuselite.runtime.outputs import Display, JsonlWriter, VideoOutput, draw_overlay, event_record
 from fuselite.runtime.preprocess import frame_problem
 from fuselite.runtime.preview import MjpegPreview
-from fuselite.runtime.sources import Frame, FrameSource, capture_for, lower_thread_priority
+from fuselite.runtime.sources import (
+    NO_PIXELS,
+    Frame,
+    FrameSource,
+    capture_for,
+    lower_thread_priority,
+)
 from fuselite.runtime.stats import RunStats, describe
 
 log = logging.getLogger(__name__)
 
 STATS_WAKEUP_S = 0.5
 OUTPUT_QUEUE = 4  # annotated frames waiting for the writer thread (bounds memory and latency)
-NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # stands for a frame's image once no output needs it
 
 
 class SetupError(ValueError):
@@ -77,7 +87,7 @@ class Outputs:
 
     def __init__(self, options: RunOptions, fps: float | None, live: bool = False) -> None:
         self.jsonl = self.video = self.preview = self.display = None
-        self._queue: queue.Queue = queue.Queue(maxsize=OUTPUT_QUEUE)
+        self._queue = LazyHandoff(maxsize=OUTPUT_QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._annotator: Annotator | None = None
@@ -126,8 +136,8 @@ class Outputs:
         if self._thread is None:
             self._finish_frame(frame, output, preprocess_ms, inference_ms)
             return self.stop_reason
-        if self.video is None and self.preview is None:
-            frame = replace(frame, image=NO_PIXELS, model_input=None)  # free them now
+        if self.video is None and self.preview is None and frame.image is not NO_PIXELS:
+            frame = replace(frame, image=NO_PIXELS)  # no sink needs the pixels: free them now
         self._queue.put(("frame", frame, output, preprocess_ms, inference_ms))
         return None
 
@@ -138,7 +148,7 @@ class Outputs:
         frames written before it.
         """
         if self._thread is not None and not final:
-            self._queue.put(("stats",))
+            self._queue.put(("stats",), urgent=True)
             return None
         record = self._stats.snapshot(final=final)
         record.update(extra)
@@ -151,7 +161,7 @@ class Outputs:
         Raises what a sink raised on the way.
         """
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.put(None, urgent=True)
             self._thread.join()
             self._thread = None
         self._raise_error()
@@ -256,8 +266,11 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
     with _stop_on_signals(stop), contextlib.ExitStack() as stack:
         with _setup_errors():
             annotator = stack.enter_context(Annotator.create(annotator_options))
+            decode_threads = options.decode_threads
+            if decode_threads is None:
+                decode_threads = default_decode_threads(annotator_options.num_threads)
             source = FrameSource(
-                capture_for(options.source, options.stream_timeout),
+                capture_for(options.source, options.stream_timeout, decode_threads),
                 drop_stale=options.drop_stale,
                 loop=options.loop,
                 reconnect_delay=options.reconnect_delay,
@@ -267,6 +280,9 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
             stack.enter_context(source)
             outputs = Outputs(options, options.fps_limit or source.fps, source.live)
             stack.callback(outputs.close)
+            # Without a video, preview or window, a frame's pixels are dropped as soon as
+            # the model input is made: the queues then hold no 640x480 images.
+            source.keep_pixels = outputs.visual
         return _annotate_stream(source, annotator, outputs, options, stop)
 
 

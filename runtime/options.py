@@ -19,6 +19,11 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def default_decode_threads(interpreter_threads: int) -> int:
+    """Video decoder threads when none are given: the cores the interpreter leaves free, at least 1."""
+    return max(1, (os.cpu_count() or 1) - interpreter_threads)
+
+
 def _as_tuple(value, name: str) -> tuple[str, ...]:
     if isinstance(value, str):
         raise TypeError(f"{name} must be a list of label texts, not one string {value!r}")
@@ -126,6 +131,9 @@ class RunOptions:
             it doubles on every failed attempt.
         reconnect_max_delay: Longest wait between reconnect attempts, in seconds.
         stream_timeout: Seconds without a frame before a stream counts as lost.
+        decode_threads: FFmpeg decoder threads for files and streams; ``None`` (auto)
+            uses the cores the interpreter leaves free, at least 1
+            (:func:`default_decode_threads`); ``0`` lets FFmpeg choose (one per core).
     """
 
     source: str
@@ -143,6 +151,7 @@ class RunOptions:
     reconnect_delay: float = 0.5
     reconnect_max_delay: float = 10.0
     stream_timeout: float = 5.0
+    decode_threads: int | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
@@ -169,3 +178,11 @@ class RunOptions:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
         if self.stream_timeout == 0:
             raise ValueError("stream_timeout must be more than 0 seconds")
+        if self.decode_threads is not None and (
+            isinstance(self.decode_threads, bool)
+            or not isinstance(self.decode_threads, int)
+            or self.decode_threads < 0
+        ):
+            raise ValueError(
+                f"decode_threads must be a whole number, 0 for FFmpeg's choice, not {self.decode_threads!r}"
+            )

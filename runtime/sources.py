@@ -47,7 +47,11 @@ __all__ = ["Frame", "FrameSource", "SourceCounters", "SourceError", "capture_for
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 4
+NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # stands for a frame's image once no output needs it
 POLL_SECONDS = 0.1
+# How often a capture thread waiting on a full queue looks for room; well under the
+# time QUEUE_SIZE frames take to infer, so the queue never runs dry.
+FULL_QUEUE_POLL_SECONDS = 0.004
 BALANCE_LIMIT = 8  # how many waits of one side outweigh the other's, to avoid flapping
 # Niceness added to helper threads whose work can wait, so that on a busy CPU the
 # scheduler favours the inference thread (the bottleneck on a board).
@@ -136,6 +140,9 @@ class FrameSource:
         self.reconnect_delay = reconnect_delay
         self.reconnect_max_delay = max(reconnect_delay, reconnect_max_delay)
         self.prepare = prepare
+        # Whether frames keep their pixels once the model input is made (outputs that
+        # draw need them); the loop sets it once it knows its outputs.
+        self.keep_pixels = True
         # > 0: the consumer is the bottleneck, so the capture thread preprocesses (the
         # starting assumption: inference is the slow stage on a board).
         self._balance = 1
@@ -199,9 +206,10 @@ class FrameSource:
                 self._lean(-1)  # the consumer waits: it has time to preprocess
             while True:
                 if self._frames:
-                    frame = self._frames.popleft()
-                    self._cond.notify_all()
-                    return frame
+                    # No wake-up for a capture thread waiting on a full queue: it looks
+                    # again every FULL_QUEUE_POLL_SECONDS, which spares this thread, the
+                    # bottleneck, a system call per frame (see handoff.py).
+                    return self._frames.popleft()
                 if self._error is not None:
                     raise self._error
                 if self._ended or self._closed.is_set() or (stop is not None and stop.is_set()):
@@ -286,7 +294,8 @@ class FrameSource:
             log.debug("%s: skipping frame %d: %s", self.capture.name, frame.index, exc)
             return None
         preprocess_ms = (time.perf_counter() - start) * 1000.0
-        return replace(frame, model_input=model_input, preprocess_ms=preprocess_ms)
+        image = frame.image if self.keep_pixels else NO_PIXELS
+        return replace(frame, image=image, model_input=model_input, preprocess_ms=preprocess_ms)
 
     def _deliver(self, frame: Frame) -> None:
         with self._cond:
@@ -299,7 +308,7 @@ class FrameSource:
                 if len(self._frames) >= QUEUE_SIZE:
                     self._lean(+1)  # the capture thread waits: it has time to preprocess
                 while len(self._frames) >= QUEUE_SIZE and not self._closed.is_set():
-                    self._cond.wait(POLL_SECONDS)
+                    self._cond.wait(FULL_QUEUE_POLL_SECONDS)
             self._frames.append(frame)
             self._cond.notify_all()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from fuselite.runtime.captures import (
     SourceError,
     capture_for,
 )
+from fuselite.runtime.options import default_decode_threads
 from fuselite.runtime.sources import FrameSource
 
 
@@ -144,6 +146,35 @@ def test_a_looping_file_source_replays_from_the_start(red_blue_clip):
         frames = [source.next_frame(stop) for _ in range(100)]
     assert all(f is not None for f in frames)
     assert frames[40].timestamp_ms < frames[39].timestamp_ms  # the media clock restarted
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_video_files_are_decoded_with_the_decoder_threads_asked_for(red_blue_clip, threads):
+    capture = capture_for(str(red_blue_clip), decode_threads=threads)
+    capture.open()
+    try:
+        assert capture._capture.get(cv2.CAP_PROP_N_THREADS) == threads
+        assert capture.read()[0]
+    finally:
+        capture.release()
+
+
+def test_the_default_decoder_threads_leave_the_interpreter_its_cores(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    assert [default_decode_threads(n) for n in (1, 2, 4, 8)] == [3, 2, 1, 1]
+
+
+def test_without_outputs_that_draw_frames_drop_their_pixels_once_preprocessed():
+    capture = ScriptedCapture(numbered(30), live=False)
+    source = FrameSource(capture, prepare=lambda image: image[:2, :2].copy())
+    source.keep_pixels = False
+    with source:
+        frames = drain(source, per_frame=0.01)  # a slow consumer: the capture thread prepares
+    prepared = [f for f in frames if f.model_input is not None]
+    assert len(frames) == 30 and len(prepared) >= 20
+    assert all(f.image.size == 0 for f in prepared)
+    # A frame left for the consumer to preprocess keeps its pixels, or it could not.
+    assert all(f.image.size > 0 for f in frames if f.model_input is None)
 
 
 def test_source_specs_map_to_the_right_capture(tmp_path, red_blue_clip):

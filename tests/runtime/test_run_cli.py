@@ -219,8 +219,12 @@ def test_a_bad_bundle_gets_one_clear_error_line_and_exit_2(
         (["--allow", "purple"], "its labels are: red, green, blue, gray"),
         (["--video-out", "out.gif"], "must end in one of"),
         (["--labels", " , "], "at least one"),
+        (["--decode-threads", "-1"], "decode_threads"),
     ],
-    ids=["missing-source", "zero-threads", "unknown-allow-label", "gif-video", "blank-labels"],
+    ids=[
+        "missing-source", "zero-threads", "unknown-allow-label", "gif-video", "blank-labels",
+        "negative-decode-threads",
+    ],
 )
 def test_user_mistakes_get_one_line_and_exit_2(
     fp32_bundle, red_blue_clip, tmp_path, arguments, message
