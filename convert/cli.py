@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-samples", type=int, default=0, help="test images to check on (0: all)")
     parser.add_argument(
         "--finetune-steps", type=int, default=None,
-        help="fine-tuning steps of pruned and clustered variants (default: about 7 epochs of "
+        help="fine-tuning steps of pruned, clustered and qat variants (default: about 7 epochs of "
              "the run's training split, at least 500)",
     )
     parser.add_argument("--list", type=Path, metavar="DIR", help="only list the bundles in DIR with their sizes")

@@ -1,4 +1,4 @@
-"""Weight pruning and weight clustering of the image tower with TensorFlow Model Optimization.
+"""Pruning, clustering and quantization-aware training of the image tower (TensorFlow Model Optimization).
 
 The pointwise (1x1) convolutions and the projection hold nearly all weights, so
 they are the ones compressed; the stem and the depthwise 3x3 kernels are small and
@@ -7,13 +7,18 @@ sensitive and stay as they are.  Batch-norm statistics are frozen.
 * ``prune``: magnitude pruning; sparsity ramps up polynomially over the first 70 %
   of the fine-tuning steps, then holds while the network recovers.
 * ``cluster``: each compressed kernel shares ``clusters`` values (k-means++ start).
+* ``qat``: quantization-aware training.  ``quantize_model`` refuses the tower (its
+  default 8-bit registry has no Rescaling or UnitNormalization, and it would put a
+  fake-quant on the uint8 input), so only the layers of :func:`quantizable` are
+  annotated.  The rest trains in float; the converter calibrates it as for ``int8``.
 
-Both fine-tune with a loss that keeps the task and the geometry: the run's label
+All three fine-tune with a loss that keeps the task and the geometry: the run's label
 loss against the frozen label embeddings and scorer (binary cross-entropy for tags,
 softmax for single labels), plus a distillation term pulling each embedding towards
 the original tower's embedding of the same augmented image.  Stripping the wrappers
 afterwards leaves a plain tf_keras model, ready for the same int8 conversion.  Zeros
-and shared values only shrink a file once it is compressed (gzip, zip).
+and shared values only shrink a file once it is compressed (gzip, zip).  A QAT tower
+keeps its wrappers: the converter reads their fake-quant ranges.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from fuselite.train.model import image_similarity
 
 log = logging.getLogger(__name__)
 
-METHODS = ("prune", "cluster")
+METHODS = ("prune", "cluster", "qat")
 RAMP_SHARE = 0.7  # share of the steps over which sparsity rises to its target
 
 
@@ -61,13 +66,36 @@ def compressible(layer) -> bool:
     return type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1)
 
 
+def quantizable(layer) -> bool:
+    """Whether ``layer`` is trained with fake quantization by the ``qat`` method.
+
+    Convolutions and the projection are what TFMOT quantizes.  Batch norm, ReLU and
+    Add are annotated too: TFMOT then matches its Conv+BN+ReLU pattern and quantizes
+    once after the ReLU, as the fused int8 TFLite kernel does, instead of between
+    the convolution and a float batch norm.
+    """
+    return isinstance(layer, _QUANTIZABLE)
+
+
+_QUANTIZABLE = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.Dense,
+    keras.layers.BatchNormalization,
+    keras.layers.ReLU,
+    keras.layers.Add,
+)
+
+
 def compress_image_encoder(
     method: str, run, train_data, label_embeddings: np.ndarray, settings: CompressSettings
 ) -> tuple[keras.Model, dict]:
-    """Prunes or clusters a fine-tuned copy of ``run.image_encoder``; returns it stripped, with a report.
+    """Prunes, clusters or quantization-aware trains a fine-tuned copy of ``run.image_encoder``.
 
-    ``run`` is a :class:`fuselite.train.run.TrainedRun`, ``train_data`` its training
-    split and ``label_embeddings`` the text tower's embeddings of ``run.labels``.
+    Returns the model to convert (stripped of pruning or clustering wrappers; a QAT
+    model as it is) and a report for the bundle's provenance.  ``run`` is a
+    :class:`fuselite.train.run.TrainedRun`, ``train_data`` its training split and
+    ``label_embeddings`` the text tower's embeddings of ``run.labels``.
     """
     import tensorflow_model_optimization as tfmot
 
@@ -77,6 +105,8 @@ def compress_image_encoder(
     wrapped = _wrap(run.image_encoder, method, settings)
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()] if method == "prune" else []
     loss = _fine_tune(wrapped, run, train_data, label_embeddings, settings, callbacks)
+    if method == "qat":
+        return wrapped, _qat_report(run, settings, loss, started)
     if method == "prune":
         stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     else:
@@ -104,9 +134,30 @@ def compress_image_encoder(
     return stripped, report
 
 
+def _qat_report(run, settings: CompressSettings, loss: float, started: float) -> dict:
+    """What quantization-aware training did, for the bundle's provenance."""
+    import tensorflow_model_optimization as tfmot
+
+    report = {
+        "method": "qat",
+        "api": _API["qat"],
+        "layers": [layer.name for layer in run.image_encoder.layers if quantizable(layer)],
+        "steps": settings.steps,
+        "learning_rate": settings.learning_rate,
+        "distill_weight": settings.distill_weight,
+        "final_loss": loss,
+        "tfmot": tfmot.__version__,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    log.info("quantization-aware trained for %d steps in %.0f s", settings.steps, report["seconds"])
+    return report
+
+
 _API = {
     "prune": "tfmot.sparsity.keras.prune_low_magnitude (PolynomialDecay), strip_pruning",
     "cluster": "tfmot.clustering.keras.cluster_weights (k-means++), strip_clustering",
+    "qat": "tfmot.quantization.keras.quantize_annotate_layer (supported layers), quantize_apply "
+    "(Default8BitQuantizeScheme)",
 }
 
 
@@ -124,7 +175,11 @@ def layers_max_unique(model: keras.Model) -> int:
 
 def _wrap(model: keras.Model, method: str, settings: CompressSettings) -> keras.Model:
     """A copy of ``model`` with its compressible layers wrapped; the original stays untouched."""
-    wrap_layer = _pruner(settings) if method == "prune" else _clusterer(settings)
+    if method == "qat":
+        wrap_layer, selected = _annotator(), quantizable
+    else:
+        wrap_layer = _pruner(settings) if method == "prune" else _clusterer(settings)
+        selected = compressible
     # clone_model's clone_function sees the layers of its input; wrapping them would
     # share weights with that input, so the first copy is a throwaway.
     base = keras.models.clone_model(model)
@@ -133,9 +188,25 @@ def _wrap(model: keras.Model, method: str, settings: CompressSettings) -> keras.
     def wrap(layer):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False  # keeps the moving statistics of the trained run
-        return wrap_layer(layer) if compressible(layer) else layer
+        return wrap_layer(layer) if selected(layer) else layer
 
-    return keras.models.clone_model(base, clone_function=wrap)
+    wrapped = keras.models.clone_model(base, clone_function=wrap)
+    return _quantize_apply(wrapped) if method == "qat" else wrapped
+
+
+def _annotator():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot.quantization.keras.quantize_annotate_layer
+
+
+def _quantize_apply(annotated: keras.Model) -> keras.Model:
+    """Replaces the annotations with fake-quant wrappers (TFMOT's default 8-bit scheme)."""
+    import tensorflow_model_optimization as tfmot
+
+    # quantize_apply clones the annotated model, whose wrappers it knows only in this scope.
+    with tfmot.quantization.keras.quantize_scope():
+        return tfmot.quantization.keras.quantize_apply(annotated)
 
 
 def _pruner(settings: CompressSettings):

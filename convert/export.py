@@ -1,6 +1,7 @@
 """A trained run -> one checked, self-describing ``<variant>.tflite`` bundle per variant.
 
-For each variant: convert the image tower (pruning it first for ``pruned-*``), run
+For each variant: convert the image tower (pruning, clustering or quantization-aware
+training it first for ``pruned-int8``, ``clustered-int8`` and ``qat-int8``), run
 the flatbuffer in ai-edge-litert on the test split and compare it with the Keras
 model it came from, read its op list and the runtimes that load it, then pack the
 bundle (:mod:`fuselite.bundle`) and write it atomically.  A variant whose numbers
@@ -43,7 +44,7 @@ class ConvertOptions:
         num_threads: Interpreter threads for the numeric checks.
         calibration_samples: Training images that calibrate full-integer variants.
         eval_samples: Test images for the numeric checks (0: the whole test split).
-        finetune_steps: Fine-tuning steps of pruned and clustered variants; ``None``
+        finetune_steps: Fine-tuning steps of pruned, clustered and QAT variants; ``None``
             means :func:`auto_finetune_steps` of the run's training split.
         seed: Seeds sampling and fine-tuning.
     """
@@ -163,7 +164,7 @@ class Converter:
     def _keras_model(self, variant: Variant):
         """The Keras image tower to convert for ``variant`` and what it adds to the manifest.
 
-        A pruned or clustered tower is fine-tuned once and shared by the variants that use it.
+        A pruned, clustered or QAT tower is fine-tuned once and shared by the variants that use it.
         """
         method = variant.compression
         if method == "none":
@@ -353,6 +354,7 @@ _REFERENCES = {
     "none": "Keras image tower",
     "prune": "pruned, fine-tuned Keras image tower",
     "cluster": "clustered, fine-tuned Keras image tower",
+    "qat": "quantization-aware trained Keras image tower (fake-quant)",
 }
 
 

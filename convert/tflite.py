@@ -53,10 +53,17 @@ def float_input_copy(model: keras.Model) -> keras.Model:
 
     The full-integer converter quantizes a float input; a uint8 input would stay a
     float CAST in front of the integer graph.
+    Quantization-aware (TFMOT) towers are copied with their fake-quant ranges, which
+    the converter then uses for the tensors they cover.
     """
+    import tensorflow_model_optimization as tfmot
+
     shape = model.input_shape[1:]
     inputs = keras.Input(shape, dtype="float32", name=model.input_names[0])
-    copy = keras.models.clone_model(model, input_tensors=inputs)
+    # Cloning rebuilds layers from their configs; a quantization-aware tower's
+    # wrappers and quantize configs are only known by name inside this scope.
+    with tfmot.quantization.keras.quantize_scope():
+        copy = keras.models.clone_model(model, input_tensors=inputs)
     copy.set_weights(model.get_weights())
     return copy
 

@@ -6,7 +6,8 @@ converted, checked and tested without touching anything else.  This module impor
 no TensorFlow: ``fuselite convert --help`` lists the table without it.
 
 Tolerances compare a variant's TFLite model with the Keras model it was converted
-from (for ``pruned-int8`` that is the pruned, fine-tuned model), on the test split:
+from (for ``pruned-int8`` that is the pruned, fine-tuned model, for ``qat-int8`` the
+quantization-aware trained one), on the test split:
 ``min_agreement`` is the share of images whose top-scoring label is the same, and
 ``max_score_error`` is the largest absolute difference of any label probability.
 Full-integer variants are given 0.85: on multi-label scenes several labels sit near
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from fuselite.errors import UserError
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-COMPRESSIONS = ("none", "prune", "cluster")
+COMPRESSIONS = ("none", "prune", "cluster", "qat")
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,10 @@ class Variant:
             integer, calibrated on training images; uint8 input, int8 output).
         per_channel: Per-channel weight scales (TFLite's default); ``False`` uses one
             scale per tensor, which saves the per-channel parameters in small models.
-        compression: ``"prune"`` (magnitude pruning to ``--sparsity``) or ``"cluster"``
-            (weight clustering) of the image tower, with fine-tuning, before
-            conversion; ``"none"`` converts the trained weights as they are.
+        compression: ``"prune"`` (magnitude pruning to ``--sparsity``), ``"cluster"``
+            (weight clustering) or ``"qat"`` (quantization-aware training) of the
+            image tower, with fine-tuning, before conversion; ``"none"`` converts
+            the trained weights as they are.
         default: Converted when ``--variants`` is not given.
         min_agreement: Lowest acceptable top-label agreement with the Keras model.
         max_score_error: Largest acceptable absolute probability difference.
@@ -89,6 +91,8 @@ _TABLE = (
             "int8", per_channel=False, default=False, min_agreement=0.8, max_score_error=0.3),
     Variant("clustered-int8", "weights clustered to 16 shared values per kernel (TFMOT), fine-tuned, "
             "stripped, then full int8", "int8", compression="cluster", default=False),
+    Variant("qat-int8", "quantization-aware fine-tuning of the conv and dense layers (TFMOT), then full int8",
+            "int8", compression="qat", default=False),
 )
 VARIANTS: dict[str, Variant] = {v.name: v for v in _TABLE}
 
