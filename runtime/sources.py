@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 QUEUE_SIZE = 4
 NO_PIXELS = np.zeros((0, 0, 3), np.uint8)  # stands for a frame's image once no output needs it
 POLL_SECONDS = 0.1
-# How often a capture thread waiting on a full queue looks for room; well under the
-# time QUEUE_SIZE frames take to infer, so the queue never runs dry.
+# How soon a capture thread waiting on a full queue first looks for room again (then
+# ever less often, up to POLL_SECONDS): well under the time QUEUE_SIZE frames take to
+# infer, so the queue never runs dry.
 FULL_QUEUE_POLL_SECONDS = 0.004
 BALANCE_LIMIT = 8  # how many waits of one side outweigh the other's, to avoid flapping
 # Niceness added to helper threads whose work can wait, so that on a busy CPU the
@@ -307,8 +308,11 @@ class FrameSource:
             else:
                 if len(self._frames) >= QUEUE_SIZE:
                     self._lean(+1)  # the capture thread waits: it has time to preprocess
+                wait = FULL_QUEUE_POLL_SECONDS
                 while len(self._frames) >= QUEUE_SIZE and not self._closed.is_set():
-                    self._cond.wait(FULL_QUEUE_POLL_SECONDS)
+                    self._cond.wait(wait)
+                    # A slow model (a board) frees room rarely: look less often.
+                    wait = min(wait * 2, POLL_SECONDS)
             self._frames.append(frame)
             self._cond.notify_all()
 
