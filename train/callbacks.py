@@ -58,12 +58,20 @@ class CheckpointAndStop(keras.callbacks.Callback):
     plus a small JSON state: epochs done, best validation loss, epochs without
     improvement, history.  The best weights are kept separately, and restored at
     the end of training.
+
+    No run stops before ``min_epochs``: under a cosine schedule the validation score
+    stalls while the learning rate is still high and climbs as it anneals, so a
+    54-epoch Fashion-MNIST run stopped at epoch 33 (learning rate still 60 % of its
+    peak) ended 0.3 pt below a 40-epoch run that annealed.
     """
 
-    def __init__(self, run_dir: Path, patience: int, val_score: Callable[[], float]):
+    def __init__(
+        self, run_dir: Path, patience: int, val_score: Callable[[], float], min_epochs: int = 0
+    ):
         super().__init__()
         self.dir = Path(run_dir) / "checkpoints"
         self.patience = patience
+        self.min_epochs = min_epochs
         self.val_score = val_score
         self.state = {"epochs_done": 0, "best_val_score": -math.inf, "wait": 0, "history": []}
         self._manager = None
@@ -109,11 +117,11 @@ class CheckpointAndStop(keras.callbacks.Callback):
         # The state is written after the checkpoint, so a kill between the two resumes
         # from the previous epoch rather than claiming an epoch that was not saved.
         write_atomic(self.dir / "state.json", json.dumps(self.state).encode())
-        if self.state["wait"] >= self.patience:
-            log.info("early stopping: no better validation score for %d epochs", self.patience)
+        if self.stopped_early:
+            log.info("early stopping: no better validation score for %d epochs", self.state["wait"])
             self.model.stop_training = True
 
     @property
     def stopped_early(self) -> bool:
         """True when the last run stopped for lack of improvement."""
-        return self.state["wait"] >= self.patience
+        return self.state["wait"] >= self.patience and self.state["epochs_done"] >= self.min_epochs

@@ -101,7 +101,10 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         optimizer = keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer)
     model(data.train.images[:1])  # build the weights before restoring into them
-    checkpoints = CheckpointAndStop(run_dir, config.patience, lambda: validation_score(model, data.val, labels))
+    checkpoints = CheckpointAndStop(
+        run_dir, config.patience, lambda: validation_score(model, data.val, labels),
+        min_epochs=config.epochs // 2,  # the cosine learning rate is at half its peak by then
+    )
     checkpoints.attach(model, optimizer)
     initial_epoch = checkpoints.restore() if resume else 0
     if initial_epoch < config.epochs and not (resume and checkpoints.stopped_early):
