@@ -99,6 +99,13 @@ def _source_arguments(group) -> None:
         "interpreter leaves free, at least 1; 0: FFmpeg's choice)",
     )
     group.add_argument(
+        "--pin-threads",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: when there are more cores than interpreter threads, keep capture and "
+        "outputs off the interpreter's cores (default auto)",
+    )
+    group.add_argument(
         "--reconnect-delay",
         type=float,
         default=0.5,
@@ -231,5 +238,6 @@ def _build_options(args: argparse.Namespace):
         reconnect_max_delay=args.reconnect_max_delay,
         stream_timeout=args.stream_timeout,
         decode_threads=args.decode_threads,
+        pin_threads=args.pin_threads == "auto",
     )
     return annotator_options, run_options

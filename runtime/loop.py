@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from fuselite.runtime.affinity import pin_thread, pinned, split_cores
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.handoff import LazyHandoff
 from fuselite.runtime.options import (
@@ -94,6 +95,7 @@ class Outputs:
         self._stats: RunStats | None = None
         self.stop_reason: str | None = None
         self.cpu_s = 0.0  # of the writer thread
+        self.helper_cores: frozenset[int] | None = None  # where the writer thread runs
         try:
             if options.video_out is not None:
                 self.video = VideoOutput(
@@ -191,6 +193,8 @@ class Outputs:
             raise error
 
     def _work(self) -> None:
+        if self.helper_cores:
+            pin_thread(self.helper_cores)
         lower_thread_priority()  # finishing frames can wait; inference is the bottleneck
         while (item := self._queue.get()) is not None:
             if self._error is not None:
@@ -263,27 +267,43 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
         InterpreterNotFoundError: no TFLite interpreter is installed.
     """
     stop = threading.Event()
+    cores = split_cores(annotator_options.num_threads) if options.pin_threads else None
+    helper_cores = cores.helpers if cores else None
     with _stop_on_signals(stop), contextlib.ExitStack() as stack:
         with _setup_errors():
             annotator = stack.enter_context(Annotator.create(annotator_options))
-            decode_threads = options.decode_threads
-            if decode_threads is None:
-                decode_threads = default_decode_threads(annotator_options.num_threads)
-            source = FrameSource(
-                capture_for(options.source, options.stream_timeout, decode_threads),
-                drop_stale=options.drop_stale,
-                loop=options.loop,
-                reconnect_delay=options.reconnect_delay,
-                reconnect_max_delay=options.reconnect_max_delay,
-                prepare=annotator.preprocess,
-            )
+            source = _frame_source(options, annotator_options.num_threads, annotator, helper_cores)
             stack.enter_context(source)
             outputs = Outputs(options, options.fps_limit or source.fps, source.live)
+            outputs.helper_cores = helper_cores
             stack.callback(outputs.close)
             # Without a video, preview or window, a frame's pixels are dropped as soon as
             # the model input is made: the queues then hold no 640x480 images.
             source.keep_pixels = outputs.visual
-        return _annotate_stream(source, annotator, outputs, options, stop)
+        with pinned(cores.inference if cores else None):
+            return _annotate_stream(source, annotator, outputs, options, stop)
+
+
+def _frame_source(
+    options: RunOptions,
+    interpreter_threads: int,
+    annotator: Annotator,
+    helper_cores: frozenset[int] | None,
+) -> FrameSource:
+    """The run's frame source, not started yet: it preprocesses with ``annotator``."""
+    decode_threads = options.decode_threads
+    if decode_threads is None:
+        decode_threads = default_decode_threads(interpreter_threads)
+    source = FrameSource(
+        capture_for(options.source, options.stream_timeout, decode_threads),
+        drop_stale=options.drop_stale,
+        loop=options.loop,
+        reconnect_delay=options.reconnect_delay,
+        reconnect_max_delay=options.reconnect_max_delay,
+        prepare=annotator.preprocess,
+    )
+    source.helper_cores = helper_cores
+    return source
 
 
 @contextlib.contextmanager

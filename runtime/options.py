@@ -134,6 +134,9 @@ class RunOptions:
         decode_threads: FFmpeg decoder threads for files and streams; ``None`` (auto)
             uses the cores the interpreter leaves free, at least 1
             (:func:`default_decode_threads`); ``0`` lets FFmpeg choose (one per core).
+        pin_threads: When the process may use more cores than the interpreter has
+            threads, confine the inference thread to ``num_threads`` cores and the
+            capture and outputs threads to the others (Linux; see ``affinity.py``).
     """
 
     source: str
@@ -152,6 +155,7 @@ class RunOptions:
     reconnect_max_delay: float = 10.0
     stream_timeout: float = 5.0
     decode_threads: int | None = None
+    pin_threads: bool = True
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():

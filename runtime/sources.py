@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from fuselite.runtime.affinity import pin_thread
 from fuselite.runtime.captures import Capture, SourceError, capture_for
 from fuselite.runtime.preprocess import frame_problem
 
@@ -144,6 +145,8 @@ class FrameSource:
         # Whether frames keep their pixels once the model input is made (outputs that
         # draw need them); the loop sets it once it knows its outputs.
         self.keep_pixels = True
+        # Cores the capture thread is confined to (None: any); set before start().
+        self.helper_cores: frozenset[int] | None = None
         # > 0: the consumer is the bottleneck, so the capture thread preprocesses (the
         # starting assumption: inference is the slow stage on a board).
         self._balance = 1
@@ -238,6 +241,8 @@ class FrameSource:
     # --- capture thread ---------------------------------------------------------
 
     def _run(self, opened: bool) -> None:
+        if self.helper_cores:
+            pin_thread(self.helper_cores)
         if not self.live:
             # Reading a file ahead can wait for inference; a camera's newest frame cannot.
             lower_thread_priority()
