@@ -61,7 +61,7 @@ class CheckpointAndStop(keras.callbacks.Callback):
 
     No run stops before ``min_epochs``: under a cosine schedule the validation score
     stalls while the learning rate is still high and climbs as it anneals, so a
-    54-epoch Fashion-MNIST run stopped at epoch 33 (learning rate still 60 % of its
+    54-epoch Fashion-MNIST run stopped at epoch 33 (learning rate still a third of its
     peak) ended 0.3 pt below a 40-epoch run that annealed.
     """
 
