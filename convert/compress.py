@@ -111,19 +111,9 @@ def compress_image_encoder(
         stripped = tfmot.sparsity.keras.strip_pruning(wrapped)
     else:
         stripped = tfmot.clustering.keras.strip_clustering(wrapped)
-    report = {
-        "method": method,
-        "api": _API[method],
-        "layers": [layer.name for layer in run.image_encoder.layers if compressible(layer)],
-        "layers_sparsity": layers_sparsity(stripped),
-        "layers_max_unique_values": layers_max_unique(stripped),
-        "steps": settings.steps,
-        "learning_rate": settings.learning_rate,
-        "distill_weight": settings.distill_weight,
-        "final_loss": loss,
-        "tfmot": tfmot.__version__,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    report = _report(method, run, settings, loss, started)
+    report["layers_sparsity"] = layers_sparsity(stripped)
+    report["layers_max_unique_values"] = layers_max_unique(stripped)
     report.update({"target_sparsity": settings.sparsity} if method == "prune" else {"clusters": settings.clusters})
     if method == "prune":
         log.info("pruned: %.1f%% zeros in the pruned layers, in %.0f s", 100 * report["layers_sparsity"],
@@ -136,12 +126,20 @@ def compress_image_encoder(
 
 def _qat_report(run, settings: CompressSettings, loss: float, started: float) -> dict:
     """What quantization-aware training did, for the bundle's provenance."""
+    report = _report("qat", run, settings, loss, started)
+    log.info("quantization-aware trained for %d steps in %.0f s", settings.steps, report["seconds"])
+    return report
+
+
+def _report(method: str, run, settings: CompressSettings, loss: float, started: float) -> dict:
+    """What every compression method reports: the layers it changed and the fine-tuning."""
     import tensorflow_model_optimization as tfmot
 
-    report = {
-        "method": "qat",
-        "api": _API["qat"],
-        "layers": [layer.name for layer in run.image_encoder.layers if quantizable(layer)],
+    selected = quantizable if method == "qat" else compressible
+    return {
+        "method": method,
+        "api": _API[method],
+        "layers": [layer.name for layer in run.image_encoder.layers if selected(layer)],
         "steps": settings.steps,
         "learning_rate": settings.learning_rate,
         "distill_weight": settings.distill_weight,
@@ -149,8 +147,6 @@ def _qat_report(run, settings: CompressSettings, loss: float, started: float) ->
         "tfmot": tfmot.__version__,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    log.info("quantization-aware trained for %d steps in %.0f s", settings.steps, report["seconds"])
-    return report
 
 
 _API = {
