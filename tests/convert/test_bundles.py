@@ -230,16 +230,43 @@ def _buffer_alignments(flatbuffer: bytes) -> list[int]:
     return [(b.DataAsNumpy().ctypes.data - base) % 16 for b in buffers if b.DataLength()]
 
 
-def test_short_names_change_neither_weights_alignment_nor_results(tiny_converter):
+def _zero_point_vectors(flatbuffer: bytes) -> tuple[int, int]:
+    """(quantized tensors, distinct zero-point vectors stored) of a flatbuffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    base = np.frombuffer(flatbuffer, np.uint8).ctypes.data
+    starts = set()
+    quantized = 0
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for t in range(subgraph.TensorsLength()):
+            params = subgraph.Tensors(t).Quantization()
+            if params is not None and params.ZeroPointLength():
+                quantized += 1
+                starts.add(params.ZeroPointAsNumpy().ctypes.data - base)
+    return quantized, len(starts)
+
+
+@pytest.mark.parametrize("name", ["fp32", "int8"])
+def test_compacting_changes_neither_weights_alignment_nor_results(tiny_converter, monkeypatch, name):
     from ai_edge_litert.interpreter import Interpreter
 
-    from fuselite.convert.tflite import compact_tensor_names
-    from fuselite.train.backend import tf
+    from fuselite.convert import tflite
 
-    converted = bytes(tf.lite.TFLiteConverter.from_keras_model(tiny_converter.run.image_encoder).convert())
-    compact = compact_tensor_names(converted)
+    calibration = tiny_converter.calibration[:8]
+    encoder = tiny_converter.run.image_encoder
+    monkeypatch.setattr(tflite, "compact_flatbuffer", lambda flatbuffer: flatbuffer)
+    converted = tflite.convert_image_model(encoder, get_variant(name), calibration)
+    monkeypatch.undo()
+    compact = tflite.compact_flatbuffer(converted)
     assert len(compact) < len(converted) - 500
     assert _buffer_alignments(compact) == _buffer_alignments(converted)
+    quantized, stored = _zero_point_vectors(compact)
+    if name == "int8":
+        # kernels and biases of equal channel count share one all-zero vector
+        assert quantized > 10 and stored < quantized / 3
+        assert _zero_point_vectors(converted) == (quantized, quantized)
     pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     outputs = []
     for flatbuffer in (converted, compact):
