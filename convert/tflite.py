@@ -21,6 +21,7 @@ Every flatbuffer leaves compacted, with the same tensors, ops and weights:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -62,16 +63,25 @@ def float_input_copy(model: keras.Model) -> keras.Model:
     Quantization-aware (TFMOT) towers are copied with their fake-quant ranges, which
     the converter then uses for the tensors they cover.
     """
-    import tensorflow_model_optimization as tfmot
-
     shape = model.input_shape[1:]
     inputs = keras.Input(shape, dtype="float32", name=model.input_names[0])
-    # Cloning rebuilds layers from their configs; a quantization-aware tower's
-    # wrappers and quantize configs are only known by name inside this scope.
-    with tfmot.quantization.keras.quantize_scope():
+    with _custom_layer_scope(model):
         copy = keras.models.clone_model(model, input_tensors=inputs)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _custom_layer_scope(model: keras.Model):
+    """Where ``clone_model`` can rebuild ``model``'s layers from their configs.
+
+    A quantization-aware tower's wrappers and quantize configs are only known by
+    name inside TFMOT's scope; other towers need no scope (nor the TFMOT import).
+    """
+    if not any(type(layer).__module__.startswith("tensorflow_model_optimization") for layer in model.layers):
+        return contextlib.nullcontext()
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot.quantization.keras.quantize_scope()
 
 
 def representative_dataset(images: np.ndarray):
