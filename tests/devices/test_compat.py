@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import code, opcode_model
+from devices_opcodes import code, opcode_model
 
 from fuselite.bundle import read_bundle
 from fuselite.devices.compat import (
