@@ -13,7 +13,11 @@ quantization-aware trained one), on the test split:
 Full-integer variants are given 0.85: on multi-label scenes several labels sit near
 probability 1 ("red", "red circle"), and int8 rounding reorders such near-ties in a
 few percent of images (93 % agreement measured on scenes-default) while the task
-metric moves by 0.01 pt; ``max_score_error`` is the sharper check.
+metric moves by 0.01 pt; ``max_score_error`` is the sharper check.  It is the
+largest of tens of thousands of differences, so healthy full-integer conversions
+spread up to it: 0.12 to 0.21 were measured (the task metric within 0.1 pt each
+time), and a 0.2 gate refused two of them.  Full-integer variants are given 0.3; a
+broken conversion is off by far more (0.93 when calibrated on flat grey frames).
 
 Example:
     >>> [v.name for v in resolve_variants(["default"])]
@@ -59,7 +63,7 @@ class Variant:
     compression: str = "none"
     default: bool = True
     min_agreement: float = 0.85
-    max_score_error: float = 0.2
+    max_score_error: float = 0.3
 
     def __post_init__(self) -> None:
         if self.quantization not in QUANTIZATIONS:
@@ -88,7 +92,7 @@ _TABLE = (
     Variant("pruned-int8", "magnitude-pruned to --sparsity (TFMOT), fine-tuned, stripped, then full int8",
             "int8", compression="prune"),
     Variant("int8-per-tensor", "full integer with one weight scale per tensor (smaller, less exact)",
-            "int8", per_channel=False, default=False, min_agreement=0.8, max_score_error=0.3),
+            "int8", per_channel=False, default=False, min_agreement=0.8, max_score_error=0.4),
     Variant("clustered-int8", "weights clustered to 16 shared values per kernel (TFMOT), fine-tuned, "
             "stripped, then full int8", "int8", compression="cluster", default=False),
     Variant("qat-int8", "quantization-aware fine-tuning of the conv and dense layers (TFMOT), then full int8",

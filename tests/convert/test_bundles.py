@@ -223,6 +223,17 @@ def test_a_variant_outside_its_tolerance_is_an_error_not_a_file(tiny_converter):
     assert not list(tiny_converter.out_dir.glob(".int8-strict*"))
 
 
+def test_the_default_tolerance_refuses_a_badly_calibrated_int8_conversion(tiny_converter, monkeypatch):
+    # Calibrating on flat grey frames gives every activation a range far too narrow
+    # for real images: the kind of broken conversion the gate exists for.
+    grey = np.full_like(tiny_converter.calibration, 127)
+    monkeypatch.setattr(tiny_converter, "calibration", grey)
+    broken = replace(get_variant("int8"), name="int8-grey")
+    result = tiny_converter.convert(broken)
+    assert result.status == "failed" and "beyond tolerance" in result.message
+    assert not (tiny_converter.out_dir / "int8-grey.tflite").exists()
+
+
 def test_a_model_the_converter_rejects_gets_a_message_naming_the_variant():
     from fuselite.convert.tflite import ConversionError, convert_image_model
     from fuselite.train.backend import keras, tf
