@@ -45,13 +45,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli(argv: list[str]) -> None:
-    """Runs a fuselite subcommand; a failure stops the demo with its exit code."""
+def _cli(argv: list[str], check: bool = True) -> int:
+    """Runs a fuselite subcommand and returns its exit code; with ``check``, a failure stops the demo."""
     from fuselite.cli import main
 
     code = main(argv)
-    if code != 0:
+    if check and code != 0:
         raise UserError(f"`fuselite {' '.join(argv)}` failed with exit code {code}")
+    return code
 
 
 def train_step(run_dir: Path, config_name: str) -> Path:
@@ -73,9 +74,7 @@ def convert_step(run_dir: Path, bundle_dir: Path, threads: int) -> Path:
     (its table row says why), the demo says so and goes on.
     """
     if not (bundle_dir / "int8.tflite").exists():
-        from fuselite.cli import main
-
-        code = main(["convert", str(run_dir), "--out", str(bundle_dir), "--threads", str(threads)])
+        code = _cli(["convert", str(run_dir), "--out", str(bundle_dir), "--threads", str(threads)], check=False)
         if code != 0 and not (bundle_dir / "int8.tflite").exists():
             raise UserError(f"`fuselite convert {run_dir}` wrote no int8 bundle (exit code {code}); "
                             "see the table above")
