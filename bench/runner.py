@@ -143,14 +143,15 @@ def _settings(threads: int | None, device: str | None, warmup: int, runs: int) -
         from fuselite.devices.profiles import get_profile
 
         profile = get_profile(device)
-    if threads is None:
-        from fuselite.runtime.options import default_threads
+    from fuselite.runtime.affinity import usable_core_count
+    from fuselite.runtime.options import default_threads
 
+    if threads is None:
         threads = profile.threads if profile else default_threads()
     if threads < 1 or warmup < 0 or runs < 1:
         raise UserError("--threads and --runs must be at least 1, --warmup at least 0")
-    if threads > (os.cpu_count() or 1):
-        log.warning("%d threads on a %d-core host: latency will be pessimistic", threads, os.cpu_count())
+    if threads > usable_core_count():
+        log.warning("%d threads on %d usable cores: latency will be pessimistic", threads, usable_core_count())
     return BenchSettings(threads, warmup, runs, profile)
 
 

@@ -41,6 +41,17 @@ def allowed_cores() -> frozenset[int] | None:
         return None
 
 
+def usable_core_count() -> int:
+    """How many cores this process may run on: its affinity mask, else the CPU count.
+
+    In a container limited with a cpuset (``docker run --cpuset-cpus``) or under
+    ``taskset``, ``os.cpu_count()`` still reports every core of the host; sizing
+    thread pools by it oversubscribes the cores the process really has.
+    """
+    allowed = allowed_cores()
+    return len(allowed) if allowed else max(1, os.cpu_count() or 1)
+
+
 def split_cores(interpreter_threads: int, allowed: frozenset[int] | None = None) -> CoreSplit | None:
     """The split for ``interpreter_threads``, or ``None`` when no core would be left over."""
     allowed = allowed_cores() if allowed is None else allowed

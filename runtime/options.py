@@ -6,22 +6,23 @@ A wrong value raises a :class:`ValueError` whose message says what to change.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fuselite.runtime.affinity import usable_core_count
 
 # Video segments of runs that may last for days (cameras and streams).
 DEFAULT_SEGMENT_MINUTES = 10.0
 
 
 def default_threads() -> int:
-    """Interpreter threads when none are given: the CPU count, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Interpreter threads when none are given: the cores this process may use, at most 4."""
+    return min(4, usable_core_count())
 
 
 def default_decode_threads(interpreter_threads: int) -> int:
     """Video decoder threads when none are given: the cores the interpreter leaves free, at least 1."""
-    return max(1, (os.cpu_count() or 1) - interpreter_threads)
+    return max(1, usable_core_count() - interpreter_threads)
 
 
 def _as_tuple(value, name: str) -> tuple[str, ...]:

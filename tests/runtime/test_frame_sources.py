@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from runtime_helpers import BLUE, RED, ScriptedCapture, solid
 
+from fuselite.runtime import options
 from fuselite.runtime.captures import (
     FolderCapture,
     OpenCVCapture,
@@ -160,8 +162,21 @@ def test_video_files_are_decoded_with_the_decoder_threads_asked_for(red_blue_cli
 
 
 def test_the_default_decoder_threads_leave_the_interpreter_its_cores(monkeypatch):
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(options, "usable_core_count", lambda: 4)
     assert [default_decode_threads(n) for n in (1, 2, 4, 8)] == [3, 2, 1, 1]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs Linux CPU affinity and 2+ cores to tell the counts apart")
+def test_default_threads_count_the_cores_the_process_may_use_not_the_host():
+    # As in a container started with --cpuset-cpus=0: os.cpu_count() still sees every core.
+    script = (
+        "import os; os.sched_setaffinity(0, {0}); "
+        "from fuselite.runtime.options import default_threads, default_decode_threads; "
+        "print(default_threads(), default_decode_threads(1))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
 
 
 def test_without_outputs_that_draw_frames_drop_their_pixels_once_preprocessed():
