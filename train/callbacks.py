@@ -62,7 +62,9 @@ class CheckpointAndStop(keras.callbacks.Callback):
     No run stops before ``min_epochs``: under a cosine schedule the validation score
     stalls while the learning rate is still high and climbs as it anneals, so a
     54-epoch Fashion-MNIST run stopped at epoch 33 (learning rate still a third of its
-    peak) ended 0.3 pt below a 40-epoch run that annealed.
+    peak) ended 0.3 pt below a 40-epoch run that annealed.  The trainer sets it to
+    three quarters of the epochs (learning rate 15 % of its peak): at half, a 68-epoch
+    run still stopped at epoch 38.
     """
 
     def __init__(

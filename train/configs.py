@@ -40,7 +40,7 @@ class TrainConfig:
         learning_rate: Peak AdamW learning rate (cosine decay after one warm-up epoch).
         weight_decay: AdamW weight decay.
         patience: Early stopping: epochs without a better validation score; a run
-            never stops in the first half of its epochs (see ``CheckpointAndStop``).
+            never stops in the first three quarters of its epochs (see ``CheckpointAndStop``).
         seed: Seeds data generation, splits, augmentation and weights.
         scenes_train: Synthetic scenes generated for train/val/test.
         scenes_heldout: Synthetic scenes that contain held-out combinations.
