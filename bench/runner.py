@@ -150,8 +150,9 @@ def _settings(threads: int | None, device: str | None, warmup: int, runs: int) -
         threads = profile.threads if profile else default_threads()
     if threads < 1 or warmup < 0 or runs < 1:
         raise UserError("--threads and --runs must be at least 1, --warmup at least 0")
-    if threads > usable_core_count():
-        log.warning("%d threads on %d usable cores: latency will be pessimistic", threads, usable_core_count())
+    cores = usable_core_count()
+    if threads > cores:
+        log.warning("%d threads on %d usable cores: latency will be pessimistic", threads, cores)
     return BenchSettings(threads, warmup, runs, profile)
 
 
