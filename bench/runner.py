@@ -18,8 +18,6 @@ import gzip
 import importlib.util
 import json
 import logging
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from fuselite.bench.data import EvalData, is_run_dir, load_eval_data, source_run
 from fuselite.bench.report import CHECK_FAILED, LOAD_FAILED, Report, Row, mark_pareto, recommend
 from fuselite.bundle import Bundle, BundleError, Manifest, read_bundle, read_manifest
 from fuselite.errors import UserError
+from fuselite.host import machine_description
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +120,6 @@ def find_bundles(path: Path) -> list[Path]:
     return found
 
 
-def machine() -> str:
-    """CPU model, core count and Python version, for the record."""
-    model = platform.processor() or platform.machine() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 # --- set-up ------------------------------------------------------------------------
@@ -382,7 +370,7 @@ def _assemble(rows: list[Row], data: EvalData, settings: BenchSettings, bundle_d
         recommend(rows, limits)
     return Report(
         rows=rows, data=data.description, samples=len(data), threads=settings.threads,
-        warmup=settings.warmup, runs=settings.runs, machine=machine(), interpreter=interpreter,
+        warmup=settings.warmup, runs=settings.runs, machine=machine_description(), interpreter=interpreter,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), bundle_dir=str(bundle_dir),
         device=profile.name if profile else None, limits=limits, min_accuracy=min_accuracy,
     )

@@ -26,6 +26,7 @@ import numpy as np
 from fuselite.convert.report import VariantResult
 from fuselite.convert.variants import resolve_variants
 from fuselite.errors import UserError
+from fuselite.host import cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,9 @@ def latency_ms(model_bytes: bytes, image: np.ndarray, num_threads: int, runs: in
 
 def machine() -> dict:
     """nproc, CPU model, load average and date, to read the numbers by."""
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "nproc": os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "python": platform.python_version(),

@@ -13,23 +13,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
-import os
-import platform
 import shutil
 from pathlib import Path
 
-
-def machine() -> str:
-    """CPU model, core count and Python version, for the record."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+from fuselite.host import machine_description
 
 
 def main() -> None:
@@ -50,7 +37,7 @@ def main() -> None:
     print("| config | test metric | value | heldout_combo_ap | image params | text params | wall time | machine | date |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.config} | {metric} | {metrics[metric]:.4f}{extra} | {metrics['image_params']:,} | "
-          f"{metrics['text_params']:,} | {metrics['train_seconds']:.0f} s | {machine()} | "
+          f"{metrics['text_params']:,} | {metrics['train_seconds']:.0f} s | {machine_description()} | "
           f"{datetime.date.today().isoformat()} |")
 
 
