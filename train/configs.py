@@ -177,13 +177,15 @@ register(
 )
 # Under the 100 KB int8 budget: 28 px garments need no 4x4 stage, so a third
 # 128-channel block at 8x8 replaces it (62k parameters, int8 image model 80.5 kB).
-# 68 epochs (early stopping ended the run at 56): 93.62% top-1, against 93.45% for 54
-# and 93.07% for 40 (docs/training.md).
+# Longer schedules kept paying (40 epochs 93.07%, 54 93.45%, 68 stopped early at 56
+# 93.62%), and the same 68-epoch run annealed to the end reached 93.95%: validation
+# on 3,000 images is too noisy to stop on, so this config never stops early.
 register(get_config("fashion-mnist").with_overrides(
     name="fashion-mnist-small",
     blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1)),
     embed_dim=48,
-    epochs=68,
+    epochs=76,
+    patience=76,
 ))
 register(
     TrainConfig(
