@@ -120,8 +120,6 @@ def find_bundles(path: Path) -> list[Path]:
     return found
 
 
-
-
 # --- set-up ------------------------------------------------------------------------
 
 
