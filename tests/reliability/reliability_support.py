@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fuselite.host import cpu_model
+
 RELIABILITY_DIR = Path(__file__).resolve().parent
 REPO = RELIABILITY_DIR.parents[1]
 RUNTIME_TESTS = REPO / "tests" / "runtime"
@@ -110,13 +112,8 @@ def sample_process(pid: int, started: float) -> ProcessSample | None:
 
 def machine_description() -> str:
     """CPU model, core count and memory of this machine, for the figures in the docs."""
-    model = "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
         mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
     except (OSError, ValueError, IndexError):
         mem_kb = 0
-    return f"{model}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GB RAM, Python {sys.version.split()[0]}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {mem_kb / 2**20:.0f} GB RAM, Python {sys.version.split()[0]}"
