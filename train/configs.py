@@ -181,6 +181,7 @@ register(
 # 93.62%), and the same 68-epoch run annealed to the end reached 93.95%: validation
 # on 3,000 images is too noisy to stop on, so this config never stops early.
 # 76 epochs gave 93.94%; 100 epochs gave the same, so the schedule stays at 76.
+# seed=1 gave 93.56% (seed 0 is kept: picking seeds by test score tunes on test).
 register(get_config("fashion-mnist").with_overrides(
     name="fashion-mnist-small",
     blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1)),
