@@ -145,12 +145,20 @@ class Converter:
     def convert(self, variant: Variant) -> VariantResult:
         """Converts, checks and (if good) writes one variant; never raises for a bad variant."""
         from fuselite.convert.tflite import ConversionError, convert_image_model
+        from fuselite.train.model import mirror_averaged
 
         started = time.perf_counter()
         remove_stale_parts(self.out_dir, variant)
+        problem = self._unsuitable(variant)
+        if problem:
+            log.error("%s: %s", variant.name, problem)
+            return VariantResult(variant.name, "refused", problem, seconds=_since(started))
         try:
             keras_model, extra = self._keras_model(variant)
             model_bytes = convert_image_model(keras_model, variant, self.calibration)
+            if variant.mirror:  # the Keras model the flatbuffer is checked against, and its thresholds
+                keras_model = mirror_averaged(keras_model)
+                extra = {**extra, "thresholds": self._thresholds(keras_model)}
             result = self._check(variant, keras_model, model_bytes, extra)
         except (ConversionError, numerics.InterpreterError) as exc:
             log.error("%s: %s", variant.name, exc)
@@ -160,6 +168,14 @@ class Converter:
         result.seconds = _since(started)
         log.info("%s: %s in %.1f s", variant.name, result.status, result.seconds)
         return result
+
+    def _unsuitable(self, variant: Variant) -> str | None:
+        """Why this run cannot make ``variant`` (one line), or None."""
+        config = self.run.config
+        if variant.mirror and not (config.augment and config.flip):
+            return (f"run {config.name!r} was trained without flips (flip=False), so a mirrored frame "
+                    f"is a different picture to it; convert int8 instead of {variant.name}")
+        return None
 
     def _keras_model(self, variant: Variant):
         """The Keras image tower to convert for ``variant`` and what it adds to the manifest.
@@ -212,7 +228,7 @@ class Converter:
         metrics = self._metrics(ref, tflite_emb)
         name = next(iter(ref.keras_metrics))
         checks.update(
-            reference=_REFERENCES[variant.compression],
+            reference=_REFERENCES[variant.compression] + (", mirror-averaged" if variant.mirror else ""),
             split="test", samples=n, interpreter=numerics.interpreter_version(),
             num_threads=self.options.num_threads,
             tolerance={"min_agreement": variant.min_agreement, "max_score_error": variant.max_score_error},
@@ -285,6 +301,7 @@ class Converter:
             "tensorflow": tf.__version__,
             "converter": f"tf.lite.TFLiteConverter.from_keras_model (TensorFlow {tf.__version__})",
             "quantization": {"mode": variant.quantization, "per_channel": variant.per_channel},
+            "views": "the frame and its left-right mirror, embeddings averaged" if variant.mirror else "the frame",
             "calibration_samples": len(self.calibration) if variant.calibrated else 0,
             "ops": modelinfo.op_strings(modelinfo.model_ops(model_bytes)),
             "text_encoder_ops": modelinfo.op_strings(modelinfo.model_ops(self.text_encoder_bytes)),

@@ -24,7 +24,8 @@ class VariantResult:
     Attributes:
         variant: Variant name.
         status: ``"ok"`` (written), ``"failed"`` (conversion error or numbers out of
-            tolerance; nothing written) or ``"refused"`` (``--target`` cannot load it).
+            tolerance; nothing written) or ``"refused"`` (``--target`` cannot load it, or the
+            run cannot make this variant, e.g. a mirror variant of a run trained without flips).
         message: Why it was not written, one line.
         path: The bundle written, or ``None``.
         file_size: Bytes of the bundle file (model + zip of associated files).

@@ -7,6 +7,11 @@ with ``inference_input_type=uint8``, whose calibrated input scale is exactly 1 w
 zero point 0 (raw pixels).  Their embedding output is int8 with the fixed scale 1/128
 of TFLite's quantized L2 normalisation, so a float output would add nothing.
 
+A ``mirror`` variant wraps the tower (after that copy) in
+:func:`fuselite.train.model.mirror_averaged`: the flatbuffer runs the same weights on
+the image and its mirror and outputs the averaged embedding, so the runtime needs no
+change and benchmarks see the doubled compute.
+
 The text tower is always plain float32: it is small and scores typed labels.
 
 Every flatbuffer leaves compacted, with the same tensors, ops and weights:
@@ -31,6 +36,7 @@ import numpy as np
 from fuselite.convert.variants import Variant
 from fuselite.errors import UserError
 from fuselite.train.backend import keras, tf
+from fuselite.train.model import mirror_averaged
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,8 @@ def convert_image_model(model: keras.Model, variant: Variant, calibration: np.nd
         if calibration is None or not len(calibration):
             raise ValueError(f"{variant.name} needs calibration images")
         model = float_input_copy(model)
+    if variant.mirror:
+        model = mirror_averaged(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     _configure(converter, variant, calibration)
     return _run(converter, f"{variant.name} image model")

@@ -51,6 +51,10 @@ class Variant:
             (weight clustering) or ``"qat"`` (quantization-aware training) of the
             image tower, with fine-tuning, before conversion; ``"none"`` converts
             the trained weights as they are.
+        mirror: Each frame is scored together with its left-right mirror, the two
+            embeddings averaged inside the model (:func:`fuselite.train.model.mirror_averaged`):
+            twice the compute per frame for a steadier score.  Only for runs trained
+            with flips.
         default: Converted when ``--variants`` is not given.
         min_agreement: Lowest acceptable top-label agreement with the Keras model.
         max_score_error: Largest acceptable absolute probability difference.
@@ -61,6 +65,7 @@ class Variant:
     quantization: str
     per_channel: bool = True
     compression: str = "none"
+    mirror: bool = False
     default: bool = True
     min_agreement: float = 0.85
     max_score_error: float = 0.3
@@ -95,6 +100,8 @@ _TABLE = (
             "int8", per_channel=False, default=False, min_agreement=0.8, max_score_error=0.4),
     Variant("clustered-int8", "weights clustered to 16 shared values per kernel (TFMOT), fine-tuned, "
             "stripped, then full int8", "int8", compression="cluster", default=False),
+    Variant("int8-mirror", "full integer, each frame scored with its left-right mirror and averaged "
+            "(twice the compute; runs trained with flips)", "int8", mirror=True, default=False),
     Variant("qat-int8", "quantization-aware fine-tuning of the conv and dense layers (TFMOT), then full int8",
             "int8", compression="qat", default=False),
 )

@@ -71,15 +71,17 @@ def test_each_manifest_round_trips_and_carries_what_the_runtime_needs(converted_
 def test_each_variant_scores_test_images_like_the_keras_model(converted_tiny_run, tiny_converter, name):
     """Re-checked here, independently of the numbers the converter stored."""
     from fuselite.convert.numerics import tflite_embeddings
+    from fuselite.train.model import mirror_averaged
     from fuselite.train.pipeline import embed_images
 
     bundle = read_bundle(converted_tiny_run[name].path)
     images = tiny_converter.data.test.images
-    keras = _probabilities(bundle.manifest, embed_images(tiny_converter.run.image_encoder, images),
-                           bundle.label_embeddings)
+    variant = get_variant(name)
+    encoder = tiny_converter.run.image_encoder
+    keras = _probabilities(bundle.manifest, embed_images(mirror_averaged(encoder) if variant.mirror else encoder,
+                                                         images), bundle.label_embeddings)
     tflite = _probabilities(bundle.manifest, tflite_embeddings(bundle.model_bytes, images, num_threads=2),
                             bundle.label_embeddings)
-    variant = get_variant(name)
     assert np.mean(keras.argmax(1) == tflite.argmax(1)) >= variant.min_agreement
     assert np.abs(keras - tflite).max() <= variant.max_score_error
 
@@ -213,6 +215,35 @@ def test_the_runtime_annotator_gets_the_converters_scores(converted_tiny_run, ti
     with Annotator.create_from_bundle_path(converted_tiny_run[name].path) as annotator:
         result = annotator.annotate(np.ascontiguousarray(image[..., ::-1]), timestamp_ms=0)
     assert np.allclose([result.scores[label] for label in bundle.manifest.labels], expected, atol=1e-5)
+
+
+def test_a_mirror_bundle_scores_a_frame_and_its_mirror_alike(converted_tiny_run, tiny_converter):
+    """int8-mirror averages each frame with its mirror inside the model, so both give one answer."""
+    from fuselite.convert.numerics import tflite_embeddings
+
+    bundle = read_bundle(converted_tiny_run["int8-mirror"].path)
+    images = tiny_converter.data.test.images[:16]
+    plain = tflite_embeddings(bundle.model_bytes, images, 1)
+    mirrored = tflite_embeddings(bundle.model_bytes, np.ascontiguousarray(images[:, :, ::-1]), 1)
+    side = int(np.sqrt(plain.shape[1]))  # regional: flip the cell grid back to compare places
+    mirrored = mirrored.reshape(len(images), side, side, -1)[:, :, ::-1].reshape(plain.shape)
+    assert np.abs(plain - mirrored).max() <= 1 / 128  # one int8 step
+    single = tflite_embeddings(read_bundle(converted_tiny_run["int8"].path).model_bytes, images, 1)
+    assert np.abs(plain - single).max() > 0.05  # the mirror really is in the graph
+    manifest = bundle.manifest
+    assert manifest.provenance["views"].startswith("the frame and its left-right mirror")
+    assert "mirror-averaged" in manifest.numerics["reference"]
+    # one set of weights: within a few kB of the single-view int8 model
+    assert converted_tiny_run["int8-mirror"].model_size < converted_tiny_run["int8"].model_size + 4096
+
+
+def test_a_mirror_variant_of_a_run_trained_without_flips_is_refused(tiny_converter, monkeypatch):
+    run = tiny_converter.run
+    monkeypatch.setattr(tiny_converter, "run", replace(run, config=replace(run.config, flip=False)))
+    result = tiny_converter.convert(get_variant("int8-mirror"))
+    assert result.status == "refused"
+    assert "trained without flips" in result.message and "convert int8 instead" in result.message
+    assert not list(tiny_converter.out_dir.glob(".int8-mirror*"))
 
 
 def test_a_variant_outside_its_tolerance_is_an_error_not_a_file(tiny_converter):
