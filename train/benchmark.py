@@ -33,9 +33,12 @@ def main() -> None:
         shutil.rmtree(args.out)
     metrics = train(get_config(args.config), args.out)
     metric = "top1" if "top1" in metrics else "mAP"
-    extra = f" | {metrics['heldout_combo_ap']:.3f}" if "heldout_combo_ap" in metrics else " | -"
-    print("| config | test metric | value | heldout_combo_ap | image params | text params | wall time | machine | date |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    mirror = metrics.get(f"{metric}_mirror")
+    extra = f" | {mirror:.4f}" if mirror is not None else " | -"
+    extra += f" | {metrics['heldout_combo_ap']:.3f}" if "heldout_combo_ap" in metrics else " | -"
+    print("| config | test metric | value | with mirror averaging | heldout_combo_ap | image params | text params "
+          "| wall time | machine | date |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {args.config} | {metric} | {metrics[metric]:.4f}{extra} | {metrics['image_params']:,} | "
           f"{metrics['text_params']:,} | {metrics['train_seconds']:.0f} s | {machine_description()} | "
           f"{datetime.date.today().isoformat()} |")

@@ -12,12 +12,16 @@ from fuselite import metrics as m
 from fuselite.bundle import global_embedding, label_probabilities
 from fuselite.tokenizer import Tokenizer
 from fuselite.train.data import ImageTextData
+from fuselite.train.model import mirror_averaged
 from fuselite.train.pipeline import RunData, embed_images, embed_texts
 
 
-def label_scores(model, tokenizer: Tokenizer, texts: list[str], images: np.ndarray) -> np.ndarray:
-    """Probabilities ``[len(images), len(texts)]`` that each text applies to each image."""
-    image_emb = embed_images(model.image_encoder, images)
+def label_scores(model, tokenizer: Tokenizer, texts: list[str], images: np.ndarray, image_encoder=None) -> np.ndarray:
+    """Probabilities ``[len(images), len(texts)]`` that each text applies to each image.
+
+    ``image_encoder`` replaces the model's own tower (e.g. its mirror-averaged wrapper).
+    """
+    image_emb = embed_images(image_encoder or model.image_encoder, images)
     text_emb = embed_texts(model.text_encoder, tokenizer, texts)
     scale, bias = model.logit_scale_value(), float(model.logit_bias.numpy())
     return label_probabilities(image_emb, text_emb, scale, bias)
@@ -27,7 +31,8 @@ def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> d
     """Metrics on the test split; thresholds are calibrated on validation.
 
     Returns ``task``, ``top1`` and ``true_label_probability`` (single-label) or ``mAP`` and ``micro_f1``
-    (multi-label), caption retrieval recall when captions exist,
+    (multi-label), the same metric scored with mirror averaging (``top1_mirror`` or
+    ``mAP_mirror``) for runs trained with flips, caption retrieval recall when captions exist,
     ``heldout_combo_ap`` when held-out scenes exist, and the ``thresholds``.
     """
     val_scores = label_scores(model, tokenizer, labels, data.val.images)
@@ -42,11 +47,23 @@ def evaluate(model, tokenizer: Tokenizer, labels: list[str], data: RunData) -> d
     else:
         results["mAP"] = m.mean_average_precision(test_scores, targets)
         results["micro_f1"] = m.micro_f1(test_scores, targets, thresholds)
+    if model.config.augment and model.config.flip:
+        results.update(mirror_metric(model, tokenizer, labels, data.test))
     if data.test.has_captions:
         results.update(_caption_recall(model, tokenizer, data.test))
     if data.heldout is not None:
         results.update(heldout_combo_ap(model, tokenizer, labels, data.test, data.heldout))
     return results
+
+
+def mirror_metric(model, tokenizer: Tokenizer, labels: list[str], test: ImageTextData) -> dict:
+    """``top1_mirror`` (single-label) or ``mAP_mirror``: the task metric when every test
+    image is scored together with its left-right mirror, as an ``int8-mirror`` bundle does."""
+    scores = label_scores(model, tokenizer, labels, test.images, mirror_averaged(model.image_encoder))
+    targets = test.multi_hot(labels)
+    if test.task == "single":
+        return {"top1_mirror": m.top1_accuracy(scores, targets)}
+    return {"mAP_mirror": m.mean_average_precision(scores, targets)}
 
 
 def _caption_recall(model, tokenizer: Tokenizer, test: ImageTextData) -> dict:

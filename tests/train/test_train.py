@@ -45,6 +45,8 @@ def test_tiny_run_learns_loss_falls_and_map_beats_chance(tiny_run: Path):
     assert metrics["mAP"] > max(2 * chance, chance + 0.15)
     assert 0.0 <= metrics["heldout_combo_ap"] <= 1.0
     assert metrics["task"] == "multi"
+    # Scenes train with flips, so the mirror-averaged score is reported too, and learned alike.
+    assert metrics["mAP_mirror"] > max(2 * chance, chance + 0.15)
 
 
 def test_single_label_run_with_shortcuts_learns_and_reports_calibrated_probabilities(tmp_path: Path):
@@ -58,6 +60,7 @@ def test_single_label_run_with_shortcuts_learns_and_reports_calibrated_probabili
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
     assert metrics["task"] == "single" and metrics["top1"] > 0.5  # ten classes: chance is 0.1
+    assert metrics["top1_mirror"] > 0.5 and abs(metrics["top1_mirror"] - metrics["top1"]) < 0.1
     # Softmax alone leaves the sigmoid's bias free: the right label used to score ~0.001.
     assert metrics["true_label_probability"] > 0.3
     assert any(layer.name.endswith("_add") for layer in load_run(tmp_path / "run").image_encoder.layers)
