@@ -2,6 +2,7 @@
 
     python -m fuselite.train.benchmark --config scenes-default --out runs/scenes
     python -m fuselite.train.benchmark --config fashion-mnist --out runs/fashion
+    python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 --out runs/student
 
 Targets (docs/training.md): scenes-default test mAP >= 0.95 and heldout_combo_ap
 >= 0.80 in <= 5 minutes; fashion-mnist top-1 >= 94.0% on the official 10k test
@@ -24,6 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--teacher", action="append", default=[], metavar="RUN",
+                        help="a finished run to distill from, as `fuselite train --teacher`")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from fuselite.train.configs import get_config
@@ -31,7 +34,10 @@ def main() -> None:
 
     if args.out.exists():
         shutil.rmtree(args.out)
-    metrics = train(get_config(args.config), args.out)
+    config = get_config(args.config)
+    if args.teacher:
+        config = config.with_overrides(teachers=tuple(str(Path(t).resolve()) for t in args.teacher))
+    metrics = train(config, args.out)
     metric = "top1" if "top1" in metrics else "mAP"
     mirror = metrics.get(f"{metric}_mirror")
     extra = f" | {mirror:.4f}" if mirror is not None else " | -"
@@ -39,7 +45,8 @@ def main() -> None:
     print("| config | test metric | value | with mirror averaging | heldout_combo_ap | image params | text params "
           "| wall time | machine | date |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {args.config} | {metric} | {metrics[metric]:.4f}{extra} | {metrics['image_params']:,} | "
+    name = args.config + (f" + {len(args.teacher)} teacher(s)" if args.teacher else "")
+    print(f"| {name} | {metric} | {metrics[metric]:.4f}{extra} | {metrics['image_params']:,} | "
           f"{metrics['text_params']:,} | {metrics['train_seconds']:.0f} s | {machine_description()} | "
           f"{datetime.date.today().isoformat()} |")
 

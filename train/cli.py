@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="override the batch size")
     parser.add_argument("--seed", type=int, help="override the seed")
     parser.add_argument("--limit", type=int, help="use at most this many training items")
+    parser.add_argument("--teacher", action="append", type=Path, metavar="RUN",
+                        help="a finished run of the same data to distill from (repeat for an "
+                        "ensemble): the model also learns the teachers' averaged soft labels")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, image_size=args.image_size, width=args.width,
         batch_size=args.batch_size, seed=args.seed, limit=args.limit,
     )
+    if args.teacher:
+        config = config.with_overrides(teachers=tuple(str(_finished_run(t)) for t in args.teacher))
     if args.resume and not args.out.exists():
         raise UserError(f"--resume: {args.out} does not exist")
     from fuselite.train.trainer import train  # heavy: TensorFlow
@@ -51,6 +56,14 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print(f"run written to {args.out}")
     return 0
+
+
+def _finished_run(path: Path) -> Path:
+    """``path`` resolved, if it holds a finished run (checked before TensorFlow loads)."""
+    from fuselite.train.run import check_run_dir
+
+    check_run_dir(path)
+    return path.resolve()
 
 
 def format_metrics(metrics: dict) -> str:

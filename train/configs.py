@@ -61,6 +61,10 @@ class TrainConfig:
             term beside the softmax one.  Softmax ignores the scorer's bias, so
             without it the sigmoid probabilities a device reports are not
             calibrated (a correct label could score 0.001).
+        teachers: Finished run directories whose averaged soft labels the model
+            also learns from (knowledge distillation, :mod:`fuselite.train.distill`).
+        distill_weight: Share of the label loss given to the teachers' soft labels
+            (the rest goes to the true labels); used only with ``teachers``.
     """
 
     name: str
@@ -92,12 +96,16 @@ class TrainConfig:
     limit: int = 0
     residual: bool = False
     label_bce_weight: float = 0.2
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.7
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 224:
             raise UserError(f"image_size {self.image_size} is outside 64..224 pixels")
         if self.width <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with the given fields changed; ``None`` values are ignored."""
@@ -117,6 +125,7 @@ class TrainConfig:
         """Reads a config written by :meth:`save`."""
         data = json.loads(Path(path).read_text())
         data["blocks"] = tuple(tuple(b) for b in data["blocks"])
+        data["teachers"] = tuple(data.get("teachers", ()))
         return cls(**data)
 
 

@@ -168,12 +168,19 @@ def _mean_label_bce(targets, logits):
     return tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), axis=1))
 
 
+def _smoothed(one_hot, smoothing: float):
+    """Label smoothing as in ``keras.losses.categorical_crossentropy``."""
+    return one_hot * (1.0 - smoothing) + smoothing / tf.cast(tf.shape(one_hot)[-1], one_hot.dtype)
+
+
 class FusedModel(keras.Model):
     """Both towers and the scorer, with a training step for the two losses.
 
     The label loss is binary cross-entropy over the training label vocabulary for
     multi-label data (softmax cross-entropy for single-label data); the pair loss
     is :func:`sigmoid_pair_loss` on image-caption pairs when captions exist.
+    Batches that carry ``"soft_labels"`` (``fuselite train --teacher``) mix the
+    teachers' probabilities into the label targets (:mod:`fuselite.train.distill`).
 
     Args:
         config: The run's :class:`TrainConfig`.
@@ -221,22 +228,32 @@ class FusedModel(keras.Model):
         return tf.sigmoid(self.label_logits(images, training=training))
 
     def _batch_loss(self, batch, training):
-        images, targets = batch["image"], batch["targets"]
-        image_emb = self.image_encoder(images, training=training)
+        targets = batch["targets"]
+        image_emb = self.image_encoder(batch["image"], training=training)
         label_emb = self.text_encoder(self.label_ids, training=training)
         logits = self.scale() * image_similarity(image_emb, label_emb) + self.logit_bias
         if self.task == "single":
-            loss = keras.losses.categorical_crossentropy(
-                targets, logits, from_logits=True, label_smoothing=self.config.label_smoothing
-            )
-            loss = tf.reduce_mean(loss) + self.config.label_bce_weight * _mean_label_bce(targets, logits)
+            goal = self._with_soft_labels(_smoothed(targets, self.config.label_smoothing), batch)
+            loss = tf.reduce_mean(keras.losses.categorical_crossentropy(goal, logits, from_logits=True))
+            loss += self.config.label_bce_weight * _mean_label_bce(targets, logits)
         else:
-            loss = _mean_label_bce(targets, logits)
+            loss = _mean_label_bce(self._with_soft_labels(targets, batch), logits)
         if self.use_captions:
             caption_emb = self.text_encoder(batch["caption_ids"], training=training)
             pair = sigmoid_pair_loss(global_embedding(image_emb), caption_emb, self.scale(), self.logit_bias)
             loss += self.config.siglip_weight * pair
         return loss
+
+    def _with_soft_labels(self, targets, batch):
+        """The label targets mixed with the teachers' soft labels when the batch has them.
+
+        Both losses are linear in their targets, so this equals a weighted sum of a
+        true-label loss and a distillation loss.
+        """
+        if "soft_labels" not in batch:
+            return targets
+        weight = self.config.distill_weight
+        return (1.0 - weight) * targets + weight * batch["soft_labels"]
 
     def train_step(self, batch):
         """One optimiser step on the combined loss (scaled for multi-replica strategies)."""

@@ -39,17 +39,22 @@ def make_dataset(
     tokenizer: Tokenizer,
     config: TrainConfig,
     training: bool,
+    soft_labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """A batched tf.data pipeline of ``{"image", "targets", "caption_ids"}``.
 
     Training batches are shuffled (seeded), augmented and drop the remainder so
-    every step sees a full batch (the pair loss needs in-batch negatives).
+    every step sees a full batch (the pair loss needs in-batch negatives).  With
+    ``soft_labels`` (teachers' probabilities, ``[N, num_labels]``), batches also
+    carry ``"soft_labels"``.
     """
     tensors = {
         "image": data.images,
         "targets": data.multi_hot(labels),
         "caption_ids": tokenizer.encode_batch(data.captions),
     }
+    if soft_labels is not None:
+        tensors["soft_labels"] = soft_labels
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     if training:
         ds = ds.shuffle(min(len(data), 20_000), seed=config.seed, reshuffle_each_iteration=True)

@@ -26,6 +26,7 @@ from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar
 from fuselite.train.configs import TrainConfig
 from fuselite.train.data import Splits
+from fuselite.train.distill import agreement, teacher_soft_labels
 from fuselite.train.evaluate import evaluate
 from fuselite.train.model import FusedModel
 from fuselite.train.pipeline import (
@@ -90,8 +91,9 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool):
 
 def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool):
     strategy = distribution_strategy()
-    train_ds = make_dataset(data.train, labels, tokenizer, config, training=True)
-    val_ds = make_dataset(data.val, labels, tokenizer, config, training=False)
+    soft_train, soft_val = _teacher_soft_labels(config, data, labels)
+    train_ds = make_dataset(data.train, labels, tokenizer, config, training=True, soft_labels=soft_train)
+    val_ds = make_dataset(data.val, labels, tokenizer, config, training=False, soft_labels=soft_val)
     steps = max(1, len(data.train) // config.batch_size)
     with strategy.scope():
         model = FusedModel(
@@ -117,6 +119,16 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         model.load_weights(str(checkpoints.best_weights))
     (run_dir / "history.json").write_text(json.dumps(checkpoints.state["history"], indent=1))
     return model
+
+
+def _teacher_soft_labels(config: TrainConfig, data: RunData, labels: list[str]):
+    """The teachers' soft labels for the train and validation splits, or ``(None, None)``."""
+    if not config.teachers:
+        return None, None
+    soft = [teacher_soft_labels(config, data.train.task, labels, split.images) for split in (data.train, data.val)]
+    log.info("distilling from %d teacher(s); their top label is right on %.2f%% of validation",
+             len(config.teachers), 100 * agreement(soft[1], data.val.multi_hot(labels)))
+    return soft
 
 
 def validation_score(model: FusedModel, val, labels: list[str]) -> float:

@@ -1,0 +1,62 @@
+"""`fuselite train --teacher`: a model learns from finished runs' soft labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fuselite.cli import main
+from fuselite.errors import UserError
+from fuselite.train.configs import TrainConfig, get_config
+
+
+def test_student_learns_from_the_teacher_alone(tiny_run: Path, tmp_path: Path):
+    """With every bit of the label loss on soft labels, all the student knows comes from the teacher."""
+    from fuselite.train.trainer import train
+
+    config = get_config("scenes-tiny").with_overrides(teachers=(str(tiny_run),), distill_weight=1.0)
+    metrics = train(config, tmp_path / "student")
+    teacher_map = json.loads((tiny_run / "metrics.json").read_text())["mAP"]
+    # A student of the same size, taught for as long, lands near its teacher (chance is ~0.1).
+    assert metrics["mAP"] > 0.6 * teacher_map
+    saved = TrainConfig.load(tmp_path / "student" / "config.json")
+    assert saved.teachers == (str(tiny_run),) and saved.distill_weight == 1.0
+
+
+def test_soft_labels_are_the_teachers_probabilities_averaged_over_mirrors(tiny_run: Path):
+    from fuselite.train.distill import teacher_soft_labels
+    from fuselite.train.run import load_run
+
+    teacher = load_run(tiny_run)
+    images = teacher.load_data().val.images[:16]
+    config = teacher.config.with_overrides(teachers=(str(tiny_run),))
+    both = teacher_soft_labels(config, "multi", teacher.labels, images)
+    mirrored = teacher_soft_labels(config, "multi", teacher.labels, images[:, :, ::-1])
+    np.testing.assert_allclose(both, mirrored, atol=1e-5)  # the mirror is in the average
+    plain = teacher_soft_labels(config.with_overrides(flip=False), "multi", teacher.labels, images)
+    assert both.shape == plain.shape == (16, len(teacher.labels))
+    assert 0.0 < plain.min() and plain.max() < 1.0 and not np.allclose(plain, both)
+    with pytest.raises(UserError, match="other labels"):  # a multi-label teacher for single-label data
+        teacher_soft_labels(config, "single", teacher.labels, images)
+
+
+def test_a_teacher_of_other_labels_is_refused_with_one_line(tiny_run: Path, tmp_path: Path, capsys):
+    argv = ["train", "--config", "fashion-mnist-tiny", "--limit", "200", "--teacher", str(tiny_run),
+            "--out", str(tmp_path / "student")]
+    assert main(argv) == 2
+    assert "trained on other labels" in capsys.readouterr().err
+
+
+def test_a_teacher_that_is_not_a_finished_run_is_refused(tmp_path: Path, capsys):
+    argv = ["train", "--config", "scenes-tiny", "--teacher", str(tmp_path), "--out", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert "not a finished run" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_distill_weight_outside_0_to_1_is_refused():
+    with pytest.raises(UserError, match="distill_weight 1.5 is outside 0..1"):
+        get_config("scenes-tiny").with_overrides(distill_weight=1.5)

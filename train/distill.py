@@ -1,0 +1,77 @@
+"""Distillation from finished runs: a tower learns from its teachers' soft labels.
+
+``fuselite train --teacher RUN [--teacher RUN ...]`` scores every training and
+validation image with each teacher once, before the first epoch, and averages the
+label probabilities (over the teachers, and over each image and its mirror when the
+student trains with flips).  The student then fits a mix of the true labels and those
+soft labels (``distill_weight``).  An ensemble of finished runs knows which garments
+look alike; a small tower that copies its soft labels learns more than from the
+one-hot labels alone, and costs nothing extra on the device.
+
+Precomputing the soft labels keeps a training step as fast as without teachers;
+the augmented view of an image is fitted to its teachers' view of the plain image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from fuselite.errors import UserError
+from fuselite.train.configs import TrainConfig
+from fuselite.train.pipeline import embed_images, embed_texts
+
+log = logging.getLogger(__name__)
+
+
+def teacher_soft_labels(config: TrainConfig, task: str, labels: list[str],
+                        images: np.ndarray) -> np.ndarray:
+    """Teachers' averaged label probabilities ``[N, num_labels]`` for ``images``.
+
+    Single-label teachers give softmax probabilities (what the softmax loss
+    fits), multi-label teachers their sigmoid probabilities.
+    """
+    views = [images, images[:, :, ::-1]] if config.augment and config.flip else [images]
+    probabilities = []
+    for teacher_dir in config.teachers:
+        teacher = load_teacher(teacher_dir, config, task, labels)
+        label_emb = embed_texts(teacher.text_encoder, teacher.tokenizer, labels)
+        for view in views:
+            image_emb = embed_images(teacher.image_encoder, np.ascontiguousarray(view))
+            similarity = image_emb @ label_emb.T
+            if similarity.ndim == 3:  # regional scoring: a label scores its best cell
+                similarity = similarity.max(axis=1)
+            logits = teacher.logit_scale * similarity + teacher.logit_bias
+            probabilities.append(_softmax(logits) if task == "single" else _sigmoid(logits))
+    return np.mean(probabilities, axis=0).astype(np.float32)
+
+
+def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[str]):
+    """A finished run that can teach this config: same labels, task and input size."""
+    from fuselite.train.run import load_run
+
+    teacher = load_run(Path(teacher_dir))
+    if teacher.task != task or list(teacher.labels) != list(labels):
+        raise UserError(f"--teacher {teacher_dir}: trained on other labels than this run; "
+                        "a teacher must come from the same data")
+    if teacher.config.image_size != config.image_size:
+        raise UserError(f"--teacher {teacher_dir}: its input is {teacher.config.image_size} px, this "
+                        f"run's {config.image_size} px; pass --image-size {teacher.config.image_size}")
+    return teacher
+
+
+def agreement(soft_labels: np.ndarray, targets: np.ndarray) -> float:
+    """How often the teachers' top label is a true label (a sanity figure for the log)."""
+    top = soft_labels.argmax(axis=1)
+    return float(np.mean(targets[np.arange(len(top)), top] > 0))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
