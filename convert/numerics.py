@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fuselite import metrics as m
-from fuselite.bundle import label_probabilities
+from fuselite.bundle import label_logits, label_probabilities
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,7 @@ class Scorer:
 
     def logits(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
         """The logits behind :meth:`__call__` (what the sigmoid is applied to)."""
-        similarity = np.asarray(image_emb, np.float32) @ np.asarray(text_emb, np.float32).T
-        if similarity.ndim == 3:
-            similarity = similarity.max(axis=1)
-        return self.logit_scale * similarity + self.logit_bias
+        return label_logits(image_emb, text_emb, self.logit_scale, self.logit_bias)
 
 
 class InterpreterError(RuntimeError):

@@ -174,11 +174,17 @@ def label_probabilities(image_embedding: np.ndarray, label_embeddings: np.ndarra
     ``[batch, cells, D]`` (regional models: one per cell of the last feature map,
     and a label scores as its best cell).  Returns ``[batch, labels]``.
     """
+    logits = label_logits(image_embedding, label_embeddings, logit_scale, logit_bias)
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
+
+
+def label_logits(image_embedding: np.ndarray, label_embeddings: np.ndarray,
+                 logit_scale: float, logit_bias: float) -> np.ndarray:
+    """The logits ``[batch, labels]`` behind :func:`label_probabilities`, before the sigmoid."""
     similarity = np.asarray(image_embedding, np.float32) @ np.asarray(label_embeddings, np.float32).T
     if similarity.ndim == 3:
         similarity = similarity.max(axis=1)
-    logits = logit_scale * similarity + logit_bias
-    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
+    return logit_scale * similarity + logit_bias
 
 
 def global_embedding(image_embedding: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fuselite.bundle import label_logits
 from fuselite.errors import UserError
+from fuselite.metrics import sigmoid
 from fuselite.train.configs import TrainConfig
 from fuselite.train.pipeline import embed_images, embed_texts
 
@@ -40,11 +42,8 @@ def teacher_soft_labels(config: TrainConfig, task: str, labels: list[str],
         label_emb = embed_texts(teacher.text_encoder, teacher.tokenizer, labels)
         for view in views:
             image_emb = embed_images(teacher.image_encoder, np.ascontiguousarray(view))
-            similarity = image_emb @ label_emb.T
-            if similarity.ndim == 3:  # regional scoring: a label scores its best cell
-                similarity = similarity.max(axis=1)
-            logits = teacher.logit_scale * similarity + teacher.logit_bias
-            probabilities.append(_softmax(logits) if task == "single" else _sigmoid(logits))
+            logits = label_logits(image_emb, label_emb, teacher.logit_scale, teacher.logit_bias)
+            probabilities.append(_softmax(logits) if task == "single" else sigmoid(logits))
     return np.mean(probabilities, axis=0).astype(np.float32)
 
 
@@ -72,6 +71,3 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits))
