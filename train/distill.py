@@ -29,22 +29,29 @@ log = logging.getLogger(__name__)
 
 
 def teacher_soft_labels(config: TrainConfig, task: str, labels: list[str],
-                        images: np.ndarray) -> np.ndarray:
-    """Teachers' averaged label probabilities ``[N, num_labels]`` for ``images``.
+                        image_sets: list[np.ndarray]) -> list[np.ndarray]:
+    """Teachers' averaged label probabilities ``[N, num_labels]``, one array per image set.
 
-    Single-label teachers give softmax probabilities (what the softmax loss
-    fits), multi-label teachers their sigmoid probabilities.
+    Every teacher is loaded once for all the sets.  Single-label teachers give
+    softmax probabilities (what the softmax loss fits), multi-label teachers their
+    sigmoid probabilities.
     """
-    views = [images, images[:, :, ::-1]] if config.augment and config.flip else [images]
-    probabilities = []
+    flips = config.augment and config.flip
+    per_set: list[list[np.ndarray]] = [[] for _ in image_sets]
     for teacher_dir in config.teachers:
         teacher = load_teacher(teacher_dir, config, task, labels)
         label_emb = embed_texts(teacher.text_encoder, teacher.tokenizer, labels)
-        for view in views:
-            image_emb = embed_images(teacher.image_encoder, np.ascontiguousarray(view))
-            logits = label_logits(image_emb, label_emb, teacher.logit_scale, teacher.logit_bias)
-            probabilities.append(_softmax(logits) if task == "single" else sigmoid(logits))
-    return np.mean(probabilities, axis=0).astype(np.float32)
+        for images, probabilities in zip(image_sets, per_set):
+            views = [images, images[:, :, ::-1]] if flips else [images]
+            probabilities.extend(_probabilities(teacher, label_emb, view, task) for view in views)
+    return [np.mean(probabilities, axis=0).astype(np.float32) for probabilities in per_set]
+
+
+def _probabilities(teacher, label_emb: np.ndarray, images: np.ndarray, task: str) -> np.ndarray:
+    """One teacher's label probabilities for one view of the images."""
+    image_emb = embed_images(teacher.image_encoder, np.ascontiguousarray(images))
+    logits = label_logits(image_emb, label_emb, teacher.logit_scale, teacher.logit_bias)
+    return _softmax(logits) if task == "single" else sigmoid(logits)
 
 
 def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[str]):
@@ -70,4 +77,3 @@ def agreement(soft_labels: np.ndarray, targets: np.ndarray) -> float:
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
-

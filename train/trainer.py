@@ -125,7 +125,7 @@ def _teacher_soft_labels(config: TrainConfig, data: RunData, labels: list[str]):
     """The teachers' soft labels for the train and validation splits, or ``(None, None)``."""
     if not config.teachers:
         return None, None
-    soft = [teacher_soft_labels(config, data.train.task, labels, split.images) for split in (data.train, data.val)]
+    soft = teacher_soft_labels(config, data.train.task, labels, [data.train.images, data.val.images])
     log.info("distilling from %d teacher(s); their top label is right on %.2f%% of validation",
              len(config.teachers), 100 * agreement(soft[1], data.val.multi_hot(labels)))
     return soft

@@ -33,14 +33,13 @@ def test_soft_labels_are_the_teachers_probabilities_averaged_over_mirrors(tiny_r
     teacher = load_run(tiny_run)
     images = teacher.load_data().val.images[:16]
     config = teacher.config.with_overrides(teachers=(str(tiny_run),))
-    both = teacher_soft_labels(config, "multi", teacher.labels, images)
-    mirrored = teacher_soft_labels(config, "multi", teacher.labels, images[:, :, ::-1])
+    both, mirrored = teacher_soft_labels(config, "multi", teacher.labels, [images, images[:, :, ::-1]])
     np.testing.assert_allclose(both, mirrored, atol=1e-5)  # the mirror is in the average
-    plain = teacher_soft_labels(config.with_overrides(flip=False), "multi", teacher.labels, images)
+    [plain] = teacher_soft_labels(config.with_overrides(flip=False), "multi", teacher.labels, [images])
     assert both.shape == plain.shape == (16, len(teacher.labels))
     assert 0.0 < plain.min() and plain.max() < 1.0 and not np.allclose(plain, both)
     with pytest.raises(UserError, match="other labels"):  # a multi-label teacher for single-label data
-        teacher_soft_labels(config, "single", teacher.labels, images)
+        teacher_soft_labels(config, "single", teacher.labels, [images])
 
 
 def test_a_teacher_of_other_labels_is_refused_with_one_line(tiny_run: Path, tmp_path: Path, capsys):
