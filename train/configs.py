@@ -61,6 +61,8 @@ class TrainConfig:
             term beside the softmax one.  Softmax ignores the scorer's bias, so
             without it the sigmoid probabilities a device reports are not
             calibrated (a correct label could score 0.001).
+        activation: The image tower's activation: ``"relu6"`` (MobileNet v1), or
+            ``"hard_swish"`` (MobileNet v3; one HARD_SWISH op on the device).
         teachers: Finished run directories whose averaged soft labels the model
             also learns from (knowledge distillation, :mod:`fuselite.train.distill`).
         distill_weight: Share of the label loss given to the teachers' soft labels
@@ -96,6 +98,7 @@ class TrainConfig:
     limit: int = 0
     residual: bool = False
     label_bce_weight: float = 0.2
+    activation: str = "relu6"
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.7
 
@@ -104,6 +107,8 @@ class TrainConfig:
             raise UserError(f"image_size {self.image_size} is outside 64..224 pixels")
         if self.width <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
+        if self.activation not in ("relu6", "hard_swish"):
+            raise UserError(f"activation {self.activation!r} is not one of: relu6, hard_swish")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
 

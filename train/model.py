@@ -43,8 +43,22 @@ def _batch_norm(name: str):
     return keras.layers.BatchNormalization(momentum=0.9, name=name)
 
 
-def _separable_block(x, channels: int, stride: int, name: str, residual: bool = False):
-    """Depthwise 3x3 + pointwise 1x1, each with batch norm and ReLU6 (MobileNet v1).
+def _activation(x, kind: str, name: str):
+    """ReLU6, or hard-swish ``x * relu6(x + 3) / 6`` (MobileNet v3).
+
+    Hard-swish is spelled in stock layers that the TFLite converter fuses into one
+    HARD_SWISH op, so the device runs a single int8 kernel for it.
+    """
+    if kind == "relu6":
+        return keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
+    gate = keras.layers.Rescaling(1.0, 3.0, name=f"{name}_hs_shift")(x)
+    gate = keras.layers.ReLU(6.0, name=f"{name}_hs_relu")(gate)
+    gate = keras.layers.Rescaling(1 / 6, name=f"{name}_hs_scale")(gate)
+    return keras.layers.Multiply(name=f"{name}_hswish")([x, gate])
+
+
+def _separable_block(x, channels: int, stride: int, name: str, residual: bool = False, activation: str = "relu6"):
+    """Depthwise 3x3 + pointwise 1x1, each with batch norm and an activation (MobileNet v1).
 
     With ``residual``, a stride-1 block whose input has ``channels`` channels adds
     its input to its output.
@@ -52,10 +66,10 @@ def _separable_block(x, channels: int, stride: int, name: str, residual: bool = 
     shortcut = x if residual and stride == 1 and int(x.shape[-1]) == channels else None
     x = keras.layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
     x = _batch_norm(f"{name}_dw_bn")(x)
-    x = keras.layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = _activation(x, activation, f"{name}_dw")
     x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_pw")(x)
     x = _batch_norm(f"{name}_pw_bn")(x)
-    x = keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+    x = _activation(x, activation, f"{name}_pw")
     if shortcut is None:
         return x
     return keras.layers.Add(name=f"{name}_add")([shortcut, x])
@@ -70,9 +84,11 @@ def image_encoder(config: TrainConfig) -> keras.Model:
         _channels(16, config.width), 3, 2, padding="same", use_bias=False, name="stem"
     )(x)
     x = _batch_norm("stem_bn")(x)
-    x = keras.layers.ReLU(6.0, name="stem_relu")(x)
+    x = _activation(x, "relu6", "stem")
+    deepest_stage = _deepest_stage_start(config.blocks)
     for i, (channels, stride) in enumerate(config.blocks):
-        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}", config.residual)
+        activation = config.activation if i >= deepest_stage else "relu6"
+        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}", config.residual, activation)
     if config.scoring == "regional":
         return keras.Model(pixels, _regional_head(x, config), name="image_encoder")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -82,6 +98,16 @@ def image_encoder(config: TrainConfig) -> keras.Model:
     x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
     embedding = keras.layers.UnitNormalization(name="embedding")(x)
     return keras.Model(pixels, embedding, name="image_encoder")
+
+
+def _deepest_stage_start(blocks) -> int:
+    """Index of the first block at the tower's lowest resolution (its last stride-2 block).
+
+    ``config.activation`` applies from there on, as in MobileNet v3: hard-swish costs
+    more per pixel than ReLU6, so it goes where feature maps are smallest.
+    """
+    strided = [i for i, (_, stride) in enumerate(blocks) if stride > 1]
+    return strided[-1] if strided else 0
 
 
 def _regional_head(features, config: TrainConfig):
