@@ -14,6 +14,9 @@ from typing import Any
 
 from fuselite.errors import UserError
 
+# The image tower's activations (``TrainConfig.activation``; built in ``model._activation``).
+ACTIVATIONS = ("relu6", "hard_swish")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -107,8 +110,8 @@ class TrainConfig:
             raise UserError(f"image_size {self.image_size} is outside 64..224 pixels")
         if self.width <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
-        if self.activation not in ("relu6", "hard_swish"):
-            raise UserError(f"activation {self.activation!r} is not one of: relu6, hard_swish")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"activation {self.activation!r} is not one of: {', '.join(ACTIVATIONS)}")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
 
