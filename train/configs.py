@@ -66,6 +66,10 @@ class TrainConfig:
             calibrated (a correct label could score 0.001).
         activation: The image tower's activation: ``"relu6"`` (MobileNet v1), or
             ``"hard_swish"`` (MobileNet v3; one HARD_SWISH op on the device).
+            Hard-swish applies from the last stride-2 block on; earlier blocks keep ReLU6.
+        squeeze_excite: Squeeze-and-excite reduction ratio in the blocks from the last
+            stride-2 block on (MobileNet v3); 0 = off.  Reduction 8 on
+            ``fashion-mnist-small`` adds 9,576 weights.
         teachers: Finished run directories whose averaged soft labels the model
             also learns from (knowledge distillation, :mod:`fuselite.train.distill`).
         distill_weight: Share of the label loss given to the teachers' soft labels
@@ -102,6 +106,7 @@ class TrainConfig:
     residual: bool = False
     label_bce_weight: float = 0.2
     activation: str = "relu6"
+    squeeze_excite: int = 0
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.7
 
@@ -112,6 +117,8 @@ class TrainConfig:
             raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
         if self.activation not in ACTIVATIONS:
             raise UserError(f"activation {self.activation!r} is not one of: {', '.join(ACTIVATIONS)}")
+        if self.squeeze_excite < 0:
+            raise UserError(f"squeeze_excite {self.squeeze_excite} must be 0 (off) or a reduction ratio >= 1")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
 

@@ -51,22 +51,45 @@ def _activation(x, kind: str, name: str):
     """
     if kind == "relu6":
         return keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
-    gate = keras.layers.Rescaling(1.0, 3.0, name=f"{name}_hs_shift")(x)
-    gate = keras.layers.ReLU(6.0, name=f"{name}_hs_relu")(gate)
-    gate = keras.layers.Rescaling(1 / 6, name=f"{name}_hs_scale")(gate)
-    return keras.layers.Multiply(name=f"{name}_hswish")([x, gate])
+    return keras.layers.Multiply(name=f"{name}_hswish")([x, _hard_sigmoid(x, f"{name}_hs")])
 
 
-def _separable_block(x, channels: int, stride: int, name: str, residual: bool = False, activation: str = "relu6"):
+def _hard_sigmoid(x, name: str):
+    """``relu6(x + 3) / 6``: MobileNet v3's gate, with no LOGISTIC op for the device."""
+    gate = keras.layers.Rescaling(1.0, 3.0, name=f"{name}_shift")(x)
+    gate = keras.layers.ReLU(6.0, name=f"{name}_relu")(gate)
+    return keras.layers.Rescaling(1 / 6, name=f"{name}_scale")(gate)
+
+
+def _squeeze_excite(x, reduction: int, name: str):
+    """Squeeze-and-excite (MobileNet v3): each channel scaled by a gate read from all of them.
+
+    The block's features are averaged over the image, squeezed to ``channels /
+    reduction`` and expanded back into one hard-sigmoid gate per channel, so a
+    channel can be turned down where the whole image says it does not matter.
+    """
+    channels = int(x.shape[-1])
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
+    squeezed = keras.layers.Conv2D(max(8, channels // reduction), 1, name=f"{name}_se_reduce")(pooled)
+    squeezed = keras.layers.ReLU(name=f"{name}_se_relu")(squeezed)
+    gate = keras.layers.Conv2D(channels, 1, name=f"{name}_se_expand")(squeezed)
+    return keras.layers.Multiply(name=f"{name}_se_apply")([x, _hard_sigmoid(gate, f"{name}_se_gate")])
+
+
+def _separable_block(x, channels: int, stride: int, name: str, residual: bool = False,
+                     activation: str = "relu6", squeeze_excite: int = 0):
     """Depthwise 3x3 + pointwise 1x1, each with batch norm and an activation (MobileNet v1).
 
     With ``residual``, a stride-1 block whose input has ``channels`` channels adds
-    its input to its output.
+    its input to its output.  A ``squeeze_excite`` reduction above 0 gates the
+    depthwise output's channels (MobileNet v3).
     """
     shortcut = x if residual and stride == 1 and int(x.shape[-1]) == channels else None
     x = keras.layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
     x = _batch_norm(f"{name}_dw_bn")(x)
     x = _activation(x, activation, f"{name}_dw")
+    if squeeze_excite:
+        x = _squeeze_excite(x, squeeze_excite, name)
     x = keras.layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_pw")(x)
     x = _batch_norm(f"{name}_pw_bn")(x)
     x = _activation(x, activation, f"{name}_pw")
@@ -87,8 +110,9 @@ def image_encoder(config: TrainConfig) -> keras.Model:
     x = _activation(x, "relu6", "stem")
     deepest_stage = _deepest_stage_start(config.blocks)
     for i, (channels, stride) in enumerate(config.blocks):
-        activation = config.activation if i >= deepest_stage else "relu6"
-        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}", config.residual, activation)
+        deep = i >= deepest_stage
+        x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}", config.residual,
+                             config.activation if deep else "relu6", config.squeeze_excite if deep else 0)
     if config.scoring == "regional":
         return keras.Model(pixels, _regional_head(x, config), name="image_encoder")
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -103,8 +127,9 @@ def image_encoder(config: TrainConfig) -> keras.Model:
 def _deepest_stage_start(blocks) -> int:
     """Index of the first block at the tower's lowest resolution (its last stride-2 block).
 
-    ``config.activation`` applies from there on, as in MobileNet v3: hard-swish costs
-    more per pixel than ReLU6, so it goes where feature maps are smallest.
+    ``config.activation`` and ``config.squeeze_excite`` apply from there on, as in
+    MobileNet v3: hard-swish costs more per pixel than ReLU6, so it goes where
+    feature maps are smallest.
     """
     strided = [i for i, (_, stride) in enumerate(blocks) if stride > 1]
     return strided[-1] if strided else 0

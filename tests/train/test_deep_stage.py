@@ -1,4 +1,8 @@
-"""The image tower's ``activation`` option: hard-swish in the deepest stage, one op on the device."""
+"""The image tower's deepest-stage options (MobileNet v3): hard-swish and squeeze-and-excite.
+
+Both apply from the last stride-2 block on, convert to ops every runtime loads, and
+add no LOGISTIC op to the device's model.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from fuselite.train.configs import get_config
 from fuselite.train.model import image_encoder
 
 
-def _tower(activation: str):
-    return image_encoder(get_config("scenes-tiny").with_overrides(activation=activation))
+def _tower(activation: str = "relu6", squeeze_excite: int = 0):
+    config = get_config("scenes-tiny").with_overrides(activation=activation, squeeze_excite=squeeze_excite)
+    return image_encoder(config)
 
 
 def _hard_swish_layers(model) -> list[str]:
@@ -32,13 +37,25 @@ def test_hard_swish_adds_no_weights():
     assert _tower("hard_swish").count_params() == _tower("relu6").count_params()
 
 
+def test_squeeze_excite_gates_only_the_last_stage_with_the_reduced_weights():
+    # scenes-tiny's block2 takes 64 channels: 64 -> 16 -> 64 with biases.
+    tower = _tower(squeeze_excite=4)
+    assert [layer.name for layer in tower.layers if layer.name.endswith("_se_apply")] == ["block2_se_apply"]
+    assert tower.count_params() - _tower().count_params() == (64 * 16 + 16) + (16 * 64 + 64)
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_hard_swish_tower_converts_to_one_op_that_every_runtime_loads(variant: str):
-    tower = _tower("hard_swish")
+@pytest.mark.parametrize(
+    ("options", "expected_op"),
+    [({"activation": "hard_swish"}, "HARD_SWISH"), ({"squeeze_excite": 4}, "MEAN")],
+    ids=["hard_swish", "squeeze_excite"],
+)
+def test_deep_stage_options_convert_to_ops_that_every_runtime_loads(variant: str, options: dict, expected_op: str):
+    tower = _tower(**options)
     images = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)
     model_bytes = convert_image_model(tower, get_variant(variant), calibration=images)
     ops = {op.name for op in model_ops(model_bytes)}
-    assert "HARD_SWISH" in ops and "LOGISTIC" not in ops
+    assert expected_op in ops and "LOGISTIC" not in ops
     assert runtime_problems(model_ops(model_bytes)) == {key: [] for key in runtime_problems(())}
     if variant == "fp32":
         np.testing.assert_allclose(_tflite_embedding(model_bytes, images[:1]), tower(images[:1]).numpy(), atol=1e-4)
@@ -55,3 +72,8 @@ def _tflite_embedding(model_bytes: bytes, image: np.ndarray) -> np.ndarray:
 def test_an_unknown_activation_is_refused_naming_the_choices():
     with pytest.raises(UserError, match="relu6, hard_swish"):
         get_config("scenes-tiny").with_overrides(activation="gelu")
+
+
+def test_a_negative_squeeze_excite_reduction_is_refused():
+    with pytest.raises(UserError, match="squeeze_excite -1"):
+        get_config("scenes-tiny").with_overrides(squeeze_excite=-1)
