@@ -23,14 +23,14 @@ def _tower(activation: str = "relu6", squeeze_excite: int = 0):
     return image_encoder(config)
 
 
-def _hard_swish_layers(model) -> list[str]:
-    return [layer.name for layer in model.layers if layer.name.endswith("_hswish")]
+def _layers_ending(model, suffix: str) -> list[str]:
+    return [layer.name for layer in model.layers if layer.name.endswith(suffix)]
 
 
 def test_hard_swish_replaces_relu6_only_from_the_last_stride_2_block_on():
     # scenes-tiny: blocks (32, 1), (64, 2), (128, 2); the 16x16 stage is block2.
-    assert _hard_swish_layers(_tower("hard_swish")) == ["block2_dw_hswish", "block2_pw_hswish"]
-    assert _hard_swish_layers(_tower("relu6")) == []
+    assert _layers_ending(_tower("hard_swish"), "_hswish") == ["block2_dw_hswish", "block2_pw_hswish"]
+    assert _layers_ending(_tower("relu6"), "_hswish") == []
 
 
 def test_hard_swish_adds_no_weights():
@@ -40,7 +40,7 @@ def test_hard_swish_adds_no_weights():
 def test_squeeze_excite_gates_only_the_last_stage_with_the_reduced_weights():
     # scenes-tiny's block2 takes 64 channels: 64 -> 16 -> 64 with biases.
     tower = _tower(squeeze_excite=4)
-    assert [layer.name for layer in tower.layers if layer.name.endswith("_se_apply")] == ["block2_se_apply"]
+    assert _layers_ending(tower, "_se_apply") == ["block2_se_apply"]
     assert tower.count_params() - _tower().count_params() == (64 * 16 + 16) + (16 * 64 + 64)
 
 
