@@ -56,6 +56,9 @@ class TrainConfig:
         cutout: Side of a random square blanked out in augmentation, as a fraction
             of the image (0 = off).  Helps single-object data; it would hide tagged
             objects in scenes.
+        cutout_probability: Share of training images that get the cutout square
+            (random erasing uses 0.5); the rest are left whole, so a small tower
+            also sees every garment complete.
         limit: Use at most this many training items (0 = all); for quick runs.
         residual: Add each stride-1 block's input to its output when the channels
             match (identity shortcuts, as in MobileNet v2): deeper towers train
@@ -102,6 +105,7 @@ class TrainConfig:
     augment: bool = True
     flip: bool = True
     cutout: float = 0.0
+    cutout_probability: float = 1.0
     limit: int = 0
     residual: bool = False
     label_bce_weight: float = 0.2
@@ -119,6 +123,8 @@ class TrainConfig:
             raise UserError(f"activation {self.activation!r} is not one of: {', '.join(ACTIVATIONS)}")
         if self.squeeze_excite < 0:
             raise UserError(f"squeeze_excite {self.squeeze_excite} must be 0 (off) or a reduction ratio >= 1")
+        if not 0.0 <= self.cutout_probability <= 1.0:
+            raise UserError(f"cutout_probability {self.cutout_probability} is outside 0..1")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
 

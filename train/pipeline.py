@@ -65,7 +65,7 @@ def make_dataset(
 
 
 def _augmenter(config: TrainConfig):
-    """Random shift (pad + crop), optional horizontal flip and a small brightness change.
+    """Random shift (pad + crop), optional horizontal flip, a small brightness change, cutout.
 
     Colours stay close to the original: labels name colours, so hue is never changed.
     """
@@ -80,11 +80,18 @@ def _augmenter(config: TrainConfig):
             image = tf.image.random_flip_left_right(image)
         image = image + tf.random.uniform((), -12.0, 12.0)
         if config.cutout > 0:
-            image = _cutout(image, int(size * config.cutout))
+            image = _maybe_cutout(image, int(size * config.cutout), config.cutout_probability)
         example["image"] = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
         return example
 
     return augment
+
+
+def _maybe_cutout(image, side: int, probability: float):
+    """Applies :func:`_cutout` to a random ``probability`` share of the images."""
+    if probability >= 1.0:
+        return _cutout(image, side)
+    return tf.cond(tf.random.uniform(()) < probability, lambda: _cutout(image, side), lambda: image)
 
 
 def _cutout(image, side: int):
