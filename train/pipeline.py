@@ -89,7 +89,7 @@ def _augmenter(config: TrainConfig):
 
 def _maybe_cutout(image, side: int, probability: float):
     """Applies :func:`_cutout` to a random ``probability`` share of the images."""
-    if probability >= 1.0:
+    if probability >= 1.0:  # no extra random draw: existing configs augment exactly as before
         return _cutout(image, side)
     return tf.cond(tf.random.uniform(()) < probability, lambda: _cutout(image, side), lambda: image)
 
