@@ -3,6 +3,8 @@
     python -m fuselite.train.benchmark --config scenes-default --out runs/scenes
     python -m fuselite.train.benchmark --config fashion-mnist --out runs/fashion
     python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 --out runs/student
+    python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 \
+        --teacher-views augmented --out runs/student
 
 Targets (docs/training.md): scenes-default test mAP >= 0.95 and heldout_combo_ap
 >= 0.80 in <= 5 minutes; fashion-mnist top-1 >= 94.0% on the official 10k test
@@ -18,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from fuselite.host import machine_description
+from fuselite.train.configs import TEACHER_VIEWS
 
 
 def main() -> None:
@@ -27,6 +30,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--teacher", action="append", default=[], metavar="RUN",
                         help="a finished run to distill from, as `fuselite train --teacher`")
+    parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
+                        help="what the teachers score, as `fuselite train --teacher-views`")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from fuselite.train.configs import get_config
@@ -37,6 +42,7 @@ def main() -> None:
     config = get_config(args.config)
     if args.teacher:
         config = config.with_overrides(teachers=tuple(str(Path(t).resolve()) for t in args.teacher))
+    config = config.with_overrides(teacher_views=args.teacher_views)
     metrics = train(config, args.out)
     metric = "top1" if "top1" in metrics else "mAP"
     mirror = metrics.get(f"{metric}_mirror")
@@ -45,7 +51,8 @@ def main() -> None:
     print("| config | test metric | value | with mirror averaging | heldout_combo_ap | image params | text params "
           "| wall time | machine | date |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    name = args.config + (f" + {len(args.teacher)} teacher(s)" if args.teacher else "")
+    name = args.config + (f" + {len(config.teachers)} teacher(s), {config.teacher_views} views"
+                          if config.teachers else "")
     print(f"| {name} | {metric} | {metrics[metric]:.4f}{extra} | {metrics['image_params']:,} | "
           f"{metrics['text_params']:,} | {metrics['train_seconds']:.0f} s | {machine_description()} | "
           f"{datetime.date.today().isoformat()} |")

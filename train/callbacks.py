@@ -80,7 +80,7 @@ class CheckpointAndStop(keras.callbacks.Callback):
 
     @property
     def best_weights(self) -> Path:
-        """Weights of the epoch with the lowest validation loss."""
+        """Weights of the epoch with the best validation score."""
         return self.dir / "best.weights.h5"
 
     def attach(self, model, optimizer) -> None:

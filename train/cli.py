@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the train options to ``parser``."""
-    from fuselite.train.configs import list_configs
+    from fuselite.train.configs import TEACHER_VIEWS, list_configs
 
     parser.add_argument("--config", default="scenes-default",
                         help=f"named config: {', '.join(list_configs())} (default: scenes-default)")
@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", action="append", type=Path, metavar="RUN",
                         help="a finished run of the same data to distill from (repeat for an "
                         "ensemble): the model also learns the teachers' averaged soft labels")
+    parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
+                        help="what the teachers score: plain images once before training (the "
+                        "default), or every augmented training batch (slower per step)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.teacher:
         config = config.with_overrides(teachers=tuple(str(_finished_run(t)) for t in args.teacher))
+    config = config.with_overrides(teacher_views=args.teacher_views)
+    if config.teacher_views == "augmented" and not config.teachers:
+        raise UserError("--teacher-views augmented needs at least one --teacher RUN")
     if args.resume and not args.out.exists():
         raise UserError(f"--resume: {args.out} does not exist")
     from fuselite.train.trainer import train  # heavy: TensorFlow

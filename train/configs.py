@@ -16,6 +16,8 @@ from fuselite.errors import UserError
 
 # The image tower's activations (``TrainConfig.activation``; built in ``model._activation``).
 ACTIVATIONS = ("relu6", "hard_swish")
+# What distillation teachers score (``TrainConfig.teacher_views``; see ``fuselite.train.distill``).
+TEACHER_VIEWS = ("plain", "augmented")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class TrainConfig:
             also learns from (knowledge distillation, :mod:`fuselite.train.distill`).
         distill_weight: Share of the label loss given to the teachers' soft labels
             (the rest goes to the true labels); used only with ``teachers``.
+        teacher_views: What the teachers score: ``"plain"`` images, once before the
+            first epoch, or every training batch ``"augmented"`` as the student sees
+            it (consistent distillation; each step also runs the teachers).
     """
 
     name: str
@@ -113,6 +118,7 @@ class TrainConfig:
     squeeze_excite: int = 0
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.7
+    teacher_views: str = "plain"
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 224:
@@ -127,6 +133,8 @@ class TrainConfig:
             raise UserError(f"cutout_probability {self.cutout_probability} is outside 0..1")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
+        if self.teacher_views not in TEACHER_VIEWS:
+            raise UserError(f"teacher_views {self.teacher_views!r} is not one of: {', '.join(TEACHER_VIEWS)}")
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with the given fields changed; ``None`` values are ignored."""

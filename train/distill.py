@@ -10,6 +10,10 @@ one-hot labels alone, and costs nothing extra on the device.
 
 Precomputing the soft labels keeps a training step as fast as without teachers;
 the augmented view of an image is fitted to its teachers' view of the plain image.
+With ``teacher_views="augmented"`` the teachers instead score every training batch
+as the student sees it (:class:`AugmentedViewTeacher`): a shifted, cut-out garment
+gets the teachers' opinion of *that* picture ("consistent" distillation, Beyer et
+al. 2022), and each step pays for the teachers' forward passes.
 """
 
 from __future__ import annotations
@@ -66,6 +70,36 @@ def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[
         raise UserError(f"--teacher {teacher_dir}: its input is {teacher.config.image_size} px, this "
                         f"run's {config.image_size} px; pass --image-size {teacher.config.image_size}")
     return teacher
+
+
+class AugmentedViewTeacher:
+    """The teachers as one TensorFlow function: a batch of uint8 images -> averaged probabilities.
+
+    A plain object, not a Keras layer, so the teachers' weights stay out of the
+    student's weights, checkpoints and saved towers.
+    """
+
+    def __init__(self, config: TrainConfig, task: str, labels: list[str]):
+        from fuselite.train.backend import tf
+
+        self._tf = tf
+        self.task = task
+        self.members = []
+        for teacher_dir in config.teachers:
+            teacher = load_teacher(teacher_dir, config, task, labels)
+            label_emb = tf.constant(embed_texts(teacher.text_encoder, teacher.tokenizer, labels))
+            self.members.append((teacher.image_encoder, label_emb, teacher.logit_scale, teacher.logit_bias))
+
+    def __call__(self, images):
+        """Soft labels ``[batch, num_labels]`` for a batch, with no gradient to the teachers."""
+        from fuselite.train.model import image_similarity
+
+        tf = self._tf
+        probabilities = []
+        for encoder, label_emb, scale, bias in self.members:
+            logits = scale * image_similarity(encoder(images, training=False), label_emb) + bias
+            probabilities.append(tf.nn.softmax(logits) if self.task == "single" else tf.sigmoid(logits))
+        return tf.stop_gradient(tf.add_n(probabilities) / len(probabilities))
 
 
 def agreement(soft_labels: np.ndarray, targets: np.ndarray) -> float:

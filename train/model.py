@@ -258,6 +258,8 @@ class FusedModel(keras.Model):
             name="logit_bias", shape=(), initializer=keras.initializers.Constant(-5.0)
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Set by the trainer for teacher_views="augmented" (fuselite.train.distill).
+        self.augmented_view_teacher = None
 
     @property
     def metrics(self):
@@ -284,27 +286,34 @@ class FusedModel(keras.Model):
         label_emb = self.text_encoder(self.label_ids, training=training)
         logits = self.scale() * image_similarity(image_emb, label_emb) + self.logit_bias
         if self.task == "single":
-            goal = self._with_soft_labels(_smoothed(targets, self.config.label_smoothing), batch)
+            goal = self._with_soft_labels(_smoothed(targets, self.config.label_smoothing), batch, training)
             loss = tf.reduce_mean(keras.losses.categorical_crossentropy(goal, logits, from_logits=True))
             loss += self.config.label_bce_weight * _mean_label_bce(targets, logits)
         else:
-            loss = _mean_label_bce(self._with_soft_labels(targets, batch), logits)
+            loss = _mean_label_bce(self._with_soft_labels(targets, batch, training), logits)
         if self.use_captions:
             caption_emb = self.text_encoder(batch["caption_ids"], training=training)
             pair = sigmoid_pair_loss(global_embedding(image_emb), caption_emb, self.scale(), self.logit_bias)
             loss += self.config.siglip_weight * pair
         return loss
 
-    def _with_soft_labels(self, targets, batch):
-        """The label targets mixed with the teachers' soft labels when the batch has them.
+    def _with_soft_labels(self, targets, batch, training):
+        """The label targets mixed with the teachers' soft labels when there are teachers.
+
+        Soft labels come with the batch (precomputed), or, for training batches with
+        an :attr:`augmented_view_teacher`, from the teachers scoring the batch itself.
 
         Both losses are linear in their targets, so this equals a weighted sum of a
         true-label loss and a distillation loss.
         """
-        if "soft_labels" not in batch:
+        if "soft_labels" in batch:
+            soft_labels = batch["soft_labels"]
+        elif training and self.augmented_view_teacher is not None:
+            soft_labels = self.augmented_view_teacher(batch["image"])
+        else:
             return targets
         weight = self.config.distill_weight
-        return (1.0 - weight) * targets + weight * batch["soft_labels"]
+        return (1.0 - weight) * targets + weight * soft_labels
 
     def train_step(self, batch):
         """One optimiser step on the combined loss (scaled for multi-replica strategies)."""

@@ -26,7 +26,7 @@ from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar
 from fuselite.train.configs import TrainConfig
 from fuselite.train.data import Splits
-from fuselite.train.distill import agreement, teacher_soft_labels
+from fuselite.train.distill import AugmentedViewTeacher, agreement, teacher_soft_labels
 from fuselite.train.evaluate import evaluate
 from fuselite.train.model import FusedModel
 from fuselite.train.pipeline import (
@@ -102,6 +102,8 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         )
         optimizer = keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay)
         model.compile(optimizer=optimizer)
+        if config.teachers and config.teacher_views == "augmented":
+            model.augmented_view_teacher = AugmentedViewTeacher(config, data.train.task, labels)
     model(data.train.images[:1])  # build the weights before restoring into them
     checkpoints = CheckpointAndStop(
         run_dir, config.patience, lambda: validation_score(model, data.val, labels),
@@ -122,13 +124,21 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
 
 
 def _teacher_soft_labels(config: TrainConfig, data: RunData, labels: list[str]):
-    """The teachers' soft labels for the train and validation splits, or ``(None, None)``."""
+    """The teachers' soft labels for the train and validation splits, or ``(None, None)``.
+
+    With augmented views only validation is scored here; training batches are
+    scored in the training step.
+    """
     if not config.teachers:
         return None, None
-    soft = teacher_soft_labels(config, data.train.task, labels, [data.train.images, data.val.images])
-    log.info("distilling from %d teacher(s); their top label is right on %.2f%% of validation",
-             len(config.teachers), 100 * agreement(soft[1], data.val.multi_hot(labels)))
-    return soft
+    if config.teacher_views == "augmented":  # training batches are scored as they come
+        soft_train, [soft_val] = None, teacher_soft_labels(config, data.train.task, labels, [data.val.images])
+    else:
+        soft_train, soft_val = teacher_soft_labels(
+            config, data.train.task, labels, [data.train.images, data.val.images])
+    log.info("distilling from %d teacher(s) on %s views; their top label is right on %.2f%% of validation",
+             len(config.teachers), config.teacher_views, 100 * agreement(soft_val, data.val.multi_hot(labels)))
+    return soft_train, soft_val
 
 
 def validation_score(model: FusedModel, val, labels: list[str]) -> float:
