@@ -26,7 +26,9 @@ import numpy as np
 from fuselite.bundle import label_logits
 from fuselite.errors import UserError
 from fuselite.metrics import sigmoid
+from fuselite.train.backend import tf
 from fuselite.train.configs import TrainConfig
+from fuselite.train.model import image_similarity
 from fuselite.train.pipeline import embed_images, embed_texts
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,6 @@ class AugmentedViewTeacher:
     """
 
     def __init__(self, config: TrainConfig, task: str, labels: list[str]):
-        from fuselite.train.backend import tf
-
-        self._tf = tf
         self.task = task
         self.members = []
         for teacher_dir in config.teachers:
@@ -92,9 +91,6 @@ class AugmentedViewTeacher:
 
     def __call__(self, images):
         """Soft labels ``[batch, num_labels]`` for a batch, with no gradient to the teachers."""
-        from fuselite.train.model import image_similarity
-
-        tf = self._tf
         probabilities = []
         for encoder, label_emb, scale, bias in self.members:
             logits = scale * image_similarity(encoder(images, training=False), label_emb) + bias
