@@ -79,6 +79,10 @@ class TrainConfig:
             also learns from (knowledge distillation, :mod:`fuselite.train.distill`).
         distill_weight: Share of the label loss given to the teachers' soft labels
             (the rest goes to the true labels); used only with ``teachers``.
+        swa_epochs: Stochastic weight averaging over this many last epochs (0: off).
+            The learning rate then decays to a tenth of its peak by the first of
+            them and stays there, and the run keeps the mean of their weights
+            instead of the best validation epoch.
         teacher_views: What the teachers score: ``"plain"`` images, once before the
             first epoch, or every training batch ``"augmented"`` as the student sees
             it (consistent distillation; each step also runs the teachers).
@@ -119,6 +123,7 @@ class TrainConfig:
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.7
     teacher_views: str = "plain"
+    swa_epochs: int = 0
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 224:
@@ -133,6 +138,8 @@ class TrainConfig:
             raise UserError(f"cutout_probability {self.cutout_probability} is outside 0..1")
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
+        if not 0 <= self.swa_epochs < self.epochs:
+            raise UserError(f"swa_epochs {self.swa_epochs} must be 0 (off) or fewer than the {self.epochs} epochs")
         if self.teacher_views not in TEACHER_VIEWS:
             raise UserError(f"teacher_views {self.teacher_views!r} is not one of: {', '.join(TEACHER_VIEWS)}")
 
