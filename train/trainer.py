@@ -100,14 +100,7 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
     val_ds = make_dataset(data.val, labels, tokenizer, config, training=False, soft_labels=soft_val)
     steps = max(1, len(data.train) // config.batch_size)
     with strategy.scope():
-        model = FusedModel(
-            config, tokenizer.vocab_size, tokenizer.encode_batch(labels),
-            task=data.train.task, use_captions=data.train.has_captions,
-        )
-        optimizer = keras.optimizers.AdamW(_schedule(config, steps), weight_decay=config.weight_decay)
-        model.compile(optimizer=optimizer)
-        if config.teachers and config.teacher_views == "augmented":
-            model.augmented_view_teacher = AugmentedViewTeacher(config, data.train.task, labels)
+        model, optimizer = _build_model(config, data, labels, tokenizer, steps)
     model(data.train.images[:1])  # build the weights before restoring into them
     checkpoints = CheckpointAndStop(
         run_dir, config.patience, lambda: validation_score(model, data.val, labels),
@@ -126,13 +119,32 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         callbacks = [averaging, checkpoints, progress] if averaging else [checkpoints, progress]
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=0)
-    if averaging and averaging.average is not None:
-        averaging.apply(model, (batch["image"] for batch in train_ds.take(BATCH_NORM_BATCHES)))
-        log.info("averaged weights: validation score %.4f", validation_score(model, data.val, labels))
-    elif checkpoints.best_weights.exists():
-        model.load_weights(str(checkpoints.best_weights))
+    _keep_final_weights(model, checkpoints, averaging, train_ds, data.val, labels)
     (run_dir / "history.json").write_text(json.dumps(checkpoints.state["history"], indent=1))
     return model
+
+
+def _build_model(config: TrainConfig, data: RunData, labels: list[str], tokenizer, steps_per_epoch: int):
+    """The compiled model and its optimizer, with on-the-fly teachers when the config asks."""
+    model = FusedModel(
+        config, tokenizer.vocab_size, tokenizer.encode_batch(labels),
+        task=data.train.task, use_captions=data.train.has_captions,
+    )
+    optimizer = keras.optimizers.AdamW(_schedule(config, steps_per_epoch), weight_decay=config.weight_decay)
+    model.compile(optimizer=optimizer)
+    if config.teachers and config.teacher_views == "augmented":
+        model.augmented_view_teacher = AugmentedViewTeacher(config, data.train.task, labels)
+    return model, optimizer
+
+
+def _keep_final_weights(model: FusedModel, checkpoints: CheckpointAndStop, averaging, train_ds, val,
+                        labels: list[str]) -> None:
+    """Loads the weights the run keeps: the average with ``swa_epochs``, else the best epoch's."""
+    if averaging and averaging.average is not None:
+        averaging.apply(model, (batch["image"] for batch in train_ds.take(BATCH_NORM_BATCHES)))
+        log.info("averaged weights: validation score %.4f", validation_score(model, val, labels))
+    elif checkpoints.best_weights.exists():
+        model.load_weights(str(checkpoints.best_weights))
 
 
 def _teacher_soft_labels(config: TrainConfig, data: RunData, labels: list[str]):
