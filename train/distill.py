@@ -11,7 +11,7 @@ one-hot labels alone, and costs nothing extra on the device.
 Precomputing the soft labels keeps a training step as fast as without teachers;
 the augmented view of an image is fitted to its teachers' view of the plain image.
 With ``teacher_views="augmented"`` the teachers instead score every training batch
-as the student sees it (:class:`AugmentedViewTeacher`): a shifted, cut-out garment
+as the student sees it (:class:`TeacherEnsemble`): a shifted, cut-out garment
 gets the teachers' opinion of *that* picture ("consistent" distillation, Beyer et
 al. 2022), and each step pays for the teachers' forward passes.
 """
@@ -23,13 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from fuselite.bundle import label_logits
 from fuselite.errors import UserError
-from fuselite.metrics import sigmoid
 from fuselite.train.backend import tf
 from fuselite.train.configs import TrainConfig
 from fuselite.train.model import image_similarity
-from fuselite.train.pipeline import embed_images, embed_texts
+from fuselite.train.pipeline import embed_texts
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +36,16 @@ def teacher_soft_labels(config: TrainConfig, task: str, labels: list[str],
                         image_sets: list[np.ndarray]) -> list[np.ndarray]:
     """Teachers' averaged label probabilities ``[N, num_labels]``, one array per image set.
 
-    Every teacher is loaded once for all the sets.  Single-label teachers give
-    softmax probabilities (what the softmax loss fits), multi-label teachers their
-    sigmoid probabilities.
+    Every teacher is loaded once for all the sets, and each image is scored as it is
+    and, when the config flips, mirrored.
     """
+    teachers = TeacherEnsemble(config, task, labels)
     flips = config.augment and config.flip
-    per_set: list[list[np.ndarray]] = [[] for _ in image_sets]
-    for teacher_dir in config.teachers:
-        teacher = load_teacher(teacher_dir, config, task, labels)
-        label_emb = embed_texts(teacher.text_encoder, teacher.tokenizer, labels)
-        for images, probabilities in zip(image_sets, per_set):
-            views = [images, images[:, :, ::-1]] if flips else [images]
-            probabilities.extend(_probabilities(teacher, label_emb, view, task) for view in views)
-    return [np.mean(probabilities, axis=0).astype(np.float32) for probabilities in per_set]
-
-
-def _probabilities(teacher, label_emb: np.ndarray, images: np.ndarray, task: str) -> np.ndarray:
-    """One teacher's label probabilities for one view of the images."""
-    image_emb = embed_images(teacher.image_encoder, np.ascontiguousarray(images))
-    logits = label_logits(image_emb, label_emb, teacher.logit_scale, teacher.logit_bias)
-    return _softmax(logits) if task == "single" else sigmoid(logits)
+    soft_labels = []
+    for images in image_sets:
+        views = [images, images[:, :, ::-1]] if flips else [images]
+        soft_labels.append(np.mean([teachers.score(view, len(labels)) for view in views], axis=0))
+    return soft_labels
 
 
 def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[str]):
@@ -74,11 +62,13 @@ def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[
     return teacher
 
 
-class AugmentedViewTeacher:
+class TeacherEnsemble:
     """The teachers as one TensorFlow function: a batch of uint8 images -> averaged probabilities.
 
-    A plain object, not a Keras layer, so the teachers' weights stay out of the
-    student's weights, checkpoints and saved towers.
+    Single-label teachers give softmax probabilities (what the softmax loss fits),
+    multi-label teachers their sigmoid probabilities.  A plain object, not a Keras
+    layer, so the teachers' weights stay out of the student's weights, checkpoints
+    and saved towers when it scores the student's batches in the training step.
     """
 
     def __init__(self, config: TrainConfig, task: str, labels: list[str]):
@@ -97,13 +87,15 @@ class AugmentedViewTeacher:
             probabilities.append(tf.nn.softmax(logits) if self.task == "single" else tf.sigmoid(logits))
         return tf.stop_gradient(tf.add_n(probabilities) / len(probabilities))
 
+    def score(self, images: np.ndarray, num_labels: int, batch_size: int = 256) -> np.ndarray:
+        """Averaged probabilities ``[N, num_labels]`` of a uint8 image array, in batches."""
+        batches = [self(np.ascontiguousarray(images[i : i + batch_size])).numpy()
+                   for i in range(0, len(images), batch_size)]
+        return np.concatenate(batches) if batches else np.zeros((0, num_labels), np.float32)
+
 
 def agreement(soft_labels: np.ndarray, targets: np.ndarray) -> float:
     """How often the teachers' top label is a true label (a sanity figure for the log)."""
     top = soft_labels.argmax(axis=1)
     return float(np.mean(targets[np.arange(len(top)), top] > 0))
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)

@@ -26,7 +26,7 @@ from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage
 from fuselite.train.configs import TrainConfig
 from fuselite.train.data import Splits
-from fuselite.train.distill import AugmentedViewTeacher, agreement, teacher_soft_labels
+from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
 from fuselite.train.evaluate import evaluate
 from fuselite.train.model import FusedModel
 from fuselite.train.pipeline import (
@@ -133,7 +133,7 @@ def _build_model(config: TrainConfig, data: RunData, labels: list[str], tokenize
     optimizer = keras.optimizers.AdamW(_schedule(config, steps_per_epoch), weight_decay=config.weight_decay)
     model.compile(optimizer=optimizer)
     if config.teachers and config.teacher_views == "augmented":
-        model.augmented_view_teacher = AugmentedViewTeacher(config, data.train.task, labels)
+        model.augmented_view_teacher = TeacherEnsemble(config, data.train.task, labels)
     return model, optimizer
 
 

@@ -44,13 +44,13 @@ def test_student_learns_from_teachers_that_see_its_augmented_batches(tiny_run: P
 
 
 def test_augmented_view_teacher_scores_a_batch_as_the_precomputed_soft_labels_do(tiny_run: Path):
-    from fuselite.train.distill import AugmentedViewTeacher, teacher_soft_labels
+    from fuselite.train.distill import TeacherEnsemble, teacher_soft_labels
     from fuselite.train.run import load_run
 
     teacher = load_run(tiny_run)
     images = teacher.load_data().val.images[:16]
     config = teacher.config.with_overrides(teachers=(str(tiny_run), str(tiny_run)), flip=False)
-    on_the_fly = AugmentedViewTeacher(config, "multi", teacher.labels)(images).numpy()
+    on_the_fly = TeacherEnsemble(config, "multi", teacher.labels)(images).numpy()
     [precomputed] = teacher_soft_labels(config, "multi", teacher.labels, [images])
     np.testing.assert_allclose(on_the_fly, precomputed, atol=1e-5)
 
