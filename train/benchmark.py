@@ -5,6 +5,7 @@
     python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 --out runs/student
     python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 \
         --teacher-views augmented --out runs/student
+    python -m fuselite.train.benchmark --config fashion-mnist-small --epochs 96 --swa-epochs 20 --out runs/swa
 
 Targets (docs/training.md): scenes-default test mAP >= 0.95 and heldout_combo_ap
 >= 0.80 in <= 5 minutes; fashion-mnist top-1 >= 94.0% on the official 10k test
@@ -32,6 +33,9 @@ def main() -> None:
                         help="a finished run to distill from, as `fuselite train --teacher`")
     parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
                         help="what the teachers score, as `fuselite train --teacher-views`")
+    parser.add_argument("--epochs", type=int, help="override the config's epochs")
+    parser.add_argument("--swa-epochs", type=int, metavar="N", help="as `fuselite train --swa-epochs`")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from fuselite.train.configs import get_config
@@ -42,7 +46,8 @@ def main() -> None:
     config = get_config(args.config)
     if args.teacher:
         config = config.with_overrides(teachers=tuple(str(Path(t).resolve()) for t in args.teacher))
-    config = config.with_overrides(teacher_views=args.teacher_views)
+    config = config.with_overrides(teacher_views=args.teacher_views, epochs=args.epochs,
+                                   swa_epochs=args.swa_epochs, seed=args.seed)
     metrics = train(config, args.out)
     metric = "top1" if "top1" in metrics else "mAP"
     mirror = metrics.get(f"{metric}_mirror")
@@ -53,6 +58,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     name = args.config + (f" + {len(config.teachers)} teacher(s), {config.teacher_views} views"
                           if config.teachers else "")
+    name += f", {config.epochs} epochs, last {config.swa_epochs} averaged" if config.swa_epochs else ""
     print(f"| {name} | {metric} | {metrics[metric]:.4f}{extra} | {metrics['image_params']:,} | "
           f"{metrics['text_params']:,} | {metrics['train_seconds']:.0f} s | {machine_description()} | "
           f"{datetime.date.today().isoformat()} |")

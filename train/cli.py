@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="override the batch size")
     parser.add_argument("--seed", type=int, help="override the seed")
     parser.add_argument("--limit", type=int, help="use at most this many training items")
+    parser.add_argument("--swa-epochs", type=int, metavar="N",
+                        help="average the weights of the last N epochs (stochastic weight averaging); "
+                        "raise --epochs by N to keep the usual schedule before them")
     parser.add_argument("--teacher", action="append", type=Path, metavar="RUN",
                         help="a finished run of the same data to distill from (repeat for an "
                         "ensemble): the model also learns the teachers' averaged soft labels")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.with_overrides(data=str(Path(args.data).resolve()))
     config = config.with_overrides(
         epochs=args.epochs, image_size=args.image_size, width=args.width,
-        batch_size=args.batch_size, seed=args.seed, limit=args.limit,
+        batch_size=args.batch_size, seed=args.seed, limit=args.limit, swa_epochs=args.swa_epochs,
     )
     if args.teacher:
         config = config.with_overrides(teachers=tuple(str(_finished_run(t)) for t in args.teacher))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fuselite.cli import main
 from fuselite.errors import UserError
 from fuselite.train.configs import get_config
 
@@ -43,13 +45,13 @@ def test_the_average_is_the_mean_of_the_averaged_epochs_and_survives_a_resume(tm
 
 def test_a_run_with_weight_averaging_learns_and_keeps_the_averaged_weights(tmp_path: Path):
     from fuselite.train.run import load_run
-    from fuselite.train.trainer import train
 
-    config = get_config("scenes-tiny").with_overrides(swa_epochs=3)
-    metrics = train(config, tmp_path / "run")
+    assert main(["train", "--config", "scenes-tiny", "--swa-epochs", "3", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["mAP"] > 0.25  # about 0.1 by chance (0.36 measured; 0.44 without averaging)
+    epochs = get_config("scenes-tiny").epochs
     with np.load(tmp_path / "run" / "checkpoints" / "swa.npz") as saved:
-        assert int(saved["count"]) == 3 and int(saved["last_epoch"]) == config.epochs - 1
+        assert int(saved["count"]) == 3 and int(saved["last_epoch"]) == epochs - 1
         averaged = {tuple(saved[name].shape): saved[name] for name in saved.files if name.startswith("w")}
     stem = load_run(tmp_path / "run").image_encoder.get_layer("stem").kernel.numpy()
     np.testing.assert_allclose(stem, averaged[stem.shape], rtol=1e-5, atol=1e-6)
@@ -66,6 +68,10 @@ def test_the_learning_rate_holds_at_a_tenth_of_its_peak_while_averaging():
     assert float(_schedule(config.with_overrides(swa_epochs=0), 10)(99)) < 1e-4  # to zero without
 
 
-def test_averaging_every_epoch_is_refused_with_one_line():
+def test_averaging_every_epoch_is_refused_with_one_line(tmp_path: Path, capsys):
     with pytest.raises(UserError, match="swa_epochs 8 must be 0 .off. or fewer than the 8 epochs"):
         get_config("scenes-tiny").with_overrides(swa_epochs=8)
+    argv = ["train", "--config", "scenes-tiny", "--epochs", "5", "--swa-epochs", "5", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "swa_epochs 5 must be 0 (off) or fewer than the 5 epochs" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
