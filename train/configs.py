@@ -139,7 +139,8 @@ class TrainConfig:
         if not 0.0 <= self.distill_weight <= 1.0:
             raise UserError(f"distill_weight {self.distill_weight} is outside 0..1")
         if not 0 <= self.swa_epochs < self.epochs:
-            raise UserError(f"swa_epochs {self.swa_epochs} must be 0 (off) or fewer than the {self.epochs} epochs")
+            raise UserError(f"swa_epochs {self.swa_epochs} must be 0 (off) or fewer than the {self.epochs} epochs; "
+                            "lower --swa-epochs (0 turns averaging off) or raise --epochs")
         if self.teacher_views not in TEACHER_VIEWS:
             raise UserError(f"teacher_views {self.teacher_views!r} is not one of: {', '.join(TEACHER_VIEWS)}")
 
@@ -229,12 +230,16 @@ register(
 # seed=1 gave 93.56% (seed 0 is kept: picking seeds by test score tunes on test).
 # Training is not bit-exact: seed 0 gave 94.31% (int8 94.12%), 93.64% and 93.81% on
 # later runs; five runs average 93.85%.
+# Stochastic weight averaging (the same 76-epoch decay, then 20 epochs at a tenth of
+# the peak learning rate whose weights are averaged) lifted the mean to 94.00% over
+# three runs (docs/training.md), so the config now trains 96 epochs and averages the last 20.
 register(get_config("fashion-mnist").with_overrides(
     name="fashion-mnist-small",
     blocks=((32, 1), (64, 2), (64, 1), (128, 2), (128, 1), (128, 1)),
     embed_dim=48,
-    epochs=76,
-    patience=76,
+    epochs=96,
+    swa_epochs=20,
+    patience=96,
 ))
 register(
     TrainConfig(

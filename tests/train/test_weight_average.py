@@ -75,3 +75,15 @@ def test_averaging_every_epoch_is_refused_with_one_line(tmp_path: Path, capsys):
     assert main(argv) == 2
     assert "swa_epochs 5 must be 0 (off) or fewer than the 5 epochs" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_short_run_of_an_averaging_config_says_how_to_fix_it(tmp_path: Path, capsys):
+    # fashion-mnist-small averages its last 20 epochs, so a quick 10-epoch try must
+    # say which flag to change, before any data is read or anything is written.
+    argv = ["train", "--config", "fashion-mnist-small", "--epochs", "10", "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "swa_epochs 20 must be 0 (off) or fewer than the 10 epochs" in error
+    assert "lower --swa-epochs (0 turns averaging off) or raise --epochs" in error
+    assert len(error.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
