@@ -5,7 +5,8 @@
     python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 --out runs/student
     python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 \
         --teacher-views augmented --out runs/student
-    python -m fuselite.train.benchmark --config fashion-mnist-small --epochs 96 --swa-epochs 20 --out runs/swa
+    python -m fuselite.train.benchmark --config fashion-mnist-small --seed 3 --out runs/small-s3
+    python -m fuselite.train.benchmark --config fashion-mnist-small --epochs 76 --swa-epochs 0 --out runs/no-avg
 
 Targets (docs/training.md): scenes-default test mAP >= 0.95 and heldout_combo_ap
 >= 0.80 in <= 5 minutes; fashion-mnist top-1 >= 94.0% on the official 10k test
