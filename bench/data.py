@@ -103,14 +103,14 @@ def load_eval_data(spec: str | Path, image_size: int, seed: int = SCENES_SEED,
 def run_test_split(run_dir: Path) -> EvalData:
     """The test split a run was evaluated on, rebuilt without TensorFlow.
 
-    It goes through ``fuselite.train.sources`` like training did (numpy and OpenCV
+    It goes through ``fuselite.data.sources`` like training did (numpy and OpenCV
     only); a test checks that both give the same images.
     """
-    from fuselite.train.configs import TrainConfig
-    from fuselite.train.data import Splits
+    from fuselite.data.dataset import Splits
+    from fuselite.data.sources import DataSpec
 
     try:
-        config = TrainConfig.load(run_dir / "config.json")
+        config = DataSpec.load(run_dir / "config.json")
         splits = Splits.load(run_dir / "splits.json")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{run_dir}: cannot read config.json/splits.json ({exc})") from None
@@ -124,14 +124,14 @@ def run_test_split(run_dir: Path) -> EvalData:
 
 def _run_test_source(config):
     """The pool the run's test indices point into: the official test split, else the pool."""
-    from fuselite.train.sources import load_sources
+    from fuselite.data.sources import load_sources
 
     pool, official_test, _heldout = load_sources(config)
     return official_test if official_test is not None else pool
 
 
 def _fresh_scenes(count: int, image_size: int, seed: int) -> EvalData:
-    from fuselite.train.scenes import SceneSpec, generate_scenes
+    from fuselite.data.scenes import SceneSpec, generate_scenes
 
     scenes = generate_scenes(count, SceneSpec(image_size=image_size), seed=seed)
     return EvalData(scenes.images, list(scenes.tags), scenes.task,
@@ -139,7 +139,7 @@ def _fresh_scenes(count: int, image_size: int, seed: int) -> EvalData:
 
 
 def _fashion_mnist_test(root: Path | None, image_size: int) -> EvalData:
-    from fuselite.train.readers import FASHION_MNIST_DIR, read_fashion_mnist
+    from fuselite.data.readers import FASHION_MNIST_DIR, read_fashion_mnist
 
     test = read_fashion_mnist(root or FASHION_MNIST_DIR, image_size=image_size, split="test")
     return EvalData(test.images, list(test.tags), test.task,
@@ -147,7 +147,7 @@ def _fashion_mnist_test(root: Path | None, image_size: int) -> EvalData:
 
 
 def _dataset(path: Path, image_size: int) -> EvalData:
-    from fuselite.train.readers import read_dataset
+    from fuselite.data.readers import read_dataset
 
     if not path.exists():
         raise UserError(

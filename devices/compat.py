@@ -6,7 +6,7 @@ whole model if it lacks one of them ("Didn't find op for builtin opcode
 'FULLY_CONNECTED' version '12'"), so the op list decides where a bundle runs.
 
 This module reads that list straight from the flatbuffer with the small reader of
-``fuselite/flatbuffer.py`` (``Model`` -> ``operator_codes`` -> ``OperatorCode``),
+``core/flatbuffer.py`` (``Model`` -> ``operator_codes`` -> ``OperatorCode``),
 without TensorFlow or the ``flatbuffers`` package, and checks it against the
 largest op versions each runtime loads.  Those tables live in ``optables/*.json``;
 their numbers were measured by ``devices/tools/probe_op_versions.py`` on the real

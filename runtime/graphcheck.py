@@ -7,7 +7,7 @@ lives in the read-only model bytes) reach the kernels as they are, and some of
 them crash the process (the bundle fuzz found EXPAND_DIMS writing its own input:
 SIGSEGV in the first invoke).  A re-signed bundle can carry any such graph, so
 :func:`check_graph` reads every subgraph with the bounds-checked reader of
-``fuselite/flatbuffer.py`` and refuses, for each subgraph:
+``core/flatbuffer.py`` and refuses, for each subgraph:
 
 * tensor indices out of range in operator inputs and outputs and in the
   subgraph's inputs and outputs (-1, "no tensor", is allowed for an optional

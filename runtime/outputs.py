@@ -1,4 +1,5 @@
-"""Where annotations go: JSONL events, an annotated video, an overlay, a window.
+"""Where annotations go: JSONL events, an annotated video, the preview, a window, and
+:class:`Outputs`, which opens them together and finishes each frame on its own thread.
 
 The video is written under a temporary name beside the target and renamed into
 place when it is closed, so a half-written file never sits at the path the user
@@ -16,21 +17,28 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 import cv2
 import numpy as np
 
+from fuselite.runtime.affinity import pin_thread
+from fuselite.runtime.annotator import Annotator
+from fuselite.runtime.handoff import LazyHandoff
+from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
+from fuselite.runtime.overlay import draw_overlay
+from fuselite.runtime.preview import MjpegPreview
+from fuselite.runtime.reader import NO_PIXELS, Frame, lower_thread_priority
 from fuselite.runtime.results import AnnotationResult
-from fuselite.runtime.sources import Frame
+from fuselite.runtime.stats import RunStats, describe
 
 log = logging.getLogger(__name__)
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_VIDEO_FPS = 15.0
-OVERLAY_ROWS = 5
-GREEN, GREY, WHITE, BLACK = (80, 230, 80), (190, 190, 190), (255, 255, 255), (0, 0, 0)
+OUTPUT_QUEUE = 4  # annotated frames waiting for the writer thread (bounds memory and latency)
 
 
 def event_record(frame: Frame, result: AnnotationResult, total_ms: float) -> dict[str, Any]:
@@ -240,40 +248,6 @@ class VideoOutput:
             self._close_file()
 
 
-def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") -> np.ndarray:
-    """Draws the best scores (text over a score bar) and a status line onto ``image`` in place."""
-    scale = max(0.7, min(2.0, image.shape[0] / 480))
-    row = int(26 * scale)
-    present = {c.label for c in result.categories}
-    best = sorted(result.scores.items(), key=lambda item: -item[1])[:OVERLAY_ROWS]
-    width = min(image.shape[1], int(240 * scale))
-    height = row * (len(best) + (1 if status else 0)) + int(8 * scale)
-    panel = image[:height, :width]
-    panel[:] = (panel * 0.35).astype(np.uint8)  # darken behind the text, no copy of the frame
-    y = int(4 * scale)
-    if status:
-        _text(image, status, (6, y + row - int(8 * scale)), scale, WHITE)
-        y += row
-    for label, score in best:
-        colour = GREEN if label in present else GREY
-        _text(image, f"{label[:24]}  {score:.2f}", (8, y + row - int(10 * scale)), scale, colour)
-        bar_y = y + row - int(6 * scale)
-        cv2.rectangle(
-            image,
-            (8, bar_y),
-            (8 + int((width - 16) * score), bar_y + max(2, int(3 * scale))),
-            colour,
-            cv2.FILLED,
-        )
-        y += row
-    return image
-
-
-def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour) -> None:
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, BLACK, 3, cv2.LINE_AA)
-    cv2.putText(image, text, origin, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, colour, 1, cv2.LINE_AA)
-
-
 class Display:
     """An on-screen OpenCV window; only where a display and an OpenCV GUI exist."""
 
@@ -314,3 +288,188 @@ class Display:
     def close(self) -> None:
         """Closes the window."""
         cv2.destroyWindow(self.WINDOW)
+
+
+class Outputs:
+    """Every sink of one run, opened together and closed together, and the thread that
+    finishes each frame.
+
+    Scoring the model's output (scores, smoothing, labels), formatting JSON, drawing the
+    overlay and encoding video happen on a thread of its own (``outputs``), so they
+    overlap the next frame's inference instead of adding to it.  Frames keep their
+    order through a small bounded queue; when it is full the inference loop waits, so
+    every inferred frame reaches every sink.  The on-screen window is the exception:
+    GUI calls belong to the loop's thread, so with a window every frame is finished
+    there, as is everything when no sink is open.
+    """
+
+    def __init__(self, options: RunOptions, fps: float | None, live: bool = False) -> None:
+        self.jsonl = self.video = self.preview = self.display = None
+        self._queue = LazyHandoff(maxsize=OUTPUT_QUEUE)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._annotator: Annotator | None = None
+        self._stats: RunStats | None = None
+        self.stop_reason: str | None = None
+        self.cpu_s = 0.0  # of the writer thread
+        self.helper_cores: frozenset[int] | None = None  # where the writer thread runs
+        try:
+            if options.video_out is not None:
+                self.video = VideoOutput(
+                    options.video_out,
+                    fps,
+                    segment_seconds=segment_seconds(options, live),
+                    on_file=self._video_file_written,
+                )
+            if options.jsonl is not None:
+                self.jsonl = JsonlWriter(options.jsonl)
+            if options.preview_port is not None:
+                self.preview = MjpegPreview(options.preview_bind, options.preview_port).start()
+            self.display = Display.open(options.display)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def visual(self) -> bool:
+        """Whether any output shows pixels (so the overlay must be drawn)."""
+        return bool(self.video or self.preview or self.display)
+
+    def start(self, annotator: Annotator, stats: RunStats) -> None:
+        """Starts the writer thread (when anything is written) for this annotator and stats."""
+        self._annotator, self._stats = annotator, stats
+        if self.display is None and (self.jsonl or self.video or self.preview):
+            self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
+            self._thread.start()
+
+    def write(
+        self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
+    ) -> str | None:
+        """Finishes one inferred frame and sends it everywhere; returns a reason to stop.
+
+        Raises what a sink raised for an earlier frame (e.g. a video that cannot be written).
+        """
+        self._raise_error()
+        if self.stop_reason is not None:
+            return self.stop_reason
+        if self._thread is None:
+            self._finish_frame(frame, output, preprocess_ms, inference_ms)
+            return self.stop_reason
+        if self.video is None and self.preview is None and frame.image is not NO_PIXELS:
+            frame = replace(frame, image=NO_PIXELS)  # no sink needs the pixels: free them now
+        self._queue.put(("frame", frame, output, preprocess_ms, inference_ms))
+        return None
+
+    def write_stats(self, final: bool = False, **extra) -> dict | None:
+        """Writes a stats record (in order with the frames); the final one is returned.
+
+        A periodic record is made on the writer thread, so that it counts exactly the
+        frames written before it.
+        """
+        if self._thread is not None and not final:
+            self._queue.put(("stats",), urgent=True)
+            return None
+        record = self._stats.snapshot(final=final)
+        record.update(extra)
+        self._publish_stats(record)
+        return record
+
+    def drain(self) -> None:
+        """Waits until everything sent so far is written, and stops the writer thread.
+
+        Raises what a sink raised on the way.
+        """
+        if self._thread is not None:
+            self._queue.put(None, urgent=True)
+            self._thread.join()
+            self._thread = None
+        self._raise_error()
+
+    def close(self) -> None:
+        """Flushes and closes every sink; a failing one does not stop the others."""
+        try:
+            self.drain()
+        except Exception:
+            log.exception("could not write the last frames")
+        for sink in (self.video, self.jsonl, self.preview, self.display):
+            if sink is None:
+                continue
+            try:
+                sink.close()
+            except Exception:
+                log.exception("could not close %s cleanly", type(sink).__name__)
+
+    def close_video(self) -> None:
+        """Finishes the video file now (its JSONL record then precedes the final stats)."""
+        if self.video is not None:
+            self.video.close()
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _work(self) -> None:
+        if self.helper_cores:
+            pin_thread(self.helper_cores)
+        lower_thread_priority()  # finishing frames can wait; inference is the bottleneck
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep the queue moving so the loop never blocks on it
+            try:
+                if item[0] == "stats":
+                    self._publish_stats(self._stats.snapshot())
+                else:
+                    self._finish_frame(*item[1:])
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+                self._error = exc
+            self.cpu_s = time.thread_time()
+
+    def _finish_frame(
+        self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
+    ) -> None:
+        """Scores one frame's model output, counts it and writes it to every sink."""
+        result = self._annotator.postprocess(
+            output, frame.timestamp_ms, preprocess_ms, inference_ms
+        )
+        # From the moment the frame was read to its result; the read itself is left out
+        # because on a live source it is mostly waiting for the camera.
+        total_ms = (time.time() - frame.wall_time) * 1000.0
+        stats = self._stats
+        stats.record(total_ms, inference_ms)
+        if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
+            self.stop_reason = "output"
+        if not self.visual:
+            return
+        status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
+        image = draw_overlay(frame.image, result, status)
+        if self.display is not None and not self.display.show(image):
+            self.stop_reason = "window"
+        if self.video is not None:
+            self.video.write(image, frame.timestamp_ms, frame.index)
+        if self.preview is not None:
+            self.preview.publish(image)
+
+    def _publish_stats(self, record: dict) -> None:
+        log.info("%s", describe(record))
+        if self.preview is not None:
+            self.preview.set_stats(record)
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+
+    def _video_file_written(self, record: dict) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(record)
+
+
+def segment_seconds(options: RunOptions, live: bool) -> float | None:
+    """Length of the video's segments in seconds, or ``None`` for a single file.
+
+    ``video_segment_minutes`` ``None`` means automatic: a live source (a camera or
+    stream, which may run for days) gets files of :data:`DEFAULT_SEGMENT_MINUTES`; a
+    file or folder gets one file, even with ``loop``.  ``0`` always means one file.
+    """
+    minutes = options.video_segment_minutes
+    if minutes is None:
+        minutes = DEFAULT_SEGMENT_MINUTES if live else 0.0
+    return minutes * 60.0 if minutes else None

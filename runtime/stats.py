@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fuselite.runtime.sources import SourceCounters
+from fuselite.runtime.reader import SourceCounters
 
 LATENCY_WINDOW = 1000
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
+from conftest import installed_env
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_MODULES = sorted(
@@ -18,30 +18,25 @@ DEVICE_MODULES = sorted(
 ) + ["fuselite.runtime", "fuselite.devices", "fuselite.bundle", "fuselite.tokenizer", "fuselite.metrics"]
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """A wheel built from this checkout (non-editable, as a user installs it)."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        check=True, timeout=300,
-    )
-    return next(out.glob("fuselite-*.whl"))
-
-
-def test_wheel_installs_stages_under_one_namespace(wheel: Path, tmp_path: Path):
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
-    site = Path(subprocess.check_output(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
+def test_wheel_installs_stages_under_one_namespace(installed_wheel):
+    python, site = installed_wheel
     for stray in ("train", "convert", "runtime", "devices", "bench"):
         assert not (site / stray).exists(), f"top-level {stray!r} installed into site-packages"
     code = ("import fuselite.train, fuselite.convert, fuselite.runtime, fuselite.devices, fuselite.bench;"
             "import fuselite; print(fuselite.__file__)")
-    printed = subprocess.check_output([python, "-c", code], cwd=tmp_path, text=True)
+    printed = subprocess.check_output([python, "-c", code], cwd=site.parent, text=True)
     assert str(site) in printed, "imported from the checkout, not from the installed wheel"
+
+
+@pytest.mark.parametrize("stage", ["data", "train", "convert", "runtime", "devices", "bench", "cli"])
+def test_every_stage_imports_from_the_repository_root_after_a_wheel_install(installed_wheel, stage):
+    # Python puts the working folder first on sys.path: a folder named fuselite/ at the
+    # root would shadow the installed package (it once held only part of the namespace).
+    python, site = installed_wheel
+    printed = subprocess.check_output(
+        [python, "-c", f"import fuselite.{stage} as m; print(m.__file__)"], cwd=REPO, text=True,
+        env=installed_env(site))
+    assert printed.startswith(str(site)), f"fuselite.{stage} came from {printed.strip()}"
 
 
 @pytest.mark.parametrize("module", DEVICE_MODULES)

@@ -10,8 +10,8 @@ import numpy as np
 
 from fuselite import metrics as m
 from fuselite.bundle import global_embedding, label_probabilities
+from fuselite.data.dataset import ImageTextData
 from fuselite.tokenizer import Tokenizer
-from fuselite.train.data import ImageTextData
 from fuselite.train.model import mirror_averaged
 from fuselite.train.pipeline import RunData, embed_images, embed_texts
 

@@ -1,6 +1,6 @@
 """The tf.data input pipeline and batched embedding helpers.
 
-Which images and which splits a run uses is decided in :mod:`fuselite.train.sources`
+Which images and which splits a run uses is decided in :mod:`fuselite.data.sources`
 (no TensorFlow there, so bench can rebuild a run's test split on a board).
 """
 
@@ -10,12 +10,12 @@ import logging
 
 import numpy as np
 
+from fuselite.data.dataset import ImageTextData
+from fuselite.data.sources import RunData, load_run_data  # noqa: F401  (re-exported)
 from fuselite.errors import UserError
 from fuselite.tokenizer import Tokenizer
 from fuselite.train.backend import tf
 from fuselite.train.configs import TrainConfig
-from fuselite.train.data import ImageTextData
-from fuselite.train.sources import RunData, load_run_data  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

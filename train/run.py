@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fuselite.data.dataset import Splits
 from fuselite.errors import UserError
 from fuselite.tokenizer import Tokenizer
 from fuselite.train.configs import TrainConfig
-from fuselite.train.data import Splits
 
 RUN_FILES = (
     "config.json", "tokenizer.json", "labels.json", "splits.json", "scorer.json",

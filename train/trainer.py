@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 from fuselite.bundle import write_atomic
+from fuselite.data.dataset import Splits
 from fuselite.errors import UserError
 from fuselite.metrics import mean_average_precision, top1_accuracy
 from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage
 from fuselite.train.configs import TrainConfig
-from fuselite.train.data import Splits
 from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
 from fuselite.train.evaluate import evaluate
 from fuselite.train.model import FusedModel

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import REPO, installed_env
+
 from fuselite.cli import main
 
 FAST = ["--runs", "5", "--warmup", "1", "--threads", "1", "--no-reference"]
@@ -75,3 +77,19 @@ def test_bench_without_reference_never_imports_tensorflow(good_bundles, colour_d
     )
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_bench_runs_from_the_repository_root_after_a_wheel_install(
+    installed_wheel, good_bundles, colour_data, tmp_path
+):
+    # The measuring child process is `python -m fuselite.bench.measure`, which puts the
+    # working folder first on sys.path: from the root, nothing there may shadow the package.
+    python, site = installed_wheel
+    done = subprocess.run(
+        [python.parent / "fuselite", "bench", str(good_bundles), "--data", str(colour_data),
+         "--out", str(tmp_path / "out"), *FAST],
+        cwd=REPO, env=installed_env(site), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
+    assert rows and all(row["status"] == "ok" for row in rows), rows

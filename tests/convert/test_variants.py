@@ -70,7 +70,7 @@ def test_results_table_shows_every_variant_and_why_one_was_not_written():
 
 
 def test_benchmark_checks_the_issue_targets_against_measured_rows():
-    from fuselite.convert.benchmark import markdown, rows, targets
+    from fuselite.bench.convert_suite import markdown, rows, targets
 
     def result(name, model, gz, metric):
         return VariantResult(name, "ok", file_size=model + 100, gzip_size=gz + 90, model_size=model,

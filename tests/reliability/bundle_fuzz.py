@@ -1,6 +1,6 @@
 """Damaged bundles made from a good one, and a runner that loads each through ``fuselite run``.
 
-A bundle is a TFLite flatbuffer followed by a zip (``fuselite/bundle.py``).  The
+A bundle is a TFLite flatbuffer followed by a zip (``core/bundle.py``).  The
 families of damage, each a function ``(seed, rng, count) -> [Case]``:
 
 ==================  ===============================================================

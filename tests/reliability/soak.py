@@ -2,7 +2,7 @@
 
     python tests/reliability/soak.py --frames 20000 --json soak.json
 
-The source is the demo's synthetic-scenes video (``fuselite.train.video.render_video``,
+The source is the demo's synthetic-scenes video (``fuselite.data.video.render_video``,
 300 frames) replayed with ``--loop``, so the capture is reopened every 300 frames;
 JSONL events and an annotated video are written, and with ``--preview`` a client keeps
 opening and dropping the MJPEG stream.  ``/proc/PID/status`` (VmRSS, Threads) and
@@ -106,7 +106,7 @@ class SoakReport:
 
 def make_looping_source(folder: Path) -> Path:
     """The demo's scenes video: 20 s at 15 fps, 256x256."""
-    from fuselite.train.video import render_video
+    from fuselite.data.video import render_video
 
     video = folder / "scenes.mp4"
     render_video(video, seconds=20.0, fps=15, image_size=64, scale=4)

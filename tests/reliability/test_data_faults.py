@@ -30,7 +30,7 @@ RESUME_MAP_TOLERANCE = 0.05
 
 def write_scene_manifest(folder: Path, items: int = 200, bad: int = 10) -> Path:
     """A CSV manifest of rendered scenes; ``bad`` of its items corrupt or missing."""
-    from fuselite.train.scenes import SceneSpec, generate_scenes
+    from fuselite.data.scenes import SceneSpec, generate_scenes
 
     scenes = generate_scenes(items, SceneSpec(image_size=64), seed=3)
     rows = ["image,tags,caption"]

@@ -279,7 +279,7 @@ def dataset_beside_a_secret(tmp_path) -> Path:
 
 
 def test_a_manifest_path_with_dotdot_is_skipped(dataset_beside_a_secret):
-    from fuselite.train.readers import read_manifest
+    from fuselite.data.readers import read_manifest
 
     root = dataset_beside_a_secret
     (root / "data" / "m.csv").write_text("image,tags\nok.png,red\n../outside/secret.png,red\n")
@@ -292,7 +292,7 @@ def test_a_manifest_path_with_dotdot_is_skipped(dataset_beside_a_secret):
 def test_a_manifest_path_leaving_the_folder_by_any_route_is_skipped(
     dataset_beside_a_secret, kind
 ):
-    from fuselite.train.readers import read_manifest
+    from fuselite.data.readers import read_manifest
 
     root = dataset_beside_a_secret
     secret = root / "outside" / "secret.png"
@@ -306,7 +306,7 @@ def test_a_manifest_path_leaving_the_folder_by_any_route_is_skipped(
 
 
 def test_a_coco_file_name_outside_the_images_folder_is_skipped(dataset_beside_a_secret):
-    from fuselite.train.readers import read_coco
+    from fuselite.data.readers import read_coco
 
     root = dataset_beside_a_secret
     document = {"images": [{"id": 1, "file_name": "ok.png"},
@@ -317,7 +317,7 @@ def test_a_coco_file_name_outside_the_images_folder_is_skipped(dataset_beside_a_
 
 
 def test_a_class_folder_that_is_a_symlink_to_elsewhere_is_not_read(dataset_beside_a_secret):
-    from fuselite.train.readers import read_folder_per_class
+    from fuselite.data.readers import read_folder_per_class
 
     root = dataset_beside_a_secret
     (root / "classes" / "red").mkdir(parents=True)

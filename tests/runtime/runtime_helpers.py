@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fuselite.runtime.captures import SourceError
+from fuselite.runtime.sources import SourceError
 
 # BGR colours, as OpenCV frames hold them.
 RED, GREEN, BLUE, GRAY, YELLOW = (

@@ -16,15 +16,15 @@ import pytest
 from runtime_helpers import BLUE, RED, ScriptedCapture, solid
 
 from fuselite.runtime import options
-from fuselite.runtime.captures import (
+from fuselite.runtime.options import default_decode_threads
+from fuselite.runtime.reader import FrameSource
+from fuselite.runtime.sources import (
     FolderCapture,
     OpenCVCapture,
     Picamera2Capture,
     SourceError,
     capture_for,
 )
-from fuselite.runtime.options import default_decode_threads
-from fuselite.runtime.sources import FrameSource
 
 
 def drain(source: FrameSource, stop_after: float = 5.0, per_frame: float = 0.0):
@@ -87,7 +87,7 @@ def test_a_lost_live_source_is_reconnected_with_backoff_and_each_attempt_logged(
     capture = ScriptedCapture(numbered(5) + ["lost"] + numbered(5), live=True)
     stop = threading.Event()
     threading.Timer(5, stop.set).start()  # a bound, should the test fail
-    with caplog.at_level(logging.WARNING, logger="fuselite.runtime.sources"):
+    with caplog.at_level(logging.WARNING, logger="fuselite.runtime.reader"):
         source = FrameSource(
             capture, drop_stale=False, reconnect_delay=0.01, reconnect_max_delay=0.04
         )

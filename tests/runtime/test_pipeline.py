@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from runtime_helpers import BLUE, RED, ScriptedCapture, SyntheticCamera, events, solid, write_clip
 
-from fuselite.runtime import AnnotatorOptions, RunOptions, run, sources
+from fuselite.runtime import AnnotatorOptions, RunOptions, reader, run
 from fuselite.runtime import loop as run_loop
+from fuselite.runtime import outputs as run_outputs
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.outputs import VideoOutput
-from fuselite.runtime.sources import FrameSource
+from fuselite.runtime.reader import FrameSource
 
 STAGES = {"capture", "preprocess", "inference", "postprocess", "total"}
 
@@ -157,7 +158,7 @@ def test_a_sink_failing_on_the_writer_thread_stops_the_run_with_its_error(
 
 def test_without_a_visual_output_frames_are_not_drawn_on(fp32_bundle, monkeypatch, tmp_path):
     drawn = []
-    monkeypatch.setattr(run_loop, "draw_overlay", lambda *a: drawn.append(1) or a[0])
+    monkeypatch.setattr(run_outputs, "draw_overlay", lambda *a: drawn.append(1) or a[0])
     frames = [solid(RED) for _ in range(5)]
     monkeypatch.setattr(
         run_loop, "capture_for", lambda *_: ScriptedCapture(list(frames), live=False)
@@ -177,11 +178,11 @@ def test_helper_threads_of_a_file_run_yield_the_cpu_to_inference(fp32_bundle, re
         original()
         seen[name] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - seen[name]
 
-    original = sources.lower_thread_priority
+    original = reader.lower_thread_priority
     caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sources, "lower_thread_priority", spy)
-        patch.setattr(run_loop, "lower_thread_priority", spy)
+        patch.setattr(reader, "lower_thread_priority", spy)
+        patch.setattr(run_outputs, "lower_thread_priority", spy)
         run(RunOptions(str(red_blue_clip), jsonl=os.devnull), AnnotatorOptions(fp32_bundle))
-    assert seen == {"capture": sources.HELPER_NICE, "outputs": sources.HELPER_NICE}
+    assert seen == {"capture": reader.HELPER_NICE, "outputs": reader.HELPER_NICE}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # unchanged

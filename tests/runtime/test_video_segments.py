@@ -19,9 +19,8 @@ from runtime_helpers import (
     write_clip,
 )
 
-from fuselite.runtime.loop import segment_seconds
 from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
-from fuselite.runtime.outputs import VideoOutput
+from fuselite.runtime.outputs import VideoOutput, segment_seconds
 
 
 def playable_frames(path) -> int:

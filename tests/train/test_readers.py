@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fuselite.errors import UserError
-from fuselite.train.readers import (
+from fuselite.data.readers import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
     read_coco,
@@ -21,6 +20,7 @@ from fuselite.train.readers import (
     read_folder_per_class,
     read_manifest,
 )
+from fuselite.errors import UserError
 
 SIZE = 32
 RED, BLUE = (220, 30, 30), (30, 30, 220)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuselite.train.scenes import (
+from fuselite.data.scenes import (
     COLOR_RGB,
     SceneObject,
     SceneSpec,

@@ -36,8 +36,8 @@ def test_tiny_run_learns_loss_falls_and_map_beats_chance(tiny_run: Path):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     labels = json.loads((tiny_run / "labels.json").read_text())["labels"]
     # Chance mAP is the mean share of positives per label: a handful of tags out of dozens.
+    from fuselite.data.dataset import Splits
     from fuselite.train.configs import get_config as cfg
-    from fuselite.train.data import Splits
     from fuselite.train.pipeline import load_run_data
 
     test = load_run_data(cfg("scenes-tiny"), Splits.load(tiny_run / "splits.json")).test

@@ -6,15 +6,52 @@ test images bench measures are exactly the ones training evaluated.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+from fuselite.data.dataset import ImageTextData, Splits
 from fuselite.errors import UserError
-from fuselite.train.configs import TrainConfig
-from fuselite.train.data import ImageTextData, Splits
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The part of a run's config that decides its images and splits.
+
+    A training config (``fuselite.train.configs.TrainConfig``) has every one of
+    these fields, so training passes its config as it is; bench and the demo read
+    them from a run's ``config.json`` with :meth:`load`, without TensorFlow.
+
+    Attributes:
+        name: The config's registry name (for messages).
+        data: ``"scenes"``, ``"fashion-mnist"``, or a path a reader understands.
+        image_size: Square input size in pixels the images are read at.
+        seed: Seeds scene generation and the split.
+        scenes_train: Synthetic scenes generated for train/val/test.
+        scenes_heldout: Synthetic scenes that contain held-out combinations.
+        val_fraction: Share of the pool used for validation.
+        test_fraction: Share used for test (0 when the source has an official test split).
+        limit: Use at most this many training items (0 = all).
+    """
+
+    name: str
+    data: str
+    image_size: int
+    seed: int = 0
+    scenes_train: int = 0
+    scenes_heldout: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    limit: int = 0
+
+    @classmethod
+    def load(cls, config_json: Path) -> DataSpec:
+        """Reads these fields from a run's ``config.json`` (other fields are ignored)."""
+        values = json.loads(Path(config_json).read_text())
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 @dataclass
@@ -38,7 +75,7 @@ class RunData:
     skipped: int = 0
 
 
-def load_run_data(config: TrainConfig, splits: Splits | None = None) -> RunData:
+def load_run_data(config: DataSpec, splits: Splits | None = None) -> RunData:
     """Loads the config's source and cuts it into splits (or reuses saved ``splits``)."""
     pool, official_test, heldout = load_sources(config)
     if splits is None:
@@ -62,22 +99,22 @@ def load_run_data(config: TrainConfig, splits: Splits | None = None) -> RunData:
     return data
 
 
-def load_sources(config: TrainConfig):
+def load_sources(config: DataSpec):
     """Returns (pool, official test split or None, held-out scenes or None)."""
     if config.data == "scenes":
-        from fuselite.train.scenes import SceneSpec, generate_scenes
+        from fuselite.data.scenes import SceneSpec, generate_scenes
 
         spec = SceneSpec(image_size=config.image_size)
         pool = generate_scenes(config.scenes_train, spec, seed=config.seed)
         heldout = generate_scenes(config.scenes_heldout, spec, seed=config.seed + 1, heldout=True)
         return pool, None, heldout
     if config.data == "fashion-mnist":
-        from fuselite.train.readers import read_fashion_mnist
+        from fuselite.data.readers import read_fashion_mnist
 
         train = read_fashion_mnist(image_size=config.image_size, split="train")
         return train, read_fashion_mnist(image_size=config.image_size, split="test"), None
     if not config.data:
         raise UserError("this config needs --data PATH (a class folder, manifest, COCO JSON or IDX folder)")
-    from fuselite.train.readers import read_dataset
+    from fuselite.data.readers import read_dataset
 
     return read_dataset(Path(config.data), config.image_size), None, None

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fuselite.train.scenes import SceneSpec, random_objects, render_scene, scene_tags
+from fuselite.data.scenes import SceneSpec, random_objects, render_scene, scene_tags
 
 
 def _moving(objects, velocity: np.ndarray, step: int, image_size: int):

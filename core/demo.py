@@ -55,6 +55,20 @@ def _cli(argv: list[str], check: bool = True) -> int:
     return code
 
 
+def _cli_process(argv: list[str]) -> None:
+    """Runs a fuselite subcommand in a process of its own, as a user's shell would.
+
+    ``fuselite run`` goes this way so that its summary line reports the runtime's own
+    memory, not that of this process, which holds TensorFlow after the training step.
+    """
+    import subprocess
+    import sys
+
+    code = subprocess.run([sys.executable, "-m", "fuselite.cli", *argv]).returncode
+    if code != 0:
+        raise UserError(f"`fuselite {' '.join(argv)}` failed with exit code {code}")
+
+
 def train_step(run_dir: Path, config_name: str) -> Path:
     """Trains ``config_name`` into ``run_dir`` unless a finished run is already there."""
     if (run_dir / "metrics.json").exists():
@@ -86,7 +100,7 @@ def convert_step(run_dir: Path, bundle_dir: Path, threads: int) -> Path:
 
 def annotate_step(bundle: Path, out_dir: Path, threads: int) -> dict:
     """Renders a scenes video, annotates it with ``fuselite run`` and scores the stream."""
-    from fuselite.train.video import read_truth, render_video
+    from fuselite.data.video import read_truth, render_video
 
     out_dir.mkdir(parents=True, exist_ok=True)
     video, annotated, events = out_dir / "scenes.mp4", out_dir / "annotated.mp4", out_dir / "events.jsonl"
@@ -94,7 +108,7 @@ def annotate_step(bundle: Path, out_dir: Path, threads: int) -> dict:
     if not truth_path.exists():
         render_video(video)
     if not events.exists():
-        _cli(["run", "--bundle", str(bundle), "--source", str(video), "--threads", str(threads),
+        _cli_process(["run", "--bundle", str(bundle), "--source", str(video), "--threads", str(threads),
               "--jsonl", str(events), "--video-out", str(annotated), "--max-results", "20"])
     scores = stream_accuracy(events, read_truth(truth_path))
     return {"video": annotated, "events": events, **scores}

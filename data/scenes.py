@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fuselite.train.data import ImageTextData
+from fuselite.data.dataset import ImageTextData
 
 log = logging.getLogger(__name__)
 

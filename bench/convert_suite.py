@@ -1,4 +1,4 @@
-"""Converts every variant of a run and measures it: ``python -m fuselite.convert.benchmark RUN_DIR``.
+"""Converts every variant of a run and measures it: ``python -m fuselite.bench.suite convert RUN_DIR``.
 
 One row per variant (a failing variant is a row with its status, not a crash):
 bundle and model sizes raw and gzipped, ratios against ``fp32`` and ``int8``, the
@@ -181,7 +181,7 @@ def benchmark(run_dir: Path, out_dir: Path, variant_names, options) -> dict:
 
 def main(argv=None) -> int:
     """CLI entry point; prints the Markdown table."""
-    parser = argparse.ArgumentParser(prog="python -m fuselite.convert.benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fuselite.bench.suite convert", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, help="where bundles go (default: a temporary folder)")
     parser.add_argument("--variants", nargs="+", default=["default"])

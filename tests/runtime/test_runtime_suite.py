@@ -8,7 +8,7 @@ import cv2
 import pytest
 
 from fuselite.bundle import read_manifest
-from fuselite.runtime import benchmark
+from fuselite.bench import runtime_suite as benchmark
 
 FIGURES = (
     "invoke_fps",
@@ -61,7 +61,7 @@ def test_benchmark_measures_every_bundle_with_its_targets(
         assert benchmark.status(case, "e2e_vs_invoke") in expected
     assert table.count("| end-to-end / raw invoke |") == 2 and "≥ 0.95×" in table
     assert "decode only (the ceiling)" in table and "min(raw invoke, decode)" in table
-    assert "Command: `python -m fuselite.runtime.benchmark --bundle" in table
+    assert "Command: `python -m fuselite.bench.suite runtime --bundle" in table
     assert figures["machine"]["interpreter"] == "ai_edge_litert.interpreter"
 
 

@@ -1,7 +1,7 @@
 """Measures the runtime against its targets, on this machine or on a board.
 
-    python -m fuselite.runtime.benchmark                # board-size models, a 640x480 clip
-    python -m fuselite.runtime.benchmark --bundle int8.tflite --video clip.mp4 [--threads 1]
+    python -m fuselite.bench.suite runtime                # board-size models, a 640x480 clip
+    python -m fuselite.bench.suite runtime --bundle int8.tflite --video clip.mp4 [--threads 1]
 
 For each bundle (every ``--bundle``, plus the board-size model's int8 and fp32
 bundles unless ``--board-size 0``) it measures, in one run so that the ratios
@@ -389,7 +389,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every measurement of every bundle; a failing one is recorded, not raised."""
     figures: dict[str, Any] = {
         "machine": machine_info(args.threads),
-        "command": shlex.join(["python", "-m", "fuselite.runtime.benchmark", *args.argv]),
+        "command": shlex.join(["python", "-m", "fuselite.bench.runtime_suite", *args.argv]),
         "cases": [],
         "errors": {},
     }
@@ -630,7 +630,7 @@ def status(case: dict[str, Any], key: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The benchmark's command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m fuselite.runtime.benchmark", description=__doc__
+        prog="python -m fuselite.bench.suite runtime", description=__doc__
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(

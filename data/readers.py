@@ -31,8 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fuselite.data.dataset import TASKS, ImageTextData
 from fuselite.errors import UserError
-from fuselite.train.data import TASKS, ImageTextData
 
 log = logging.getLogger(__name__)
 

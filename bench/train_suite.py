@@ -1,12 +1,12 @@
 """Reproduces the training targets and prints a Markdown row for docs/training.md.
 
-    python -m fuselite.train.benchmark --config scenes-default --out runs/scenes
-    python -m fuselite.train.benchmark --config fashion-mnist --out runs/fashion
-    python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 --out runs/student
-    python -m fuselite.train.benchmark --config fashion-mnist-small --teacher RUN1 --teacher RUN2 \
+    python -m fuselite.bench.suite train --config scenes-default --out runs/scenes
+    python -m fuselite.bench.suite train --config fashion-mnist --out runs/fashion
+    python -m fuselite.bench.suite train --config fashion-mnist-small --teacher RUN1 --teacher RUN2 --out runs/student
+    python -m fuselite.bench.suite train --config fashion-mnist-small --teacher RUN1 --teacher RUN2 \
         --teacher-views augmented --out runs/student
-    python -m fuselite.train.benchmark --config fashion-mnist-small --seed 3 --out runs/small-s3
-    python -m fuselite.train.benchmark --config fashion-mnist-small --epochs 76 --swa-epochs 0 --out runs/no-avg
+    python -m fuselite.bench.suite train --config fashion-mnist-small --seed 3 --out runs/small-s3
+    python -m fuselite.bench.suite train --config fashion-mnist-small --epochs 76 --swa-epochs 0 --out runs/no-avg
 
 Targets (docs/training.md): scenes-default test mAP >= 0.95 and heldout_combo_ap
 >= 0.80 in <= 5 minutes; fashion-mnist top-1 >= 94.0% on the official 10k test
@@ -25,7 +25,7 @@ from fuselite.host import machine_description
 from fuselite.train.configs import TEACHER_VIEWS
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Trains the config from scratch and prints the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the config's epochs")
     parser.add_argument("--swa-epochs", type=int, metavar="N", help="as `fuselite train --swa-epochs`")
     parser.add_argument("--seed", type=int, help="override the config's seed")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from fuselite.train.configs import get_config
     from fuselite.train.trainer import train

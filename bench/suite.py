@@ -1,0 +1,48 @@
+"""One entry point for the benchmark scripts, named by what they measure.
+
+    python -m fuselite.bench.suite runtime [ARGS...]   # fuselite run vs raw invoke and the naive loop
+    python -m fuselite.bench.suite convert RUN [ARGS...]  # every variant's size, accuracy, numerics
+    python -m fuselite.bench.suite train --config NAME --out DIR [ARGS...]  # a training target, from scratch
+
+``python -m fuselite.bench.suite WHAT --help`` lists the arguments of each.  These
+are scripts, not tests: they take minutes and their figures go into the docs with
+the machine and the date.  ``fuselite bench`` (the size/accuracy/latency table of a
+folder of bundles) is the command for users.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = {
+    "runtime": ("fuselite.bench.runtime_suite", "fuselite run against raw invoke() and the naive loop"),
+    "convert": ("fuselite.bench.convert_suite", "every variant of a run: size, accuracy, numerics"),
+    "train": ("fuselite.bench.train_suite", "a training target, from scratch, as a docs row"),
+}
+
+
+def usage() -> str:
+    """The one-screen help listing the suites."""
+    lines = ["usage: python -m fuselite.bench.suite {" + ",".join(SUITES) + "} [ARGS...]", ""]
+    lines += [f"  {name:<8} {about}" for name, (_module, about) in SUITES.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the named suite with the remaining arguments; 2 for an unknown name."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUITES:
+        print(f"error: unknown suite {name!r}; choose one of: {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUITES[name][0])
+    code = module.main(rest)
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
