@@ -1,9 +1,11 @@
-"""``fuselite devices``: list and show board profiles, check a bundle's ops, verify under emulation.
+"""``fuselite devices``: list and show board profiles, check a bundle's ops, verify under
+emulation, write a board's setup files.
 
     fuselite devices list
     fuselite devices show raspberry-pi-5
     fuselite devices check raspberry-pi-32bit --bundle model.tflite
     fuselite devices verify raspberry-pi-5 --bundle model.tflite
+    fuselite devices setup-files --device raspberry-pi-5 --out raspberry-pi-5
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from pathlib import Path
 from fuselite.bundle import BundleError, read_bundle
 from fuselite.devices.compat import bundle_ops, check_ops, loadable_runtimes, ops_to_strings
 from fuselite.devices.profiles import Profile, get_profile, list_profiles
+from fuselite.devices.setup_files import SETUP_FILES, write_setup_files
 from fuselite.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the list/show/check/verify sub-subcommands."""
+    """Adds the list/show/check/verify/setup-files sub-subcommands."""
     sub = parser.add_subparsers(dest="devices_command", metavar="ACTION", parser_class=type(parser))
     sub.add_parser("list", help="list the board profiles")
     show = sub.add_parser("show", help="show one profile: runtime, limits, setup files")
@@ -38,16 +41,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--mirror", default=None, help="Debian mirror URL (default: the host's apt sources)")
     verify.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per step (default 900)")
     verify.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
+    files = sub.add_parser("setup-files", help=f"write a board's {', '.join(SETUP_FILES)} from its profile")
+    files.add_argument("--device", required=True, metavar="NAME", help="profile name (see `fuselite devices list`)")
+    files.add_argument("--out", type=Path, default=None, metavar="DIR",
+                       help="folder to write them to, made if missing (default: ./NAME)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs the chosen action; returns the exit code (1 when a check or verify fails)."""
     action = getattr(args, "devices_command", None)
     if action is None:
-        raise UserError("choose an action: list, show NAME, check NAME --bundle FILE, verify NAME --bundle FILE")
+        raise UserError("choose an action: list, show NAME, check NAME --bundle FILE, "
+                        "verify NAME --bundle FILE, setup-files --device NAME --out DIR")
     if action == "list":
         print(format_profile_table())
         return 0
+    if action == "setup-files":
+        return _setup_files(get_profile(args.device), args.out or Path(args.device))
     profile = get_profile(args.name)
     if action == "show":
         print(format_profile(profile))
@@ -74,17 +84,30 @@ def format_profile(profile: Profile) -> str:
     spec = profile.runtime_spec
     lines = [f"{profile.name}: {profile.title}"]
     for field in dataclasses.fields(profile):
-        if field.name not in ("name", "title", "limits", "notes"):
+        if field.name not in ("name", "title", "limits", "notes") and getattr(profile, field.name) != "":
             lines.append(f"  {field.name:<15} {getattr(profile, field.name)}")
     limits = profile.limits
     lines.append(f"  {'limits':<15} bundle <= {limits.max_bundle_mb:g} MB, >= {limits.min_fps:g} FPS, "
                  f"memory <= {limits.max_memory_mb:g} MB")
     lines.append(f"  {'install':<15} pip install fuselite {' '.join(repr(r) for r in spec.requirements)}")
     lines.append(f"  {'op table':<15} {len(spec.max_versions)} builtin ops, measured on {spec.probed}")
-    for name, path in profile.setup_files().items():
-        lines.append(f"  {name:<15} {path}{'' if path.exists() else '  (missing)'}")
+    lines.append(f"  {'setup files':<15} {', '.join(SETUP_FILES)}: "
+                 f"fuselite devices setup-files --device {profile.name} --out DIR")
     lines.append(f"  {'notes':<15} {profile.notes}")
     return "\n".join(lines)
+
+
+def _setup_files(profile: Profile, out_dir: Path) -> int:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: is a file, not a folder")
+    try:
+        paths = write_setup_files(profile, out_dir)
+    except OSError as exc:
+        raise UserError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
+    for path in paths:
+        print(f"wrote {path}")
+    print(f"next: copy {out_dir} to the board, then there: sudo ./{out_dir.name}/install.sh [FUSELITE_WHEEL]")
+    return 0
 
 
 def _read(path: Path):

@@ -1,4 +1,5 @@
-"""``fuselite devices list/show/check/verify`` and the failure messages of verify."""
+"""``fuselite devices list/show/check/verify`` and the failure messages of verify
+(``setup-files``: test_setup_files.py)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ def test_list_shows_every_profile(capsys):
 
 
 @pytest.mark.parametrize("name", list_profiles())
-def test_show_prints_runtime_limits_and_setup_files(capsys, name):
+def test_show_prints_runtime_limits_and_how_to_get_the_setup_files(capsys, name):
     assert main(["devices", "show", name]) == 0
     out = capsys.readouterr().out
     profile = get_profile(name)
     assert out.startswith(f"{name}: {profile.title}")
     assert all(r in out for r in profile.runtime_spec.requirements)
     assert f"bundle <= {profile.limits.max_bundle_mb:g} MB" in out
-    assert "install.sh" in out and "(missing)" not in out
+    assert f"fuselite devices setup-files --device {name} --out DIR" in out
 
 
 def test_show_unknown_profile_exits_2_listing_the_known_ones(capsys):
@@ -49,8 +50,8 @@ def test_check_passes_a_bundle_the_runtime_loads(capsys, handmade_bundle):
 
 
 @pytest.mark.slow
-def test_check_fails_a_dynamic_range_bundle_on_the_32bit_board(capsys, tiny_bundles):
-    assert main(["devices", "check", "raspberry-pi-32bit", "--bundle", str(tiny_bundles["dynamic"])]) == 1
+def test_check_fails_a_dynamic_range_bundle_on_the_32bit_board(capsys, op_bundles):
+    assert main(["devices", "check", "raspberry-pi-32bit", "--bundle", str(op_bundles["dynamic"])]) == 1
     out = capsys.readouterr().out
     assert "problem: FULLY_CONNECTED v12 needs a newer runtime than tflite-runtime 2.14 (max v10)" in out
     assert out.rstrip().splitlines()[-1].startswith("FAIL")

@@ -1,8 +1,8 @@
-"""Board profiles and their setup files (fuselite.devices.profiles, devices/<profile>/)."""
+"""Board profiles (fuselite.devices.profiles): the registry and the checks on each JSON file."""
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import subprocess
 import sys
@@ -10,7 +10,17 @@ import sys
 import pytest
 
 from fuselite.devices.compat import list_runtimes
-from fuselite.devices.profiles import ARCHITECTURES, CAMERA_BACKENDS, get_profile, list_profiles
+from fuselite.devices.profiles import (
+    ARCHITECTURES,
+    CAMERA_BACKENDS,
+    DEBIAN_ARCHITECTURES,
+    PROFILES_DIR,
+    get_profile,
+    list_profiles,
+    load_profile,
+    python_clauses,
+    python_satisfies,
+)
 from fuselite.devices.verify import CPU_MODELS, EMULATIONS
 from fuselite.errors import UserError
 
@@ -38,6 +48,8 @@ def test_profile_fields_are_valid(name):
     assert re.fullmatch(r"3\.\d+", p.python)
     assert p.runtime in list_runtimes()
     assert p.architecture in p.runtime_spec.architectures
+    assert python_satisfies(p.python, p.runtime_spec.python)
+    assert p.debian_architecture == DEBIAN_ARCHITECTURES[p.architecture]
     assert p.threads >= 1 and p.ram_mb >= 256
     assert p.camera_backend in CAMERA_BACKENDS
     assert p.limits.max_bundle_mb > 0 and p.limits.min_fps > 0
@@ -53,71 +65,56 @@ def test_32bit_board_uses_tflite_runtime_and_the_zero_has_512_mb():
     assert {get_profile(n).runtime for n in ("raspberry-pi-5", "raspberry-pi-4")} == {"ai-edge-litert"}
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_setup_files_exist(name):
-    for file_name, path in get_profile(name).setup_files().items():
-        assert path.is_file(), f"{name} is missing {file_name}"
+def _write_profile(folder, **changes):
+    data = {**json.loads((PROFILES_DIR / "raspberry-pi-4.json").read_text()), **changes}
+    path = folder / f"{data['name']}.json"
+    path.write_text(json.dumps(data))
+    return path
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_install_script_is_valid_bash_and_installs_the_runtime(name):
-    profile = get_profile(name)
-    script = profile.setup_files()["install.sh"]
-    done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 0, done.stderr
-    assert os.access(script, os.X_OK)
-    text = script.read_text()
-    assert "set -euo pipefail" in text and f"PROFILE={name}" in text
-    for requirement in profile.runtime_spec.requirements:
-        assert f'"{requirement}"' in text
-    commands = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    assert "[train]" not in commands and "tensorflow" not in commands.lower()
+def test_a_profile_json_in_any_folder_loads(tmp_path):
+    profile = load_profile(_write_profile(tmp_path, name="my-board", kernel_hint="use the 64-bit OS"))
+    assert profile.name == "my-board" and profile.kernel_hint == "use the 64-bit OS"
+    assert profile.debian_architecture == "arm64"
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_systemd_unit_restarts_fuselite_run_on_failure(name):
-    unit = get_profile(name).setup_files()["fuselite.service"].read_text()
-    assert re.search(r"^Restart=on-failure$", unit, re.MULTILINE)
-    exec_start = re.search(r"^ExecStart=(.*)$", unit, re.MULTILINE).group(1)
-    assert re.match(r"\S*/fuselite run ", exec_start)
-    assert "EnvironmentFile=/etc/fuselite/fuselite.env" in unit
-    assert "WantedBy=multi-user.target" in unit
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"name": "Other Board"}, "does not match the file name"),
+    ({"architecture": "riscv64"}, "architecture must be one of"),
+    ({"camera_backend": "csi"}, "camera_backend must be one of"),
+    ({"threads": 0}, "threads must be"),
+    ({"ram_mb": 256}, "limits.max_memory_mb must be"),
+    ({"architecture": "armv7l"}, "ai-edge-litert 2.x has no armv7l wheels"),
+    ({"python": "3.9"}, "ai-edge-litert 2.x has no wheels for Python 3.9"),
+    ({"colour": "red"}, "invalid profile"),
+])
+def test_a_bad_profile_fails_naming_the_file_and_the_field(tmp_path, changes, message):
+    path = _write_profile(tmp_path, **changes)
+    if "name" in changes:
+        path = path.rename(tmp_path / "other-board.json")
+    with pytest.raises(ValueError, match=message) as info:
+        load_profile(path)
+    assert str(info.value).startswith(f"{path.name}: ")
 
 
-def _settings(name: str) -> dict[str, str]:
-    text = get_profile(name).setup_files()["fuselite.env"].read_text()
-    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+@pytest.mark.parametrize(("version", "spec", "expected"), [
+    ("3.11", ">=3.10,<3.15", True), ("3.9", ">=3.10,<3.15", False), ("3.15", ">=3.10,<3.15", False),
+    ("3.11", ">=3.8,<3.12", True), ("3.12", ">=3.8,<3.12", False), ("3.11", "==3.11", True),
+])
+def test_python_ranges_compare_major_minor(version, spec, expected):
+    assert python_satisfies(version, spec) is expected
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_example_settings_fill_every_variable_of_the_unit(name):
-    unit = get_profile(name).setup_files()["fuselite.service"].read_text()
-    used = set(re.findall(r"\$\{?(FUSELITE_\w+)\}?", unit))
-    settings = _settings(name)
-    assert used <= set(settings)
-    assert settings["FUSELITE_THREADS"] == str(get_profile(name).threads)
-
-
-@pytest.mark.parametrize("name", PROFILES)
-def test_unit_command_line_is_accepted_by_fuselite_run(name):
-    runtime_cli = pytest.importorskip("fuselite.runtime.cli")
-    import argparse
-
-    settings = _settings(name)
-    parser = argparse.ArgumentParser(exit_on_error=False)
-    runtime_cli.add_arguments(parser)
-    args = parser.parse_args([
-        "--bundle", settings["FUSELITE_BUNDLE"], "--source", settings["FUSELITE_SOURCE"],
-        "--threads", settings["FUSELITE_THREADS"], *settings["FUSELITE_ARGS"].split(),
-    ])
-    assert args.threads == get_profile(name).threads
+def test_a_malformed_python_range_is_refused():
+    with pytest.raises(ValueError, match="is not like '>=3.10'"):
+        python_clauses(">=3.10,~=2.7")
 
 
 def test_devices_never_imports_tensorflow_train_or_convert():
     code = (
         "import sys\n"
         "import fuselite.devices.cli, fuselite.devices.compat, fuselite.devices.profiles\n"
-        "import fuselite.devices.verify, fuselite.devices.probe\n"
+        "import fuselite.devices.verify, fuselite.devices.probe, fuselite.devices.setup_files\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')\n"
         "       or m.startswith(('fuselite.train', 'fuselite.convert'))]\n"
         "assert not bad, bad\n"
