@@ -1,17 +1,28 @@
-"""Shared fixtures: a tiny trained run that later stages convert, run and bench.
+"""Fixtures every test folder shares, each built once per test session.
 
-Training it takes about ten seconds on two cores, once per test session.
+* ``tiny_run`` and its conversions: a tiny trained run that later stages convert, run
+  and bench (training takes about ten seconds on two cores);
+* the colour bundles (``colour_bundles``, ``fp32_bundle``, ``int8_bundle``) and a
+  red-then-blue clip, which the runtime, reliability and bench tests run;
+* the op bundles (``op_bundles``), which the devices tests check and verify;
+* ``installed_wheel``, this checkout installed into a fresh venv.
+
+The builders live in ``tests/support`` (importable as ``support`` from every folder:
+pytest's default ``prepend`` import mode puts ``tests/`` on ``sys.path`` when it
+imports this file).  Fixtures one folder alone uses stay in that folder's conftest.
+Never import from ``conftest``: each folder has one, and the module of that name is
+whichever pytest imported last.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import venv
 from pathlib import Path
 
 import pytest
+from support.bundles import build_colour_bundles, build_op_bundles
+from support.frames import BLUE, RED, write_clip
+from support.wheel import install_wheel
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,38 +64,44 @@ def converted_tiny_run(tiny_converter) -> dict:
     return {name: tiny_converter.convert(variant) for name, variant in VARIANTS.items()}
 
 
-REPO = Path(__file__).resolve().parents[1]
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
+    """``(python, site_packages)`` of a fresh venv with a wheel of this checkout installed.
+
+    Run its commands with ``env=support.wheel.installed_env(site)``.
+    """
+    return install_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")
-def installed_wheel(tmp_path_factory) -> tuple[Path, Path]:
-    """A wheel of this checkout installed into a fresh venv, as a user installs it.
+def colour_bundles(tmp_path_factory) -> dict[str, Path]:
+    """``{variant: path}``: the colour bundles fp32, int8 (uint8 I/O) and int8-signed-io.
 
-    Returns ``(python, site_packages)`` of that venv.  Its dependencies (numpy, OpenCV,
-    the interpreter) are not reinstalled: :func:`installed_env` lends the test venv's.
+    Shared by every folder: treat the files as read-only (copy or ``repack`` to change one).
     """
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        check=True, timeout=300,
-    )
-    env_dir = out / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    wheel = next(out.glob("fuselite-*.whl"))
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
-    site = Path(subprocess.check_output(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip())
-    return python, site
+    return build_colour_bundles(tmp_path_factory.mktemp("colour-bundles"))
 
 
-def installed_env(site: Path) -> dict[str, str]:
-    """Environment for the installed wheel's venv: the test venv's packages on PYTHONPATH.
+@pytest.fixture(scope="session")
+def fp32_bundle(colour_bundles) -> Path:
+    """The float colour bundle (float32 input and output)."""
+    return colour_bundles["fp32"]
 
-    Only ``.pth`` files of real site folders run, so the test venv's editable finder
-    (which maps ``fuselite`` to this checkout) stays off; numpy, OpenCV and the
-    interpreter come from there, ``fuselite`` from the wheel.
-    """
-    import sysconfig
 
-    return {**os.environ, "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+@pytest.fixture(scope="session")
+def int8_bundle(colour_bundles) -> Path:
+    """The full-int8 colour bundle (uint8 input and output, quantization in the manifest)."""
+    return colour_bundles["int8"]
+
+
+@pytest.fixture(scope="session")
+def red_blue_clip(tmp_path_factory) -> Path:
+    """20 red frames then 20 blue frames, 160x120 at 25 fps."""
+    return write_clip(tmp_path_factory.mktemp("clips") / "red_blue.mp4", [RED, BLUE], frames_each=20)
+
+
+@pytest.fixture(scope="session")
+def op_bundles(tmp_path_factory) -> dict[str, Path]:
+    """``{variant: path}``: the op bundles fp32, dynamic and int8 (``tiny-<variant>.fuselite``)."""
+    pytest.importorskip("tensorflow")
+    return build_op_bundles(tmp_path_factory.mktemp("op-bundles"))

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import installed_env
+from support.wheel import installed_env
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICE_MODULES = sorted(
@@ -15,7 +15,8 @@ DEVICE_MODULES = sorted(
     for folder in ("runtime", "devices")
     for p in (REPO / folder).glob("*.py")
     if p.stem != "__init__"
-) + ["fuselite.runtime", "fuselite.devices", "fuselite.bundle", "fuselite.tokenizer", "fuselite.metrics"]
+) + ["fuselite.runtime", "fuselite.devices", "fuselite.bundle", "fuselite.tokenizer", "fuselite.metrics",
+     "fuselite.scoring", "fuselite.interpreter", "fuselite.flatbuffer", "fuselite.files"]
 
 
 def test_wheel_installs_stages_under_one_namespace(installed_wheel):

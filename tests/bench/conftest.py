@@ -1,7 +1,9 @@
-"""Fixtures for the bench tests: tiny real bundles, a colour dataset and one benchmark of them.
+"""Fixtures for the bench tests: colour bundles, a colour dataset and one benchmark of them.
 
-The bundles are built with TensorFlow (``bench_bundles.py``); the benchmark under test
-runs them through the runtime in child processes, without TensorFlow.
+Every bundle comes from ``tests/support/bundles.py``: ``bundle_dir`` holds the session's
+colour bundles re-packed as single-label (no TensorFlow), ``regional_dir`` and
+``dynamic_bundle`` are built once here.  The benchmark under test runs them through the
+runtime in child processes, without TensorFlow.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import bench_bundles
 import pytest
+from support.bundles import build_colour_bundles, build_dynamic_colour_bundle, repack
+from support.frames import write_colour_dataset
 
 from fuselite.bench.runner import run_bench
 
@@ -20,15 +23,16 @@ FAST = {"warmup": 2, "runs": 10}
 @pytest.fixture(scope="session")
 def colour_data(tmp_path_factory) -> Path:
     """Class folders of noisy red/green/blue/gray frames (three gray ones filed as red)."""
-    return bench_bundles.write_colour_dataset(tmp_path_factory.mktemp("colours") / "colours")
+    return write_colour_dataset(tmp_path_factory.mktemp("colours") / "colours")
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(tmp_path_factory) -> Path:
-    """fp32 and int8 bundles of the colour model, plus a corrupt copy of fp32."""
+def bundle_dir(tmp_path_factory, colour_bundles) -> Path:
+    """Single-label fp32 and int8 colour bundles, plus a corrupt copy of fp32."""
     folder = tmp_path_factory.mktemp("bundles")
-    paths = bench_bundles.build_bundles(folder)
-    data = bytearray(paths["fp32"].read_bytes())
+    for variant in ("fp32", "int8"):
+        repack(colour_bundles[variant], folder / f"{variant}.tflite", task="single")
+    data = bytearray((folder / "fp32.tflite").read_bytes())
     data[200:210] = b"\xff" * 10  # inside the flatbuffer: the sha256 no longer matches
     (folder / "corrupt.tflite").write_bytes(bytes(data))
     return folder
@@ -37,7 +41,7 @@ def bundle_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dynamic_bundle(tmp_path_factory) -> Path:
     """A dynamic-range bundle whose FULLY_CONNECTED v12 the 32-bit Pi's runtime cannot load."""
-    return bench_bundles.build_dynamic_bundle(tmp_path_factory.mktemp("dynamic") / "dynamic.tflite")
+    return build_dynamic_colour_bundle(tmp_path_factory.mktemp("dynamic") / "dynamic.tflite")
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +64,7 @@ def good_bundles(tmp_path, bundle_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def regional_dir(tmp_path_factory) -> Path:
-    """fp32 and int8 multi-label bundles whose image model outputs ``[1, 16, 8]`` (one per cell)."""
+    """fp32 and int8 multi-label colour bundles whose image model outputs ``[1, 16, 8]`` (one per cell)."""
     folder = tmp_path_factory.mktemp("regional")
-    bench_bundles.build_bundles(folder, regional=True, task="multi")
+    build_colour_bundles(folder, variants=("fp32", "int8"), regional=True)
     return folder

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO, installed_env
+from support import REPO
+from support.wheel import installed_env
 
 from fuselite.cli import main
 

@@ -117,7 +117,7 @@ def test_int8_and_fp32_scores_agree_closely(bench_out):
 
 
 def test_regional_map_and_micro_f1_equal_a_bare_interpreter_recomputation(regional_dir, colour_data):
-    from bench_bundles import hand_scores
+    from support.bundles import hand_scores
 
     from fuselite import metrics as m
     from fuselite.bench.data import load_eval_data

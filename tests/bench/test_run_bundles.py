@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from bench_bundles import hand_scores
+from support.bundles import hand_scores
 
 from fuselite import metrics as m
 from fuselite.bench.data import run_test_split

@@ -1,4 +1,8 @@
-"""Fixtures of the devices tests: tiny bundles, real (TensorFlow) and hand-made (no TensorFlow)."""
+"""Fixtures of the devices tests: a hand-made bundle (no TensorFlow).
+
+The real op bundles (fp32, dynamic, int8, converted by TensorFlow) are ``op_bundles``, a
+session fixture of ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -26,16 +30,6 @@ def handmade_bundle(tmp_path: Path) -> Path:
         tmp_path / "handmade.fuselite", model_bytes=model, manifest=manifest, tokenizer=tokenizer,
         label_embeddings=np.ones((1, 4), np.float32) / 2, text_encoder_bytes=model,
     )
-
-
-@pytest.fixture(scope="session")
-def tiny_bundles(tmp_path_factory) -> dict[str, Path]:
-    """Real fp32, dynamic and int8 bundles converted by TensorFlow (seconds; slow tests only)."""
-    pytest.importorskip("tensorflow")
-    from devices_testbundle import VARIANTS, write_test_bundle
-
-    folder = tmp_path_factory.mktemp("bundles")
-    return {v: write_test_bundle(folder / f"tiny-{v}.fuselite", v) for v in VARIANTS}
 
 
 def u32(value: int) -> bytes:

@@ -113,21 +113,21 @@ def test_tflite_runtime_214_table_matches_tensorflow_register_cc():
 
 
 @pytest.mark.slow
-def test_fp32_and_int8_load_everywhere_but_dynamic_needs_ai_edge_litert(tiny_bundles):
-    loadable = {v: loadable_runtimes(bundle_ops(read_bundle(p))) for v, p in tiny_bundles.items()}
+def test_fp32_and_int8_load_everywhere_but_dynamic_needs_ai_edge_litert(op_bundles):
+    loadable = {v: loadable_runtimes(bundle_ops(read_bundle(p))) for v, p in op_bundles.items()}
     assert loadable["fp32"] == {"ai-edge-litert": True, "tflite-runtime-2.14": True}
     assert loadable["int8"] == {"ai-edge-litert": True, "tflite-runtime-2.14": True}
     assert loadable["dynamic"] == {"ai-edge-litert": True, "tflite-runtime-2.14": False}
-    problems = check_ops(bundle_ops(read_bundle(tiny_bundles["dynamic"])), "tflite-runtime-2.14")
+    problems = check_ops(bundle_ops(read_bundle(op_bundles["dynamic"])), "tflite-runtime-2.14")
     assert problems and all(p.startswith("FULLY_CONNECTED v12 needs a newer runtime") for p in problems)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fp32", "dynamic", "int8"])
-def test_reader_agrees_with_the_generated_flatbuffers_schema(tiny_bundles, variant):
+def test_reader_agrees_with_the_generated_flatbuffers_schema(op_bundles, variant):
     schema = pytest.importorskip("ai_edge_litert.schema_py_generated")
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    data = read_bundle(tiny_bundles[variant]).model_bytes
+    data = read_bundle(op_bundles[variant]).model_bytes
     model = schema.Model.GetRootAs(data, 0)
     expected = set()
     for i in range(model.OperatorCodesLength()):
@@ -138,9 +138,9 @@ def test_reader_agrees_with_the_generated_flatbuffers_schema(tiny_bundles, varia
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["fp32", "dynamic", "int8"])
-def test_prediction_matches_the_installed_ai_edge_litert(tiny_bundles, variant):
+def test_prediction_matches_the_installed_ai_edge_litert(op_bundles, variant):
     interpreter = pytest.importorskip("ai_edge_litert.interpreter")
-    bundle = read_bundle(tiny_bundles[variant])
+    bundle = read_bundle(op_bundles[variant])
     assert loadable_runtimes(read_ops(bundle.model_bytes))["ai-edge-litert"]
     interpreter.Interpreter(model_content=bundle.model_bytes)  # raises if it cannot load
 
@@ -151,9 +151,9 @@ def test_prediction_matches_the_installed_ai_edge_litert(tiny_bundles, variant):
     "/tmp/tflrt214 && /tmp/tflrt214/bin/pip install tflite-runtime==2.14.0 'numpy<2'` "
     "or set FUSELITE_TFLITE_RUNTIME_214_PYTHON"))
 @pytest.mark.parametrize("variant", ["fp32", "dynamic", "int8"])
-def test_prediction_matches_the_real_tflite_runtime_214(tiny_bundles, variant):
-    bundle = read_bundle(tiny_bundles[variant])
-    model = tiny_bundles[variant].with_suffix(".tflite")
+def test_prediction_matches_the_real_tflite_runtime_214(op_bundles, variant):
+    bundle = read_bundle(op_bundles[variant])
+    model = op_bundles[variant].with_suffix(".tflite")
     model.write_bytes(bundle.model_bytes)
     script = "import sys; from tflite_runtime.interpreter import Interpreter; Interpreter(model_path=sys.argv[1])"
     done = subprocess.run([str(TFLRT214_PYTHON), "-c", script, str(model)], capture_output=True, text=True,

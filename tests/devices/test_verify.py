@@ -87,13 +87,13 @@ def test_board_wheels_follow_the_profile():
 @pytest.mark.parametrize("name,variant", [
     ("raspberry-pi-5", "int8"), ("raspberry-pi-5", "fp32"), ("raspberry-pi-32bit", "int8"),
 ])
-def test_emulated_board_matches_the_host(tiny_bundles, name, variant):
+def test_emulated_board_matches_the_host(op_bundles, name, variant):
     profile = get_profile(name)
     if not cache_ready(profile, CACHE):
         pytest.skip(f"no cached {profile.architecture} filesystem in {CACHE}: run "
                     f"`fuselite devices verify {name} --bundle FILE` once (needs qemu-user-static, "
                     "debootstrap and the package mirrors; ~45 s)")
-    result = verify(profile, VerifyOptions(bundle=tiny_bundles[variant], cache_dir=CACHE, timeout=600))
+    result = verify(profile, VerifyOptions(bundle=op_bundles[variant], cache_dir=CACHE, timeout=600))
     assert result.passed, result
     assert result.board["machine"] == profile.architecture
     assert result.board["interpreter"] == result.host["interpreter"]

@@ -1,9 +1,9 @@
-"""Fixtures of the reliability tests: real tiny bundles to damage, and a two-image source.
+"""Fixtures of the reliability tests: a two-image source.
 
-The bundles are the runtime tests' colour bundles (``tests/runtime/runtime_bundles.py``,
-built with TensorFlow once per session): real TFLite models that ``fuselite run`` loads
-and answers "red" or "blue" with.  The long runs (large fuzz, two-minute RTSP run,
-20,000-frame soak) are scripts beside these tests, not tests.
+The bundles to damage are the colour bundles (``colour_bundles`` in ``tests/conftest.py``,
+built with TensorFlow once per session by ``tests/support/bundles.py``): real TFLite
+models that ``fuselite run`` loads and answers "red" or "blue" with.  The long runs
+(large fuzz, two-minute RTSP run, 20,000-frame soak) are scripts beside these tests.
 """
 
 from __future__ import annotations
@@ -12,13 +12,6 @@ from pathlib import Path
 
 import pytest
 import reliability_support
-import runtime_bundles  # importable once reliability_support has put tests/runtime on the path
-
-
-@pytest.fixture(scope="session")
-def seed_bundles(tmp_path_factory) -> dict[str, Path]:
-    """``{"fp32": path, "int8": path, "int8-signed-io": path}``: good bundles to damage."""
-    return runtime_bundles.build_bundles(tmp_path_factory.mktemp("seed-bundles"))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ case runs with its own working folder, HOME and TMPDIR inside a sandbox; afterwa
 sandbox, /tmp and the folders above it are checked for anything written outside the
 run's folder.  Prints a Markdown table per family and every finding; exit code 1 when
 any case crashed, hung, ended unclearly or wrote elsewhere.  Without ``--bundle`` it
-builds the runtime tests' int8 colour bundle (needs TensorFlow).
+builds the int8 colour test bundle (``tests/support/bundles.py``, needs TensorFlow).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": machine_description(), "date": time.strftime("%Y-%m-%d"),
-            "bundle": str(args.bundle or "runtime tests' int8 bundle"), "seed": args.seed,
+            "bundle": str(args.bundle or "int8 colour test bundle"), "seed": args.seed,
             "per_family": args.per_family, "seconds": round(seconds), "strays": strays,
             "table": summary_table(outcomes), "outcomes": [o.__dict__ for o in outcomes],
         }, indent=1, default=list))
@@ -96,9 +96,9 @@ def _grouped(outcomes) -> dict[str, list[str]]:
 
 
 def _build_bundle(folder: Path) -> Path:
-    import runtime_bundles
+    from support.bundles import build_colour_bundles
 
-    return runtime_bundles.build_bundles(folder / "bundles")["int8"]
+    return build_colour_bundles(folder / "bundles")["int8"]
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """What the reliability tests and scripts share: paths, the CLI runner, process sampling.
 
-The runtime tests' helpers (``tests/runtime``: tiny bundles built with TensorFlow,
-colour clips, the RTSP relay) are reused, not copied: this module puts that folder
-on ``sys.path`` so that the scripts here, run as ``python tests/reliability/X.py``,
-import them exactly like pytest does.
+The shared test helpers (``tests/support``: the colour bundles, frames and clips) and
+the runtime tests' helpers (``tests/runtime``: the CLI runner, the RTSP relay) are
+reused, not copied: this module puts ``tests/`` and ``tests/runtime`` on ``sys.path``
+so that the scripts here, run as ``python tests/reliability/X.py``, import them
+exactly like pytest does.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from fuselite.host import cpu_model
 RELIABILITY_DIR = Path(__file__).resolve().parent
 REPO = RELIABILITY_DIR.parents[1]
 RUNTIME_TESTS = REPO / "tests" / "runtime"
-if str(RUNTIME_TESTS) not in sys.path:
-    sys.path.insert(0, str(RUNTIME_TESTS))
+for folder in (REPO / "tests", RUNTIME_TESTS):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from runtime_helpers import error_lines, runtime_env  # found through the path above
 

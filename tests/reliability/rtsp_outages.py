@@ -6,7 +6,7 @@ The camera (ffmpeg on 127.0.0.1, see ``stream_faults.py``) dies and comes back a
 spread moments; the runtime must reconnect every time, and the gap in its annotation
 events around an outage must stay within the outage plus the reconnect backoff plus
 the time to reopen the stream.  Prints a Markdown table; ``--json`` keeps the numbers.
-Without ``--bundle`` it builds the runtime tests' fp32 colour bundle (needs TensorFlow).
+Without ``--bundle`` it builds the fp32 colour test bundle (``tests/support/bundles.py``, needs TensorFlow).
 Exit code 1 when a contract is broken.
 """
 
@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _build_bundle(folder: Path) -> Path:
-    import runtime_bundles
+    from support.bundles import build_colour_bundles
 
-    return runtime_bundles.build_bundles(folder / "bundles")["fp32"]
+    return build_colour_bundles(folder / "bundles")["fp32"]
 
 
 if __name__ == "__main__":

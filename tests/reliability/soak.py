@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20_000)
     parser.add_argument("--warmup-frames", type=int, help="default: a tenth of --frames")
-    parser.add_argument("--bundle", type=Path, help="default: the runtime tests' fp32 bundle")
+    parser.add_argument("--bundle", type=Path, help="default: the fp32 colour test bundle")
     parser.add_argument("--sample-seconds", type=float, default=0.5)
     parser.add_argument("--fps-limit", type=float, help="pace the run like a camera (e.g. 15)")
     parser.add_argument("--no-video", action="store_true", help="do not write an annotated video")
@@ -294,16 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         data = report.to_dict()
         data.update(machine=machine_description(), date=time.strftime("%Y-%m-%d"),
-                    bundle=str(args.bundle or "runtime tests' fp32 bundle"),
+                    bundle=str(args.bundle or "fp32 colour test bundle"),
                     arguments={k: str(v) for k, v in vars(args).items()})
         args.json.write_text(json.dumps(data, indent=1))
     return 1 if problems else 0
 
 
 def _build_bundle(folder: Path) -> Path:
-    import runtime_bundles
+    from support.bundles import build_colour_bundles
 
-    return runtime_bundles.build_bundles(folder / "bundles")["fp32"]
+    return build_colour_bundles(folder / "bundles")["fp32"]
 
 
 if __name__ == "__main__":

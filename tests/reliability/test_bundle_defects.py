@@ -15,8 +15,8 @@ from fuselite.bundle import BundleError, read_bundle
 
 
 @pytest.fixture(scope="module")
-def seed(seed_bundles) -> Seed:
-    return Seed.read(seed_bundles["int8"])
+def seed(colour_bundles) -> Seed:
+    return Seed.read(colour_bundles["int8"])
 
 
 PREFIXES = {"members": "members", "manifest": "manifest-field", "embeddings": "embeddings",

@@ -40,9 +40,9 @@ SUBPROCESS_PER_FAMILY = 3
 
 
 @pytest.fixture(scope="module")
-def seed(seed_bundles) -> Seed:
+def seed(colour_bundles) -> Seed:
     """The int8 colour bundle, taken apart (the int8 model has the most to damage)."""
-    return Seed.read(seed_bundles["int8"])
+    return Seed.read(colour_bundles["int8"])
 
 
 @pytest.fixture(scope="module")

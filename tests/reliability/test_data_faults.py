@@ -118,19 +118,19 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_kill_9_while_a_bundle_is_written_leaves_no_partial_bundle(
-    tiny_run, seed_bundles, tmp_path
+    tiny_run, colour_bundles, tmp_path
 ):
     out = tmp_path / "bundles"
     out.mkdir()
     previous = out / "int8.tflite"
-    previous.write_bytes(seed_bundles["int8"].read_bytes())  # a bundle from an earlier run
+    previous.write_bytes(colour_bundles["int8"].read_bytes())  # a bundle from an earlier run
     args = ["convert", str(tiny_run), "--out", str(out), "--variants", "int8",
             "--calibration-samples", "50", "--eval-samples", "50", "--threads", "1"]
     done = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, "int8.tflite", *args],
                           capture_output=True, text=True, timeout=300, env=quiet_env(), check=False)
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
 
-    assert previous.read_bytes() == seed_bundles["int8"].read_bytes()  # untouched
+    assert previous.read_bytes() == colour_bundles["int8"].read_bytes()  # untouched
     read_bundle(previous)
     leftovers = sorted(p.name for p in out.iterdir() if p != previous)
     assert len(leftovers) == 1 and leftovers[0].startswith(".int8.tflite.")

@@ -143,8 +143,8 @@ def test_a_flatbuffer_the_reader_cannot_follow_is_one_clear_error(cut):
 
 
 @pytest.fixture(scope="module")
-def colour_models(seed_bundles) -> dict[str, bytes]:
-    bundle = read_bundle(seed_bundles["int8"])
+def colour_models(colour_bundles) -> dict[str, bytes]:
+    bundle = read_bundle(colour_bundles["int8"])
     return {"image model": bundle.model_bytes, "text encoder": bundle.text_encoder_bytes}
 
 

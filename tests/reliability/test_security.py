@@ -84,8 +84,8 @@ def looping_clip(tmp_path_factory) -> Path:
     return path
 
 
-def test_the_mjpeg_preview_listens_on_loopback_only_by_default(seed_bundles, looping_clip):
-    process, host, port, lines = _start_with_preview(seed_bundles["fp32"], looping_clip)
+def test_the_mjpeg_preview_listens_on_loopback_only_by_default(colour_bundles, looping_clip):
+    process, host, port, lines = _start_with_preview(colour_bundles["fp32"], looping_clip)
     try:
         addresses = _listening_addresses(process.pid, port)
     finally:
@@ -95,9 +95,9 @@ def test_the_mjpeg_preview_listens_on_loopback_only_by_default(seed_bundles, loo
     assert process.returncode == 0 and "no password" not in stderr
 
 
-def test_the_preview_on_every_interface_must_be_asked_for_and_warns(seed_bundles, looping_clip):
+def test_the_preview_on_every_interface_must_be_asked_for_and_warns(colour_bundles, looping_clip):
     process, _, port, lines = _start_with_preview(
-        seed_bundles["fp32"], looping_clip, "--bind", "0.0.0.0"
+        colour_bundles["fp32"], looping_clip, "--bind", "0.0.0.0"
     )
     try:
         addresses = _listening_addresses(process.pid, port)
@@ -244,9 +244,9 @@ def test_a_run_folder_config_with_unknown_fields_is_refused_not_interpreted(tiny
 # --- manifest values -------------------------------------------------------------------------
 
 
-def test_manifest_values_of_a_wrong_type_range_or_size_are_refused(seed_bundles, tmp_path):
+def test_manifest_values_of_a_wrong_type_range_or_size_are_refused(colour_bundles, tmp_path):
     """Every field missing and of each wrong kind (the nesting cases: test_bundle_defects)."""
-    seed = Seed.read(seed_bundles["int8"])
+    seed = Seed.read(colour_bundles["int8"])
     cases = [c for c in manifest_field_cases(seed) if "nested" not in c.name]
     verdicts = {c.name: in_process_verdict(c, tmp_path / f"{i}") for i, c in enumerate(cases)}
     assert not [n for n, (v, _) in verdicts.items() if v == "bug"]

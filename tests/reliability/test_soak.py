@@ -10,10 +10,10 @@ from soak import make_looping_source, markdown, run_soak
 
 
 def test_a_looping_run_keeps_memory_files_and_threads_flat_and_loses_no_output(
-    seed_bundles, tmp_path
+    colour_bundles, tmp_path
 ):
     source = make_looping_source(tmp_path)
-    report = run_soak(seed_bundles["fp32"], source, tmp_path, frames=6000, warmup_frames=1500,
+    report = run_soak(colour_bundles["fp32"], source, tmp_path, frames=6000, warmup_frames=1500,
                       sample_seconds=0.1, video=True, preview=True, timeout=300)
     assert report.problems(max_rss_growth_mb=5.0) == [], markdown(report)
     assert len(report.samples) >= 20, "too few samples to judge growth"

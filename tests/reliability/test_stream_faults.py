@@ -15,11 +15,11 @@ pytestmark = pytest.mark.skipif(FFMPEG is None, reason="needs ffmpeg (Debian pac
 
 
 def test_camera_killed_three_times_is_reconnected_and_events_resume_within_the_backoff(
-    seed_bundles, tmp_path
+    colour_bundles, tmp_path
 ):
     clip = make_h264_clip(tmp_path / "clip.mp4")
     report = run_with_outages(
-        seed_bundles["fp32"], clip, tmp_path, total_seconds=24, outage_seconds=[1.5, 2.0, 3.0],
+        colour_bundles["fp32"], clip, tmp_path, total_seconds=24, outage_seconds=[1.5, 2.0, 3.0],
         reconnect_delay=0.2, reconnect_max_delay=1.0, stream_timeout=2.0, stats_interval=1.0,
     )
     assert report.problems() == [], markdown(report) + "\n" + report.stderr_tail

@@ -1,4 +1,8 @@
-"""Helpers shared by the runtime tests: colour frames and clips, a CLI runner."""
+"""Helpers shared by the runtime tests: a CLI runner, scripted captures, JSONL events.
+
+Colour frames and clips live in ``support.frames`` (every test folder uses them) and
+are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -9,42 +13,9 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
+from support.frames import BLUE, FRAME_SIZE, GRAY, GREEN, RED, YELLOW, solid, write_clip  # noqa: F401
 
 from fuselite.runtime.sources import SourceError
-
-# BGR colours, as OpenCV frames hold them.
-RED, GREEN, BLUE, GRAY, YELLOW = (
-    (0, 0, 255),
-    (0, 255, 0),
-    (255, 0, 0),
-    (128, 128, 128),
-    (0, 255, 255),
-)
-FRAME_SIZE = (120, 160)  # height, width
-
-
-def solid(bgr, size=FRAME_SIZE, noise: float = 0.0, seed: int = 0) -> np.ndarray:
-    """A frame of one colour, optionally with Gaussian noise."""
-    frame = np.empty((*size, 3), np.uint8)
-    frame[:] = bgr
-    if noise:
-        rng = np.random.default_rng(seed)
-        frame = np.clip(frame + rng.normal(0, noise, frame.shape), 0, 255).astype(np.uint8)
-    return frame
-
-
-def write_clip(
-    path: Path, colours, frames_each: int = 10, fps: float = 25.0, size=FRAME_SIZE
-) -> Path:
-    """Writes an mp4 of ``frames_each`` frames per colour with OpenCV (no ffmpeg needed)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size[::-1])
-    assert writer.isOpened()
-    for colour in colours:
-        for _ in range(frames_each):
-            writer.write(solid(colour, size=size))
-    writer.release()
-    return path
 
 
 def count_frames(path: Path) -> int:

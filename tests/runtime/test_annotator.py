@@ -7,8 +7,8 @@ import logging
 
 import numpy as np
 import pytest
-from runtime_bundles import repack
 from runtime_helpers import BLUE, GRAY, GREEN, RED, YELLOW, solid
+from support.bundles import repack
 
 from fuselite.bundle import BundleError
 from fuselite.runtime import AnnotationResult, Annotator, AnnotatorOptions

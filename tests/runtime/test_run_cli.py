@@ -14,7 +14,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from runtime_bundles import repack
 from runtime_helpers import (
     BLUE,
     RED,
@@ -27,6 +26,7 @@ from runtime_helpers import (
     solid,
     write_clip,
 )
+from support.bundles import repack
 
 from fuselite.bundle import read_bundle
 

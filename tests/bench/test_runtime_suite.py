@@ -7,8 +7,8 @@ import json
 import cv2
 import pytest
 
-from fuselite.bundle import read_manifest
 from fuselite.bench import runtime_suite as benchmark
+from fuselite.bundle import read_manifest
 
 FIGURES = (
     "invoke_fps",
