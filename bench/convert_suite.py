@@ -3,7 +3,8 @@
 One row per variant (a failing variant is a row with its status, not a crash):
 bundle and model sizes raw and gzipped, ratios against ``fp32`` and ``int8``, the
 task metric on the test split and its change in points, and single-image latency
-in ai-edge-litert (warm-up, then timed runs; only a measured speed-up is a speed-up).
+in :mod:`fuselite.interpreter`'s interpreter (warm-up, then timed runs; only a
+measured speed-up is a speed-up).
 The targets of issue 3 are checked at the end.  Results go to stdout as Markdown
 and to ``--json`` for machines.
 """
@@ -27,6 +28,7 @@ from fuselite.convert.report import VariantResult
 from fuselite.convert.variants import resolve_variants
 from fuselite.errors import UserError
 from fuselite.host import cpu_model
+from fuselite.interpreter import interpreter_class
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,9 @@ TARGETS = {
 
 def latency_ms(model_bytes: bytes, image: np.ndarray, num_threads: int, runs: int = 200) -> float:
     """Median milliseconds of one ``invoke`` on one image, after 20 warm-up runs."""
-    from ai_edge_litert.interpreter import Interpreter
-
     from fuselite.convert.numerics import quantize_input
 
-    interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+    interpreter = interpreter_class()(model_content=model_bytes, num_threads=num_threads)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
     interpreter.set_tensor(detail["index"], quantize_input(image[np.newaxis], detail))

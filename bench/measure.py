@@ -9,7 +9,7 @@ and a bundle that crashes the interpreter costs one row, not the benchmark.  The
    :class:`~fuselite.runtime.preprocess.Preprocessor`): the load time;
 2. annotates frames: warm-up runs, then timed runs of preprocess + invoke + scoring
    (latency per frame); the process's peak resident memory is read right after;
-3. scores every frame with :func:`fuselite.bundle.label_probabilities` (the scorer
+3. scores every frame with :func:`fuselite.scoring.label_probabilities` (the scorer
    every stage shares; it handles ``[1, D]`` and regional ``[1, cells, D]`` outputs);
 4. checks that ``fuselite run``'s :class:`~fuselite.runtime.Annotator` loads the bundle
    and gives the same scores.
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fuselite.bundle import Bundle, BundleError, label_probabilities, read_bundle
+from fuselite.bundle import Bundle, BundleError, read_bundle
+from fuselite.scoring import label_probabilities
 
 LATENCY_FRAMES = 32  # distinct frames cycled through by the timed runs
 ANNOTATOR_FRAMES = 8  # frames compared between this path and fuselite run's Annotator
@@ -70,30 +71,12 @@ class LoadedBundle:
 def load(path: Path, num_threads: int) -> LoadedBundle:
     """Reads, verifies and loads a bundle; :class:`BundleError` when it cannot be used."""
     from fuselite.runtime.interpreter import TfliteModel
-    from fuselite.runtime.preprocess import Preprocessor
+    from fuselite.runtime.preprocess import Preprocessor, check_output
 
     bundle = read_bundle(path)
     model = TfliteModel(bundle.model_bytes, num_threads, name="image model")
     preprocessor = Preprocessor(bundle.manifest, model.input)
-    return LoadedBundle(bundle, model, preprocessor, output_quantization(bundle, model.output))
-
-
-def output_quantization(bundle: Bundle, spec) -> tuple[float, int] | None:
-    """Checks the model's output against the manifest; returns how to dequantize it."""
-    from fuselite.runtime.preprocess import quant_equal
-
-    manifest = bundle.manifest
-    shape, dim = tuple(spec.shape), manifest.embedding_dim
-    if len(shape) not in (2, 3) or shape[0] != 1 or shape[-1] != dim:
-        raise BundleError(f"image model outputs {list(shape)}; the manifest needs [1, {dim}] or [1, cells, {dim}]")
-    declared = manifest.preprocessing.output_quant
-    if spec.dtype == np.float32:
-        return None
-    if declared is None:
-        raise BundleError(f"image model outputs {spec.dtype.name} but the manifest has no output_quant")
-    if spec.quantization is not None and not quant_equal(declared, spec.quantization):
-        raise BundleError(f"output quantization {spec.quantization} disagrees with the manifest's {declared}")
-    return declared
+    return LoadedBundle(bundle, model, preprocessor, check_output(bundle.manifest, model.output))
 
 
 def time_frames(loaded: LoadedBundle, frames: np.ndarray, warmup: int, runs: int) -> dict:
@@ -171,7 +154,7 @@ def peak_memory_mb() -> float:
 
 def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs: int) -> tuple[dict, np.ndarray | None]:
     """Everything the child measures; returns the summary and the scores (``None`` if it failed to load)."""
-    from fuselite.runtime.interpreter import interpreter_name
+    from fuselite.interpreter import interpreter_name
 
     summary = {"interpreter": interpreter_name(), "baseline_memory_mb": peak_memory_mb()}
     start = time.perf_counter()

@@ -1,7 +1,7 @@
 """The Keras float model of a run as the benchmark's reference row (host only: TensorFlow).
 
 It is scored on the same images with the same scorer and metrics as the bundles
-(:func:`fuselite.bundle.label_probabilities`, :mod:`fuselite.metrics`), so on the run's
+(:func:`fuselite.scoring.label_probabilities`, :mod:`fuselite.metrics`), so on the run's
 test split its metric equals the run's ``metrics.json``.  Latency is one frame through a
 ``tf.function`` of the image tower plus scoring; memory is not measured (the process
 holds TensorFlow and everything else), so it is never a deployment candidate.
@@ -19,7 +19,7 @@ import numpy as np
 
 from fuselite.bench.data import EvalData, read_run_metrics
 from fuselite.bench.report import Row
-from fuselite.bundle import label_probabilities
+from fuselite.scoring import label_probabilities
 
 log = logging.getLogger(__name__)
 WEIGHT_FILES = ("image_encoder.weights.h5", "text_encoder.weights.h5")

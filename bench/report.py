@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fuselite.bundle import write_atomic
+from fuselite.files import write_atomic
 
 OK, CHECK_FAILED, LOAD_FAILED = "ok", "check_failed", "load_failed"
 STATUS_ICONS = {OK: "✅", CHECK_FAILED: "❎", LOAD_FAILED: "❌"}

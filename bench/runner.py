@@ -349,10 +349,10 @@ def _reference_row(run_dir: Path, data: EvalData, settings: BenchSettings) -> Ro
 
 def _assemble(rows: list[Row], data: EvalData, settings: BenchSettings, bundle_dir: Path,
               min_accuracy: float | None) -> Report:
-    from fuselite.runtime.interpreter import InterpreterNotFoundError, interpreter_name
+    from fuselite.interpreter import InterpreterNotFoundError, interpreter_version
 
     try:
-        interpreter = _interpreter_version(interpreter_name())
+        interpreter = interpreter_version()
     except InterpreterNotFoundError:
         interpreter = "no TFLite interpreter"
     reference = next((r for r in rows if r.kind == "reference"), None)
@@ -372,13 +372,3 @@ def _assemble(rows: list[Row], data: EvalData, settings: BenchSettings, bundle_d
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), bundle_dir=str(bundle_dir),
         device=profile.name if profile else None, limits=limits, min_accuracy=min_accuracy,
     )
-
-
-def _interpreter_version(module: str) -> str:
-    package = module.split(".")[0]
-    try:
-        from importlib.metadata import version
-
-        return f"{package} {version(package.replace('_', '-'))}"
-    except Exception:  # noqa: BLE001 - a version string is nice to have, never needed
-        return package

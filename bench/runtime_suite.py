@@ -66,11 +66,12 @@ import cv2
 import numpy as np
 
 from fuselite.bundle import read_bundle
-from fuselite.runtime.interpreter import TfliteModel, interpreter_name
+from fuselite.interpreter import interpreter_name
+from fuselite.runtime.interpreter import TfliteModel
 from fuselite.runtime.labels import bundle_labels
 from fuselite.runtime.options import AnnotatorOptions, RunOptions
-from fuselite.runtime.preprocess import Preprocessor
-from fuselite.runtime.scoring import Scorer
+from fuselite.runtime.preprocess import Preprocessor, check_output
+from fuselite.scoring import FrameScorer
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +268,10 @@ def sequential_fps(bundle_path: Path, video: Path, threads: int, frames: int) ->
     bundle = read_bundle(bundle_path)
     model = TfliteModel(bundle.model_bytes, threads, name="image model")
     preprocess = Preprocessor(bundle.manifest, model.input)
-    scorer = Scorer(bundle.manifest, model.output, bundle_labels(bundle).embeddings)
-    labels = bundle.manifest.labels
+    manifest = bundle.manifest
+    scorer = FrameScorer(bundle_labels(bundle).embeddings, manifest.logit_scale, manifest.logit_bias,
+                         check_output(manifest, model.output))
+    labels = manifest.labels
     capture = _FrameReader(video)
     start, fps = time.perf_counter(), 0.0
     for i in range(frames):

@@ -24,12 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from fuselite import __version__
-from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle, write_atomic
+from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle
 from fuselite.convert import modelinfo, numerics
 from fuselite.convert.compress import CompressSettings
 from fuselite.convert.report import VariantResult, gzip_size
 from fuselite.convert.variants import Variant
 from fuselite.errors import UserError
+from fuselite.files import write_atomic
+from fuselite.interpreter import interpreter_version
+from fuselite.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +119,7 @@ class Converter:
 
         self.run, self.data, self.out_dir, self.options = run, data, Path(out_dir), options
         self.target = modelinfo.resolve_target(options.target) if options.target else None
-        self.scorer = numerics.Scorer(run.logit_scale, run.logit_bias)
+        self.scorer = Scorer(run.logit_scale, run.logit_bias)
         self.label_embeddings = embed_texts(run.text_encoder, run.tokenizer, run.labels).astype(np.float32)
         self.text_encoder_bytes = convert_text_model(run.text_encoder)
         self.text_encoder_error = self._text_encoder_error()
@@ -229,7 +232,7 @@ class Converter:
         name = next(iter(ref.keras_metrics))
         checks.update(
             reference=_REFERENCES[variant.compression] + (", mirror-averaged" if variant.mirror else ""),
-            split="test", samples=n, interpreter=numerics.interpreter_version(),
+            split="test", samples=n, interpreter=interpreter_version(),
             num_threads=self.options.num_threads,
             tolerance={"min_agreement": variant.min_agreement, "max_score_error": variant.max_score_error},
             text_encoder_max_error=self.text_encoder_error,

@@ -2,7 +2,8 @@
 
 The op list and runtime tables come from :mod:`fuselite.devices.compat` (the same
 code ``fuselite devices check`` uses on a board), so convert and devices never
-disagree about where a bundle loads.  ``--target`` accepts a runtime key or a
+disagree about where a bundle loads; the stored kernels are read with the same
+flatbuffer reader, :func:`fuselite.flatbuffer.read_graph`.  ``--target`` accepts a runtime key or a
 board profile name (:mod:`fuselite.devices.profiles`).
 """
 
@@ -22,6 +23,7 @@ from fuselite.devices.compat import (
 )
 from fuselite.devices.profiles import get_profile, list_profiles
 from fuselite.errors import UserError
+from fuselite.flatbuffer import Graph, Subgraph, builtin_name, read_graph
 
 # Operators whose second input is a weight kernel (sparsity is measured over these).
 KERNEL_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -77,49 +79,41 @@ def kernel_sparsity(model_bytes: bytes) -> float:
     Read from the flatbuffer itself, so rounding to int8 counts, and a float16
     kernel is found behind its DEQUANTIZE op.  Shared buffers count once.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(model_bytes))
+    graph = read_graph(model_bytes)
     zeros = total = 0
-    for subgraph in model.subgraphs:
+    for subgraph in graph.subgraphs:
         producers = {out: op for op in subgraph.operators for out in op.outputs}
         seen = set()
         for op in subgraph.operators:
-            if flatbuffer_utils.opcode_to_name(model, op.opcodeIndex) not in KERNEL_OPS:
+            code = graph.opcodes[op.opcode]
+            if code.custom or builtin_name(code.code) not in KERNEL_OPS:
                 continue
-            tensor = _stored_tensor(model, subgraph, producers, op.inputs[1])
-            if tensor is None or tensor.buffer in seen:
+            tensor = _stored_tensor(graph, subgraph, producers, op.inputs[1])
+            if tensor is None or subgraph.buffers[tensor] in seen:
                 continue
-            seen.add(tensor.buffer)
-            values = _values(model, tensor)
-            zeros += int(np.count_nonzero(values == _zero_point(tensor)))
+            seen.add(subgraph.buffers[tensor])
+            values = _values(graph, subgraph, tensor)
+            zeros += int(np.count_nonzero(values == subgraph.zero_points[tensor]))
             total += values.size
     return zeros / total if total else 0.0
 
 
-def _stored_tensor(model, subgraph, producers, index: int):
+def _stored_tensor(graph: Graph, subgraph: Subgraph, producers: dict, index: int) -> int | None:
     """The constant tensor holding a kernel, following a DEQUANTIZE back to its input."""
-    tensor = subgraph.tensors[index]
-    if model.buffers[tensor.buffer].data is not None:
-        return tensor
+    if len(graph.buffer_data[subgraph.buffers[index]]):
+        return index
     producer = producers.get(index)
-    if producer is not None and producer.inputs is not None and len(producer.inputs):
-        source = subgraph.tensors[producer.inputs[0]]
-        if model.buffers[source.buffer].data is not None:
+    if producer is not None and producer.inputs:
+        source = producer.inputs[0]
+        if len(graph.buffer_data[subgraph.buffers[source]]):
             return source
     return None
 
 
-def _values(model, tensor) -> np.ndarray:
-    dtype = _KERNEL_DTYPES.get(tensor.type)
+def _values(graph: Graph, subgraph: Subgraph, tensor: int) -> np.ndarray:
+    """The stored values of a constant tensor (the zero point that means 0.0 is in
+    ``subgraph.zero_points``: TFLite's int8 kernels are symmetric, so 0)."""
+    dtype = _KERNEL_DTYPES.get(subgraph.types[tensor])
     if dtype is None:
-        raise ValueError(f"kernel stored as TensorType {tensor.type}, which sparsity does not read")
-    return np.frombuffer(bytes(model.buffers[tensor.buffer].data), dtype=dtype)
-
-
-def _zero_point(tensor) -> int:
-    """The stored value that means 0.0 (TFLite's int8 kernels are symmetric: 0)."""
-    quant = tensor.quantization
-    if quant is None or quant.zeroPoint is None or not len(quant.zeroPoint):
-        return 0
-    return int(quant.zeroPoint[0])
+        raise ValueError(f"kernel stored as TensorType {subgraph.types[tensor]}, which sparsity does not read")
+    return np.frombuffer(graph.buffer_data[subgraph.buffers[tensor]], dtype=dtype)

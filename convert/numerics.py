@@ -1,55 +1,24 @@
 """Does a converted model still give the Keras model's answers?
 
-Embeddings come from ai-edge-litert's interpreter (the device's interpreter, with
+Embeddings come from the device's interpreter (:mod:`fuselite.interpreter`, with
 ``num_threads`` explicit, never ``tf.lite.Interpreter``) and are scored with the
-bundle's own scorer, :func:`fuselite.bundle.label_probabilities`, which training's
-evaluation and the runtime use too.  The task
-metrics are :mod:`fuselite.metrics`, the functions behind ``metrics.json``, so a
-variant's numbers sit next to the run's own.
+shared scorer, :class:`fuselite.scoring.Scorer`, which training's evaluation and the
+runtime use too.  The task metrics are :mod:`fuselite.metrics`, the functions behind
+``metrics.json``, so a variant's numbers sit next to the run's own.
 
 This module imports no TensorFlow.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from fuselite import metrics as m
-from fuselite.bundle import label_logits, label_probabilities
-
-
-@dataclass(frozen=True)
-class Scorer:
-    """The fused scorer of a run.
-
-    Attributes:
-        logit_scale: Scale applied to the cosine similarity.
-        logit_bias: Bias added before the sigmoid.
-    """
-
-    logit_scale: float
-    logit_bias: float
-
-    def __call__(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
-        """Probabilities ``[len(image_emb), len(text_emb)]``; regional embeddings score their best cell."""
-        return label_probabilities(image_emb, text_emb, self.logit_scale, self.logit_bias)
-
-    def logits(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
-        """The logits behind :meth:`__call__` (what the sigmoid is applied to)."""
-        return label_logits(image_emb, text_emb, self.logit_scale, self.logit_bias)
+from fuselite.interpreter import interpreter_class, interpreter_name, tensor_quantization
 
 
 class InterpreterError(RuntimeError):
-    """ai-edge-litert cannot load or run a converted model; the message says why."""
-
-
-def interpreter_version() -> str:
-    """``ai_edge_litert <version>``, for the manifest."""
-    import ai_edge_litert
-
-    return f"ai_edge_litert {getattr(ai_edge_litert, '__version__', '?')}"
+    """The interpreter cannot load or run a converted model; the message says why."""
 
 
 def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, batch_size: int = 50) -> np.ndarray:
@@ -80,8 +49,8 @@ def io_details(model_bytes: bytes) -> dict:
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     return {
         "input_dtype": np.dtype(inp["dtype"]).name,
-        "input_quant": _quant(inp),
-        "output_quant": _quant(out),
+        "input_quant": tensor_quantization(inp),
+        "output_quant": tensor_quantization(out),
     }
 
 
@@ -125,20 +94,20 @@ def global_threshold(probabilities: np.ndarray, targets: np.ndarray) -> float:
 
 
 def _interpreter(model_bytes: bytes, num_threads: int):
-    from ai_edge_litert.interpreter import Interpreter
-
     try:
-        interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+        interpreter = interpreter_class()(model_content=model_bytes, num_threads=num_threads)
         interpreter.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InterpreterError(f"ai-edge-litert cannot load the converted model: {first}") from exc
+        package = interpreter_name().split(".")[0].replace("_", "-")
+        raise InterpreterError(f"{package} cannot load the converted model: {first}") from exc
     return interpreter
 
 
 def quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
+    """``batch`` in the input's dtype, quantized with the input's own parameters."""
     dtype = np.dtype(detail["dtype"])
-    quant = _quant(detail)
+    quant = tensor_quantization(detail)
     if quant is None or dtype.kind == "f":
         return batch.astype(dtype)
     scale, zero_point = quant
@@ -147,13 +116,8 @@ def quantize_input(batch: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    quant = _quant(detail)
+    quant = tensor_quantization(detail)
     values = values.astype(np.float32)
     if quant is None:
         return values
     return (values - quant[1]) * quant[0]
-
-
-def _quant(detail: dict) -> tuple[float, int] | None:
-    scale, zero_point = detail.get("quantization", (0.0, 0))
-    return (float(scale), int(zero_point)) if scale else None

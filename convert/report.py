@@ -114,7 +114,7 @@ def _metric(numerics: dict) -> str:
 
 def write_report(out_dir: Path, results: list[VariantResult], extra: dict) -> Path:
     """Writes ``convert-report.json`` (results plus ``extra``) atomically into ``out_dir``."""
-    from fuselite.bundle import write_atomic
+    from fuselite.files import write_atomic
 
     path = Path(out_dir) / REPORT_NAME
     doc = {**extra, "variants": [r.to_dict() for r in results]}

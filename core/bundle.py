@@ -15,9 +15,8 @@ the zip.  The zip holds:
 
 The image model maps a ``[1, H, W, 3]`` RGB image to L2-normalised embeddings:
 ``[1, D]`` (global scoring) or ``[1, cells, D]`` (regional scoring, one per cell of
-the last feature map).  A label's probability is ``sigmoid(logit_scale *
-similarity + logit_bias)`` where similarity is the dot product with the label's
-text embedding (the best cell's, for regional models): :func:`label_probabilities`.
+the last feature map).  The manifest's ``logit_scale`` and ``logit_bias`` turn
+them into label probabilities with the shared scorer, :mod:`fuselite.scoring`.
 
 This module imports nothing heavier than numpy, and reading never executes or
 unpickles anything: it validates sizes, member names, types and ranges, and the
@@ -30,8 +29,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -40,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from fuselite.files import write_atomic
 from fuselite.tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
@@ -166,60 +164,9 @@ class Bundle:
     text_encoder_bytes: bytes
 
 
-def label_probabilities(image_embedding: np.ndarray, label_embeddings: np.ndarray,
-                        logit_scale: float, logit_bias: float) -> np.ndarray:
-    """Probability of each label for each image: the scorer every stage shares.
-
-    ``image_embedding`` is ``[batch, D]`` (one embedding per image) or
-    ``[batch, cells, D]`` (regional models: one per cell of the last feature map,
-    and a label scores as its best cell).  Returns ``[batch, labels]``.
-    """
-    logits = label_logits(image_embedding, label_embeddings, logit_scale, logit_bias)
-    return 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
-
-
-def label_logits(image_embedding: np.ndarray, label_embeddings: np.ndarray,
-                 logit_scale: float, logit_bias: float) -> np.ndarray:
-    """The logits ``[batch, labels]`` behind :func:`label_probabilities`, before the sigmoid."""
-    similarity = np.asarray(image_embedding, np.float32) @ np.asarray(label_embeddings, np.float32).T
-    if similarity.ndim == 3:
-        similarity = similarity.max(axis=1)
-    return logit_scale * similarity + logit_bias
-
-
-def global_embedding(image_embedding: np.ndarray) -> np.ndarray:
-    """One unit-length embedding per image (the mean of the cells for regional models)."""
-    emb = np.asarray(image_embedding, np.float32)
-    if emb.ndim == 3:
-        emb = emb.mean(axis=1)
-    return emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-
-
 def sha256(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path`` and renames it into place.
-
-    An interrupted write never leaves a truncated file at ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def pack_bundle(

@@ -5,9 +5,9 @@ builtin code with a version, or a custom op name.  An interpreter refuses the
 whole model if it lacks one of them ("Didn't find op for builtin opcode
 'FULLY_CONNECTED' version '12'"), so the op list decides where a bundle runs.
 
-This module reads that list straight from the flatbuffer with the small reader of
-``core/flatbuffer.py`` (``Model`` -> ``operator_codes`` -> ``OperatorCode``),
-without TensorFlow or the ``flatbuffers`` package, and checks it against the
+This module reads that list straight from the flatbuffer with the one reader of
+``core/flatbuffer.py`` (:func:`fuselite.flatbuffer.read_operator_codes`), without
+TensorFlow or the ``flatbuffers`` package, and checks it against the
 largest op versions each runtime loads.  Those tables live in ``optables/*.json``;
 their numbers were measured by ``devices/tools/probe_op_versions.py`` on the real
 interpreters, and the tflite-runtime 2.14 numbers agree with TensorFlow v2.14.0's
@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fuselite.errors import UserError
-from fuselite.flatbuffer import ModelFormatError, Reader
+from fuselite.flatbuffer import ModelFormatError, builtin_name, read_operator_codes
 
 OPTABLES_DIR = Path(__file__).resolve().parent / "optables"
-BUILTIN_NAMES_FILE = OPTABLES_DIR / "builtin_ops.json"
-CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM: the op is named by custom_code
 FALLBACK_VARIANTS = "fp32 or int8"  # variants whose op versions older runtimes load
 
 
@@ -105,21 +103,11 @@ def read_ops(data: bytes) -> tuple[OpCode, ...]:
 
     Raises :class:`ModelFormatError` when ``data`` is not a TFLite model.
     """
-    reader = Reader(data)
-    model = reader.root()
-    names = builtin_names()
-    ops = set()
-    for code_table in reader.tables(model, 1):  # Model.operator_codes
-        deprecated = reader.scalar(code_table, 0, "<b", 0)
-        custom_name = reader.string(code_table, 1)
-        version = reader.scalar(code_table, 2, "<i", 1)
-        # Codes above 127 live only in the int32 field; the int8 one holds 127 then.
-        code = max(deprecated, reader.scalar(code_table, 3, "<i", 0))
-        if code == CUSTOM_CODE:
-            ops.add(OpCode(custom_name or "?", 1, custom=True))
-        else:
-            name = names[code] if 0 <= code < len(names) else f"BUILTIN_{code}"
-            ops.add(OpCode(name, version))
+    ops = {
+        OpCode(code.custom_name or "?", 1, custom=True) if code.custom
+        else OpCode(builtin_name(code.code), code.version)
+        for code in read_operator_codes(data)
+    }
     return tuple(sorted(ops))
 
 
@@ -139,12 +127,6 @@ def bundle_ops(bundle) -> tuple[OpCode, ...]:
     return tuple(sorted(set(read_ops(bundle.model_bytes)) | set(read_ops(bundle.text_encoder_bytes))))
 
 
-@functools.lru_cache(maxsize=1)
-def builtin_names() -> tuple[str, ...]:
-    """BuiltinOperator enum names indexed by code (from TensorFlow's schema)."""
-    return tuple(json.loads(BUILTIN_NAMES_FILE.read_text())["names"])
-
-
 # --- the runtime registry ----------------------------------------------------------
 
 
@@ -152,8 +134,6 @@ def builtin_names() -> tuple[str, ...]:
 def _runtimes() -> dict[str, RuntimeSpec]:
     specs = {}
     for path in sorted(OPTABLES_DIR.glob("*.json")):
-        if path == BUILTIN_NAMES_FILE:
-            continue
         data = json.loads(path.read_text())
         specs[data["key"]] = RuntimeSpec(
             key=data["key"],

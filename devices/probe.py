@@ -11,7 +11,8 @@ through :class:`fuselite.runtime.Annotator` - resize, quantization, inference,
 scoring - so the code a board runs is what gets verified.
 
 Run: ``python -m fuselite.devices.probe --bundle B --out DIR [--frames 8 --seed 0]``.
-Imports only numpy, the bundle contract and the interpreter.
+Imports only numpy and the ground floor (the bundle contract and
+:mod:`fuselite.interpreter`), which ``devices verify`` always copies to the board.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from fuselite.bundle import Bundle, read_bundle
+from fuselite.interpreter import interpreter_class, interpreter_version, tensor_quantization
 
 IMAGE_OUTPUT = "image_embeddings.npy"
 TEXT_OUTPUT = "text_embeddings.npy"
@@ -38,18 +40,13 @@ class _DirectModel:
     """The fallback loader when ``fuselite.runtime`` is not importable."""
 
     def __init__(self, model_bytes: bytes, num_threads: int, name: str):
-        try:
-            from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            from tflite_runtime.interpreter import Interpreter
         self.name = name
-        self._interpreter = Interpreter(model_content=model_bytes, num_threads=num_threads)
+        self._interpreter = interpreter_class()(model_content=model_bytes, num_threads=num_threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.input_dtype = np.dtype(self._input["dtype"])
-        scale, zero_point = self._input["quantization"]
-        self.input_quant = (float(scale), int(zero_point)) if scale else None
+        self.input_quant = tensor_quantization(self._input)
 
     def run(self, model_input: np.ndarray) -> np.ndarray:
         self._interpreter.set_tensor(self._input["index"], model_input)
@@ -107,7 +104,7 @@ def run_probe(bundle: Bundle, count: int, seed: int, num_threads: int) -> tuple[
         "machine": platform.machine(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "interpreter": _interpreter_version(),
+        "interpreter": interpreter_version(),
         "code_path": code_path,
         "frames": count,
         "seed": seed,
@@ -129,17 +126,6 @@ def run_annotator(bundle_path: Path, count: int, seed: int, num_threads: int) ->
             result = annotator.annotate_preprocessed(inputs[-1], timestamp_ms=100.0 * index)
             scores.append([result.scores[label] for label in annotator.labels if label in result.scores])
     return {ANNOTATOR_INPUTS: np.concatenate(inputs), ANNOTATOR_SCORES: np.asarray(scores, np.float64)}
-
-
-def _interpreter_version() -> str:
-    from importlib import metadata
-
-    for package in ("ai-edge-litert", "tflite-runtime"):
-        try:
-            return f"{package} {metadata.version(package)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ _EXPORTS = {
     "Latency": "fuselite.runtime.results",
     "run": "fuselite.runtime.loop",
     "RunSummary": "fuselite.runtime.loop",
-    "InterpreterNotFoundError": "fuselite.runtime.interpreter",
+    "InterpreterNotFoundError": "fuselite.interpreter",
 }
 
 __all__ = [

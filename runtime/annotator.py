@@ -20,10 +20,10 @@ from fuselite.bundle import Bundle, Manifest, read_bundle
 from fuselite.runtime.interpreter import TfliteModel
 from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.options import AnnotatorOptions
-from fuselite.runtime.preprocess import Preprocessor, frame_problem
+from fuselite.runtime.preprocess import Preprocessor, check_output, frame_problem
 from fuselite.runtime.results import AnnotationResult, Category, Latency
-from fuselite.runtime.scoring import Scorer
 from fuselite.runtime.smoothing import ScoreSmoother
+from fuselite.scoring import FrameScorer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -49,7 +49,9 @@ class Annotator:
         self._model = model
         self._labels = label_set.labels
         self._preprocessor = Preprocessor(bundle.manifest, model.input)
-        self._scorer = Scorer(bundle.manifest, model.output, label_set.embeddings)
+        manifest = bundle.manifest
+        self._scorer = FrameScorer(label_set.embeddings, manifest.logit_scale, manifest.logit_bias,
+                                   check_output(manifest, model.output))
         thresholds = label_set.thresholds
         if options.score_threshold is not None:
             thresholds = np.full(len(self._labels), options.score_threshold, np.float32)

@@ -54,7 +54,12 @@ READY = b"ready"  # the child's first line on stdout: imports done, the model co
 CACHE_FOLDER = "load-probe"
 
 # The child imports only the interpreter and numpy (never TensorFlow, never fuselite),
-# from the import path it is given: the parent's, without the working folder.
+# from the import path it is given: the parent's, without the working folder.  It does
+# not choose an interpreter: it imports by name the module that the parent's
+# fuselite.interpreter chose (the one place that picks ai_edge_litert or tflite_runtime),
+# so both run the same build.  It cannot import fuselite.interpreter itself: under -S an
+# editable install's import hook (a .pth file) is never run, and every import costs
+# start-up time on a board.
 PROBE_SCRIPT = r"""
 import sys
 module, threads, sys.path[:] = sys.argv[1], int(sys.argv[2]), sys.argv[3:]

@@ -183,7 +183,7 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs the annotation loop; returns 0 when it ends or is stopped by a signal."""
-    from fuselite.runtime.interpreter import InterpreterNotFoundError
+    from fuselite.interpreter import InterpreterNotFoundError
     from fuselite.runtime.loop import SetupError
     from fuselite.runtime.loop import run as run_loop
 

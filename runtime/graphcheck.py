@@ -7,7 +7,8 @@ lives in the read-only model bytes) reach the kernels as they are, and some of
 them crash the process (the bundle fuzz found EXPAND_DIMS writing its own input:
 SIGSEGV in the first invoke).  A re-signed bundle can carry any such graph, so
 :func:`check_graph` reads every subgraph with the bounds-checked reader of
-``core/flatbuffer.py`` and refuses, for each subgraph:
+``core/flatbuffer.py`` (:func:`fuselite.flatbuffer.read_graph`) and refuses, for each
+subgraph:
 
 * tensor indices out of range in operator inputs and outputs and in the
   subgraph's inputs and outputs (-1, "no tensor", is allowed for an optional
@@ -32,10 +33,16 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from fuselite.bundle import BundleError
-from fuselite.flatbuffer import ModelFormatError, Reader
+from fuselite.flatbuffer import (
+    Graph,
+    ModelFormatError,
+    Operator,
+    Subgraph,
+    builtin_name,
+    read_graph,
+)
 
 REMEDY = "re-convert the bundle"
 MAX_TENSOR_BYTES = 2**30  # far above any edge model's tensor (a 4K float image: 100 MB)
@@ -43,47 +50,6 @@ MAX_TENSOR_BYTES = 2**30  # far above any edge model's tensor (a 4K float image:
 # INT4, BFLOAT16, INT2, UINT4, FLOAT8 x2); unknown types count as 8.
 ELEMENT_BITS = (32, 16, 32, 8, 64, 8, 8, 16, 64, 8, 64, 128, 64, 8, 8, 32, 16, 4, 16, 2, 4, 8, 8)
 OPTIONAL_TENSOR = -1  # kTfLiteOptionalTensor: an optional operator input left out
-CUSTOM_CODE = 32  # BuiltinOperator.CUSTOM
-
-
-@dataclass(frozen=True)
-class Operator:
-    """One node: its opcode index and the tensors it reads and writes."""
-
-    opcode: int
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Subgraph:
-    """The parts of ``SubGraph`` the checks need.
-
-    Attributes:
-        buffers: The buffer index of each tensor.
-        names: The name of each tensor (for messages).
-        sizes: The bytes each tensor's declared shape needs (negative dimensions skipped).
-        inputs: Tensor indices of the subgraph's inputs.
-        outputs: Tensor indices of its outputs.
-        operators: Its operators, in execution order.
-    """
-
-    buffers: tuple[int, ...]
-    names: tuple[str, ...]
-    sizes: tuple[int, ...]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    operators: tuple[Operator, ...]
-
-
-@dataclass(frozen=True)
-class Graph:
-    """A model's subgraphs, which buffers hold constant data, and its opcodes (a builtin
-    code, or a custom op's name)."""
-
-    subgraphs: tuple[Subgraph, ...]
-    constant_buffers: tuple[bool, ...]
-    opcodes: tuple[int | str, ...]
 
 
 def check_graph(model_bytes: bytes, name: str) -> None:
@@ -97,62 +63,6 @@ def check_graph(model_bytes: bytes, name: str) -> None:
     problem = next(graph_problems(graph), None)
     if problem:
         raise BundleError(f"{name}: {problem}; {REMEDY}")
-
-
-# --- reading -----------------------------------------------------------------------------
-
-
-def read_graph(model_bytes: bytes) -> Graph:
-    """The graph of a TFLite flatbuffer; :class:`ModelFormatError` when it cannot be read."""
-    reader = Reader(model_bytes)
-    model = reader.root()
-    return Graph(
-        subgraphs=tuple(_read_subgraph(reader, s) for s in reader.tables(model, 2)),
-        constant_buffers=tuple(_holds_data(reader, b) for b in reader.tables(model, 4)),
-        opcodes=tuple(_opcode(reader, c) for c in reader.tables(model, 1)),
-    )
-
-
-def _read_subgraph(reader: Reader, table: int) -> Subgraph:
-    tensors = reader.tables(table, 0)  # SubGraph.tensors
-    operators = tuple(
-        Operator(reader.scalar(op, 0, "<I", 0), tuple(reader.ints(op, 1)), tuple(reader.ints(op, 2)))
-        for op in reader.tables(table, 3)  # SubGraph.operators
-    )
-    return Subgraph(
-        buffers=tuple(reader.scalar(t, 2, "<I", 0) for t in tensors),  # Tensor.buffer
-        names=tuple(reader.string(t, 3) or "" for t in tensors),  # Tensor.name
-        sizes=tuple(_declared_bytes(reader, t) for t in tensors),
-        inputs=tuple(reader.ints(table, 1)),
-        outputs=tuple(reader.ints(table, 2)),
-        operators=operators,
-    )
-
-
-def _declared_bytes(reader: Reader, tensor: int) -> int:
-    """Bytes of a Tensor's shape (field 0) at its type's (field 1) element size."""
-    count = 1
-    for dim in reader.ints(tensor, 0):
-        count *= max(dim, 1)  # negative (unknown) dimensions are the interpreter's to refuse
-        if count > MAX_TENSOR_BYTES * 8:  # too big already: stop before the number explodes
-            break
-    tensor_type = reader.scalar(tensor, 1, "<b", 0)
-    bits = ELEMENT_BITS[tensor_type] if 0 <= tensor_type < len(ELEMENT_BITS) else 8
-    return count * bits // 8
-
-
-def _holds_data(reader: Reader, buffer: int) -> bool:
-    """Whether a Buffer holds constant data: inline bytes, or (models over 2 GB) an offset."""
-    _, size = reader.vector(buffer, 0, 1)  # Buffer.data
-    offset = reader.scalar(buffer, 1, "<Q", 0)  # Buffer.offset; 0 and 1 mean "none"
-    return size > 0 or (offset > 1 and reader.scalar(buffer, 2, "<Q", 0) > 0)
-
-
-def _opcode(reader: Reader, table: int) -> int | str:
-    """An OperatorCode's builtin code, or a custom op's name."""
-    # Codes above 127 live only in the int32 field; the int8 one holds 127 then.
-    code = max(reader.scalar(table, 0, "<b", 0), reader.scalar(table, 3, "<i", 0))
-    return (reader.string(table, 1) or "custom op") if code == CUSTOM_CODE else code
 
 
 # --- checking ----------------------------------------------------------------------------
@@ -171,7 +81,8 @@ def _subgraph_problems(sub: Subgraph, graph: Graph) -> Iterator[str]:
     if broken:  # the checks below follow the indices, so they need them in range
         yield from broken
         return
-    for tensor, size in enumerate(sub.sizes):
+    for tensor in range(len(sub.buffers)):
+        size = declared_bytes(sub, tensor)
         if size > MAX_TENSOR_BYTES:
             yield (f"{_tensor(sub, tensor)} is declared {size / 2**30:.1f} GiB, more than any "
                    f"board holds (at most 1 GiB a tensor)")
@@ -228,6 +139,18 @@ def _order_problems(sub: Subgraph, graph: Graph, producers: dict[int, int]) -> I
                    f"{producers[later[0]]} writes it (operators out of order)")
 
 
+def declared_bytes(sub: Subgraph, tensor: int) -> int:
+    """The bytes a tensor's declared shape needs at its type's element size."""
+    count = 1
+    for dim in sub.shapes[tensor]:
+        count *= max(dim, 1)  # negative (unknown) dimensions are the interpreter's to refuse
+        if count > MAX_TENSOR_BYTES * 8:  # too big already: stop before the number explodes
+            break
+    tensor_type = sub.types[tensor]
+    bits = ELEMENT_BITS[tensor_type] if 0 <= tensor_type < len(ELEMENT_BITS) else 8
+    return count * bits // 8
+
+
 def _numbered(count: int) -> str:
     return f"numbered 0 to {count - 1}" if count else "missing"
 
@@ -237,13 +160,10 @@ def _op(graph: Graph, j: int, op: Operator) -> str:
     if op.opcode >= len(graph.opcodes):
         return f"operator {j}"
     code = graph.opcodes[op.opcode]
-    if isinstance(code, str):
-        return f"operator {j} (custom op {code!r})"
-    # Only messages need names, so the device side reads the enum's JSON only here.
-    from fuselite.devices.compat import builtin_names
-
-    names = builtin_names()
-    return f"operator {j} ({names[code] if 0 <= code < len(names) else f'BUILTIN_{code}'})"
+    if code.custom:
+        return f"operator {j} (custom op {code.custom_name or 'custom op'!r})"
+    # Only messages need names, so the enum's JSON is read only here.
+    return f"operator {j} ({builtin_name(code.code)})"
 
 
 def _tensor(sub: Subgraph, tensor: int) -> str:

@@ -1,9 +1,7 @@
-"""The one module that imports a TFLite interpreter.
+"""The runtime's model loader: a TFLite model checked before it runs.
 
-``ai_edge_litert`` (LiteRT, the successor of tflite-runtime) is tried first, then
-``tflite_runtime`` (the only choice on 32-bit Arm); without either, an ImportError
-says what to install.  TensorFlow's own ``tf.lite.Interpreter`` is never used: the
-board does not have TensorFlow.
+The interpreter itself (ai_edge_litert, else tflite_runtime) comes from
+:mod:`fuselite.interpreter`, the one module that imports it.
 
 :class:`TfliteModel` wraps one single-input, single-output model loaded from
 bytes that :func:`fuselite.bundle.read_bundle` has already verified.  A bundle can be
@@ -17,8 +15,6 @@ probe (``childprobe.py``: the real load in a child process, whose crash is a
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,48 +22,17 @@ from typing import Any
 import numpy as np
 
 from fuselite.bundle import BundleError
+from fuselite.flatbuffer import TFLITE_IDENTIFIER
+from fuselite.interpreter import (
+    interpreter_class,
+    interpreter_module,
+    interpreter_name,
+    tensor_quantization,
+)
 from fuselite.runtime.childprobe import probe_load
 from fuselite.runtime.graphcheck import check_graph
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = (
-    "no TFLite interpreter is installed: `pip install ai-edge-litert` "
-    '(on 32-bit Arm: `pip install tflite-runtime "numpy<2"`)'
-)
-# A TFLite flatbuffer carries this file identifier at bytes 4..8.
-TFLITE_IDENTIFIER = b"TFL3"
-
-
-class InterpreterNotFoundError(ImportError):
-    """Neither ai_edge_litert nor tflite_runtime imports; the message says what to install."""
-
-
-@functools.cache
-def interpreter_class() -> type:
-    """Returns the Interpreter class of ai_edge_litert, else tflite_runtime.
-
-    Raises:
-        InterpreterNotFoundError: neither package imports.
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        pass
-    else:
-        return Interpreter
-    try:
-        from tflite_runtime.interpreter import Interpreter
-    except ImportError:
-        pass
-    else:
-        return Interpreter
-    raise InterpreterNotFoundError(INSTALL_HINT)
-
-
-def interpreter_name() -> str:
-    """The import path of the interpreter in use, e.g. ``ai_edge_litert.interpreter``."""
-    return interpreter_class().__module__
 
 
 @dataclass(frozen=True)
@@ -102,7 +67,7 @@ class TfliteModel:
         self._model_bytes = model_bytes  # the interpreter reads from this buffer
         _check_quantization(model_bytes, name)
         # What no static check sees crashes a child process, not this one.
-        probe_load(model_bytes, interpreter_class().__module__, num_threads, name)
+        probe_load(model_bytes, interpreter_name(), num_threads, name)
         self._interpreter = _load(model_bytes, num_threads, name)
         self.input = _single_tensor(self._interpreter.get_input_details(), name, "input")
         self.output = _single_tensor(self._interpreter.get_output_details(), name, "output")
@@ -147,8 +112,7 @@ def _check_quantization(model_bytes: bytes, name: str) -> None:
     delegates, which only parses the model.
     """
     interpreter_type = interpreter_class()
-    module = importlib.import_module(interpreter_type.__module__)
-    resolver = getattr(module, "OpResolverType", None)
+    resolver = getattr(interpreter_module(), "OpResolverType", None)
     if resolver is None:
         return
     try:
@@ -194,12 +158,11 @@ def _single_tensor(details: list[dict], name: str, kind: str) -> TensorSpec:
     if len(details) != 1:
         raise BundleError(f"{name} has {len(details)} {kind}s; the runtime needs exactly one")
     detail = details[0]
-    scale, zero_point = detail.get("quantization", (0.0, 0))
     return TensorSpec(
         index=int(detail["index"]),
         shape=tuple(int(s) for s in detail["shape"]),
         dtype=np.dtype(detail["dtype"]),
-        quantization=(float(scale), int(zero_point)) if scale else None,
+        quantization=tensor_quantization(detail),
     )
 
 

@@ -1,9 +1,9 @@
 """Turns a BGR camera frame into the image model's input, from the manifest alone.
 
 The manifest's :class:`~fuselite.bundle.Preprocessing` is the single source of truth
-(input size, colour order, resize method, input dtype and quantization); the
-interpreter's own input details are checked against it, and any disagreement is a
-:class:`~fuselite.bundle.BundleError`.
+(input size, colour order, resize method, input dtype and quantization, and the
+output's quantization); the interpreter's own input and output details are checked
+against it, and any disagreement is a :class:`~fuselite.bundle.BundleError`.
 """
 
 from __future__ import annotations
@@ -90,6 +90,42 @@ def check_input(manifest: Manifest, spec: TensorSpec) -> None:
             f"image model input is {spec.dtype.name}, but the manifest says "
             f"{manifest.preprocessing.input_dtype}"
         )
+
+
+def check_output(manifest: Manifest, spec: TensorSpec) -> tuple[float, int] | None:
+    """Raises :class:`BundleError` if the model's output disagrees with the manifest.
+
+    Returns the ``(scale, zero_point)`` to dequantize with, or ``None`` for float output.
+    """
+    dim = manifest.embedding_dim
+    regional = len(spec.shape) == 3 and spec.shape[0] == 1 and spec.shape[1] >= 1
+    if spec.shape != (1, dim) and not (regional and spec.shape[2] == dim):
+        raise BundleError(
+            f"image model outputs {list(spec.shape)}, but the manifest's labels are "
+            f"embedded in {dim} dimensions (needs [1, {dim}] or [1, cells, {dim}]); "
+            "re-convert the bundle"
+        )
+    if manifest.logit_scale <= 0:
+        raise BundleError("manifest logit_scale must be positive")
+    declared = manifest.preprocessing.output_quant
+    if spec.dtype == np.float32:
+        if declared is not None:
+            raise BundleError("image model outputs float32, but the manifest gives output_quant")
+        return None
+    if spec.dtype.kind not in "iu":
+        raise BundleError(
+            f"image model outputs {spec.dtype.name}; the runtime reads float32, uint8 or int8"
+        )
+    if declared is None:
+        raise BundleError(
+            f"image model outputs {spec.dtype.name}, but the manifest has no output_quant"
+        )
+    if spec.quantization is not None and not quant_equal(declared, spec.quantization):
+        raise BundleError(
+            f"image model output quantization {spec.quantization} disagrees with "
+            f"the manifest's {declared}"
+        )
+    return declared
 
 
 def _input_quantization(manifest: Manifest, spec: TensorSpec) -> tuple[float, int] | None:

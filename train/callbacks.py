@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fuselite.bundle import write_atomic
+from fuselite.files import write_atomic
 from fuselite.train.backend import keras, tf
 
 log = logging.getLogger(__name__)

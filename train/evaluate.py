@@ -1,7 +1,7 @@
 """Test-split metrics of a trained fused model, written to ``metrics.json``.
 
 Scores are computed exactly as the device computes them: embeddings from the two
-towers, then ``sigmoid(scale * <image, text> + bias)`` (see ``fuselite.bundle``).
+towers, then ``sigmoid(scale * <image, text> + bias)`` (see ``fuselite.scoring``).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from fuselite import metrics as m
-from fuselite.bundle import global_embedding, label_probabilities
 from fuselite.data.dataset import ImageTextData
+from fuselite.scoring import global_embedding, label_probabilities
 from fuselite.tokenizer import Tokenizer
 from fuselite.train.model import mirror_averaged
 from fuselite.train.pipeline import RunData, embed_images, embed_texts

@@ -19,9 +19,9 @@ import logging
 import time
 from pathlib import Path
 
-from fuselite.bundle import write_atomic
 from fuselite.data.dataset import Splits
 from fuselite.errors import UserError
+from fuselite.files import write_atomic
 from fuselite.metrics import mean_average_precision, top1_accuracy
 from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage

@@ -16,6 +16,13 @@ Run it with the interpreter to be measured, in an environment that also has the
         --out devices/optables/tflite-runtime-2.14.json
 
 Only the interpreter and ``flatbuffers`` are imported: no TensorFlow.
+
+This script stays standalone on purpose, and is the one exception to "only
+``fuselite.interpreter`` imports the interpreter": it must measure the runtime named
+by ``--runtime`` (not whichever one the fallback chain would pick), and it runs from
+the checkout in a throwaway environment that holds only that runtime and
+``flatbuffers``, without fuselite installed.  It reads the op names from the
+checkout's ``core/builtin_ops.json`` (the table :mod:`fuselite.flatbuffer` uses).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from pathlib import Path
 
 import flatbuffers
 
-NAMES_FILE = Path(__file__).resolve().parent.parent / "optables" / "builtin_ops.json"
+NAMES_FILE = Path(__file__).resolve().parents[2] / "core" / "builtin_ops.json"
 PACKAGES = {
     "ai-edge-litert": "ai_edge_litert.interpreter",
     "tflite-runtime": "tflite_runtime.interpreter",

@@ -90,7 +90,7 @@ def test_benchmark_checks_the_issue_targets_against_measured_rows():
 def test_scorer_logits_are_what_the_shared_bundle_scorer_applies_the_sigmoid_to():
     import numpy as np
 
-    from fuselite.convert.numerics import Scorer
+    from fuselite.scoring import Scorer
 
     rng = np.random.default_rng(0)
     scorer = Scorer(logit_scale=12.0, logit_bias=-4.0)

@@ -6,7 +6,7 @@ and ``from conftest import ...`` would find whichever one was imported first.
 
 from __future__ import annotations
 
-from fuselite.devices.compat import builtin_names
+from fuselite.flatbuffer import builtin_names
 
 
 def opcode_model(opcodes: list[tuple[int, int, int, str | None]]) -> bytes:

@@ -18,8 +18,9 @@ import signal
 import pytest
 
 from fuselite.bundle import BundleError, read_bundle
+from fuselite.interpreter import interpreter_name
 from fuselite.runtime import childprobe
-from fuselite.runtime.interpreter import TfliteModel, interpreter_name
+from fuselite.runtime.interpreter import TfliteModel
 
 DAMAGED = "the bundle is damaged: re-convert it"
 

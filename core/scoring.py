@@ -1,0 +1,117 @@
+"""The fused scorer every stage shares: from embeddings to one probability per label.
+
+``probability = sigmoid(logit_scale * dot(image_embedding, label_embedding) + logit_bias)``,
+with ``logit_scale`` and ``logit_bias`` from training (``scorer.json``, then the
+bundle's manifest).  A regional model outputs one embedding per cell of its last
+feature map (``[cells, D]``) and a label scores as its best cell.
+
+Training's evaluation, conversion's numeric checks and the benchmarks score batches
+with :func:`label_probabilities` (or :class:`Scorer`); the board scores one model
+output per frame with :class:`FrameScorer`, the same formula with the scale folded
+into the label matrix.  This module imports nothing heavier than numpy.
+
+Example:
+    >>> scorer = Scorer(logit_scale=12.0, logit_bias=-4.0)
+    >>> probabilities = scorer(image_embeddings, label_embeddings)   # [images, labels]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LOGIT_LIMIT = 60.0  # exp(60) is far inside float32; beyond it the probability is 0 or 1
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function, with logits clipped so ``exp`` never overflows."""
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT)))
+
+
+def label_logits(image_embedding: np.ndarray, label_embeddings: np.ndarray,
+                 logit_scale: float, logit_bias: float) -> np.ndarray:
+    """The logits ``[batch, labels]`` behind :func:`label_probabilities`, before the sigmoid."""
+    similarity = np.asarray(image_embedding, np.float32) @ np.asarray(label_embeddings, np.float32).T
+    if similarity.ndim == 3:
+        similarity = similarity.max(axis=1)
+    return logit_scale * similarity + logit_bias
+
+
+def label_probabilities(image_embedding: np.ndarray, label_embeddings: np.ndarray,
+                        logit_scale: float, logit_bias: float) -> np.ndarray:
+    """Probability of each label for each image.
+
+    ``image_embedding`` is ``[batch, D]`` (one embedding per image) or
+    ``[batch, cells, D]`` (regional models: one per cell of the last feature map,
+    and a label scores as its best cell).  Returns ``[batch, labels]``.
+    """
+    return sigmoid(label_logits(image_embedding, label_embeddings, logit_scale, logit_bias))
+
+
+def global_embedding(image_embedding: np.ndarray) -> np.ndarray:
+    """One unit-length embedding per image (the mean of the cells for regional models)."""
+    emb = np.asarray(image_embedding, np.float32)
+    if emb.ndim == 3:
+        emb = emb.mean(axis=1)
+    return emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """The fused scorer of a run or bundle, for batches of embeddings.
+
+    Attributes:
+        logit_scale: Scale applied to the cosine similarity.
+        logit_bias: Bias added before the sigmoid.
+    """
+
+    logit_scale: float
+    logit_bias: float
+
+    def __call__(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """Probabilities ``[len(image_emb), len(text_emb)]``; regional embeddings score their best cell."""
+        return label_probabilities(image_emb, text_emb, self.logit_scale, self.logit_bias)
+
+    def logits(self, image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+        """The logits behind :meth:`__call__` (what the sigmoid is applied to)."""
+        return label_logits(image_emb, text_emb, self.logit_scale, self.logit_bias)
+
+
+class FrameScorer:
+    """Scores one model output per frame: the fast path the board runs.
+
+    ``logit_scale`` is folded into the label matrix once, which saves one multiply per
+    frame; a quantized output is dequantized with ``output_quant`` first.
+
+    Example:
+        >>> scorer = FrameScorer(label_embeddings, 12.0, -4.0, output_quant=(0.0078, 0))
+        >>> probabilities = scorer(model.run(model_input))   # [labels]
+    """
+
+    def __init__(self, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float,
+                 output_quant: tuple[float, int] | None = None) -> None:
+        if logit_scale <= 0:  # folded, a negative scale would turn the best cell into the worst
+            raise ValueError(f"logit_scale must be positive, not {logit_scale}")
+        self.quantization = output_quant
+        self.weights = (logit_scale * np.asarray(label_embeddings, np.float32)).T.copy()
+        self.bias = np.float32(logit_bias)
+
+    def embedding(self, model_output: np.ndarray) -> np.ndarray:
+        """The float32 embedding held in one model output: ``[D]``, or ``[cells, D]``."""
+        embedding = model_output.reshape(-1, model_output.shape[-1]).astype(np.float32)
+        if embedding.shape[0] == 1:
+            embedding = embedding[0]
+        if self.quantization is not None:
+            scale, zero_point = self.quantization
+            embedding -= zero_point
+            embedding *= scale
+        return embedding
+
+    def __call__(self, model_output: np.ndarray) -> np.ndarray:
+        """Returns float32 probabilities, one per label."""
+        logits = self.embedding(model_output) @ self.weights
+        if logits.ndim == 2:  # regional: the best cell per label (logit_scale > 0)
+            logits = logits.max(axis=0)
+        logits += self.bias
+        return sigmoid(logits)
