@@ -392,7 +392,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every measurement of every bundle; a failing one is recorded, not raised."""
     figures: dict[str, Any] = {
         "machine": machine_info(args.threads),
-        "command": shlex.join(["python", "-m", "fuselite.bench.runtime_suite", *args.argv]),
+        "command": shlex.join(["python", "-m", "fuselite.bench.suite", "runtime", *args.argv]),
         "cases": [],
         "errors": {},
     }

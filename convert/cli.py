@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "the run's training split, at least 500)",
     )
     parser.add_argument("--list", type=Path, metavar="DIR", help="only list the bundles in DIR with their sizes")
+    parser.add_argument(
+        "--pretrained", metavar="BACKBONE",
+        help="no run needed: write a zero-shot bundle (imagenet-lite0.tflite) that annotates with the "
+             "ImageNet classes and their WordNet words, e.g. --pretrained efficientnet-lite0 --out DIR",
+    )
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="with --pretrained: photos to calibrate int8 on (default: scikit-image's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,8 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(describe_bundles(args.list))
         return 0
+    if args.pretrained is not None:
+        return _zero_shot(args)
     if args.run_dir is None or args.out is None:
-        raise UserError("give RUN_DIR and --out DIR (or --list DIR)")
+        raise UserError("give RUN_DIR and --out DIR (or --list DIR, or --pretrained BACKBONE --out DIR)")
     variants = resolve_variants(args.variants)
     from fuselite.convert.export import Converter, ConvertOptions
     from fuselite.convert.report import results_table, write_report
@@ -66,12 +75,27 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     converter = Converter.load(args.run_dir, args.out, options)
+    if args.variants is None:
+        variants = converter.default_variants(variants)
     results = [converter.convert(v) for v in _progress(variants)]
     seconds = round(time.perf_counter() - started, 1)
     write_report(args.out, results, {"run_dir": str(args.run_dir), "seconds": seconds, "options": vars(options)})
     print(results_table(results))
     print(f"{sum(r.status == 'ok' for r in results)} of {len(results)} bundles in {args.out} ({seconds:.0f} s)")
     return _exit_code(results)
+
+
+def _zero_shot(args: argparse.Namespace) -> int:
+    """``--pretrained BACKBONE --out DIR``: the zero-shot bundle, then its listing."""
+    if args.out is None or args.run_dir is not None:
+        raise UserError("--pretrained takes no RUN_DIR; give --pretrained BACKBONE --out DIR")
+    from fuselite.convert.report import describe_bundles
+    from fuselite.convert.zeroshot import build_zero_shot_bundle
+
+    path = build_zero_shot_bundle(args.pretrained, args.out, args.calibration, args.threads)
+    print(describe_bundles(args.out))
+    print(f"zero-shot bundle: {path}\ntry: fuselite run --bundle {path} --source 0 --labels \"cat,cup,vehicle\"")
+    return 0
 
 
 def _progress(variants):

@@ -172,6 +172,21 @@ class Converter:
         log.info("%s: %s in %.1f s", variant.name, result.status, result.seconds)
         return result
 
+    def default_variants(self, variants: list[Variant]) -> list[Variant]:
+        """``variants`` less those that are too slow to make by default for this run.
+
+        Pruned, clustered and QAT variants fine-tune the whole image tower on pixels:
+        seconds for the tiny tower, but tens of minutes for a pretrained backbone's
+        millions of weights on a CPU.  Asked for by name, they are still made.
+        """
+        if not self.run.config.pretrained:
+            return variants
+        slow = [v.name for v in variants if v.compression != "none"]
+        if slow:
+            log.warning("not making %s by default: fine-tuning a %s backbone takes tens of minutes on a "
+                        "CPU; ask for it with --variants", ", ".join(slow), self.run.config.backbone)
+        return [v for v in variants if v.compression == "none"]
+
     def _unsuitable(self, variant: Variant) -> str | None:
         """Why this run cannot make ``variant`` (one line), or None."""
         config = self.run.config
@@ -284,12 +299,13 @@ class Converter:
         result.path, result.file_size, result.gzip_size = path, len(data), gzip_size(data)
 
     def _preprocessing(self, io: dict) -> Preprocessing:
-        from fuselite.train.model import PIXEL_OFFSET, PIXEL_SCALE
+        from fuselite.train.backbones import get_backbone
 
         size = self.run.config.image_size
         return Preprocessing(
             input_size=(size, size), color_order="RGB", resize="area",
-            input_dtype=io["input_dtype"], normalization=(PIXEL_SCALE, PIXEL_OFFSET),
+            input_dtype=io["input_dtype"],
+            normalization=get_backbone(self.run.config.backbone).pixel_scale_offset,
             input_quant=io["input_quant"], output_quant=io["output_quant"],
         )
 
@@ -299,6 +315,7 @@ class Converter:
         provenance = {
             "source_run": str(self.run.run_dir.resolve()),
             "run_config": self.run.config.name,
+            "backbone": self.run.config.backbone,
             "run_metrics": {k: v for k, v in self.run.metrics.items() if isinstance(v, (int, float))},
             "fuselite": __version__,
             "tensorflow": tf.__version__,

@@ -13,6 +13,13 @@ the zip.  The zip holds:
 * ``text_encoder.tflite``  - the text tower, so a board can embed labels the user
   types without the host.
 
+A *zero-shot* bundle (``label_source == "concepts"``, schema version 2; written by
+``fuselite convert --pretrained``) has no tokenizer and no text tower: its image
+model outputs ImageNet class probabilities, and ``concepts.json``
+(:class:`fuselite.concepts.ConceptIndex`) maps each word a user may type to the
+classes it covers.  Its label embeddings are those multi-hot rows, so the same
+scorer gives ``sigmoid(logit_scale * summed probability + logit_bias)``.
+
 The image model maps a ``[1, H, W, 3]`` RGB image to L2-normalised embeddings:
 ``[1, D]`` (global scoring) or ``[1, cells, D]`` (regional scoring, one per cell of
 the last feature map).  The manifest's ``logit_scale`` and ``logit_bias`` turn
@@ -37,15 +44,23 @@ from typing import Any
 
 import numpy as np
 
+from fuselite.concepts import ConceptIndex, ConceptIndexError
 from fuselite.files import write_atomic
 from fuselite.tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
+CONCEPTS_SCHEMA_VERSION = 2  # label_source "concepts": a runtime that predates it refuses clearly
 MANIFEST_MEMBER = "manifest.json"
 TOKENIZER_MEMBER = "tokenizer.json"
 EMBEDDINGS_MEMBER = "label_embeddings.npy"
 TEXT_ENCODER_MEMBER = "text_encoder.tflite"
-REQUIRED_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER)
+CONCEPTS_MEMBER = "concepts.json"
+# What each way of turning label text into embeddings needs besides the manifest.
+LABEL_SOURCE_MEMBERS = {
+    "text_encoder": (TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER),
+    "concepts": (EMBEDDINGS_MEMBER, CONCEPTS_MEMBER),
+}
+KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER)
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -108,6 +123,9 @@ class Manifest:
         provenance: Source run, versions, op list with versions, loadable runtimes.
         numerics: Agreement with the Keras model measured at conversion time.
         schema_version: Version of this schema.
+        label_source: How label text becomes embeddings: ``"text_encoder"`` (the
+            bundle's text tower) or ``"concepts"`` (the concept index of a zero-shot
+            bundle, whose embeddings are multi-hot rows over the image model's classes).
     """
 
     variant: str
@@ -126,6 +144,7 @@ class Manifest:
     provenance: dict[str, Any] = field(default_factory=dict)
     numerics: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    label_source: str = "text_encoder"
 
     def to_json(self) -> str:
         """Serialises the manifest as JSON text."""
@@ -151,17 +170,19 @@ class Bundle:
         path: Where it was read from.
         manifest: The validated manifest.
         model_bytes: The image model flatbuffer, ready for an interpreter.
-        tokenizer: The word tokenizer for label text.
+        tokenizer: The word tokenizer for label text (None in a zero-shot bundle).
         label_embeddings: float32 ``[len(labels), embedding_dim]``.
-        text_encoder_bytes: The text tower flatbuffer.
+        text_encoder_bytes: The text tower flatbuffer (empty in a zero-shot bundle).
+        concepts: The concept index of a zero-shot bundle, else None.
     """
 
     path: Path
     manifest: Manifest
     model_bytes: bytes
-    tokenizer: Tokenizer
+    tokenizer: Tokenizer | None
     label_embeddings: np.ndarray
     text_encoder_bytes: bytes
+    concepts: ConceptIndex | None = None
 
 
 def sha256(data: bytes) -> str:
@@ -172,20 +193,27 @@ def sha256(data: bytes) -> str:
 def pack_bundle(
     model_bytes: bytes,
     manifest: Manifest,
-    tokenizer: Tokenizer,
     label_embeddings: np.ndarray,
-    text_encoder_bytes: bytes,
+    tokenizer: Tokenizer | None = None,
+    text_encoder_bytes: bytes = b"",
+    concepts: ConceptIndex | None = None,
 ) -> bytes:
     """Returns the bundle bytes: the flatbuffer, then a zip of the associated files.
 
-    ``model_sha256``, ``model_size`` and ``text_encoder_sha256`` are filled in here.
+    Give ``tokenizer`` and ``text_encoder_bytes`` (a trained run's bundle), or
+    ``concepts`` (a zero-shot bundle).  ``model_sha256``, ``model_size``,
+    ``text_encoder_sha256``, ``label_source`` and ``schema_version`` are filled in here.
     """
+    if (concepts is None) == (tokenizer is None):
+        raise ValueError("a bundle needs either a tokenizer and text encoder, or a concept index")
     embeddings = np.ascontiguousarray(label_embeddings, dtype=np.float32)
     manifest = replace(
         manifest,
         model_sha256=sha256(model_bytes),
         model_size=len(model_bytes),
-        text_encoder_sha256=sha256(text_encoder_bytes),
+        text_encoder_sha256=sha256(text_encoder_bytes) if concepts is None else "",
+        label_source="text_encoder" if concepts is None else "concepts",
+        schema_version=SCHEMA_VERSION if concepts is None else CONCEPTS_SCHEMA_VERSION,
     )
     _validate_embeddings(embeddings, manifest)
     npy = io.BytesIO()
@@ -193,9 +221,12 @@ def pack_bundle(
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MANIFEST_MEMBER, manifest.to_json())
-        zf.writestr(TOKENIZER_MEMBER, json.dumps(tokenizer.to_dict()))
         zf.writestr(EMBEDDINGS_MEMBER, npy.getvalue())
-        zf.writestr(TEXT_ENCODER_MEMBER, text_encoder_bytes)
+        if concepts is None:
+            zf.writestr(TOKENIZER_MEMBER, json.dumps(tokenizer.to_dict()))
+            zf.writestr(TEXT_ENCODER_MEMBER, text_encoder_bytes)
+        else:
+            zf.writestr(CONCEPTS_MEMBER, concepts.to_json())
     return model_bytes + archive.getvalue()
 
 
@@ -214,17 +245,36 @@ def read_bundle(path: Path) -> Bundle:
     except _ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc}); re-run `fuselite convert`") from None
     manifest = _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
-    tokenizer = _parse_member(
-        path, lambda: Tokenizer.from_dict(json.loads(members[TOKENIZER_MEMBER].decode()))
-    )
+    missing = [m for m in LABEL_SOURCE_MEMBERS[manifest.label_source] if m not in members]
+    if missing:
+        raise BundleError(f"{path}: not a fuselite bundle (missing {', '.join(missing)}); "
+                          "re-run `fuselite convert`")
     embeddings = _parse_member(path, lambda: _load_embeddings(members[EMBEDDINGS_MEMBER], manifest))
     model_bytes = data[: manifest.model_size]
     if manifest.model_size > len(data) or sha256(model_bytes) != manifest.model_sha256:
         raise BundleError(f"{path}: model bytes do not match the manifest's sha256 (file altered or truncated)")
+    if manifest.label_source == "concepts":
+        concepts = _parse_member(path, lambda: _load_concepts(members[CONCEPTS_MEMBER], manifest))
+        return Bundle(path, manifest, model_bytes, None, embeddings, b"", concepts)
+    tokenizer = _parse_member(
+        path, lambda: Tokenizer.from_dict(json.loads(members[TOKENIZER_MEMBER].decode()))
+    )
     text_encoder = members[TEXT_ENCODER_MEMBER]
     if sha256(text_encoder) != manifest.text_encoder_sha256:
         raise BundleError(f"{path}: text encoder does not match the manifest's sha256 (file altered)")
     return Bundle(path, manifest, model_bytes, tokenizer, embeddings, text_encoder)
+
+
+def _load_concepts(raw: bytes, manifest: Manifest) -> ConceptIndex:
+    """The concept index, checked against the image model's class count."""
+    try:
+        concepts = ConceptIndex.from_json(raw)
+    except ConceptIndexError as exc:
+        raise BundleError(f"concepts.json: {exc}") from None
+    if concepts.num_classes != manifest.embedding_dim:
+        raise BundleError(f"concepts.json names {concepts.num_classes} classes but the manifest's "
+                          f"embedding_dim is {manifest.embedding_dim}")
+    return concepts
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -253,7 +303,11 @@ def _read_file(path: Path) -> bytes:
 
 
 def _read_members(data: bytes) -> dict[str, bytes]:
-    """Reads the trailing zip's required members, refusing unsafe or oversize ones."""
+    """Reads the trailing zip's known members, refusing unsafe or oversize ones.
+
+    Which of them a bundle needs depends on its manifest's ``label_source``; the
+    caller checks that once the manifest is parsed.
+    """
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         infos = {}
         for info in zf.infolist():
@@ -263,11 +317,10 @@ def _read_members(data: bytes) -> dict[str, bytes]:
             if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise ValueError(f"member {name!r} is encrypted or uses an unsupported compression")
             infos[name] = info
-        missing = [m for m in REQUIRED_MEMBERS if m not in infos]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
+        if MANIFEST_MEMBER not in infos:
+            raise ValueError(f"missing {MANIFEST_MEMBER}")
         members = {}
-        for name in REQUIRED_MEMBERS:
+        for name in (m for m in KNOWN_MEMBERS if m in infos):
             limit = MAX_MANIFEST_BYTES if name == MANIFEST_MEMBER else MAX_MEMBER_BYTES
             if infos[name].file_size > limit:
                 raise ValueError(f"{name} is {infos[name].file_size} bytes, over {limit}")
@@ -330,11 +383,17 @@ def _manifest_from_dict(data: Any) -> Manifest:
     if not isinstance(data, dict):
         raise BundleError("manifest must be a JSON object")
     version = _field(data, "schema_version", int)
-    if version != SCHEMA_VERSION:
+    if version not in (SCHEMA_VERSION, CONCEPTS_SCHEMA_VERSION):
         raise BundleError(
-            f"manifest schema_version {version} is not {SCHEMA_VERSION}; "
+            f"manifest schema_version {version} is not {SCHEMA_VERSION} or {CONCEPTS_SCHEMA_VERSION}; "
             "upgrade fuselite or re-convert the bundle"
         )
+    label_source = data.get("label_source", "text_encoder")
+    if label_source not in LABEL_SOURCE_MEMBERS:
+        raise BundleError(f"manifest label_source must be one of {', '.join(LABEL_SOURCE_MEMBERS)}, "
+                          f"not {label_source!r}")
+    if (label_source == "concepts") != (version == CONCEPTS_SCHEMA_VERSION):
+        raise BundleError(f"manifest label_source {label_source!r} does not match schema_version {version}")
     labels = _labels(data)
     thresholds = tuple(_probability(t, "thresholds") for t in _field(data, "thresholds", list))
     if len(thresholds) != len(labels):
@@ -362,6 +421,7 @@ def _manifest_from_dict(data: Any) -> Manifest:
         provenance=_field(data, "provenance", dict),
         numerics=_field(data, "numerics", dict),
         schema_version=version,
+        label_source=label_source,
     )
 
 

@@ -64,7 +64,7 @@ def _cli_process(argv: list[str]) -> None:
     import subprocess
     import sys
 
-    code = subprocess.run([sys.executable, "-m", "fuselite.cli", *argv]).returncode
+    code = subprocess.run([sys.executable, "-m", "fuselite.cli", *argv], check=False).returncode
     if code != 0:
         raise UserError(f"`fuselite {' '.join(argv)}` failed with exit code {code}")
 

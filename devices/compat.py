@@ -122,9 +122,11 @@ def read_model_ops(path: Path) -> tuple[OpCode, ...]:
 def bundle_ops(bundle) -> tuple[OpCode, ...]:
     """The union of the image model's and the text encoder's operator lists.
 
-    ``bundle`` is a :class:`fuselite.bundle.Bundle`; a board loads both models.
+    ``bundle`` is a :class:`fuselite.bundle.Bundle`; a board loads both models (a
+    zero-shot bundle has no text encoder).
     """
-    return tuple(sorted(set(read_ops(bundle.model_bytes)) | set(read_ops(bundle.text_encoder_bytes))))
+    text_ops = read_ops(bundle.text_encoder_bytes) if bundle.text_encoder_bytes else ()
+    return tuple(sorted(set(read_ops(bundle.model_bytes)) | set(text_ops)))
 
 
 # --- the runtime registry ----------------------------------------------------------

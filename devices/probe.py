@@ -82,20 +82,30 @@ def model_input(frame: np.ndarray, dtype: np.dtype, quant: tuple[float, int] | N
     return pixels.astype(dtype)
 
 
+def label_embeddings_on_board(bundle: Bundle, num_threads: int) -> np.ndarray:
+    """The default labels' embeddings as the board computes them.
+
+    With the bundle's text encoder; a zero-shot bundle resolves them in its concept
+    index instead (no model runs).
+    """
+    if bundle.concepts is not None:
+        return bundle.concepts.label_matrix(bundle.manifest.labels)
+    text_model, _ = load_model(bundle.text_encoder_bytes, num_threads, "text encoder")
+    return np.stack([
+        text_model.run(np.asarray([bundle.tokenizer.encode(label)], dtype=text_model.input_dtype))[0]
+        for label in bundle.manifest.labels
+    ])
+
+
 def run_probe(bundle: Bundle, count: int, seed: int, num_threads: int) -> tuple[dict, dict]:
     """Runs both models; returns ({output file: array}, info)."""
     image_model, code_path = load_model(bundle.model_bytes, num_threads, "image model")
-    text_model, _ = load_model(bundle.text_encoder_bytes, num_threads, "text encoder")
     size = bundle.manifest.preprocessing.input_size
     image = [
         image_model.run(model_input(f, image_model.input_dtype, image_model.input_quant))[0]
         for f in frames(count, size, seed)
     ]
-    text = [
-        text_model.run(np.asarray([bundle.tokenizer.encode(label)], dtype=text_model.input_dtype))[0]
-        for label in bundle.manifest.labels
-    ]
-    outputs = {IMAGE_OUTPUT: np.stack(image), TEXT_OUTPUT: np.stack(text)}
+    outputs = {IMAGE_OUTPUT: np.stack(image), TEXT_OUTPUT: label_embeddings_on_board(bundle, num_threads)}
     annotated = run_annotator(bundle.path, count, seed, num_threads)
     if annotated:
         outputs.update(annotated)

@@ -61,6 +61,8 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
         ValueError: no label text is left to score.
     """
     texts = tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))
+    if bundle.concepts is not None:
+        return concept_labels(bundle, texts)
     known = {label: i for i, label in enumerate(bundle.manifest.labels)}
     texts = tuple(t for t in texts if t in known or _has_known_word(bundle.tokenizer, t))
     if not texts:
@@ -81,6 +83,19 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
     return LabelSet(
         texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32)
     )
+
+
+def concept_labels(bundle: Bundle, texts: Sequence[str]) -> LabelSet:
+    """Labels of a zero-shot bundle: each text becomes the classes it names or covers.
+
+    Raises:
+        ValueError: a label names no class (the message lists the closest known words).
+    """
+    matrix = bundle.concepts.label_matrix(texts)
+    for text, row in zip(texts, matrix):
+        log.info("label %r covers %d classes", text, int(row.sum()))
+    thresholds = np.full(len(texts), bundle.manifest.default_threshold, np.float32)
+    return LabelSet(tuple(texts), matrix, thresholds)
 
 
 def _has_known_word(tokenizer: Tokenizer, text: str) -> bool:

@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the train options to ``parser``."""
+    from fuselite.train.backbones import list_backbones
     from fuselite.train.configs import TEACHER_VIEWS, list_configs
 
     parser.add_argument("--config", default="scenes-default",
@@ -34,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", action="append", type=Path, metavar="RUN",
                         help="a finished run of the same data to distill from (repeat for an "
                         "ensemble): the model also learns the teachers' averaged soft labels")
+    parser.add_argument("--backbone", metavar="NAME",
+                        help=f"image backbone: {', '.join(list_backbones())}; 'custom' picks "
+                        "efficientnet-lite0 when the [pretrained] extra is installed, else tiny")
+    parser.add_argument("--backbone-weights", metavar="FILE",
+                        help="a local weights file for the backbone instead of its default source "
+                        "('none' for random weights)")
+    parser.add_argument("--unfreeze", type=int, metavar="N",
+                        help="after training on the frozen backbone, fine-tune its top N blocks "
+                        "(batch norm frozen)")
     parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
                         help="what the teachers score: plain images once before training (the "
                         "default), or every augmented training batch (slower per step)")
@@ -41,16 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Trains and prints the test metrics."""
-    from fuselite.train.configs import get_config
+    from fuselite.train.configs import get_config, resolve_backbone
 
     config = get_config(args.config)
     if args.data is not None:
         if not Path(args.data).exists():
             raise UserError(f"--data {args.data}: no such file or folder")
         config = config.with_overrides(data=str(Path(args.data).resolve()))
+    if not args.resume:
+        config = resolve_backbone(config, args.backbone, args.image_size)
     config = config.with_overrides(
         epochs=args.epochs, image_size=args.image_size, width=args.width,
         batch_size=args.batch_size, seed=args.seed, limit=args.limit, swa_epochs=args.swa_epochs,
+        backbone_weights=args.backbone_weights, unfreeze=args.unfreeze,
     )
     if args.teacher:
         config = config.with_overrides(teachers=tuple(str(_finished_run(t)) for t in args.teacher))

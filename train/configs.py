@@ -8,11 +8,17 @@ lists the known ones.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from fuselite.errors import UserError
+from fuselite.train.backbones.registry import get_backbone
+
+log = logging.getLogger(__name__)
+
+AUTO_BACKBONE = "efficientnet-lite0"
 
 # The image tower's activations (``TrainConfig.activation``; built in ``model._activation``).
 ACTIVATIONS = ("relu6", "hard_swish")
@@ -86,6 +92,20 @@ class TrainConfig:
         teacher_views: What the teachers score: ``"plain"`` images, once before the
             first epoch, or every training batch ``"augmented"`` as the student sees
             it (consistent distillation; each step also runs the teachers).
+        backbone: The image tower's backbone, a name from
+            :func:`fuselite.train.backbones.list_backbones`: ``"tiny"`` (the
+            from-scratch tower above), an ImageNet-pretrained one such as
+            ``"efficientnet-lite0"``, or ``"auto"`` (EfficientNet-Lite0 when the
+            ``[pretrained]`` extra is installed, else ``"tiny"``; resolved when
+            training starts, and the run records the choice).  A pretrained backbone
+            is frozen: its feature maps are computed once and cached, and only the
+            projection and the text tower train on them.
+        backbone_weights: Where a pretrained backbone's weights come from: ``""``
+            for its default (the offline package, or Keras' download), a local
+            file, or ``"none"`` for random weights (tests).
+        unfreeze: After the frozen-backbone epochs, fine-tune the backbone's top
+            ``unfreeze`` blocks (batch norm stays frozen) for ``unfreeze_epochs``.
+        unfreeze_epochs: Epochs of that fine-tuning, on pixels with augmentation.
     """
 
     name: str
@@ -124,10 +144,15 @@ class TrainConfig:
     distill_weight: float = 0.7
     teacher_views: str = "plain"
     swa_epochs: int = 0
+    backbone: str = "tiny"
+    backbone_weights: str = ""
+    unfreeze: int = 0
+    unfreeze_epochs: int = 3
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 224:
             raise UserError(f"image_size {self.image_size} is outside 64..224 pixels")
+        self._check_backbone()
         if self.width <= 0 or self.epochs < 1 or self.batch_size < 2:
             raise UserError("width must be > 0, epochs >= 1 and batch_size >= 2")
         if self.activation not in ACTIVATIONS:
@@ -143,6 +168,24 @@ class TrainConfig:
                             "lower --swa-epochs (0 turns averaging off) or raise --epochs")
         if self.teacher_views not in TEACHER_VIEWS:
             raise UserError(f"teacher_views {self.teacher_views!r} is not one of: {', '.join(TEACHER_VIEWS)}")
+
+    def _check_backbone(self) -> None:
+        """A known backbone, at an input size it takes, with a sane fine-tuning request."""
+        if self.backbone == "auto":
+            return
+        spec = get_backbone(self.backbone)  # UserError listing the known names
+        if spec.builder is not None and self.image_size not in spec.input_sizes:
+            raise UserError(f"backbone {self.backbone} takes input sizes {list(spec.input_sizes)}, "
+                            f"not {self.image_size}; pass --image-size {spec.default_input_size}")
+        if self.unfreeze < 0 or self.unfreeze_epochs < 0:
+            raise UserError("--unfreeze and unfreeze_epochs must be 0 or more")
+        if self.unfreeze and spec.builder is None:
+            raise UserError(f"--unfreeze fine-tunes a pretrained backbone; {self.backbone} trains whole")
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the image tower is a registered (ImageNet) backbone, not the tiny tower."""
+        return self.backbone not in ("tiny", "auto")
 
     def with_overrides(self, **overrides: Any) -> TrainConfig:
         """A copy with the given fields changed; ``None`` values are ignored."""
@@ -164,6 +207,29 @@ class TrainConfig:
         data["blocks"] = tuple(tuple(b) for b in data["blocks"])
         data["teachers"] = tuple(data.get("teachers", ()))
         return cls(**data)
+
+
+def resolve_backbone(config: TrainConfig, backbone: str | None = None,
+                     image_size: int | None = None) -> TrainConfig:
+    """The config with its backbone settled: ``backbone`` if given, else the config's own.
+
+    ``"auto"`` becomes EfficientNet-Lite0 when its weights are installed (the
+    ``[pretrained]`` extra), else the tiny tower with a one-line hint.  A pretrained
+    backbone trains at its native input size unless ``image_size`` says otherwise.
+    """
+    from fuselite.train.backbones import pretrained_available
+
+    name = backbone or config.backbone
+    if name == "auto":
+        name = AUTO_BACKBONE if pretrained_available(AUTO_BACKBONE) else "tiny"
+        if name == "tiny":
+            log.warning("training the tiny from-scratch tower; for ImageNet-pretrained accuracy on "
+                        "real pictures: pip install 'fuselite[pretrained]'")
+        else:
+            log.info("backbone: %s (ImageNet-pretrained, frozen; --backbone tiny trains from scratch)", name)
+    spec = get_backbone(name)
+    size = image_size or (spec.default_input_size if spec.builder is not None else config.image_size)
+    return config.with_overrides(backbone=name, image_size=size)
 
 
 _REGISTRY: dict[str, TrainConfig] = {}
@@ -257,5 +323,8 @@ register(
     )
 )
 # Starting point for a user's own images (--data PATH).
+# With a pretrained backbone ("auto" picks EfficientNet-Lite0 when the [pretrained]
+# extra is installed) the epochs train the projection and the text tower on cached
+# features: seconds each.
 register(TrainConfig(name="custom", data="", scoring="regional", epochs=40, test_fraction=0.15,
-                     val_fraction=0.15))
+                     val_fraction=0.15, backbone="auto"))

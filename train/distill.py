@@ -19,6 +19,7 @@ al. 2022), and each step pays for the teachers' forward passes.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,33 +34,62 @@ log = logging.getLogger(__name__)
 
 
 def teacher_soft_labels(config: TrainConfig, task: str, labels: list[str],
-                        image_sets: list[np.ndarray]) -> list[np.ndarray]:
+                        image_sets: list[np.ndarray], images_at=None) -> list[np.ndarray]:
     """Teachers' averaged label probabilities ``[N, num_labels]``, one array per image set.
 
     Every teacher is loaded once for all the sets, and each image is scored as it is
-    and, when the config flips, mirrored.
+    and, when the config flips, mirrored.  A teacher with another input size than the
+    student sees the same items read at its own size: ``images_at(size)`` returns the
+    image sets at ``size`` (without it, the student's pictures are resized).
     """
     teachers = TeacherEnsemble(config, task, labels)
     flips = config.augment and config.flip
+    by_size = {config.image_size: image_sets}
     soft_labels = []
-    for images in image_sets:
-        views = [images, images[:, :, ::-1]] if flips else [images]
-        soft_labels.append(np.mean([teachers.score(view, len(labels)) for view in views], axis=0))
+    for index in range(len(image_sets)):
+        scores = []
+        for member in teachers.members:
+            if member.size not in by_size and images_at is not None:
+                by_size[member.size] = images_at(member.size)
+            images = by_size.get(member.size, image_sets)[index]
+            views = [images, images[:, :, ::-1]] if flips else [images]
+            scores += [teachers.score_member(member, view, len(labels)) for view in views]
+        soft_labels.append(np.mean(scores, axis=0))
     return soft_labels
 
 
 def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[str]):
-    """A finished run that can teach this config: same labels, task and input size."""
+    """A finished run that can teach this config: the same labels and task.
+
+    Its backbone and input size may differ from the student's (an EfficientNet-Lite0
+    run at 224 px can teach a tiny tower at 64 px): each sees the image at its own size.
+    """
     from fuselite.train.run import load_run
 
     teacher = load_run(Path(teacher_dir))
     if teacher.task != task or list(teacher.labels) != list(labels):
         raise UserError(f"--teacher {teacher_dir}: trained on other labels than this run; "
                         "a teacher must come from the same data")
-    if teacher.config.image_size != config.image_size:
-        raise UserError(f"--teacher {teacher_dir}: its input is {teacher.config.image_size} px, this "
-                        f"run's {config.image_size} px; pass --image-size {teacher.config.image_size}")
     return teacher
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """One teacher's image tower, label embeddings and scorer.
+
+    Attributes:
+        encoder: Its image tower (uint8 pixels at ``size`` -> embeddings).
+        label_emb: Its text tower's embeddings of the student's labels.
+        scale: Its scorer's scale.
+        bias: Its scorer's bias.
+        size: Its input size in pixels.
+    """
+
+    encoder: object
+    label_emb: object
+    scale: float
+    bias: float
+    size: int
 
 
 class TeacherEnsemble:
@@ -77,19 +107,27 @@ class TeacherEnsemble:
         for teacher_dir in config.teachers:
             teacher = load_teacher(teacher_dir, config, task, labels)
             label_emb = tf.constant(embed_texts(teacher.text_encoder, teacher.tokenizer, labels))
-            self.members.append((teacher.image_encoder, label_emb, teacher.logit_scale, teacher.logit_bias))
+            self.members.append(Teacher(teacher.image_encoder, label_emb, teacher.logit_scale,
+                                        teacher.logit_bias, teacher.config.image_size))
 
     def __call__(self, images):
         """Soft labels ``[batch, num_labels]`` for a batch, with no gradient to the teachers."""
-        probabilities = []
-        for encoder, label_emb, scale, bias in self.members:
-            logits = scale * image_similarity(encoder(images, training=False), label_emb) + bias
-            probabilities.append(tf.nn.softmax(logits) if self.task == "single" else tf.sigmoid(logits))
+        probabilities = [self._probabilities(member, images) for member in self.members]
         return tf.stop_gradient(tf.add_n(probabilities) / len(probabilities))
 
-    def score(self, images: np.ndarray, num_labels: int, batch_size: int = 256) -> np.ndarray:
-        """Averaged probabilities ``[N, num_labels]`` of a uint8 image array, in batches."""
-        batches = [self(np.ascontiguousarray(images[i : i + batch_size])).numpy()
+    def _probabilities(self, member: Teacher, images):
+        """One teacher's probabilities for a batch, resized to its input size if needed."""
+        if images.shape[1] != member.size:
+            resized = tf.image.resize(tf.cast(images, tf.float32), (member.size, member.size), antialias=True)
+            images = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+        logits = member.scale * image_similarity(member.encoder(images, training=False), member.label_emb)
+        logits += member.bias
+        return tf.nn.softmax(logits) if self.task == "single" else tf.sigmoid(logits)
+
+    def score_member(self, member: Teacher, images: np.ndarray, num_labels: int,
+                     batch_size: int = 64) -> np.ndarray:
+        """One teacher's probabilities ``[N, num_labels]`` of a uint8 image array, in batches."""
+        batches = [self._probabilities(member, np.ascontiguousarray(images[i : i + batch_size])).numpy()
                    for i in range(0, len(images), batch_size)]
         return np.concatenate(batches) if batches else np.zeros((0, num_labels), np.float32)
 

@@ -23,9 +23,11 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
+from fuselite.errors import UserError
 from fuselite.train.backend import keras, tf
 from fuselite.train.configs import TrainConfig
 
@@ -98,8 +100,15 @@ def _separable_block(x, channels: int, stride: int, name: str, residual: bool = 
     return keras.layers.Add(name=f"{name}_add")([shortcut, x])
 
 
-def image_encoder(config: TrainConfig) -> keras.Model:
-    """Builds the image tower: uint8 ``[S, S, 3]`` RGB -> unit-length ``[embed_dim]``."""
+def image_encoder(config: TrainConfig, pretrained_weights: bool = False) -> keras.Model:
+    """Builds the image tower: uint8 ``[S, S, 3]`` RGB -> unit-length ``[embed_dim]``.
+
+    With a pretrained ``config.backbone``, the tower is that backbone followed by the
+    same projection head; ``pretrained_weights`` loads its ImageNet weights (training
+    does, while a finished run's tower is rebuilt and loads its own saved weights).
+    """
+    if config.pretrained:
+        return _pretrained_image_encoder(config, pretrained_weights)
     size = config.image_size
     pixels = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = keras.layers.Rescaling(PIXEL_SCALE, PIXEL_OFFSET, name="normalize")(pixels)
@@ -122,6 +131,102 @@ def image_encoder(config: TrainConfig) -> keras.Model:
     x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
     embedding = keras.layers.UnitNormalization(name="embedding")(x)
     return keras.Model(pixels, embedding, name="image_encoder")
+
+
+FEATURES_LAYER = "backbone_features"
+# The projection head's layers, in order, per scoring mode (see _head).
+HEAD_LAYERS = {"regional": ("project", "cells", "embedding"), "global": ("pool", "project", "embedding")}
+
+
+def _pretrained_image_encoder(config: TrainConfig, pretrained_weights: bool) -> keras.Model:
+    """A registered backbone's graph, inlined, then the projection head.
+
+    The backbone is built on this model's own uint8 input (one flat graph, no nested
+    model), so pruning and the TFLite converter see plain layers.  Its pixel
+    normalisation is its first layer, so the device only resizes.
+    """
+    from fuselite.train.backbones import get_backbone
+
+    if config.pooling != "avg":
+        raise UserError(f"pooling {config.pooling!r} is for the tiny tower; pretrained backbones pool 'avg'")
+    size = config.image_size
+    pixels = keras.Input((size, size, 3), dtype="uint8", name="image")
+    weights = _backbone_weights(config) if pretrained_weights else None
+    backbone = get_backbone(config.backbone).build(input_size=size, weights=weights, input_tensor=pixels)
+    features = backbone.output
+    # An identity layer with a fixed name marks where the backbone ends (no op in TFLite).
+    features = keras.layers.Activation("linear", name=FEATURES_LAYER)(features)
+    return keras.Model(pixels, _head(features, config), name="image_encoder")
+
+
+def _backbone_weights(config: TrainConfig) -> str | None:
+    """What ``backbone_weights`` asks for: the default source, a local file, or none."""
+    if config.backbone_weights.lower() == "none":
+        return None
+    return config.backbone_weights or "imagenet"
+
+
+def _head(features, config: TrainConfig):
+    """The projection head on a feature map: per-cell embeddings (regional) or one (global)."""
+    if config.scoring == "regional":
+        return _regional_head(features, config)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
+    return keras.layers.UnitNormalization(name="embedding")(x)
+
+
+def split_image_encoder(encoder: keras.Model, config: TrainConfig) -> tuple[keras.Model, keras.Model]:
+    """The pretrained tower as ``(backbone, head)`` models that share its layers.
+
+    ``backbone`` maps pixels to the feature map (what :mod:`fuselite.train.features`
+    caches); ``head`` maps a feature map to the embeddings, and is all that trains
+    while the backbone is frozen.
+    """
+    features = encoder.get_layer(FEATURES_LAYER).output
+    backbone = keras.Model(encoder.input, features, name="image_backbone")
+    x = inputs = keras.Input(features.shape[1:], name="features")
+    for name in HEAD_LAYERS[config.scoring]:
+        x = encoder.get_layer(name)(x)
+    return backbone, keras.Model(inputs, x, name="image_head")
+
+
+def backbone_layers(encoder: keras.Model) -> list:
+    """The pretrained tower's backbone layers, input to output (the head excluded)."""
+    layers = []
+    for layer in encoder.layers[1:]:
+        layers.append(layer)
+        if layer.name == FEATURES_LAYER:
+            return layers
+    raise ValueError(f"{encoder.name} has no {FEATURES_LAYER} layer: not a pretrained tower")
+
+
+# Block numbers in backbone layer names: EfficientNet-Lite "block12_dw", MobileNet v2
+# "block_12_expand", MobileNet v3 "expanded_conv_12_project" (its first block has none).
+_BLOCK_NUMBER = re.compile(r"^(?:block_?|expanded_conv_?)(\d*)_")
+
+
+def unfreeze_top_blocks(encoder: keras.Model, blocks: int) -> int:
+    """Makes the backbone's top ``blocks`` blocks (and the layers after them) trainable.
+
+    Batch norm stays frozen (in Keras 2 a frozen BatchNormalization also runs in
+    inference mode), as in Keras' transfer-learning guide: its running statistics
+    came from ImageNet, and a few thousand images would only add noise to them.
+    Returns how many layers were unfrozen.
+    """
+    layers = backbone_layers(encoder)
+    numbers, current = [], -1
+    for layer in layers:
+        match = _BLOCK_NUMBER.match(layer.name)
+        if match:
+            current = int(match.group(1) or 0)
+        numbers.append(current)
+    first = max(numbers) - blocks + 1
+    unfrozen = 0
+    for layer, number in zip(layers, numbers):
+        train = number >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        unfrozen += train
+    return unfrozen
 
 
 def _deepest_stage_start(blocks) -> int:
@@ -239,15 +344,22 @@ class FusedModel(keras.Model):
         label_ids: int32 ``[num_labels, max_text_length]``, the training labels' token ids.
         task: ``"multi"`` or ``"single"``.
         use_captions: Whether batches carry caption ids for the pair loss.
+        pretrained_weights: Load a pretrained backbone's ImageNet weights.
     """
 
     def __init__(self, config: TrainConfig, vocab_size: int, label_ids: np.ndarray,
-                 task: str = "multi", use_captions: bool = False, **kwargs):
+                 task: str = "multi", use_captions: bool = False, pretrained_weights: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         self.config = config
         self.task = task
         self.use_captions = use_captions and config.siglip_weight > 0
-        self.image_encoder = image_encoder(config)
+        self.image_encoder = image_encoder(config, pretrained_weights)
+        # Set this way, not as attributes: Keras would track the two views of the same
+        # layers as extra sub-models, and save and restore their weights twice.
+        self.__dict__["image_parts"] = (
+            split_image_encoder(self.image_encoder, config) if config.pretrained else None)
+        self.__dict__["feature_inputs"] = False
         self.text_encoder = text_encoder(config, vocab_size)
         self.label_ids = tf.constant(label_ids, dtype=tf.int32)
         # log-parameterised scale as in SigLIP: starts at 10, bias at -5 (labels are rare).
@@ -270,9 +382,27 @@ class FusedModel(keras.Model):
         """The scorer's positive scale, clipped as in SigLIP to keep training stable."""
         return tf.exp(tf.minimum(self.log_scale, np.log(100.0)))
 
+    def use_features(self, enabled: bool) -> None:
+        """Feeds the head with cached backbone feature maps instead of pixels (or back).
+
+        While on, the backbone's layers are frozen: only the head and the text tower
+        train.  Compile (again) after switching.
+        """
+        if enabled and self.image_parts is None:
+            raise ValueError("only a pretrained backbone's tower takes feature maps")
+        self.__dict__["feature_inputs"] = enabled
+        if self.image_parts is not None:
+            for layer in backbone_layers(self.image_encoder):
+                layer.trainable = not enabled
+
+    def embed_images(self, images, training=False):
+        """Image embeddings of a batch: pixels, or feature maps after :meth:`use_features`."""
+        encoder = self.image_parts[1] if self.feature_inputs else self.image_encoder
+        return encoder(images, training=training)
+
     def label_logits(self, images, training=False):
         """Logits ``[batch, num_labels]`` of every training label for ``images``."""
-        image_emb = self.image_encoder(images, training=training)
+        image_emb = self.embed_images(images, training=training)
         label_emb = self.text_encoder(self.label_ids, training=training)
         return self.scale() * image_similarity(image_emb, label_emb) + self.logit_bias
 
@@ -282,7 +412,7 @@ class FusedModel(keras.Model):
 
     def _batch_loss(self, batch, training):
         targets = batch["targets"]
-        image_emb = self.image_encoder(batch["image"], training=training)
+        image_emb = self.embed_images(batch["image"], training=training)
         label_emb = self.text_encoder(self.label_ids, training=training)
         logits = self.scale() * image_similarity(image_emb, label_emb) + self.logit_bias
         if self.task == "single":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fuselite.data.dataset import Splits
@@ -25,10 +26,11 @@ from fuselite.files import write_atomic
 from fuselite.metrics import mean_average_precision, top1_accuracy
 from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage
-from fuselite.train.configs import TrainConfig
+from fuselite.train.configs import TrainConfig, resolve_backbone
 from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
 from fuselite.train.evaluate import evaluate
-from fuselite.train.model import FusedModel
+from fuselite.train.features import feature_run_data
+from fuselite.train.model import FusedModel, unfreeze_top_blocks
 from fuselite.train.pipeline import (
     RunData,
     fit_tokenizer,
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 # Training batches that re-estimate batch norm for averaged weights (swa_epochs): with
 # momentum 0.9 the old statistics weigh 0.9**100 (3e-5) after them.
 BATCH_NORM_BATCHES = 100
+# Fine-tuning a pretrained backbone's top blocks starts at this share of the peak rate.
+FINE_TUNE_RATE = 0.1
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -59,6 +63,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     after the last completed epoch.
     """
     run_dir = Path(run_dir)
+    if config.backbone == "auto" and not resume:
+        config = resolve_backbone(config)
     config, splits = _prepare_run_dir(config, run_dir, resume)
     keras.utils.set_random_seed(config.seed)
     started = time.monotonic()
@@ -96,14 +102,19 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool):
 def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool):
     strategy = distribution_strategy()
     soft_train, soft_val = _teacher_soft_labels(config, data, labels)
-    train_ds = make_dataset(data.train, labels, tokenizer, config, training=True, soft_labels=soft_train)
-    val_ds = make_dataset(data.val, labels, tokenizer, config, training=False, soft_labels=soft_val)
     steps = max(1, len(data.train) // config.batch_size)
     with strategy.scope():
         model, optimizer = _build_model(config, data, labels, tokenizer, steps)
-    model(data.train.images[:1])  # build the weights before restoring into them
+    # A pretrained backbone is frozen: its feature maps are computed once, and the
+    # epochs train the head and the text tower on them (no pixel augmentation).
+    fit_data, fit_config = data, config
+    if config.pretrained:
+        fit_data, fit_config = feature_run_data(model, data, config), replace(config, augment=False)
+    train_ds = make_dataset(fit_data.train, labels, tokenizer, fit_config, training=True, soft_labels=soft_train)
+    val_ds = make_dataset(fit_data.val, labels, tokenizer, fit_config, training=False, soft_labels=soft_val)
+    model(fit_data.train.images[:1])  # build the weights before restoring into them
     checkpoints = CheckpointAndStop(
-        run_dir, config.patience, lambda: validation_score(model, data.val, labels),
+        run_dir, config.patience, lambda: validation_score(model, fit_data.val, labels),
         # The cosine learning rate is down to 15 % of its peak by then; at half the
         # epochs (50 %) a 68-epoch Fashion-MNIST run stopped at epoch 38 (docs/training.md).
         min_epochs=(3 * config.epochs) // 4,
@@ -119,17 +130,48 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         callbacks = [averaging, checkpoints, progress] if averaging else [checkpoints, progress]
         model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                   callbacks=callbacks, verbose=0)
-    _keep_final_weights(model, checkpoints, averaging, train_ds, data.val, labels)
+    _keep_final_weights(model, checkpoints, averaging, train_ds, fit_data.val, labels)
     (run_dir / "history.json").write_text(json.dumps(checkpoints.state["history"], indent=1))
+    if config.pretrained:
+        model.use_features(False)
+        if config.unfreeze and config.unfreeze_epochs:
+            _fine_tune(model, config, data, labels, tokenizer, soft_train)
     return model
+
+
+def _fine_tune(model: FusedModel, config: TrainConfig, data: RunData, labels, tokenizer, soft_train) -> None:
+    """Fine-tunes the backbone's top ``config.unfreeze`` blocks on augmented pixels.
+
+    A tenth of the learning rate, ``unfreeze_epochs`` epochs; the weights are kept
+    only if validation improves, so fine-tuning never makes a run worse.
+    """
+    before = validation_score(model, data.val, labels)
+    kept = model.get_weights()
+    unfrozen = unfreeze_top_blocks(model.image_encoder, config.unfreeze)
+    steps = max(1, len(data.train) // config.batch_size)
+    train_ds = make_dataset(data.train, labels, tokenizer, config, training=True, soft_labels=soft_train)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate * FINE_TUNE_RATE, config.unfreeze_epochs * steps)
+    model.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay))
+    log.info("fine-tuning the top %d backbone blocks (%d layers, batch norm frozen) for %d epochs",
+             config.unfreeze, unfrozen, config.unfreeze_epochs)
+    model.fit(train_ds, epochs=config.unfreeze_epochs, verbose=0,
+              callbacks=[ProgressBar(config.unfreeze_epochs, steps, 0)])
+    after = validation_score(model, data.val, labels)
+    log.info("fine-tuning: validation score %.4f -> %.4f", before, after)
+    if after < before:
+        log.warning("fine-tuning lowered the validation score; keeping the frozen-backbone weights")
+        model.set_weights(kept)
 
 
 def _build_model(config: TrainConfig, data: RunData, labels: list[str], tokenizer, steps_per_epoch: int):
     """The compiled model and its optimizer, with on-the-fly teachers when the config asks."""
     model = FusedModel(
         config, tokenizer.vocab_size, tokenizer.encode_batch(labels),
-        task=data.train.task, use_captions=data.train.has_captions,
+        task=data.train.task, use_captions=data.train.has_captions, pretrained_weights=True,
     )
+    if config.pretrained:
+        model.use_features(True)  # before compiling: the frozen layers' variables are left out
     optimizer = keras.optimizers.AdamW(_schedule(config, steps_per_epoch), weight_decay=config.weight_decay)
     model.compile(optimizer=optimizer)
     if config.teachers and config.teacher_views == "augmented":
@@ -156,13 +198,22 @@ def _teacher_soft_labels(config: TrainConfig, data: RunData, labels: list[str]):
     if not config.teachers:
         return None, None
     if config.teacher_views == "augmented":  # training batches are scored as they come
-        soft_train, [soft_val] = None, teacher_soft_labels(config, data.train.task, labels, [data.val.images])
+        soft_train, [soft_val] = None, teacher_soft_labels(
+            config, data.train.task, labels, [data.val.images],
+            lambda size: [_split_at(config, data, size).val.images])
     else:
         soft_train, soft_val = teacher_soft_labels(
-            config, data.train.task, labels, [data.train.images, data.val.images])
+            config, data.train.task, labels, [data.train.images, data.val.images],
+            lambda size: [(split := _split_at(config, data, size)).train.images, split.val.images])
     log.info("distilling from %d teacher(s) on %s views; their top label is right on %.2f%% of validation",
              len(config.teachers), config.teacher_views, 100 * agreement(soft_val, data.val.multi_hot(labels)))
     return soft_train, soft_val
+
+
+def _split_at(config: TrainConfig, data: RunData, size: int) -> RunData:
+    """The run's items with the same splits, read at another input size (for a teacher)."""
+    log.info("reading the data again at %d px for a teacher of that input size", size)
+    return load_run_data(replace(config, image_size=size, backbone="tiny"), data.splits)
 
 
 def validation_score(model: FusedModel, val, labels: list[str]) -> float:

@@ -88,7 +88,7 @@ def test_bench_runs_from_the_repository_root_after_a_wheel_install(
     done = subprocess.run(
         [python.parent / "fuselite", "bench", str(good_bundles), "--data", str(colour_data),
          "--out", str(tmp_path / "out"), *FAST],
-        cwd=REPO, env=installed_env(site), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=installed_env(site), capture_output=True, text=True, timeout=600, check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]

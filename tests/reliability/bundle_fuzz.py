@@ -59,8 +59,8 @@ from reliability_support import error_lines, fuselite_command, quiet_env
 
 from fuselite.bundle import (
     EMBEDDINGS_MEMBER,
+    LABEL_SOURCE_MEMBERS,
     MANIFEST_MEMBER,
-    REQUIRED_MEMBERS,
     TEXT_ENCODER_MEMBER,
     TOKENIZER_MEMBER,
     Bundle,
@@ -438,7 +438,7 @@ def member_cases(seed: Seed) -> list[Case]:
     for i, name in enumerate(escaping):
         cases.append(Case(f"members:extra-{i}:{name}", "members",
                           seed.repack(extra=[(name, b"escaped")])))
-    for required in REQUIRED_MEMBERS:
+    for required in (MANIFEST_MEMBER, *LABEL_SOURCE_MEMBERS["text_encoder"]):
         cases.append(Case(f"members:missing-{required}", "members", seed.repack(drop=[required])))
         renamed = {n: d for n, d in seed.members.items() if n != required}
         renamed[f"../{required}"] = seed.members[required]

@@ -36,7 +36,8 @@ def thread_cores(monkeypatch) -> dict[str, frozenset[int]]:
         seen.setdefault(threading.current_thread().name, frozenset(os.sched_getaffinity(0)))
         return done
 
-    for module in ("fuselite.runtime.affinity", "fuselite.runtime.reader", "fuselite.runtime.loop"):
+    for module in ("fuselite.runtime.affinity", "fuselite.runtime.reader", "fuselite.runtime.loop",
+                   "fuselite.runtime.outputs"):
         monkeypatch.setattr(f"{module}.pin_thread", spy, raising=False)
     return seen
 

