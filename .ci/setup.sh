@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian/Ubuntu machine for fuselite: system packages, a venv in
-# .venv, and the package with its [train,dev] extras.  Safe to run again: it
+# .venv, and the package with its [train,pretrained,dev] extras.  Safe to run again: it
 # installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +31,5 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-.venv/bin/python -m pip install -q -e '.[train,dev]'
+.venv/bin/python -m pip install -q -e '.[train,pretrained,dev]'
 echo "setup: ready (.venv)"

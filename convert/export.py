@@ -316,6 +316,7 @@ class Converter:
             "source_run": str(self.run.run_dir.resolve()),
             "run_config": self.run.config.name,
             "backbone": self.run.config.backbone,
+            "init_from": self.run.config.init_from or None,
             "run_metrics": {k: v for k, v in self.run.metrics.items() if isinstance(v, (int, float))},
             "fuselite": __version__,
             "tensorflow": tf.__version__,

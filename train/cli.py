@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unfreeze", type=int, metavar="N",
                         help="after training on the frozen backbone, fine-tune its top N blocks "
                         "(batch norm frozen)")
+    parser.add_argument("--init-from", type=Path, metavar="RUN",
+                        help="start from a finished run's towers (its architecture is kept) with new "
+                        "data and new labels; labels and vocabulary are merged")
     parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
                         help="what the teachers score: plain images once before training (the "
                         "default), or every augmented training batch (slower per step)")
@@ -58,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.data).exists():
             raise UserError(f"--data {args.data}: no such file or folder")
         config = config.with_overrides(data=str(Path(args.data).resolve()))
-    if not args.resume:
+    if args.init_from is not None and not args.resume:
+        config = _inherit(config, args)
+    elif not args.resume:
         config = resolve_backbone(config, args.backbone, args.image_size)
     config = config.with_overrides(
         epochs=args.epochs, image_size=args.image_size, width=args.width,
@@ -80,6 +85,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inherit(config, args: argparse.Namespace):
+    """The config with the ``--init-from`` run's architecture, refusing flags that would change it."""
+    from fuselite.train.configs import TrainConfig
+    from fuselite.train.init_from import inherit_architecture
+
+    earlier_dir = _finished_run(args.init_from)
+    earlier = TrainConfig.load(earlier_dir / "config.json")
+    for flag, name in (("--backbone", "backbone"), ("--image-size", "image_size"), ("--width", "width")):
+        given = getattr(args, name)
+        if given is not None and given != getattr(earlier, name):
+            raise UserError(f"--init-from {args.init_from} keeps its {name} ({getattr(earlier, name)}); "
+                            f"drop {flag} or train from scratch")
+    return inherit_architecture(config, earlier).with_overrides(init_from=str(earlier_dir))
+
+
 def _finished_run(path: Path) -> Path:
     """``path`` resolved, if it holds a finished run (checked before TensorFlow loads)."""
     from fuselite.train.run import check_run_dir
@@ -95,5 +115,6 @@ def format_metrics(metrics: dict) -> str:
             "train_seconds"]
     lines = [f"  {k:<22} {metrics[k]:.4f}" if isinstance(metrics[k], float) else f"  {k:<22} {metrics[k]}"
              for k in keys if k in metrics]
-    return "test metrics:\n" + "\n".join(lines) + "\n" + json.dumps(
-        metrics.get("heldout_combo_ap_per_phrase", {}))
+    per_phrase = metrics.get("heldout_combo_ap_per_phrase")
+    text = "test metrics:\n" + "\n".join(lines)
+    return text + "\n" + json.dumps(per_phrase) if per_phrase else text

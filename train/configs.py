@@ -106,6 +106,9 @@ class TrainConfig:
         unfreeze: After the frozen-backbone epochs, fine-tune the backbone's top
             ``unfreeze`` blocks (batch norm stays frozen) for ``unfreeze_epochs``.
         unfreeze_epochs: Epochs of that fine-tuning, on pixels with augmentation.
+        init_from: A finished run whose towers this run starts from (``--init-from``):
+            its architecture is kept, labels and vocabulary are merged
+            (:mod:`fuselite.train.init_from`).
     """
 
     name: str
@@ -148,6 +151,7 @@ class TrainConfig:
     backbone_weights: str = ""
     unfreeze: int = 0
     unfreeze_epochs: int = 3
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if not 64 <= self.image_size <= 224:

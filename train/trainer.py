@@ -30,6 +30,12 @@ from fuselite.train.configs import TrainConfig, resolve_backbone
 from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
 from fuselite.train.evaluate import evaluate
 from fuselite.train.features import feature_run_data
+from fuselite.train.init_from import (
+    load_earlier_run,
+    load_earlier_weights,
+    merged_labels,
+    merged_tokenizer,
+)
 from fuselite.train.model import FusedModel, unfreeze_top_blocks
 from fuselite.train.pipeline import (
     RunData,
@@ -71,9 +77,14 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     data = load_run_data(config, splits)
     data.splits.save(run_dir / "splits.json")
     labels = label_vocabulary(data.train)
-    tokenizer = fit_tokenizer(data, labels, config.max_text_length)
+    earlier = load_earlier_run(config.init_from) if config.init_from else None
+    if earlier is None:
+        tokenizer = fit_tokenizer(data, labels, config.max_text_length)
+    else:
+        labels = merged_labels(earlier.labels, labels)
+        tokenizer = merged_tokenizer(earlier.tokenizer, [*labels, *data.train.captions])
     tokenizer.save(run_dir / "tokenizer.json")
-    model = _fit(config, run_dir, data, labels, tokenizer, resume)
+    model = _fit(config, run_dir, data, labels, tokenizer, resume, earlier)
     metrics = evaluate(model, tokenizer, labels, data)
     metrics.update(
         train_seconds=round(time.monotonic() - started, 1),
@@ -82,6 +93,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
         train_items=len(data.train), val_items=len(data.val), test_items=len(data.test),
         skipped_items=data.skipped,
     )
+    if config.init_from:
+        metrics["init_from"] = config.init_from
     _save_run(run_dir, model, labels, metrics)
     return metrics
 
@@ -99,12 +112,14 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool):
     return config, None
 
 
-def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool):
+def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool, earlier=None):
     strategy = distribution_strategy()
     soft_train, soft_val = _teacher_soft_labels(config, data, labels)
     steps = max(1, len(data.train) // config.batch_size)
     with strategy.scope():
         model, optimizer = _build_model(config, data, labels, tokenizer, steps)
+    if earlier is not None and not resume:  # a resumed run restores its own checkpoint
+        load_earlier_weights(model, earlier)
     # A pretrained backbone is frozen: its feature maps are computed once, and the
     # epochs train the head and the text tower on them (no pixel augmentation).
     fit_data, fit_config = data, config
