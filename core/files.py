@@ -31,3 +31,16 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path | None:
+    """fuselite's cache folder: ``$FUSELITE_CACHE_DIR``, else ``$XDG_CACHE_HOME/fuselite``,
+    else ``~/.cache/fuselite``; None when there is no home to put it in.
+    """
+    if os.environ.get("FUSELITE_CACHE_DIR"):
+        return Path(os.environ["FUSELITE_CACHE_DIR"])
+    try:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no HOME and no passwd entry
+        return None
+    return base / "fuselite"

@@ -49,6 +49,7 @@ from fuselite.devices import probe
 from fuselite.devices.compat import bundle_ops, check_ops
 from fuselite.devices.profiles import Profile
 from fuselite.errors import UserError
+from fuselite.files import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,8 @@ class VerifyResult:
 
 
 def default_cache_dir() -> Path:
-    """``$FUSELITE_CACHE_DIR``, else ``$XDG_CACHE_HOME/fuselite``, else ``~/.cache/fuselite``."""
-    if os.environ.get("FUSELITE_CACHE_DIR"):
-        return Path(os.environ["FUSELITE_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fuselite"
+    """fuselite's cache folder (:func:`fuselite.files.cache_root`), else the temp folder's."""
+    return cache_root() or Path(tempfile.gettempdir()) / "fuselite"
 
 
 def rootfs_dir(profile: Profile, cache_dir: Path) -> Path:

@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from fuselite.bundle import BundleError
+from fuselite.files import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,8 @@ def _last_line(stderr: str) -> str:
 
 def cache_dir() -> Path | None:
     """Where verdicts live; None when there is no home to put them in."""
-    if os.environ.get("FUSELITE_CACHE_DIR"):
-        return Path(os.environ["FUSELITE_CACHE_DIR"]) / CACHE_FOLDER
-    try:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    except RuntimeError:  # no HOME and no passwd entry
-        return None
-    return base / "fuselite" / CACHE_FOLDER
+    root = cache_root()
+    return None if root is None else root / CACHE_FOLDER
 
 
 def verdict_key(model_bytes: bytes, interpreter_module: str, num_threads: int) -> str:

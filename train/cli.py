@@ -17,8 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from fuselite.train.backbones import list_backbones
     from fuselite.train.configs import TEACHER_VIEWS, list_configs
 
-    parser.add_argument("--config", default="scenes-default",
-                        help=f"named config: {', '.join(list_configs())} (default: scenes-default)")
+    parser.add_argument("--config",
+                        help=f"named config: {', '.join(list_configs())} (default: custom with --data, "
+                        "else scenes-default)")
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     parser.add_argument("--data", help="your dataset: a folder per class, a .csv/.jsonl manifest, "
                         "a COCO .json, or a folder of Fashion-MNIST IDX files")
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     """Trains and prints the test metrics."""
     from fuselite.train.configs import get_config, resolve_backbone
 
-    config = get_config(args.config)
+    config = get_config(_config_name(args))
     if args.data is not None:
         if not Path(args.data).exists():
             raise UserError(f"--data {args.data}: no such file or folder")
@@ -83,6 +84,22 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics(metrics))
     print(f"run written to {args.out}")
     return 0
+
+
+def _config_name(args: argparse.Namespace) -> str:
+    """The config to train: as named; else ``custom`` for ``--data``, else the scenes.
+
+    A config with data of its own (the scenes, Fashion-MNIST) never silently trains on
+    ``--data``: its schedule and settings were made for that data.
+    """
+    from fuselite.train.configs import get_config
+
+    if args.config is None:
+        return "custom" if args.data is not None else "scenes-default"
+    if args.data is not None and get_config(args.config).data not in ("", "custom"):
+        raise UserError(f"--config {args.config} trains on its own data ({get_config(args.config).data}); "
+                        "for your images use --config custom (or leave --config out)")
+    return args.config
 
 
 def _inherit(config, args: argparse.Namespace):

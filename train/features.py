@@ -8,21 +8,21 @@ on them in seconds.  The cache is keyed by the backbone, its weights, the input
 size and the exact image bytes, so a second run on the same data starts at once
 and any change to the data or the backbone computes afresh.
 
-``FUSELITE_CACHE`` names the cache folder (default ``~/.cache/fuselite``).
+They live in ``features/`` under ``$FUSELITE_CACHE_DIR`` (default ``~/.cache/fuselite``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from fuselite.files import write_atomic
+from fuselite.files import cache_root, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,12 @@ def feature_run_data(model, data, config):
     return replace(data, train=train, val=val)
 
 
-def cache_root() -> Path:
-    """The folder feature maps are cached in."""
-    base = os.environ.get("FUSELITE_CACHE") or Path.home() / ".cache" / "fuselite"
-    return Path(base) / "features"
+def features_dir() -> Path:
+    """The folder feature maps are cached in (under :func:`fuselite.files.cache_root`)."""
+    root = cache_root()
+    if root is None:  # no home: a folder that lasts as long as the machine's temp files
+        root = Path(tempfile.gettempdir()) / "fuselite"
+    return root / "features"
 
 
 def cache_key(images: np.ndarray, backbone_id: str) -> str:
@@ -95,7 +97,7 @@ def backbone_features(backbone, images: np.ndarray, backbone_id: str, what: str)
     Read from the cache when this backbone has already seen exactly these images;
     otherwise computed in batches with a progress bar and written to the cache.
     """
-    path = cache_root() / f"{cache_key(images, backbone_id)}.npy"
+    path = features_dir() / f"{cache_key(images, backbone_id)}.npy"
     cached = _read_cache(path, len(images))
     if cached is not None:
         log.info("%s: %d cached feature maps from %s", what, len(images), path)
