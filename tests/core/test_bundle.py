@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 
 from fuselite.bundle import (
+    CONCEPTS_MEMBER,
+    CONCEPTS_SCHEMA_VERSION,
     EMBEDDINGS_MEMBER,
     MANIFEST_MEMBER,
+    SCHEMA_VERSION,
     TEXT_ENCODER_MEMBER,
     TOKENIZER_MEMBER,
     BundleError,
@@ -254,3 +257,136 @@ def test_packing_fills_in_the_checksums():
         manifest = Manifest.from_json(zf.read(MANIFEST_MEMBER).decode())
     assert (manifest.model_sha256, manifest.model_size) == (sha256(MODEL), len(MODEL))
     assert manifest.text_encoder_sha256 == sha256(TEXT_ENCODER)
+
+
+# --- zero-shot bundles: a concept index instead of a tokenizer and text tower ---------
+
+
+def _concepts():
+    from fuselite.concepts import ConceptIndex
+
+    return ConceptIndex(phrases={"cat": (0, 1), "dog": (2,), "animal": (0, 1, 2), "car": (3,)},
+                        class_names=("tabby", "tiger cat", "beagle", "sports car"))
+
+
+def _concept_parts(**manifest_changes) -> dict:
+    concepts = _concepts()
+    labels = ("animal", "car")
+    manifest = _manifest(labels=labels, thresholds=(0.5, 0.5), embedding_dim=concepts.num_classes,
+                         **manifest_changes)
+    return {"model_bytes": MODEL, "manifest": manifest, "concepts": concepts,
+            "label_embeddings": concepts.label_matrix(labels)}
+
+
+@pytest.fixture
+def concepts_path(tmp_path):
+    return write_bundle(tmp_path / "imagenet-lite0.tflite", **_concept_parts())
+
+
+def _members(path) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def _repack(path, members: dict[str, bytes]) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    path.write_bytes(MODEL + archive.getvalue())
+
+
+def test_concepts_bundle_round_trip_keeps_the_index_and_has_no_text_tower(concepts_path):
+    bundle = read_bundle(concepts_path)
+    assert bundle.concepts == _concepts()
+    assert bundle.tokenizer is None and bundle.text_encoder_bytes == b""
+    assert bundle.model_bytes == MODEL
+    assert np.array_equal(bundle.label_embeddings, [[1, 1, 1, 0], [0, 0, 0, 1]])
+    manifest = bundle.manifest
+    assert (manifest.label_source, manifest.schema_version) == ("concepts", CONCEPTS_SCHEMA_VERSION)
+    assert manifest.text_encoder_sha256 == "" and manifest.model_sha256 == sha256(MODEL)
+    assert read_manifest(concepts_path) == manifest
+
+
+def test_concepts_bundle_holds_only_the_manifest_embeddings_and_concepts(concepts_path):
+    assert set(_members(concepts_path)) == {MANIFEST_MEMBER, EMBEDDINGS_MEMBER, CONCEPTS_MEMBER}
+
+
+def test_packing_sets_label_source_and_schema_from_what_it_is_given():
+    """The caller's manifest may say anything: the members decide what kind of bundle it is."""
+    data = pack_bundle(**_concept_parts(label_source="text_encoder", schema_version=SCHEMA_VERSION))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        manifest = Manifest.from_json(zf.read(MANIFEST_MEMBER).decode())
+    assert (manifest.label_source, manifest.schema_version) == ("concepts", CONCEPTS_SCHEMA_VERSION)
+    data = pack_bundle(**_parts(label_source="concepts", schema_version=CONCEPTS_SCHEMA_VERSION))
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        manifest = Manifest.from_json(zf.read(MANIFEST_MEMBER).decode())
+    assert (manifest.label_source, manifest.schema_version) == ("text_encoder", SCHEMA_VERSION)
+
+
+@pytest.mark.parametrize("extra", [{}, {"tokenizer": Tokenizer.fit(["animal car"], max_length=4)}],
+                         ids=["neither", "both"])
+def test_packing_needs_either_a_tokenizer_or_a_concept_index(extra):
+    parts = _concept_parts()
+    if not extra:
+        del parts["concepts"]
+    with pytest.raises(ValueError, match="tokenizer .* concept index"):
+        pack_bundle(**{**parts, **extra})
+
+
+@pytest.mark.parametrize(("label_source", "version"), [("concepts", 1), ("text_encoder", 2)])
+def test_a_label_source_that_does_not_match_its_schema_version_is_refused_in_one_line(label_source, version):
+    """A schema-1 reader would take a concepts bundle for a text-tower one: version 2 marks it."""
+    data = json.loads(_manifest().to_json())
+    data.update(label_source=label_source, schema_version=version)
+    with pytest.raises(BundleError) as caught:
+        Manifest.from_json(json.dumps(data))
+    message = str(caught.value)
+    assert "label_source" in message and "schema_version" in message and "\n" not in message
+
+
+def test_an_unknown_label_source_is_refused_naming_the_known():
+    data = json.loads(_manifest().to_json())
+    data["label_source"] = "clip"
+    with pytest.raises(BundleError, match="label_source.*concepts"):
+        Manifest.from_json(json.dumps(data))
+
+
+def test_a_concept_index_whose_class_count_is_not_the_embedding_dim_is_refused(concepts_path):
+    from fuselite.concepts import ConceptIndex
+
+    members = _members(concepts_path)
+    members[CONCEPTS_MEMBER] = ConceptIndex(phrases={"cat": (0,)}, class_names=("tabby",) * 5).to_json()
+    _repack(concepts_path, members)
+    message = _read_error(concepts_path)
+    assert "concepts.json" in message and "5 classes" in message and "embedding_dim is 4" in message
+
+
+OUT_OF_RANGE_INDEX = json.dumps({"format": "fuselite.concepts", "version": 1, "class_names": ["a"],
+                                 "class_sets": [[5]], "phrases": {}}).encode()
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"format": "other"}', OUT_OF_RANGE_INDEX],
+                         ids=["not-json", "other-format", "class-out-of-range"])
+def test_a_damaged_concepts_member_is_refused_naming_it(concepts_path, damage):
+    members = _members(concepts_path)
+    members[CONCEPTS_MEMBER] = damage
+    _repack(concepts_path, members)
+    assert "concepts.json" in _read_error(concepts_path)
+
+
+def test_a_concepts_bundle_without_its_index_is_refused_naming_it(concepts_path):
+    members = _members(concepts_path)
+    del members[CONCEPTS_MEMBER]
+    _repack(concepts_path, members)
+    assert CONCEPTS_MEMBER in _read_error(concepts_path)
+
+
+def test_reading_a_concepts_bundle_imports_no_tensorflow(concepts_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from fuselite.bundle import read_bundle; "
+            f"b = read_bundle({str(concepts_path)!r}); assert b.concepts.resolve('cats') == (0, 1); "
+            "assert not any(m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
