@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError, read_bundle
-from fuselite.scoring import label_probabilities
+from fuselite.scoring import activate, label_probabilities
 
 LATENCY_FRAMES = 32  # distinct frames cycled through by the timed runs
 ANNOTATOR_FRAMES = 8  # frames compared between this path and fuselite run's Annotator
@@ -59,7 +59,7 @@ class LoadedBundle:
         if self.output_quant is not None:
             scale, zero_point = self.output_quant
             output = (output - zero_point) * scale
-        return output
+        return activate(output, self.bundle.manifest.output_activation)
 
     def probabilities(self, frame_bgr: np.ndarray) -> np.ndarray:
         """float32 ``[labels]`` probabilities of one BGR frame."""
@@ -104,6 +104,7 @@ def _score(loaded: LoadedBundle, output: np.ndarray) -> np.ndarray:
     if loaded.output_quant is not None:
         output = (output - loaded.output_quant[1]) * loaded.output_quant[0]
     manifest = loaded.bundle.manifest
+    output = activate(output, manifest.output_activation)
     return label_probabilities(output, loaded.bundle.label_embeddings, manifest.logit_scale, manifest.logit_bias)
 
 

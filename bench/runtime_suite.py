@@ -270,7 +270,7 @@ def sequential_fps(bundle_path: Path, video: Path, threads: int, frames: int) ->
     preprocess = Preprocessor(bundle.manifest, model.input)
     manifest = bundle.manifest
     scorer = FrameScorer(bundle_labels(bundle).embeddings, manifest.logit_scale, manifest.logit_bias,
-                         check_output(manifest, model.output))
+                         check_output(manifest, model.output), manifest.output_activation)
     labels = manifest.labels
     capture = _FrameReader(video)
     start, fps = time.perf_counter(), 0.0

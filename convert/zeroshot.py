@@ -1,7 +1,7 @@
 """``fuselite convert --pretrained efficientnet-lite0``: a bundle that annotates with no training.
 
-The image model is the backbone's own ImageNet classifier (1000 softmax
-probabilities), quantized to int8.  Labels are words, not classes: the bundle
+The image model is the backbone's own ImageNet classifier, quantized to int8; it
+outputs the 1000 class logits and the board takes their softmax in float32.  Labels are words, not classes: the bundle
 carries a concept index (:mod:`fuselite.concepts`, built from WordNet) that maps
 each ImageNet class name and synonym, and every broader WordNet word above them
 ("dog", "animal", "vehicle", "food", "musical instrument"), to the classes it
@@ -61,10 +61,15 @@ def build_zero_shot_bundle(backbone: str, out_dir: Path, calibration_dir: Path |
     log.info("converting the %s ImageNet classifier to int8 (%d calibration images)", backbone, len(calibration))
     model_bytes = convert_image_model(classifier, get_variant("int8"), calibration)
     index = concept_index_for_imagenet()
-    agreement = top1_agreement(classifier, model_bytes, calibration, num_threads)
-    manifest = _manifest(backbone, size, model_bytes, len(calibration), agreement)
-    data = pack_bundle(model_bytes=model_bytes, manifest=manifest, concepts=index,
-                       label_embeddings=index.label_matrix(DEFAULT_LABELS))
+    labels = index.label_matrix(DEFAULT_LABELS)
+    checks = {
+        "calibration_top1_agreement_with_keras": round(top1_agreement(classifier, model_bytes, calibration,
+                                                                       num_threads), 4),
+        "calibration_label_mass_error": round(label_mass_error(classifier, model_bytes, calibration, labels,
+                                                               num_threads), 4),
+    }
+    manifest = _manifest(backbone, size, model_bytes, len(calibration), checks)
+    data = pack_bundle(model_bytes=model_bytes, manifest=manifest, concepts=index, label_embeddings=labels)
     path = Path(out_dir) / zero_shot_filename(backbone)
     write_atomic(path, data, mode=0o644)
     read_bundle(path)  # what the board does first: fails loudly if anything is off
@@ -84,14 +89,22 @@ def _check_backbone(backbone: str) -> int:
 
 
 def imagenet_classifier(backbone: str, size: int):
-    """The backbone's ImageNet classifier on uint8 pixels (one flat Keras graph)."""
+    """The backbone's ImageNet classifier on uint8 pixels, giving class logits (one flat graph).
+
+    The softmax is left to the board (the manifest's ``output_activation``): in int8
+    it would round every class probability to 1/256.
+    """
     from fuselite.train.backbones.efficientnet_lite import efficientnet_lite_classifier
     from fuselite.train.backend import keras
 
     pixels = keras.Input((size, size, 3), dtype="uint8", name="image")
     variant = backbone.removeprefix("efficientnet-")
     model = efficientnet_lite_classifier(variant, size, weights="imagenet", input_tensor=pixels)
-    return keras.Model(pixels, model.output, name=f"{backbone}_imagenet")
+    softmax_layer = model.get_layer("predictions")
+    logits = keras.layers.Dense(softmax_layer.units, name="logits")(model.get_layer("pool").output)
+    classifier = keras.Model(pixels, logits, name=f"{backbone}_imagenet")
+    classifier.get_layer("logits").set_weights(softmax_layer.get_weights())
+    return classifier
 
 
 def calibration_images(size: int, folder: Path | None = None) -> np.ndarray:
@@ -139,7 +152,18 @@ def top1_agreement(classifier, model_bytes: bytes, images: np.ndarray, num_threa
     return float(np.mean(keras_top == tflite_top))
 
 
-def _manifest(backbone: str, size: int, model_bytes: bytes, calibration: int, agreement: float) -> Manifest:
+def label_mass_error(classifier, model_bytes: bytes, images: np.ndarray, label_matrix: np.ndarray,
+                     num_threads: int) -> float:
+    """Mean absolute difference, Keras against the bundle, of the labels' summed probabilities."""
+    from fuselite.convert.numerics import tflite_embeddings
+    from fuselite.scoring import activate
+
+    keras_probs = activate(classifier.predict(images, batch_size=16, verbose=0), "softmax")
+    tflite_probs = activate(tflite_embeddings(model_bytes, images, num_threads), "softmax")
+    return float(np.mean(np.abs((keras_probs - tflite_probs) @ label_matrix.T)))
+
+
+def _manifest(backbone: str, size: int, model_bytes: bytes, calibration: int, checks: dict) -> Manifest:
     """The manifest of a zero-shot bundle: concept labels, the summed-probability scorer."""
     from fuselite.convert import modelinfo, numerics
     from fuselite.train.backbones import get_backbone
@@ -157,8 +181,7 @@ def _manifest(backbone: str, size: int, model_bytes: bytes, calibration: int, ag
             input_size=(size, size), color_order="RGB", resize="area", input_dtype=io["input_dtype"],
             normalization=(1 / 128, -127 / 128), input_quant=io["input_quant"],
             output_quant=io["output_quant"]),
-        label_source="concepts",
-        numerics={"calibration_top1_agreement_with_keras": round(agreement, 4)},
+        label_source="concepts", output_activation="softmax", numerics=checks,
         provenance={
             "backbone": backbone, "weights": spec.weights_source, "license": spec.license,
             "labels": "ImageNet-1k classes and their WordNet hypernyms (fuselite.concepts)",

@@ -60,6 +60,7 @@ LABEL_SOURCE_MEMBERS = {
     "text_encoder": (TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER),
     "concepts": (EMBEDDINGS_MEMBER, CONCEPTS_MEMBER),
 }
+OUTPUT_ACTIVATIONS = ("none", "softmax")
 KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER)
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
@@ -126,6 +127,8 @@ class Manifest:
         label_source: How label text becomes embeddings: ``"text_encoder"`` (the
             bundle's text tower) or ``"concepts"`` (the concept index of a zero-shot
             bundle, whose embeddings are multi-hot rows over the image model's classes).
+        output_activation: What the board applies to the image model's output before
+            scoring: ``"none"``, or ``"softmax"`` (class logits -> probabilities; schema 2 only).
     """
 
     variant: str
@@ -145,6 +148,7 @@ class Manifest:
     numerics: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     label_source: str = "text_encoder"
+    output_activation: str = "none"
 
     def to_json(self) -> str:
         """Serialises the manifest as JSON text."""
@@ -394,6 +398,10 @@ def _manifest_from_dict(data: Any) -> Manifest:
                           f"not {label_source!r}")
     if (label_source == "concepts") != (version == CONCEPTS_SCHEMA_VERSION):
         raise BundleError(f"manifest label_source {label_source!r} does not match schema_version {version}")
+    activation = data.get("output_activation", "none")
+    if activation not in OUTPUT_ACTIVATIONS or (activation != "none" and version == SCHEMA_VERSION):
+        raise BundleError(f"manifest output_activation {activation!r} must be 'none', or 'softmax' "
+                          f"with schema_version {CONCEPTS_SCHEMA_VERSION}")
     labels = _labels(data)
     thresholds = tuple(_probability(t, "thresholds") for t in _field(data, "thresholds", list))
     if len(thresholds) != len(labels):
@@ -422,6 +430,7 @@ def _manifest_from_dict(data: Any) -> Manifest:
         numerics=_field(data, "numerics", dict),
         schema_version=version,
         label_source=label_source,
+        output_activation=activation,
     )
 
 

@@ -29,6 +29,21 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -LOGIT_LIMIT, LOGIT_LIMIT)))
 
 
+def activate(model_output: np.ndarray, activation: str = "none") -> np.ndarray:
+    """The image embedding a model output stands for, per the manifest's ``output_activation``.
+
+    ``"softmax"`` (zero-shot bundles) turns class logits into probabilities over the
+    last axis; the board computes it in float32 because an int8 softmax output rounds
+    every probability to 1/256, which loses most of the mass a broad word collects
+    from hundreds of small ones.
+    """
+    if activation != "softmax":
+        return model_output
+    shifted = np.asarray(model_output, np.float32)
+    shifted = np.exp(shifted - shifted.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def label_logits(image_embedding: np.ndarray, label_embeddings: np.ndarray,
                  logit_scale: float, logit_bias: float) -> np.ndarray:
     """The logits ``[batch, labels]`` behind :func:`label_probabilities`, before the sigmoid."""
@@ -90,10 +105,11 @@ class FrameScorer:
     """
 
     def __init__(self, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float,
-                 output_quant: tuple[float, int] | None = None) -> None:
+                 output_quant: tuple[float, int] | None = None, output_activation: str = "none") -> None:
         if logit_scale <= 0:  # folded, a negative scale would turn the best cell into the worst
             raise ValueError(f"logit_scale must be positive, not {logit_scale}")
         self.quantization = output_quant
+        self.activation = output_activation
         self.weights = (logit_scale * np.asarray(label_embeddings, np.float32)).T.copy()
         self.bias = np.float32(logit_bias)
 
@@ -106,7 +122,7 @@ class FrameScorer:
             scale, zero_point = self.quantization
             embedding -= zero_point
             embedding *= scale
-        return embedding
+        return activate(embedding, self.activation)
 
     def __call__(self, model_output: np.ndarray) -> np.ndarray:
         """Returns float32 probabilities, one per label."""

@@ -51,7 +51,7 @@ class Annotator:
         self._preprocessor = Preprocessor(bundle.manifest, model.input)
         manifest = bundle.manifest
         self._scorer = FrameScorer(label_set.embeddings, manifest.logit_scale, manifest.logit_bias,
-                                   check_output(manifest, model.output))
+                                   check_output(manifest, model.output), manifest.output_activation)
         thresholds = label_set.thresholds
         if options.score_threshold is not None:
             thresholds = np.full(len(self._labels), options.score_threshold, np.float32)

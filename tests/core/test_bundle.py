@@ -390,3 +390,18 @@ def test_reading_a_concepts_bundle_imports_no_tensorflow(concepts_path):
             f"b = read_bundle({str(concepts_path)!r}); assert b.concepts.resolve('cats') == (0, 1); "
             "assert not any(m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras') for m in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_softmax_output_activation_round_trips_in_a_concepts_bundle(tmp_path):
+    path = write_bundle(tmp_path / "z.tflite", **_concept_parts(output_activation="softmax"))
+    assert read_bundle(path).manifest.output_activation == "softmax"
+
+
+@pytest.mark.parametrize("activation, version", [("softmax", 1), ("relu", 2)])
+def test_an_output_activation_a_runtime_cannot_honour_is_refused(activation, version):
+    data = json.loads(_manifest().to_json())
+    data.update(output_activation=activation, schema_version=version,
+                label_source="concepts" if version == 2 else "text_encoder")
+    with pytest.raises(BundleError, match="output_activation") as info:
+        Manifest.from_json(json.dumps(data))
+    assert "\n" not in str(info.value)

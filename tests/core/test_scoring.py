@@ -1,0 +1,30 @@
+"""The one scorer: batches and the board's per-frame path agree, and softmax outputs sum classes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fuselite.scoring import FrameScorer, activate, label_probabilities
+
+
+def test_the_frame_scorer_equals_the_batch_scorer_for_global_and_regional_outputs():
+    rng = np.random.default_rng(0)
+    labels = rng.normal(size=(5, 8)).astype(np.float32)
+    for shape in ((1, 8), (1, 9, 8)):
+        output = rng.normal(size=shape).astype(np.float32)
+        frame = FrameScorer(labels, 7.0, -2.0)(output)
+        np.testing.assert_allclose(frame, label_probabilities(output, labels, 7.0, -2.0)[0], rtol=1e-5)
+
+
+def test_a_softmax_output_scores_a_label_by_the_summed_probability_of_its_classes():
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+    rows = np.array([[1, 1, 0, 0], [0, 0, 0, 1]], np.float32)  # "cat" = classes 0, 1; "car" = 3
+    scores = FrameScorer(rows, 10.0, -2.5, output_activation="softmax")(logits)
+    expected = 1 / (1 + np.exp(-(10.0 * np.array([0.8, 0.05]) - 2.5)))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_softmax_is_stable_for_large_quantized_logits():
+    probabilities = activate(np.array([[1000.0, 999.0, -1000.0]]), "softmax")
+    assert np.isfinite(probabilities).all() and abs(probabilities.sum() - 1) < 1e-6
+    assert activate(np.ones(3), "none") is not None
