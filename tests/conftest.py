@@ -27,6 +27,18 @@ from support.wheel import install_wheel
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Fixtures that train or convert a model: every test using one is slow, marked or not,
+# so `-m "not slow"` never trains (a new test of the trained run cannot slip into it).
+SLOW_FIXTURES = frozenset({"tiny_run", "tiny_converter", "converted_tiny_run", "op_bundles"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks ``slow`` every test that uses one of :data:`SLOW_FIXTURES`."""
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:

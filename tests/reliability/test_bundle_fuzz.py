@@ -100,6 +100,7 @@ def test_read_bundle_returns_only_bundles_whose_checksums_types_and_ranges_hold(
         assert np.isfinite(bundle.label_embeddings).all(), name
 
 
+@pytest.mark.slow
 def test_fuselite_run_never_crashes_hangs_or_writes_elsewhere_on_damage_read_bundle_sees(
     subprocess_outcomes,
 ):
@@ -111,6 +112,7 @@ def test_fuselite_run_never_crashes_hangs_or_writes_elsewhere_on_damage_read_bun
     assert sandbox.strays() == []
 
 
+@pytest.mark.slow
 def test_fuselite_run_ends_every_damaged_bundle_in_one_clear_error_or_a_correct_load(
     subprocess_outcomes,
 ):

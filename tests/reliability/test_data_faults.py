@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from reliability_support import fuselite_command, quiet_env, run_cli
 
 from fuselite.bundle import read_bundle
@@ -50,6 +51,7 @@ def write_scene_manifest(folder: Path, items: int = 200, bad: int = 10) -> Path:
     return manifest
 
 
+@pytest.mark.slow
 def test_a_manifest_dataset_with_5_percent_bad_images_trains_and_reports_the_count(
     tmp_path, caplog
 ):
@@ -72,6 +74,7 @@ def _epochs_done(run_dir: Path) -> int:
     return json.loads(path.read_text())["epochs_done"] if path.exists() else 0
 
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume_reaches_the_uninterrupted_quality(
     tiny_run, tmp_path
 ):
@@ -117,6 +120,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_9_while_a_bundle_is_written_leaves_no_partial_bundle(
     tiny_run, colour_bundles, tmp_path
 ):

@@ -28,6 +28,8 @@ from bundle_fuzz import (
 from flatbuffer_defects import INT8, output_aliasing_input, output_retyped, schema
 from reliability_support import run_cli
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def regional_int8_bundle(tiny_run, tmp_path_factory):

@@ -211,6 +211,7 @@ def test_every_model_tower_is_built_from_stock_layers_without_lambdas():
             assert custom == [], (name, custom)
 
 
+@pytest.mark.slow
 def test_a_run_folder_whose_weights_file_holds_a_lambda_model_never_runs_it(tiny_run, tmp_path):
     """A full Keras H5 model with a Lambda (marshalled bytecode) in place of the weights."""
     from fuselite.train.backend import keras
@@ -229,6 +230,7 @@ def test_a_run_folder_whose_weights_file_holds_a_lambda_model_never_runs_it(tiny
     assert not os.path.exists(marker)
 
 
+@pytest.mark.slow
 def test_a_run_folder_config_with_unknown_fields_is_refused_not_interpreted(tiny_run, tmp_path):
     from fuselite.train.run import load_run
 

@@ -6,7 +6,10 @@ docs/reliability.md); this one keeps the same checks at a CI length.
 
 from __future__ import annotations
 
+import pytest
 from soak import make_looping_source, markdown, run_soak
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_looping_run_keeps_memory_files_and_threads_flat_and_loses_no_output(

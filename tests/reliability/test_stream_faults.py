@@ -11,7 +11,10 @@ import json
 import pytest
 from stream_faults import FFMPEG, make_h264_clip, markdown, run_with_outages
 
-pytestmark = pytest.mark.skipif(FFMPEG is None, reason="needs ffmpeg (Debian package `ffmpeg`)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(FFMPEG is None, reason="needs ffmpeg (Debian package `ffmpeg`)"),
+]
 
 
 def test_camera_killed_three_times_is_reconnected_and_events_resume_within_the_backoff(

@@ -50,6 +50,7 @@ def test_squeeze_excite_gates_only_the_last_stage_with_the_reduced_weights():
     [({"activation": "hard_swish"}, "HARD_SWISH"), ({"squeeze_excite": 4}, "MEAN")],
     ids=["hard_swish", "squeeze_excite"],
 )
+@pytest.mark.slow
 def test_deep_stage_options_convert_to_ops_that_every_runtime_loads(variant: str, options: dict, expected_op: str):
     tower = _tower(**options)
     images = np.random.default_rng(0).integers(0, 256, (16, 64, 64, 3), dtype=np.uint8)

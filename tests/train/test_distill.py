@@ -13,6 +13,7 @@ from fuselite.errors import UserError
 from fuselite.train.configs import TrainConfig, get_config
 
 
+@pytest.mark.slow
 def test_student_learns_from_the_teacher_alone(tiny_run: Path, tmp_path: Path):
     """With every bit of the label loss on soft labels, all the student knows comes from the teacher."""
     from fuselite.train.trainer import train
@@ -26,6 +27,7 @@ def test_student_learns_from_the_teacher_alone(tiny_run: Path, tmp_path: Path):
     assert saved.teachers == (str(tiny_run),) and saved.distill_weight == 1.0
 
 
+@pytest.mark.slow
 def test_student_learns_from_teachers_that_see_its_augmented_batches(tiny_run: Path, tmp_path: Path):
     """Consistent distillation: the teachers score each training batch, and stay out of the checkpoint."""
     from fuselite.train.backend import tf
@@ -43,6 +45,7 @@ def test_student_learns_from_teachers_that_see_its_augmented_batches(tiny_run: P
     assert sorted(name for name, _ in student_vars) == sorted(name for name, _ in teacher_vars)
 
 
+@pytest.mark.slow
 def test_augmented_view_teacher_scores_a_batch_as_the_precomputed_soft_labels_do(tiny_run: Path):
     from fuselite.train.distill import TeacherEnsemble, teacher_soft_labels
     from fuselite.train.run import load_run
@@ -55,6 +58,7 @@ def test_augmented_view_teacher_scores_a_batch_as_the_precomputed_soft_labels_do
     np.testing.assert_allclose(on_the_fly, precomputed, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_soft_labels_are_the_teachers_probabilities_averaged_over_mirrors(tiny_run: Path):
     from fuselite.train.distill import teacher_soft_labels
     from fuselite.train.run import load_run
@@ -71,6 +75,7 @@ def test_soft_labels_are_the_teachers_probabilities_averaged_over_mirrors(tiny_r
         teacher_soft_labels(config, "single", teacher.labels, [images])
 
 
+@pytest.mark.slow
 def test_a_teacher_of_other_labels_is_refused_with_one_line(tiny_run: Path, tmp_path: Path, capsys):
     argv = ["train", "--config", "fashion-mnist-tiny", "--limit", "200", "--teacher", str(tiny_run),
             "--out", str(tmp_path / "student")]

@@ -20,6 +20,7 @@ from fuselite.train.configs import get_config, list_configs
 FUSELITE = [sys.executable, "-m", "fuselite.cli"]
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_file_a_later_stage_needs(tiny_run: Path):
     from fuselite.train.run import RUN_FILES, load_run
 
@@ -30,6 +31,7 @@ def test_tiny_run_writes_every_file_a_later_stage_needs(tiny_run: Path):
     assert all(0.0 <= t <= 1.0 for t in run.thresholds)
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_loss_falls_and_map_beats_chance(tiny_run: Path):
     history = json.loads((tiny_run / "history.json").read_text())
     assert history[-1]["loss"] < 0.8 * history[0]["loss"]
@@ -49,6 +51,7 @@ def test_tiny_run_learns_loss_falls_and_map_beats_chance(tiny_run: Path):
     assert metrics["mAP_mirror"] > max(2 * chance, chance + 0.15)
 
 
+@pytest.mark.slow
 def test_single_label_run_with_shortcuts_learns_and_reports_calibrated_probabilities(tmp_path: Path):
     from fuselite.train.run import load_run
     from fuselite.train.trainer import train
@@ -66,12 +69,14 @@ def test_single_label_run_with_shortcuts_learns_and_reports_calibrated_probabili
     assert any(layer.name.endswith("_add") for layer in load_run(tmp_path / "run").image_encoder.layers)
 
 
+@pytest.mark.slow
 def test_heldout_phrases_are_never_training_labels(tiny_run: Path):
     labels = set(json.loads((tiny_run / "labels.json").read_text())["labels"])
     phrases = json.loads((tiny_run / "metrics.json").read_text())["heldout_combo_ap_per_phrase"]
     assert phrases and not labels & set(phrases)
 
 
+@pytest.mark.slow
 def test_splits_are_saved_and_disjoint(tiny_run: Path):
     splits = json.loads((tiny_run / "splits.json").read_text())
     train, val, test = (set(splits[k]) for k in ("train", "val", "test"))
@@ -90,6 +95,7 @@ def _state(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"epochs_done": 0}
 
 
+@pytest.mark.slow
 def test_kill_during_training_then_resume_finishes_every_epoch_once(tmp_path: Path):
     run_dir = tmp_path / "run"
     cmd = [*FUSELITE, "train", "--config", "scenes-tiny", "--epochs", "5", "--out", str(run_dir)]
@@ -121,6 +127,7 @@ def _write_class_folders(root: Path, per_class: int = 24) -> None:
     (root / "red_things" / "corrupt.png").write_bytes(b"not an image at all")
 
 
+@pytest.mark.slow
 def test_user_folder_with_a_corrupt_image_trains_and_counts_it(tmp_path: Path, capsys):
     data = tmp_path / "data"
     _write_class_folders(data)
@@ -155,6 +162,7 @@ def test_user_mistakes_exit_2_with_one_line(argv, expected):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(tiny_run: Path, capsys):
     assert main(["train", "--config", "scenes-tiny", "--out", str(tiny_run)]) == 2
     assert "--resume" in capsys.readouterr().err

@@ -43,6 +43,7 @@ def test_the_average_is_the_mean_of_the_averaged_epochs_and_survives_a_resume(tm
         np.testing.assert_allclose(weights, 3.0)  # (1 + 2 + 6) / 3
 
 
+@pytest.mark.slow
 def test_a_run_with_weight_averaging_learns_and_keeps_the_averaged_weights(tmp_path: Path):
     from fuselite.train.run import load_run
 
