@@ -329,9 +329,9 @@ def _train(spec: ModelSpec, split: str, data_dir: Path, run_dir: Path, teacher: 
     """Trains one model; returns why it failed ("" when it did not)."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    env = dict(os.environ, FUSELITE_CACHE=str(settings.work_dir / "feature-cache"))
+    env = dict(os.environ, FUSELITE_CACHE_DIR=str(settings.work_dir / "cache"))
     if spec.backbone != "tiny":  # a cold cache: the wall time includes computing the features
-        shutil.rmtree(settings.work_dir / "feature-cache", ignore_errors=True)
+        shutil.rmtree(settings.work_dir / "cache" / "features", ignore_errors=True)
     epochs = settings.tiny_epochs if spec.backbone == "tiny" else None
     command = train_command(spec, data_dir / f"{split}-train.jsonl", run_dir, teacher, epochs)
     code, seconds = run_logged(command, run_dir.parent / "train.log", env)

@@ -20,14 +20,15 @@ SUITES = {
     "convert": ("fuselite.bench.convert_suite", "every variant of a run: size, accuracy, numerics"),
     "train": ("fuselite.bench.train_suite", "a training target, from scratch, as a docs row"),
     "pretrained": ("fuselite.bench.pretrained_suite",
-                   "tiny vs EfficientNet-Lite0 vs distilled tiny on clip art (issue 29)"),
+                   "tiny vs EfficientNet-Lite0 vs distilled tiny on real clip art"),
 }
 
 
 def usage() -> str:
     """The one-screen help listing the suites."""
     lines = ["usage: python -m fuselite.bench.suite {" + ",".join(SUITES) + "} [ARGS...]", ""]
-    lines += [f"  {name:<8} {about}" for name, (_module, about) in SUITES.items()]
+    width = max(map(len, SUITES))
+    lines += [f"  {name:<{width}}  {about}" for name, (_module, about) in SUITES.items()]
     return "\n".join(lines)
 
 

@@ -393,13 +393,13 @@ def _manifest_from_dict(data: Any) -> Manifest:
             "upgrade fuselite or re-convert the bundle"
         )
     label_source = data.get("label_source", "text_encoder")
-    if label_source not in LABEL_SOURCE_MEMBERS:
+    if not isinstance(label_source, str) or label_source not in LABEL_SOURCE_MEMBERS:
         raise BundleError(f"manifest label_source must be one of {', '.join(LABEL_SOURCE_MEMBERS)}, "
                           f"not {label_source!r}")
     if (label_source == "concepts") != (version == CONCEPTS_SCHEMA_VERSION):
         raise BundleError(f"manifest label_source {label_source!r} does not match schema_version {version}")
     activation = data.get("output_activation", "none")
-    if activation not in OUTPUT_ACTIVATIONS or (activation != "none" and version == SCHEMA_VERSION):
+    if not isinstance(activation, str) or activation not in OUTPUT_ACTIVATIONS or (activation != "none" and version == SCHEMA_VERSION):
         raise BundleError(f"manifest output_activation {activation!r} must be 'none', or 'softmax' "
                           f"with schema_version {CONCEPTS_SCHEMA_VERSION}")
     labels = _labels(data)
