@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-weights", metavar="FILE",
                         help="a local weights file for the backbone instead of its default source "
                         "('none' for random weights)")
+    parser.add_argument("--scoring", choices=("global", "regional"),
+                        help="one embedding per image (global; the default with a pretrained backbone) or "
+                        "one per cell of the last feature map, a label scoring as its best cell (regional)")
     parser.add_argument("--unfreeze", type=int, metavar="N",
                         help="after training on the frozen backbone, fine-tune its top N blocks "
                         "(batch norm frozen)")
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_from is not None and not args.resume:
         config = _inherit(config, args)
     elif not args.resume:
-        config = resolve_backbone(config, args.backbone, args.image_size)
+        config = resolve_backbone(config, args.backbone, args.image_size, args.scoring)
     config = config.with_overrides(
         epochs=args.epochs, image_size=args.image_size, width=args.width,
         batch_size=args.batch_size, seed=args.seed, limit=args.limit, swa_epochs=args.swa_epochs,
@@ -109,7 +112,8 @@ def _inherit(config, args: argparse.Namespace):
 
     earlier_dir = _finished_run(args.init_from)
     earlier = TrainConfig.load(earlier_dir / "config.json")
-    for flag, name in (("--backbone", "backbone"), ("--image-size", "image_size"), ("--width", "width")):
+    for flag, name in (("--backbone", "backbone"), ("--image-size", "image_size"), ("--width", "width"),
+                       ("--scoring", "scoring")):
         given = getattr(args, name)
         if given is not None and given != getattr(earlier, name):
             raise UserError(f"--init-from {args.init_from} keeps its {name} ({getattr(earlier, name)}); "
