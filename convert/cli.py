@@ -37,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="interpreter threads for the numeric checks")
     parser.add_argument("--calibration-samples", type=int, default=200, help="training images for int8 calibration")
+    parser.add_argument(
+        "--max-loss", type=float, default=1.0, metavar="PT",
+        help="accuracy budget: a variant whose numbers drift past its tolerance is still written when "
+             "its task metric on the test split loses at most PT points against Keras (default: 1.0)",
+    )
     parser.add_argument("--eval-samples", type=int, default=0, help="test images to check on (0: all)")
     parser.add_argument(
         "--finetune-steps", type=int, default=None,
@@ -71,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     options = ConvertOptions(
         sparsity=args.sparsity, target=args.target, num_threads=args.threads,
         calibration_samples=args.calibration_samples, eval_samples=args.eval_samples,
-        finetune_steps=args.finetune_steps,
+        finetune_steps=args.finetune_steps, max_loss=args.max_loss,
     )
     started = time.perf_counter()
     converter = Converter.load(args.run_dir, args.out, options)

@@ -50,6 +50,9 @@ class ConvertOptions:
         finetune_steps: Fine-tuning steps of pruned, clustered and QAT variants; ``None``
             means :func:`auto_finetune_steps` of the run's training split.
         seed: Seeds sampling and fine-tuning.
+        max_loss: Accuracy budget in points of the run's task metric on the test split:
+            a variant whose per-image numbers drift past its tolerance is still written
+            when it loses no more than this against Keras.
     """
 
     sparsity: float = 0.75
@@ -59,6 +62,7 @@ class ConvertOptions:
     eval_samples: int = 0
     finetune_steps: int | None = None
     seed: int = 0
+    max_loss: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
@@ -67,10 +71,17 @@ class ConvertOptions:
             raise UserError("--threads and --calibration-samples must be >= 1, --eval-samples >= 0")
         if self.finetune_steps is not None and self.finetune_steps < 1:
             raise UserError("--finetune-steps must be >= 1")
+        if not 0.0 <= self.max_loss <= 100.0:
+            raise UserError(f"--max-loss {self.max_loss} must be 0 to 100 points")
 
 
 FINETUNE_EPOCHS = 7  # passes over the training split that pruned variants recover in
 MIN_FINETUNE_STEPS = 500
+
+
+# A variant past its numeric tolerance is written on the accuracy budget only if its top
+# label still agrees with Keras on at least this share of the test images.
+BUDGET_MIN_AGREEMENT = 0.75
 
 
 def auto_finetune_steps(train_items: int, batch_size: int) -> int:
@@ -227,6 +238,11 @@ class Converter:
         )
         if not checks["passed"]:
             result.status, result.message = "failed", _tolerance_message(variant, checks)
+        elif checks["passed_by"] == "accuracy budget":
+            log.warning("%s: per-image numbers drift (top-label agreement %.3f, max score error %.3g) but "
+                        "%s %+.2f pt is within the %.1f pt budget: written", variant.name,
+                        checks["top1_agreement"], checks["max_score_error"], checks["task_metric_name"],
+                        checks["delta_pt"], self.options.max_loss)
         elif self.target and problems[self.target.runtime]:
             result.status = "refused"
             result.message = f"--target {self.target.name} cannot load it: {problems[self.target.runtime][0]}"
@@ -255,10 +271,19 @@ class Converter:
             delta_pt=_delta_pt(metrics[name], ref.keras_metrics[name]),
             metrics=metrics, keras_metrics=ref.keras_metrics,
         )
-        checks["passed"] = (
-            checks["top1_agreement"] >= variant.min_agreement
-            and checks["max_score_error"] <= variant.max_score_error
-        )
+        within_tolerance = (checks["top1_agreement"] >= variant.min_agreement
+                            and checks["max_score_error"] <= variant.max_score_error)
+        # On real pictures a weak multi-label model's scores sit close together, and int8
+        # rounding reorders near ties on many images while the task metric barely moves
+        # (EfficientNet-Lite0 on clip art: 84% agreement, -0.8 pt mAP).  A variant whose
+        # metric stays within the accuracy budget is written; a broken one loses far more.
+        # The agreement floor still refuses a broken conversion of a weak model, whose metric
+        # can hardly fall (the test suite's grey-calibrated int8: 66% agreement, -0.2 pt).
+        within_budget = (checks["delta_pt"] is not None and -checks["delta_pt"] <= self.options.max_loss
+                         and checks["top1_agreement"] >= BUDGET_MIN_AGREEMENT)
+        checks["max_loss_pt"] = self.options.max_loss
+        checks["passed"] = within_tolerance or within_budget
+        checks["passed_by"] = "tolerance" if within_tolerance else "accuracy budget" if within_budget else None
         return checks
 
     def _metrics(self, ref: Reference, embeddings: np.ndarray) -> dict:
@@ -397,10 +422,12 @@ _REFERENCES = {
 
 
 def _tolerance_message(variant: Variant, checks: dict) -> str:
+    loss = "" if checks["delta_pt"] is None else (
+        f", {checks['task_metric_name']} {checks['delta_pt']:+.2f} pt (budget -{checks['max_loss_pt']:g})")
     return (
         f"numbers differ from Keras beyond tolerance: top-label agreement "
         f"{checks['top1_agreement']:.3f} (min {variant.min_agreement}), max score error "
-        f"{checks['max_score_error']:.3g} (max {variant.max_score_error}); not written"
+        f"{checks['max_score_error']:.3g} (max {variant.max_score_error}){loss}; not written"
     )
 
 

@@ -246,12 +246,28 @@ def test_a_mirror_variant_of_a_run_trained_without_flips_is_refused(tiny_convert
     assert not list(tiny_converter.out_dir.glob(".int8-mirror*"))
 
 
-def test_a_variant_outside_its_tolerance_is_an_error_not_a_file(tiny_converter):
-    strict = replace(get_variant("int8"), name="int8-strict", max_score_error=0.0)
+def test_a_variant_outside_its_tolerance_and_budget_is_an_error_not_a_file(tiny_converter, monkeypatch):
+    from fuselite.convert import export
+
+    # Out of budget whatever the (tiny, noisy) metric change: no agreement can reach the floor.
+    monkeypatch.setattr(export, "BUDGET_MIN_AGREEMENT", 1.01)
+    strict = replace(get_variant("int8"), name="int8-strict", max_score_error=0.0, min_agreement=1.01)
     result = tiny_converter.convert(strict)
-    assert result.status == "failed" and "beyond tolerance" in result.message
+    assert result.status == "failed" and "beyond tolerance" in result.message and "budget" in result.message
     assert not (tiny_converter.out_dir / "int8-strict.tflite").exists()
     assert not list(tiny_converter.out_dir.glob(".int8-strict*"))
+
+
+def test_a_variant_past_its_tolerance_but_within_the_accuracy_budget_is_written(tiny_converter, monkeypatch,
+                                                                                 caplog):
+    monkeypatch.setattr(tiny_converter, "options", replace(tiny_converter.options, max_loss=100.0))
+    strict = replace(get_variant("int8"), name="int8-budget", max_score_error=0.0, min_agreement=1.01)
+    # (the tiny run's int8 agrees with Keras on ~96% of images: above the budget's 75% floor)
+    with caplog.at_level("WARNING"):
+        result = tiny_converter.convert(strict)
+    assert result.status == "ok" and result.numerics["passed_by"] == "accuracy budget"
+    assert (tiny_converter.out_dir / "int8-budget.tflite").exists()
+    assert "within the 100.0 pt budget" in caplog.text
 
 
 def test_the_default_tolerance_refuses_a_badly_calibrated_int8_conversion(tiny_converter, monkeypatch):
