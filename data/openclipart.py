@@ -50,6 +50,7 @@ import cv2
 import numpy as np
 
 from fuselite.errors import UserError
+from fuselite.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -465,16 +466,6 @@ def choose_heldout(items: list[ClipArt], count: int, seed: int) -> list[tuple[st
     if count > len(categories):
         log.info("only %d categories have a sub-category to hold out", len(categories))
     return sorted((c, rng.choice(candidates[c])) for c in categories[:count])
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to a temporary name beside ``path``, then renames it into place."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def write_manifest(path: Path, items: Iterable[ClipArt]) -> int:

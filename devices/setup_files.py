@@ -22,13 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import os
 import string
-import tempfile
 import textwrap
 from pathlib import Path
 
 from fuselite.devices.profiles import Profile, python_clauses
+from fuselite.files import write_atomic
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Setup file name -> its permission bits; the template is templates/<name>.in.
@@ -106,24 +105,9 @@ def write_setup_files(profile: Profile, out_dir: Path) -> list[Path]:
     paths = []
     for kind, text in texts.items():
         paths.append(out_dir / kind)
-        _write_atomic(paths[-1], text, SETUP_FILES[kind])
+        # The mode is set before the rename: install.sh is executable the moment it appears.
+        write_atomic(paths[-1], text.encode(), mode=SETUP_FILES[kind])
     return paths
-
-
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    # Unlike fuselite.bundle.write_atomic this sets the mode before the rename:
-    # install.sh is executable the moment it appears.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _one_line(text: str) -> str:
