@@ -82,6 +82,21 @@ def singular_forms(phrase: str) -> list[str]:
     return candidates
 
 
+def plural_forms(word: str) -> list[str]:
+    """Return candidate plurals of a word, most likely first ("box" -> "boxes", "berry" ->
+    "berries", "car" -> "cars"); regular English only."""
+    if word.endswith(_SIBILANT_ENDINGS):
+        return [word + "es"]
+    if word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
+        return [word[:-1] + "ies", word + "s"]
+    return [word + "s"]
+
+
+def word_variants(word: str) -> list[str]:
+    """The word's regular singulars and plurals, to meet a vocabulary that has the other form."""
+    return [*singular_forms(word), *plural_forms(word)]
+
+
 @dataclass(frozen=True, eq=True)
 class ConceptIndex:
     """Which ImageNet classes each known phrase covers, plus a display name per class.

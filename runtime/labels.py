@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError
+from fuselite.concepts import normalise_label, word_variants
 from fuselite.runtime.interpreter import TfliteModel
 from fuselite.tokenizer import Tokenizer, split_words
 
@@ -64,25 +65,52 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
     if bundle.concepts is not None:
         return concept_labels(bundle, texts)
     known = {label: i for i, label in enumerate(bundle.manifest.labels)}
-    texts = tuple(t for t in texts if t in known or _has_known_word(bundle.tokenizer, t))
+    read_as = {t: bundle_wording(bundle, t) for t in texts}
+    texts = tuple(t for t in texts if read_as[t] in known or _has_known_word(bundle.tokenizer, read_as[t]))
     if not texts:
         raise ValueError(
             "none of the labels uses a word the bundle knows; its labels are: "
             + ", ".join(bundle.manifest.labels[:20])
         )
-    new = [t for t in texts if t not in known]
+    new = [read_as[t] for t in texts if read_as[t] not in known]
     new_embeddings = embed_texts(bundle, new, num_threads) if new else {}
     embeddings, thresholds = [], []
     for text in texts:
-        if text in known:
-            embeddings.append(bundle.label_embeddings[known[text]])
-            thresholds.append(bundle.manifest.thresholds[known[text]])
+        wording = read_as[text]
+        if wording in known:
+            embeddings.append(bundle.label_embeddings[known[wording]])
+            thresholds.append(bundle.manifest.thresholds[known[wording]])
         else:
-            embeddings.append(new_embeddings[text])
+            embeddings.append(new_embeddings[wording])
             thresholds.append(bundle.manifest.default_threshold)
     return LabelSet(
         texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32)
     )
+
+
+def bundle_wording(bundle: Bundle, text: str) -> str:
+    """``text`` in the words the bundle was trained on, the way people write labels.
+
+    Case and a leading article go ("An Animal" -> "animal"), and a word the vocabulary
+    lacks becomes its singular or plural when the vocabulary has that ("animal" ->
+    "animals" for a model trained on "animals").  A label that then equals one of the
+    bundle's own keeps its precomputed embedding and calibrated threshold.
+    """
+    if text in bundle.manifest.labels:
+        return text
+    vocabulary = set(bundle.tokenizer.vocab)
+    words = [_known_form(word, vocabulary) for word in normalise_label(text).split()]
+    wording = " ".join(words)
+    if wording != text:
+        log.info("label %r read as %r (the bundle's words)", text, wording)
+    return wording
+
+
+def _known_form(word: str, vocabulary: set[str]) -> str:
+    """``word``, or the first of its singulars and plurals the vocabulary knows."""
+    if word in vocabulary:
+        return word
+    return next((form for form in word_variants(word) if form in vocabulary), word)
 
 
 def concept_labels(bundle: Bundle, texts: Sequence[str]) -> LabelSet:

@@ -243,3 +243,11 @@ def test_concepts_module_imports_no_host_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).parent, check=False)
     assert result.returncode == 0, result.stderr
+
+
+def test_word_variants_offer_both_numbers_of_a_regular_noun():
+    from fuselite.concepts import word_variants
+
+    assert "animals" in word_variants("animal") and "animal" in word_variants("animals")
+    assert "boxes" in word_variants("box") and "berries" in word_variants("berry")
+    assert "days" in word_variants("day") and "cars" in word_variants("car")

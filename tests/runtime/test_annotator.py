@@ -113,6 +113,19 @@ def test_typed_label_that_the_bundle_knows_keeps_its_calibrated_threshold(fp32_b
         assert annotator.thresholds == pytest.approx((0.6, 0.5))
 
 
+def test_labels_are_read_the_way_people_write_them(fp32_bundle, caplog):
+    # The bundle knows "gray" (threshold 0.6), "circle" and "star"; a user types articles,
+    # capitals and the other number.
+    options = AnnotatorOptions(fp32_bundle, labels=("The Grays", "a circle", "stars", "Red Circles"))
+    with caplog.at_level(logging.INFO), Annotator.create(options) as annotator:
+        assert annotator.labels == ("The Grays", "a circle", "stars", "Red Circles")
+        assert annotator.thresholds == pytest.approx((0.6, 0.5, 0.5, 0.5))
+        frame = solid(RED)
+        scores = annotator.annotate(frame, 0).scores
+    assert scores["Red Circles"] > 0.5 and scores["The Grays"] < 0.5
+    assert "'Red Circles' read as 'red circle'" in caplog.text
+
+
 def test_score_threshold_overrides_the_calibrated_thresholds(fp32_bundle):
     frame = solid(YELLOW)
     with Annotator.create(AnnotatorOptions(fp32_bundle, score_threshold=0.9)) as annotator:
