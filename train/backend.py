@@ -8,7 +8,11 @@ every model is built with ``tf_keras``.  Import ``tf`` and ``keras`` from here.
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide oneDNN/cuda banners on CPU hosts
+# Hide the oneDNN and CUDA banners.  On a host with no NVIDIA device, TensorFlow's C++
+# side also prints "failed call to cuInit: ... UNKNOWN ERROR (303)" as an error line,
+# which reads like a fault; it only means "no GPU", so there level 3 hides it too
+# (Python exceptions are not affected).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if os.path.exists("/dev/nvidiactl") else "3")
 
 import tensorflow as tf
 import tf_keras as keras

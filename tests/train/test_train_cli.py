@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -35,3 +38,12 @@ def test_the_refusal_is_one_line_and_exit_2(tmp_path, capsys):
 def test_metrics_without_held_out_phrases_print_no_stray_braces():
     text = format_metrics({"top1": 0.5, "train_seconds": 1.0})
     assert text.splitlines()[-1].strip().startswith("train_seconds") and "{}" not in text
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidiactl"), reason="a GPU host: CUDA's messages matter there")
+def test_a_host_without_a_gpu_prints_no_cuda_error_line():
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = "from fuselite.train.backend import tf; tf.config.list_logical_devices('GPU')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert "cuInit" not in done.stderr and "CUDA error" not in done.stderr
