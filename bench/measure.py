@@ -55,7 +55,11 @@ class LoadedBundle:
 
     def embedding(self, frame_bgr: np.ndarray) -> np.ndarray:
         """The float32 image embedding (``[1, D]`` or ``[1, cells, D]``) of one BGR frame."""
-        output = self.model.run(self.preprocessor(frame_bgr)).astype(np.float32)
+        return self.output_embedding(self.model.run(self.preprocessor(frame_bgr)))
+
+    def output_embedding(self, output: np.ndarray) -> np.ndarray:
+        """The float32 embedding a raw model output stands for: dequantized, then activated."""
+        output = output.astype(np.float32)
         if self.output_quant is not None:
             scale, zero_point = self.output_quant
             output = (output - zero_point) * scale
@@ -100,12 +104,9 @@ def time_frames(loaded: LoadedBundle, frames: np.ndarray, warmup: int, runs: int
 
 def _score(loaded: LoadedBundle, output: np.ndarray) -> np.ndarray:
     """Scoring as :meth:`LoadedBundle.probabilities` does it, from a raw model output."""
-    output = output.astype(np.float32)
-    if loaded.output_quant is not None:
-        output = (output - loaded.output_quant[1]) * loaded.output_quant[0]
     manifest = loaded.bundle.manifest
-    output = activate(output, manifest.output_activation)
-    return label_probabilities(output, loaded.bundle.label_embeddings, manifest.logit_scale, manifest.logit_bias)
+    return label_probabilities(loaded.output_embedding(output), loaded.bundle.label_embeddings,
+                               manifest.logit_scale, manifest.logit_bias)
 
 
 def score_all(loaded: LoadedBundle, frames: np.ndarray) -> np.ndarray:

@@ -62,12 +62,7 @@ def build_zero_shot_bundle(backbone: str, out_dir: Path, calibration_dir: Path |
     model_bytes = convert_image_model(classifier, get_variant("int8"), calibration)
     index = concept_index_for_imagenet()
     labels = index.label_matrix(DEFAULT_LABELS)
-    checks = {
-        "calibration_top1_agreement_with_keras": round(top1_agreement(classifier, model_bytes, calibration,
-                                                                       num_threads), 4),
-        "calibration_label_mass_error": round(label_mass_error(classifier, model_bytes, calibration, labels,
-                                                               num_threads), 4),
-    }
+    checks = calibration_checks(classifier, model_bytes, calibration, labels, num_threads)
     manifest = _manifest(backbone, size, model_bytes, len(calibration), checks)
     data = pack_bundle(model_bytes=model_bytes, manifest=manifest, concepts=index, label_embeddings=labels)
     path = Path(out_dir) / zero_shot_filename(backbone)
@@ -143,24 +138,21 @@ def _read_square(path: Path, size: int) -> np.ndarray | None:
     return cv2.cvtColor(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
 
 
-def top1_agreement(classifier, model_bytes: bytes, images: np.ndarray, num_threads: int) -> float:
-    """Share of ``images`` whose top ImageNet class is the same in Keras and in the bundle."""
-    from fuselite.convert.numerics import tflite_embeddings
-
-    keras_top = np.argmax(classifier.predict(images, batch_size=16, verbose=0), axis=1)
-    tflite_top = np.argmax(tflite_embeddings(model_bytes, images, num_threads), axis=1)
-    return float(np.mean(keras_top == tflite_top))
-
-
-def label_mass_error(classifier, model_bytes: bytes, images: np.ndarray, label_matrix: np.ndarray,
-                     num_threads: int) -> float:
-    """Mean absolute difference, Keras against the bundle, of the labels' summed probabilities."""
+def calibration_checks(classifier, model_bytes: bytes, images: np.ndarray, label_matrix: np.ndarray,
+                       num_threads: int) -> dict:
+    """Keras against the bundle on ``images``, each run once: how often the top ImageNet
+    class is the same, and the mean absolute difference of the labels' summed probabilities."""
     from fuselite.convert.numerics import tflite_embeddings
     from fuselite.scoring import activate
 
-    keras_probs = activate(classifier.predict(images, batch_size=16, verbose=0), "softmax")
-    tflite_probs = activate(tflite_embeddings(model_bytes, images, num_threads), "softmax")
-    return float(np.mean(np.abs((keras_probs - tflite_probs) @ label_matrix.T)))
+    keras_logits = classifier.predict(images, batch_size=16, verbose=0)
+    tflite_logits = tflite_embeddings(model_bytes, images, num_threads)
+    mass_error = (activate(keras_logits, "softmax") - activate(tflite_logits, "softmax")) @ label_matrix.T
+    return {
+        "calibration_top1_agreement_with_keras":
+            round(float(np.mean(keras_logits.argmax(axis=1) == tflite_logits.argmax(axis=1))), 4),
+        "calibration_label_mass_error": round(float(np.mean(np.abs(mass_error))), 4),
+    }
 
 
 def _manifest(backbone: str, size: int, model_bytes: bytes, calibration: int, checks: dict) -> Manifest:

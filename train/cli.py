@@ -58,9 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Trains and prints the test metrics."""
-    from fuselite.train.configs import get_config, resolve_backbone
+    from fuselite.train.configs import resolve_backbone
 
-    config = get_config(_config_name(args))
+    config = _named_config(args)
     if args.data is not None:
         if not Path(args.data).exists():
             raise UserError(f"--data {args.data}: no such file or folder")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_name(args: argparse.Namespace) -> str:
+def _named_config(args: argparse.Namespace):
     """The config to train: as named; else ``custom`` for ``--data``, else the scenes.
 
     A config with data of its own (the scenes, Fashion-MNIST) never silently trains on
@@ -98,11 +98,12 @@ def _config_name(args: argparse.Namespace) -> str:
     from fuselite.train.configs import get_config
 
     if args.config is None:
-        return "custom" if args.data is not None else "scenes-default"
-    if args.data is not None and get_config(args.config).data not in ("", "custom"):
-        raise UserError(f"--config {args.config} trains on its own data ({get_config(args.config).data}); "
+        return get_config("custom" if args.data is not None else "scenes-default")
+    config = get_config(args.config)
+    if args.data is not None and config.data:
+        raise UserError(f"--config {args.config} trains on its own data ({config.data}); "
                         "for your images use --config custom (or leave --config out)")
-    return args.config
+    return config
 
 
 def _inherit(config, args: argparse.Namespace):

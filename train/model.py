@@ -122,15 +122,7 @@ def image_encoder(config: TrainConfig, pretrained_weights: bool = False) -> kera
         deep = i >= deepest_stage
         x = _separable_block(x, _channels(channels, config.width), stride, f"block{i}", config.residual,
                              config.activation if deep else "relu6", config.squeeze_excite if deep else 0)
-    if config.scoring == "regional":
-        return keras.Model(pixels, _regional_head(x, config), name="image_encoder")
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    if config.pooling == "avgmax":
-        peak = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-        pooled = keras.layers.Concatenate(name="pool_concat")([pooled, peak])
-    x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
-    embedding = keras.layers.UnitNormalization(name="embedding")(x)
-    return keras.Model(pixels, embedding, name="image_encoder")
+    return keras.Model(pixels, _head(x, config), name="image_encoder")
 
 
 FEATURES_LAYER = "backbone_features"
@@ -167,10 +159,17 @@ def _backbone_weights(config: TrainConfig) -> str | None:
 
 
 def _head(features, config: TrainConfig):
-    """The projection head on a feature map: per-cell embeddings (regional) or one (global)."""
+    """The projection head on a feature map: per-cell embeddings (regional) or one (global).
+
+    Global pooling is the average, or with ``pooling="avgmax"`` (tiny tower only) the
+    average and the maximum side by side.
+    """
     if config.scoring == "regional":
         return _regional_head(features, config)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    if config.pooling == "avgmax":
+        peak = keras.layers.GlobalMaxPooling2D(name="max_pool")(features)
+        pooled = keras.layers.Concatenate(name="pool_concat")([pooled, peak])
     x = keras.layers.Dense(config.embed_dim, name="project")(pooled)
     return keras.layers.UnitNormalization(name="embedding")(x)
 

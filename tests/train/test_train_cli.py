@@ -11,7 +11,7 @@ import pytest
 
 from fuselite.cli import main
 from fuselite.errors import UserError
-from fuselite.train.cli import _config_name, format_metrics
+from fuselite.train.cli import _named_config, format_metrics
 
 
 def _args(config=None, data=None):
@@ -19,14 +19,14 @@ def _args(config=None, data=None):
 
 
 def test_data_without_a_config_trains_the_custom_config(tmp_path):
-    assert _config_name(_args(data=str(tmp_path))) == "custom"
-    assert _config_name(_args()) == "scenes-default"
-    assert _config_name(_args("custom", str(tmp_path))) == "custom"
+    assert _named_config(_args(data=str(tmp_path))).name == "custom"
+    assert _named_config(_args()).name == "scenes-default"
+    assert _named_config(_args("custom", str(tmp_path))).name == "custom"
 
 
 def test_a_config_with_data_of_its_own_refuses_user_data(tmp_path):
     with pytest.raises(UserError, match="use --config custom"):
-        _config_name(_args("scenes-default", str(tmp_path)))
+        _named_config(_args("scenes-default", str(tmp_path)))
 
 
 def test_the_refusal_is_one_line_and_exit_2(tmp_path, capsys):
