@@ -100,6 +100,11 @@ class Annotator:
         return tuple(float(t) for t in self._thresholds)
 
     @property
+    def model(self) -> TfliteModel | None:
+        """The loaded image model (``None`` once closed); a watchdog reads its invoke clock."""
+        return self._model
+
+    @property
     def manifest(self) -> Manifest:
         """The bundle's manifest."""
         return self._manifest
