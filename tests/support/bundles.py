@@ -247,6 +247,34 @@ def repack(source: Path, target: Path, model_bytes=None, label_embeddings=None, 
     )
 
 
+def hanging_model_bytes(input_size=INPUT_SIZE, iterations: int = 2_000_000_000) -> bytes:
+    """A float model with a ``WHILE`` loop that runs 0 times on an all-zero input and
+    ``iterations`` times on any other: it passes every load-time check (graph check, the
+    zero-input load probe) and then hangs on the first real frame (2e9 steps: minutes).
+
+    Its output is a ``[1, EMBEDDING_DIM]`` embedding, so the colour bundles' manifest fits.
+    """
+    tf, _ = tensorflow()
+
+    @tf.function(input_signature=[tf.TensorSpec((1, *input_size, 3), tf.float32)])
+    def model(pixels):
+        # The trip count depends on the input, so the converter cannot fold the loop away.
+        count = tf.cast(tf.minimum(tf.reduce_max(pixels), 1.0), tf.int32) * iterations
+        steps = tf.while_loop(lambda i: i < count, lambda i: (i + 1,), (tf.constant(0),))[0]
+        colour = tf.reduce_mean(pixels, axis=[1, 2]) + tf.cast(steps, tf.float32) * 1e-30
+        return tf.math.l2_normalize(tf.concat([colour, tf.ones((1, EMBEDDING_DIM - 3))], -1), -1)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return converter.convert()
+
+
+def build_hanging_bundle(source: Path, target: Path) -> Path:
+    """``source`` (an fp32 colour bundle) re-packed with :func:`hanging_model_bytes`."""
+    return repack(source, target, model_bytes=hanging_model_bytes())
+
+
 def hand_scores(path: Path, images: np.ndarray):
     """Scores from a bare LiteRT interpreter, not the runtime: RGB images resized and cast by
     hand, output dequantized, then the shared scorer. Returns ``(scores, manifest)``."""
