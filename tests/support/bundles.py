@@ -259,7 +259,7 @@ def hanging_model_bytes(input_size=INPUT_SIZE, iterations: int = 2_000_000_000) 
     @tf.function(input_signature=[tf.TensorSpec((1, *input_size, 3), tf.float32)])
     def model(pixels):
         # The trip count depends on the input, so the converter cannot fold the loop away.
-        count = tf.cast(tf.minimum(tf.reduce_max(pixels), 1.0), tf.int32) * iterations
+        count = tf.cast(tf.reduce_max(pixels) > 0.0, tf.int32) * iterations
         steps = tf.while_loop(lambda i: i < count, lambda i: (i + 1,), (tf.constant(0),))[0]
         colour = tf.reduce_mean(pixels, axis=[1, 2]) + tf.cast(steps, tf.float32) * 1e-30
         return tf.math.l2_normalize(tf.concat([colour, tf.ones((1, EMBEDDING_DIM - 3))], -1), -1)
