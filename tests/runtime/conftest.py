@@ -10,10 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.bundles import COLOUR_VARIANTS
+from support.bundles import COLOUR_VARIANTS, build_hanging_bundle
 
 
 @pytest.fixture(params=sorted(COLOUR_VARIANTS))
 def any_bundle(request, colour_bundles) -> Path:
     """Each colour bundle variant in turn."""
     return colour_bundles[request.param]
+
+
+@pytest.fixture(scope="session")
+def hanging_bundle(fp32_bundle, tmp_path_factory) -> Path:
+    """A valid bundle that loads (its WHILE loop runs 0 times on zeros) and then hangs for
+    minutes on the first frame with a non-zero pixel (2e9 loop steps)."""
+    return build_hanging_bundle(fp32_bundle, tmp_path_factory.mktemp("hanging") / "hangs.tflite")
