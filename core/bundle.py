@@ -28,6 +28,34 @@ them into label probabilities with the shared scorer, :mod:`fuselite.scoring`.
 This module imports nothing heavier than numpy, and reading never executes or
 unpickles anything: it validates sizes, member names, types and ranges, and the
 sha256 of the model bytes, before any byte reaches an interpreter.
+
+Resource limits, checked before anything is allocated (a small file must not be able
+to make a board allocate gigabytes; each limit has a wide margin over real bundles,
+whose numbers follow in brackets):
+
+* the zip's entry count, read from its end-of-central-directory record before
+  ``zipfile`` parses the directory: at most :data:`MAX_ZIP_ENTRIES` = 64 entries and a
+  central directory of at most :data:`MAX_CENTRAL_DIRECTORY_BYTES` = 256 KiB (real
+  bundles: 3 or 4 entries, under 300 bytes; 2 M entries once took 1.4 GB and 34 s);
+* ``tokenizer.json`` and ``concepts.json``: at most :data:`MAX_JSON_MEMBER_BYTES` =
+  4 MiB and :data:`MAX_JSON_VALUES` = 500,000 values, counted from the separators
+  before parsing (real: 195 bytes; a zero-shot concept index 96 kB; 21 M empty lists
+  once took 1.66 GB); a vocabulary of at most :data:`MAX_VOCAB_WORDS` = 200,000 words
+  (real: 17 to a few thousand; CLIP's is 49,408);
+* the tensors of each model graph: at most :func:`arena_budget` bytes in all its
+  non-constant tensors, summed over every tensor of every subgraph as declared
+  (an upper bound of the interpreter's arena): :data:`MAX_ARENA_BYTES` = 256 MiB, or a
+  quarter of the device's RAM when that is smaller (real: 0.8 MB for the demo's
+  bundles, 3.7 MB for an int8 EfficientNet-Lite0, 14.5 MB in fp32; a 117 kB model
+  declaring 491 MB tensors once peaked at 1,985 MB).
+
+Every number the board computes with in float32 must be finite in float32 and keep
+the scores finite: ``logit_scale`` in (0, :data:`MAX_LOGIT_SCALE` = 1000] and
+``|logit_bias|`` at most 1000 (real: 10 to 22, -2.5 to -5.2), quantization scales
+finite in float32, and each label embedding finite with an L2 norm of at most
+:data:`MAX_EMBEDDING_NORM` = 1000 (real: 1.0 for text embeddings, at most 20 for a
+concept row).  1e300 is finite in float64 but infinite in float32, and an embedding
+of 1e38 overflows its dot product: both once gave NaN scores.
 """
 
 from __future__ import annotations
@@ -36,6 +64,7 @@ import hashlib
 import io
 import json
 import math
+import struct
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +75,7 @@ import numpy as np
 
 from fuselite.concepts import ConceptIndex, ConceptIndexError
 from fuselite.files import write_atomic
+from fuselite.flatbuffer import TFLITE_IDENTIFIER, Graph, ModelFormatError, Subgraph, read_graph
 from fuselite.tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
@@ -68,6 +98,22 @@ MAX_MEMBER_BYTES = 64 * 1024 * 1024
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_LABELS = 10_000
 MAX_LABEL_CHARS = 200
+MIN_MODEL_BYTES = 16  # a TFLite flatbuffer's root offset and identifier, at least
+# Resource limits (see the module docstring for the real bundles' figures).
+MAX_ZIP_ENTRIES = 64
+MAX_CENTRAL_DIRECTORY_BYTES = 256 * 1024
+MAX_JSON_MEMBER_BYTES = 4 * 1024 * 1024
+MAX_JSON_VALUES = 500_000
+MAX_VOCAB_WORDS = 200_000
+MAX_ARENA_BYTES = 256 * 1024 * 1024
+MAX_LOGIT_SCALE = 1000.0
+MAX_LOGIT_BIAS = 1000.0
+MAX_EMBEDDING_NORM = 1000.0
+# Bits per element by TFLite TensorType, in the schema's order (FLOAT32, FLOAT16, INT32,
+# ..., INT4, BFLOAT16, INT2, UINT4, FLOAT8 x2); unknown types count as 8.
+ELEMENT_BITS = (32, 16, 32, 8, 64, 8, 8, 16, 64, 8, 64, 128, 64, 8, 8, 32, 16, 4, 16, 2, 4, 8, 8)
+_COUNT_LIMIT = 2**33  # element counts past this are far over every limit: stop multiplying
+_EOCD, _EOCD_SIZE, _ZIP64_LOCATOR = b"PK\x05\x06", 22, b"PK\x06\x07"
 
 # Everything zipfile/zlib raise on damaged, encrypted or exotic archives.
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
@@ -92,6 +138,9 @@ class Preprocessing:
             ``x * scale + offset``.
         input_quant: ``(scale, zero_point)`` of a quantized input, or ``None``.
         output_quant: ``(scale, zero_point)`` of a quantized embedding output, or ``None``.
+        normalize_on_board: ``False`` (the model normalises inside and takes 0-255 pixels)
+            or ``True`` (an imported classifier's graph takes normalised input, so the
+            board applies ``normalization`` to the pixels before quantizing or casting).
     """
 
     input_size: tuple[int, int]
@@ -101,6 +150,7 @@ class Preprocessing:
     normalization: tuple[float, float] = (1 / 127.5, -1.0)
     input_quant: tuple[float, int] | None = None
     output_quant: tuple[float, int] | None = None
+    normalize_on_board: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,23 +304,107 @@ def read_bundle(path: Path) -> Bundle:
         raise BundleError(f"{path}: not a fuselite bundle (missing {', '.join(missing)}); "
                           "re-run `fuselite convert`")
     embeddings = _parse_member(path, lambda: _load_embeddings(members[EMBEDDINGS_MEMBER], manifest))
+    if manifest.model_size < MIN_MODEL_BYTES:
+        raise BundleError(f"{path}: the manifest's model_size {manifest.model_size} leaves no image model "
+                          "before the zip; re-run `fuselite convert`")
     model_bytes = data[: manifest.model_size]
     if manifest.model_size > len(data) or sha256(model_bytes) != manifest.model_sha256:
         raise BundleError(f"{path}: model bytes do not match the manifest's sha256 (file altered or truncated)")
     if manifest.label_source == "concepts":
         concepts = _parse_member(path, lambda: _load_concepts(members[CONCEPTS_MEMBER], manifest))
         return Bundle(path, manifest, model_bytes, None, embeddings, b"", concepts)
-    tokenizer = _parse_member(
-        path, lambda: Tokenizer.from_dict(json.loads(members[TOKENIZER_MEMBER].decode()))
-    )
+    tokenizer = _parse_member(path, lambda: _load_tokenizer(members[TOKENIZER_MEMBER]))
     text_encoder = members[TEXT_ENCODER_MEMBER]
     if sha256(text_encoder) != manifest.text_encoder_sha256:
         raise BundleError(f"{path}: text encoder does not match the manifest's sha256 (file altered)")
     return Bundle(path, manifest, model_bytes, tokenizer, embeddings, text_encoder)
 
 
+def check_bundle(path: Path, ram_bytes: int | None = None) -> Bundle:
+    """Reads a bundle and checks what can be checked without an interpreter.
+
+    :func:`read_bundle`'s checks (manifest ranges in float32, finite and bounded label
+    embeddings, checksums, sizes), then each model: a TFLite flatbuffer whose graph
+    can be read and whose tensors fit :func:`arena_budget` for ``ram_bytes`` of RAM
+    (None: this limit alone, as for an unknown device).  ``convert --list`` and bench
+    use it to tell a runnable bundle from one the runtime would refuse; the runtime
+    adds the full graph check and a load probe.
+
+    Raises:
+        BundleError: one line naming the file and what is wrong.
+    """
+    bundle = read_bundle(path)
+    models = [("image model", bundle.model_bytes)]
+    if bundle.manifest.label_source == "text_encoder":
+        models.append(("text encoder", bundle.text_encoder_bytes))
+    for name, model_bytes in models:
+        problem = model_problem(model_bytes, arena_budget(ram_bytes))
+        if problem:
+            raise BundleError(f"{bundle.path}: {name}: {problem}; re-run `fuselite convert`")
+    return bundle
+
+
+def model_problem(model_bytes: bytes, budget: int = MAX_ARENA_BYTES) -> str | None:
+    """Why a model cannot run, as far as its bytes tell without an interpreter, or None."""
+    if len(model_bytes) < MIN_MODEL_BYTES or model_bytes[4:8] != TFLITE_IDENTIFIER:
+        return f"not a TFLite flatbuffer (no {TFLITE_IDENTIFIER.decode()} header)"
+    try:
+        graph = read_graph(model_bytes)
+    except ModelFormatError as exc:
+        return f"its flatbuffer is broken ({exc})"
+    return arena_problem(graph, budget)
+
+
+def arena_problem(graph: Graph, budget: int) -> str | None:
+    """Why ``graph``'s tensors do not fit ``budget`` bytes, or None when they do."""
+    total = arena_bytes(graph)
+    if total <= budget:
+        return None
+    return (f"its tensors need {total / 2**20:,.0f} MB, more than the {budget / 2**20:,.0f} MB "
+            "a model may use on this device")
+
+
+def arena_budget(ram_bytes: int | None = None) -> int:
+    """The most bytes a model's tensors may declare: :data:`MAX_ARENA_BYTES`, or a
+    quarter of ``ram_bytes`` (the device's RAM, when known) if that is smaller.
+
+    The rest of the RAM holds the system, Python, OpenCV, the frames and the model's
+    weights; a quarter is still 8x what an fp32 EfficientNet-Lite0 declares.
+    """
+    if not ram_bytes or ram_bytes <= 0:
+        return MAX_ARENA_BYTES
+    return min(MAX_ARENA_BYTES, ram_bytes // 4)
+
+
+def arena_bytes(graph: Graph) -> int:
+    """Bytes declared by every tensor not backed by constant data, over every subgraph.
+
+    The interpreter's arena reuses memory between tensors, so this is an upper bound
+    of it; it is what a hostile shape makes the interpreter allocate.
+    """
+    total = 0
+    for sub in graph.subgraphs:
+        for tensor, buffer in enumerate(sub.buffers):
+            if not (0 <= buffer < len(graph.constant_buffers) and graph.constant_buffers[buffer]):
+                total += declared_bytes(sub, tensor)
+    return total
+
+
+def declared_bytes(sub: Subgraph, tensor: int) -> int:
+    """The bytes a tensor's declared shape needs at its type's element size."""
+    count = 1
+    for dim in sub.shapes[tensor]:
+        count *= max(dim, 1)  # negative (unknown) dimensions are the interpreter's to refuse
+        if count > _COUNT_LIMIT:  # too big already: stop before the number explodes
+            break
+    tensor_type = sub.types[tensor]
+    bits = ELEMENT_BITS[tensor_type] if 0 <= tensor_type < len(ELEMENT_BITS) else 8
+    return count * bits // 8
+
+
 def _load_concepts(raw: bytes, manifest: Manifest) -> ConceptIndex:
     """The concept index, checked against the image model's class count."""
+    _check_json_size(raw, CONCEPTS_MEMBER)
     try:
         concepts = ConceptIndex.from_json(raw)
     except ConceptIndexError as exc:
@@ -279,6 +413,32 @@ def _load_concepts(raw: bytes, manifest: Manifest) -> ConceptIndex:
         raise BundleError(f"concepts.json names {concepts.num_classes} classes but the manifest's "
                           f"embedding_dim is {manifest.embedding_dim}")
     return concepts
+
+
+def _load_tokenizer(raw: bytes) -> Tokenizer:
+    """The tokenizer, its size bounded before and its vocabulary after JSON parsing."""
+    _check_json_size(raw, TOKENIZER_MEMBER)
+    try:
+        data = json.loads(raw.decode())
+    except RecursionError:
+        raise BundleError(f"{TOKENIZER_MEMBER} is nested too deeply") from None
+    vocab = data.get("vocab") if isinstance(data, dict) else None
+    if isinstance(vocab, list) and len(vocab) > MAX_VOCAB_WORDS:
+        raise BundleError(f"{TOKENIZER_MEMBER} holds {len(vocab)} words, over {MAX_VOCAB_WORDS}")
+    return Tokenizer.from_dict(data)
+
+
+def _check_json_size(raw: bytes, name: str) -> None:
+    """Refuses a JSON member that would take far more memory parsed than a bundle needs.
+
+    Parsed, each JSON value costs Python 30-60 bytes, so 60 MB of ``[],`` once took
+    1.66 GB; separators and brackets bound the number of values before any parsing.
+    """
+    if len(raw) > MAX_JSON_MEMBER_BYTES:
+        raise BundleError(f"{name} is {len(raw)} bytes, over {MAX_JSON_MEMBER_BYTES}")
+    values = sum(raw.count(c) for c in (b",", b":", b"[", b"{"))
+    if values > MAX_JSON_VALUES:
+        raise BundleError(f"{name} holds about {values} JSON values, over {MAX_JSON_VALUES}")
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -312,6 +472,7 @@ def _read_members(data: bytes) -> dict[str, bytes]:
     Which of them a bundle needs depends on its manifest's ``label_source``; the
     caller checks that once the manifest is parsed.
     """
+    _check_zip_directory(data)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         infos = {}
         for info in zf.infolist():
@@ -333,6 +494,28 @@ def _read_members(data: bytes) -> dict[str, bytes]:
             if len(members[name]) > limit:
                 raise ValueError(f"{name} is over {limit} bytes")
     return members
+
+
+def _check_zip_directory(data: bytes) -> None:
+    """Refuses a zip directory larger than any bundle's, from its end record alone.
+
+    ``zipfile`` turns every directory entry into an object before anyone can count
+    them (2 M entries: 1.4 GB, 34 s), so the count and size in the
+    end-of-central-directory record are checked first.  It reads as many entries as
+    the directory's byte size holds, so that size is bounded too; zip64 (over 65,535
+    entries or 4 GB) is never needed by a bundle.
+    """
+    end = len(data) - _EOCD_SIZE
+    if data[end:end + 4] != _EOCD:  # a zip comment follows the record: find the last one
+        end = data.rfind(_EOCD, max(0, len(data) - _EOCD_SIZE - 0xFFFF))
+    if end < 0 or end + _EOCD_SIZE > len(data):
+        raise zipfile.BadZipFile("File is not a zip file")
+    disk_entries, entries, directory_bytes = struct.unpack_from("<HHI", data, end + 8)
+    if data[max(0, end - 20):end].startswith(_ZIP64_LOCATOR) or 0xFFFF in (disk_entries, entries):
+        raise ValueError("a zip64 archive; a bundle's zip has a few small members")
+    if max(disk_entries, entries) > MAX_ZIP_ENTRIES or directory_bytes > MAX_CENTRAL_DIRECTORY_BYTES:
+        raise ValueError(f"its zip directory lists {entries} entries in {directory_bytes} bytes; a "
+                         f"bundle has at most {MAX_ZIP_ENTRIES} entries and {MAX_CENTRAL_DIRECTORY_BYTES} bytes")
 
 
 def _parse_member(path: Path, parse):
@@ -378,6 +561,11 @@ def _validate_embeddings(embeddings: np.ndarray, manifest: Manifest) -> None:
         )
     if not np.all(np.isfinite(embeddings)):
         raise BundleError("label embeddings contain NaN or infinity")
+    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+    if norms.max(initial=0.0) > MAX_EMBEDDING_NORM:
+        row = int(np.argmax(norms))
+        raise BundleError(f"label embedding {row} ({manifest.labels[row]!r}) has length {norms[row]:.3g}, "
+                          f"over {MAX_EMBEDDING_NORM:g}: its scores would overflow float32")
 
 
 # --- manifest validation ---------------------------------------------------------
@@ -419,8 +607,8 @@ def _manifest_from_dict(data: Any) -> Manifest:
         thresholds=thresholds,
         default_threshold=_probability(_field(data, "default_threshold", (int, float)), "default_threshold"),
         embedding_dim=dim,
-        logit_scale=_finite(data, "logit_scale"),
-        logit_bias=_finite(data, "logit_bias"),
+        logit_scale=_in_range(data, "logit_scale", 0.0, MAX_LOGIT_SCALE),
+        logit_bias=_in_range(data, "logit_bias", -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS),
         preprocessing=_preprocessing(_field(data, "preprocessing", dict)),
         model_sha256=_field(data, "model_sha256", str),
         model_size=_field(data, "model_size", int),
@@ -445,9 +633,25 @@ def _field(data: dict, name: str, kind) -> Any:
 
 def _finite(data: dict, name: str) -> float:
     value = float(_field(data, name, (int, float)))
-    if not math.isfinite(value):
-        raise BundleError(f"manifest field {name!r} is not a finite number")
+    if not _finite32(value):
+        raise BundleError(f"manifest field {name!r} is not a finite float32 number ({value!r})")
     return value
+
+
+def _in_range(data: dict, name: str, low: float, high: float) -> float:
+    """A finite float32 number in ``(low, high]`` (``[low, high]`` when ``low`` is negative)."""
+    value = _finite(data, name)
+    if not (low < value if low >= 0 else low <= value) or value > high:
+        raise BundleError(f"manifest field {name!r} is {value:g}, outside "
+                          f"{'(' if low >= 0 else '['}{low:g}, {high:g}]: its scores would not be usable")
+    return value
+
+
+def _finite32(value: float) -> bool:
+    """Whether ``value`` stays finite as a float32, the type the board computes in
+    (1e300 is finite in float64 but infinite in float32)."""
+    with np.errstate(over="ignore"):
+        return math.isfinite(value) and bool(np.isfinite(np.float32(value)))
 
 
 def _probability(value: Any, name: str) -> float:
@@ -476,6 +680,9 @@ def _preprocessing(data: dict) -> Preprocessing:
         raise BundleError("manifest preprocessing.resize must be 'area' or 'linear'")
     if data.get("input_dtype") not in ("uint8", "int8", "float32"):
         raise BundleError("manifest preprocessing.input_dtype must be uint8, int8 or float32")
+    on_board = data.get("normalize_on_board", False)  # absent in bundles written before it
+    if not isinstance(on_board, bool):
+        raise BundleError("manifest preprocessing.normalize_on_board must be true or false")
     return Preprocessing(
         input_size=(size[0], size[1]),
         color_order=data["color_order"],
@@ -484,6 +691,7 @@ def _preprocessing(data: dict) -> Preprocessing:
         normalization=_pair(data.get("normalization"), "normalization", float),
         input_quant=_quant(data.get("input_quant"), "input_quant"),
         output_quant=_quant(data.get("output_quant"), "output_quant"),
+        normalize_on_board=on_board,
     )
 
 
@@ -492,7 +700,7 @@ def _pair(value: Any, name: str, second) -> tuple:
         not isinstance(value, list)
         or len(value) != 2
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        or not all(math.isfinite(v) for v in value)
+        or not all(_finite32(v) for v in value)
     ):
         raise BundleError(f"manifest preprocessing.{name} must be a pair of finite numbers")
     return (float(value[0]), second(value[1]))
@@ -502,6 +710,6 @@ def _quant(value: Any, name: str) -> tuple[float, int] | None:
     if value is None:
         return None
     scale, zero_point = _pair(value, name, float)
-    if scale <= 0 or zero_point != int(zero_point):
+    if np.float32(scale) <= 0 or zero_point != int(zero_point):
         raise BundleError(f"manifest preprocessing.{name} needs a positive scale and an integer zero point")
     return (scale, int(zero_point))

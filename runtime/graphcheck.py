@@ -21,7 +21,11 @@ subgraph:
   runs operators in the stored order, so that must be a topological order);
 * a tensor declared larger than 1 GiB: the interpreter allocates what the shape
   says (the fuzz's ``shape-huge`` on an activation took 16 s and 6 GB before the model
-  ran), which no board has room for.
+  ran), which no board has room for;
+* and, over the whole graph, non-constant tensors declaring more bytes in all than
+  :func:`fuselite.bundle.arena_budget` allows on this machine (256 MB, or a quarter of
+  its RAM if less): a 117 kB model of 491 MB tensors, each under the 1 GiB rule, once
+  peaked at 1,985 MB.
 
 What no static check sees (type rules, kernel bugs) is left to the child-process
 load probe of ``runtime/childprobe.py``.
@@ -32,9 +36,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-from fuselite.bundle import BundleError
+from fuselite.bundle import ELEMENT_BITS, BundleError, arena_budget, arena_problem, declared_bytes
 from fuselite.flatbuffer import (
     Graph,
     ModelFormatError,
@@ -46,9 +51,7 @@ from fuselite.flatbuffer import (
 
 REMEDY = "re-convert the bundle"
 MAX_TENSOR_BYTES = 2**30  # far above any edge model's tensor (a 4K float image: 100 MB)
-# Bits per element by TensorType, in the schema's order (FLOAT32, FLOAT16, INT32, ...,
-# INT4, BFLOAT16, INT2, UINT4, FLOAT8 x2); unknown types count as 8.
-ELEMENT_BITS = (32, 16, 32, 8, 64, 8, 8, 16, 64, 8, 64, 128, 64, 8, 8, 32, 16, 4, 16, 2, 4, 8, 8)
+__all__ = ["ELEMENT_BITS", "check_graph", "declared_bytes", "device_ram_bytes", "graph_problems", "read_graph"]
 OPTIONAL_TENSOR = -1  # kTfLiteOptionalTensor: an optional operator input left out
 
 
@@ -60,7 +63,7 @@ def check_graph(model_bytes: bytes, name: str) -> None:
         # Worded like the interpreter's own refusals: no interpreter loads such bytes.
         raise BundleError(f"{name}: the interpreter cannot load it (its flatbuffer is broken: "
                           f"{exc}); {REMEDY}") from None
-    problem = next(graph_problems(graph), None)
+    problem = next(graph_problems(graph), None) or arena_problem(graph, arena_budget(device_ram_bytes()))
     if problem:
         raise BundleError(f"{name}: {problem}; {REMEDY}")
 
@@ -139,16 +142,12 @@ def _order_problems(sub: Subgraph, graph: Graph, producers: dict[int, int]) -> I
                    f"{producers[later[0]]} writes it (operators out of order)")
 
 
-def declared_bytes(sub: Subgraph, tensor: int) -> int:
-    """The bytes a tensor's declared shape needs at its type's element size."""
-    count = 1
-    for dim in sub.shapes[tensor]:
-        count *= max(dim, 1)  # negative (unknown) dimensions are the interpreter's to refuse
-        if count > MAX_TENSOR_BYTES * 8:  # too big already: stop before the number explodes
-            break
-    tensor_type = sub.types[tensor]
-    bits = ELEMENT_BITS[tensor_type] if 0 <= tensor_type < len(ELEMENT_BITS) else 8
-    return count * bits // 8
+def device_ram_bytes() -> int | None:
+    """This machine's physical RAM in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _numbered(count: int) -> str:
