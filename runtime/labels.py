@@ -16,10 +16,12 @@ import numpy as np
 
 from fuselite.bundle import Bundle, BundleError
 from fuselite.concepts import normalise_label, word_variants
+from fuselite.errors import UserError
 from fuselite.runtime.interpreter import TfliteModel
 from fuselite.tokenizer import Tokenizer, split_words
 
 log = logging.getLogger(__name__)
+FIXED_LABELS_LISTED = 30  # a 1000-class model's labels do not fit one line
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,36 @@ def concept_labels(bundle: Bundle, texts: Sequence[str]) -> LabelSet:
     """Labels of a zero-shot bundle: each text becomes the classes it names or covers.
 
     Raises:
-        ValueError: a label names no class (the message lists the closest known words).
+        ValueError: a label names no class (the message lists the closest known words,
+            or the labels to choose from when the bundle has fixed labels).
     """
+    if has_fixed_labels(bundle):
+        _check_fixed_labels(bundle, texts)
     matrix = bundle.concepts.label_matrix(texts)
     for text, row in zip(texts, matrix):
         log.info("label %r covers %d classes", text, int(row.sum()))
     thresholds = np.full(len(texts), bundle.manifest.default_threshold, np.float32)
     return LabelSet(tuple(texts), matrix, thresholds)
+
+
+def has_fixed_labels(bundle: Bundle) -> bool:
+    """Whether a concepts bundle knows only its own labels (``fuselite import``): its
+    index holds no word beyond them, so no other label text can be scored."""
+    own = {normalise_label(label) for label in bundle.manifest.labels}
+    return bundle.concepts is not None and set(bundle.concepts.phrases) <= own
+
+
+def _check_fixed_labels(bundle: Bundle, texts: Sequence[str]) -> None:
+    """A :class:`UserError` naming the labels to choose from, for a text that is none of them."""
+    unknown = [text for text in texts if not bundle.concepts.resolve(text)]
+    if unknown:
+        labels = bundle.manifest.labels
+        listed = ", ".join(labels[:FIXED_LABELS_LISTED])
+        more = f" (and {len(labels) - FIXED_LABELS_LISTED} more)" if len(labels) > FIXED_LABELS_LISTED else ""
+        close = bundle.concepts.closest(unknown[0])
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        raise UserError(f"label {unknown[0]!r}: this bundle has fixed labels; choose from: "
+                        f"{listed}{more}{hint}")
 
 
 def _has_known_word(tokenizer: Tokenizer, text: str) -> bool:

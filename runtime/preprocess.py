@@ -56,6 +56,8 @@ class Preprocessor:
         self.to_rgb = config.color_order == "RGB"
         self.dtype = input_spec.dtype
         self.quantization = _input_quantization(manifest, input_spec)
+        # An imported classifier's graph takes normalised input: pixels * a + b, then cast.
+        self.affine = _board_affine(config, self.quantization) if config.normalize_on_board else None
 
     def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Returns the ``[1, H, W, 3]`` model input for one BGR frame."""
@@ -67,6 +69,12 @@ class Preprocessor:
         return self._cast(image)[np.newaxis]
 
     def _cast(self, pixels: np.ndarray) -> np.ndarray:
+        if self.affine is not None:
+            mapped = pixels.astype(np.float32) * self.affine[0] + self.affine[1]
+            if self.dtype.kind not in "iu":
+                return mapped.astype(self.dtype)
+            info = np.iinfo(self.dtype)
+            return np.clip(np.rint(mapped), info.min, info.max).astype(self.dtype)
         if self.quantization is not None:
             scale, zero_point = self.quantization
             info = np.iinfo(self.dtype)
@@ -75,6 +83,16 @@ class Preprocessor:
         if self.dtype == np.uint8:
             return pixels
         return pixels.astype(self.dtype)
+
+
+def _board_affine(config, quantization: tuple[float, int] | None) -> tuple[np.float32, np.float32]:
+    """``(a, b)`` with model input ``pixels * a + b``: the manifest's normalization, then the
+    input quantization folded in, so a quantized input costs one pass as before."""
+    scale, offset = config.normalization
+    if quantization is not None:
+        q_scale, zero_point = quantization
+        scale, offset = scale / q_scale, offset / q_scale + zero_point
+    return np.float32(scale), np.float32(offset)
 
 
 def check_input(manifest: Manifest, spec: TensorSpec) -> None:
