@@ -52,6 +52,13 @@ def _model_arguments(group) -> None:
     group.add_argument("--allow", help="comma-separated labels to report (all others are hidden)")
     group.add_argument("--deny", help="comma-separated labels never to report")
     group.add_argument(
+        "--invoke-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="end the run (exit code 124, outputs flushed) when one invoke takes longer "
+        "(default: 50x the invoke at load, at least 2 s; 0: off)",
+    )
+    group.add_argument(
         "--smoothing",
         type=float,
         default=None,
@@ -239,5 +246,6 @@ def _build_options(args: argparse.Namespace):
         stream_timeout=args.stream_timeout,
         decode_threads=args.decode_threads,
         pin_threads=args.pin_threads == "auto",
+        invoke_timeout=args.invoke_timeout,
     )
     return annotator_options, run_options

@@ -138,6 +138,9 @@ class RunOptions:
         pin_threads: When the process may use more cores than the interpreter has
             threads, confine the inference thread to ``num_threads`` cores and the
             capture and outputs threads to the others (Linux; see ``affinity.py``).
+        invoke_timeout: Seconds one invoke may take before the run is ended (flushed,
+            exit code 124: see ``watchdog.py``); ``None`` (auto) allows 50 times the
+            invoke measured at load, at least 2 s; ``0`` turns the budget off.
     """
 
     source: str
@@ -157,6 +160,7 @@ class RunOptions:
     stream_timeout: float = 5.0
     decode_threads: int | None = None
     pin_threads: bool = True
+    invoke_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
@@ -181,6 +185,12 @@ class RunOptions:
         for name in ("stats_interval", "reconnect_delay", "reconnect_max_delay", "stream_timeout"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must not be negative, not {getattr(self, name)}")
+        if self.invoke_timeout is not None and not (
+            self.invoke_timeout >= 0 and math.isfinite(self.invoke_timeout)
+        ):
+            raise ValueError(
+                f"invoke_timeout must be a number of seconds (0: off), not {self.invoke_timeout}"
+            )
         if self.stream_timeout == 0:
             raise ValueError("stream_timeout must be more than 0 seconds")
         if self.decode_threads is not None and (
