@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from fuselite.data.dataset import TASKS, ImageTextData
 from fuselite.errors import UserError
+from fuselite.images import read_image
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +63,20 @@ ACCEPTED_SOURCES = (
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _ESCAPES_REASON = "path escapes the dataset folder"
+# Malformed CSV records tolerated before the file is refused: each one is parsed again
+# from its next line, so this also bounds the work a broken file costs.
+MAX_CSV_ERRORS = 100
 
 
 def load_image(path: Path, image_size: int) -> np.ndarray | str:
-    """uint8 ``[image_size, image_size, 3]`` RGB, or the reason the file is unusable."""
-    try:
-        encoded = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8)
-    except FileNotFoundError:
-        return "image file not found"
-    except OSError as error:
-        return f"cannot read image file ({error.strerror or error})"
-    try:
-        # IMREAD_COLOR replicates greyscale, drops alpha and scales 16-bit to 8-bit.
-        bgr = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
-    except cv2.error:
-        bgr = None
-    if bgr is None:
-        return "not a decodable image"
+    """uint8 ``[image_size, image_size, 3]`` RGB, or the reason the file is unusable.
+
+    The file is checked by :func:`fuselite.images.read_image` first: a regular file, a
+    known format, at most ``MAX_IMAGE_PIXELS`` pixels, a JPEG with its end marker.
+    """
+    bgr = read_image(path)
+    if isinstance(bgr, str):
+        return bgr
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA)
 
@@ -191,54 +189,115 @@ def resolve_image_path(folder: Path, written: str) -> Path | str:
     written = written.strip()
     if not written:
         return "empty image path"
+    if "\x00" in written:  # no file system allows it, and os.path raises on it
+        return "image path contains a NUL character"
     return path_inside(folder, Path(folder) / written)
 
 
 def path_inside(folder: Path, path: Path) -> Path | str:
     """``path`` with symlinks resolved if it stays inside ``folder``, else the reason it does not."""
     base = os.path.realpath(folder)
-    resolved = os.path.realpath(path)
+    try:
+        resolved = os.path.realpath(path)
+    except (OSError, ValueError) as error:  # a symlink loop, a NUL character
+        return f"cannot resolve the image path ({error})"
     if os.path.commonpath([resolved, base]) != base:
         return _ESCAPES_REASON
     return Path(resolved)
 
 
 def _split_tags(value: object) -> list[str]:
-    """Tags from a list, or from a ``;``-separated string; blanks are dropped."""
-    parts = value if isinstance(value, list) else str(value or "").split(MANIFEST_TAG_SEPARATOR)
-    return [t for t in (str(p).strip() for p in parts) if t]
+    """Tags from a ``;``-separated string; blanks are dropped."""
+    return [t for t in (p.strip() for p in str(value or "").split(MANIFEST_TAG_SEPARATOR)) if t]
+
+
+def _jsonl_tags(value: object) -> list[str] | str:
+    """Tags from a JSONL ``tags`` value (a list of texts or a ``;``-separated text), or why not.
+
+    Anything else (``null`` in the list, numbers, objects) would turn into labels such as
+    ``"None"`` or ``"3"``; the item is skipped instead of guessed at.
+    """
+    if value is None or isinstance(value, str):
+        return _split_tags(value)
+    if isinstance(value, list) and all(isinstance(tag, str) for tag in value):
+        return [t for t in (tag.strip() for tag in value) if t]
+    found = value if not isinstance(value, list) else next(t for t in value if not isinstance(t, str))
+    return f"'tags' must be a list of texts (found {json.dumps(found)[:40]})"
 
 
 class _LineCounter:
-    """Feeds numbered lines to ``csv.reader`` while remembering the current line number."""
+    """Feeds numbered lines to ``csv.reader`` from ``start`` on, counting the lines handed out."""
 
-    def __init__(self, numbered: Iterable[tuple[int, str]]) -> None:
-        self._numbered = iter(numbered)
-        self.number = 0
+    def __init__(self, numbered: list[tuple[int, str]], start: int) -> None:
+        self._numbered = numbered
+        self.position = start  # index of the next line to hand out
 
     def __iter__(self) -> Iterator[str]:
-        for number, text in self._numbered:
-            self.number = number
-            yield text
+        while self.position < len(self._numbered):
+            self.position += 1
+            yield self._numbered[self.position - 1][1]
+
+
+def _csv_reason(error: csv.Error, lines_read: int) -> str:
+    """The skip reason for a CSV record that ``csv`` refused after reading ``lines_read`` lines."""
+    message = str(error)
+    if message.startswith("field larger than field limit"):
+        return f"a field is longer than {csv.field_size_limit()} characters"
+    # A quote left open swallows the next lines until EOF or a quote that ends wrongly.
+    if message.startswith("unexpected end of data") or (lines_read > 1 and "expected after" in message):
+        return 'a quoted field is never closed (unterminated ")'
+    return f"not a valid CSV row ({message})"
+
+
+def _csv_records(path: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[int, list[str]]]:
+    """(line the record starts on, fields) of every well-formed, non-blank CSV record.
+
+    A malformed record (an unterminated quote, a field over ``csv.field_size_limit()``,
+    text after a closing quote) is skipped by the line it starts on, and reading
+    starts again on the next line: an unterminated quote costs its own row, never
+    the rows after it.  More than :data:`MAX_CSV_ERRORS` is one clear error.
+    """
+    numbered = list(_utf8_lines(path, skipped))
+    errors, start = 0, 0
+    while start < len(numbered):
+        counter = _LineCounter(numbered, start)
+        reader = csv.reader(counter, strict=True)  # strict: an open quote at EOF is an error
+        while True:
+            first = counter.position
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                errors += 1
+                reason = _csv_reason(error, counter.position - first)
+                if errors > MAX_CSV_ERRORS:
+                    raise UserError(f"{path}: more than {MAX_CSV_ERRORS} malformed CSV rows "
+                                    f"({skipped[-1][0]}: {skipped[-1][1]}); fix the file") from None
+                skipped.append((f"{path.name} line {numbered[first][0]}", reason))
+                start = first + 1
+                break
+            if fields:
+                yield numbered[first][0], fields
 
 
 def _read_csv_items(path: Path, collector: _Collector) -> None:
     """Adds every row of a CSV manifest (header: image|path, tags, optional caption)."""
-    lines = _LineCounter(_utf8_lines(path, collector.skipped))
-    rows = csv.DictReader(lines)
-    columns = [c.strip().lower() for c in (rows.fieldnames or [])]
-    rows.fieldnames = columns
+    records = _csv_records(path, collector.skipped)
+    _line, header = next(records, (0, []))
+    columns = [c.strip().lower() for c in header]
     image_column = "image" if "image" in columns else "path" if "path" in columns else None
     if image_column is None or not {"tags", "caption"} & set(columns):
         raise UserError(
             f"{path}: the CSV header must name an 'image' (or 'path') column and a 'tags'"
             f" and/or 'caption' column; found {columns}"
         )
-    for row in rows:
-        item = f"{path.name} line {lines.number}"
-        if None in row:  # more fields than the header: a broken row, not a guess
+    for line, fields in records:
+        item = f"{path.name} line {line}"
+        if len(fields) > len(columns):  # more fields than the header: a broken row, not a guess
             collector.skip(item, "row has more fields than the header")
             continue
+        row = dict(zip(columns, fields))
         written = row.get(image_column) or ""
         tags = _split_tags(row.get("tags"))
         caption = (row.get("caption") or "").strip()
@@ -253,6 +312,8 @@ def _jsonl_entry(text: str) -> tuple[str, list[str], str] | str:
         entry = json.loads(text)
     except json.JSONDecodeError:
         return "line is not valid JSON"
+    except RecursionError:
+        return "line is nested too deeply"
     if not isinstance(entry, dict):
         return "line is not a JSON object"
     written = entry.get("image", entry.get("path"))
@@ -261,7 +322,10 @@ def _jsonl_entry(text: str) -> tuple[str, list[str], str] | str:
     caption = entry.get("caption") or ""
     if not isinstance(caption, str):
         return "'caption' is not a string"
-    return written, _split_tags(entry.get("tags")), caption.strip()
+    tags = _jsonl_tags(entry.get("tags"))
+    if isinstance(tags, str):
+        return tags
+    return written, tags, caption.strip()
 
 
 def _read_jsonl_items(path: Path, collector: _Collector) -> None:
@@ -307,6 +371,8 @@ def _load_json_document(path: Path) -> dict:
         document = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{path}: not a valid UTF-8 JSON file ({error})") from error
+    except RecursionError:
+        raise UserError(f"{path}: the JSON is nested too deeply to be a COCO file") from None
     except OSError as error:
         raise UserError(f"{path}: cannot read the file ({error.strerror or error})") from error
     if not isinstance(document, dict) or not isinstance(document.get("images"), list):
@@ -314,19 +380,53 @@ def _load_json_document(path: Path) -> dict:
     return document
 
 
-def _coco_labels(document: dict) -> tuple[dict[object, set[str]], dict[object, str]]:
-    """Per image id: the category names, and the first caption in file order."""
-    names = {c.get("id"): str(c.get("name", "")).strip() for c in document.get("categories") or []}
+def _coco_list(path: Path, document: dict, key: str) -> list:
+    """``document[key]`` as a list (missing or null: empty), or a UserError."""
+    value = document.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise UserError(f"{path}: '{key}' must be a list, not {type(value).__name__}")
+    return value
+
+
+def _coco_id(value: object) -> bool:
+    """True for a usable COCO id: a number or a text (lists and objects cannot be looked up)."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _coco_categories(path: Path, document: dict) -> dict[object, str]:
+    """Category id -> name; entries without a text name and a number or text id are ignored."""
+    names: dict[object, str] = {}
+    ignored = 0
+    for category in _coco_list(path, document, "categories"):
+        name = category.get("name") if isinstance(category, dict) else None
+        if isinstance(name, str) and name.strip() and _coco_id(category.get("id")):
+            names[category["id"]] = name.strip()
+        else:
+            ignored += 1
+    if ignored:
+        log.warning("%s: ignored %d categories without a text 'name' and a number or text 'id'",
+                    path, ignored)
+    return names
+
+
+def _coco_labels(path: Path, document: dict) -> tuple[dict[object, set[str]], dict[object, str]]:
+    """Per image id: the category names, and the first caption in file order.
+
+    Annotations whose ``image_id`` or ``category_id`` is not a number or text are left out.
+    """
+    names = _coco_categories(path, document)
     tags: dict[object, set[str]] = {}
     captions: dict[object, str] = {}
-    for annotation in document.get("annotations") or []:
-        if not isinstance(annotation, dict):
+    for annotation in _coco_list(path, document, "annotations"):
+        if not isinstance(annotation, dict) or not _coco_id(image_id := annotation.get("image_id")):
             continue
-        image_id = annotation.get("image_id")
         caption = annotation.get("caption")
         if isinstance(caption, str) and caption.strip() and image_id not in captions:
             captions[image_id] = caption.strip()
-        name = names.get(annotation.get("category_id"))
+        category = annotation.get("category_id")
+        name = names.get(category) if _coco_id(category) else None
         if name:
             tags.setdefault(image_id, set()).add(name)
     return tags, captions
@@ -340,13 +440,17 @@ def read_coco(path: Path, image_size: int, images_dir: Path | None = None) -> Im
     path = _require_exists(Path(path), "COCO annotation file")
     folder = _require_exists(Path(images_dir), "COCO images folder") if images_dir else path.parent
     document = _load_json_document(path)
-    tags, captions = _coco_labels(document)
+    tags, captions = _coco_labels(path, document)
     collector = _Collector(image_size)
-    for image in document["images"]:
+    for index, image in enumerate(document["images"]):
+        item = f"images[{index}]"  # never str(image): a deeply nested entry would recurse
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
-            collector.skip(str(image)[:60], "image entry has no 'file_name'")
+            collector.skip(item, "image entry has no 'file_name'")
             continue
         image_id, written = image.get("id"), image["file_name"]
+        if not _coco_id(image_id):
+            collector.skip(written, "image 'id' is not a number or text")
+            continue
         image_tags = sorted(tags.get(image_id, ()))
         collector.add(
             written, resolve_image_path(folder, written), image_tags, captions.get(image_id, "")

@@ -16,6 +16,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from fuselite.images import read_image
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(
@@ -111,7 +113,11 @@ class OpenCVCapture:
 
 
 class FolderCapture:
-    """The images of a folder, in name order; unreadable files count as skipped frames."""
+    """The images of a folder, in name order; unreadable files count as skipped frames.
+
+    Files are read through :func:`fuselite.images.read_image`: an image over
+    ``fuselite.images.MAX_IMAGE_PIXELS``, a FIFO or a truncated JPEG is a skipped frame.
+    """
 
     live = False
     fps = None
@@ -137,9 +143,12 @@ class FolderCapture:
             return False, None, None, None
         path = self._files[self._position]
         self._position += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            log.warning("skipping %s: not a readable image", path)
+        # The same checks as training's reader: regular files only (a FIFO would block
+        # here), the pixel count under the cap before decoding, JPEGs not cut short.
+        image = read_image(path)
+        if isinstance(image, str):
+            log.warning("skipping %s: %s", path, image)
+            return True, None, None, path.name
         return True, image, None, path.name
 
     def release(self) -> None:
