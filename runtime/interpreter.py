@@ -16,6 +16,7 @@ probe (``childprobe.py``: the real load in a child process, whose crash is a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,24 +72,38 @@ class TfliteModel:
         self._interpreter = _load(model_bytes, num_threads, name)
         self.input = _single_tensor(self._interpreter.get_input_details(), name, "input")
         self.output = _single_tensor(self._interpreter.get_output_details(), name, "output")
-        self._first_invoke()
+        # When the invoke in progress started (time.monotonic(); 0.0: none runs), for the
+        # run's watchdog (runtime/watchdog.py), which cannot interrupt an invoke but can see one.
+        self.invoke_started = 0.0
+        self.load_invoke_s = self._first_invoke()
 
-    def _first_invoke(self) -> None:
-        """Runs once on zeros, so a model that cannot run fails at load, not on frame one."""
+    def _first_invoke(self) -> float:
+        """Runs once on zeros, so a model that cannot run fails at load, not on frame one;
+        returns the seconds it took (warm-up included), from which a time budget is made."""
+        started = time.perf_counter()
         try:
             self.run(np.zeros(self.input.shape, dtype=self.input.dtype))
         except (RuntimeError, ValueError) as exc:
             raise BundleError(f"{self.name}: the interpreter cannot run it ({_first_line(exc)})") from None
+        return time.perf_counter() - started
 
     def run(self, model_input: np.ndarray) -> np.ndarray:
         """Invokes the model on ``model_input`` and returns a copy of its output."""
         self._interpreter.set_tensor(self.input.index, model_input)
-        self._interpreter.invoke()
+        self.invoke()
         return self._interpreter.get_tensor(self.output.index)
 
     def invoke(self) -> None:
-        """Invokes the model on whatever its input tensor holds (for benchmarks)."""
-        self._interpreter.invoke()
+        """Invokes the model on whatever its input tensor holds (benchmarks call it alone).
+
+        ``invoke_started`` holds the start time meanwhile (a try/finally costs nothing
+        when nothing is raised), so a watchdog thread can tell a hung invoke.
+        """
+        self.invoke_started = time.monotonic()
+        try:
+            self._interpreter.invoke()
+        finally:
+            self.invoke_started = 0.0
 
     def close(self) -> None:
         """Releases the interpreter; the model cannot run afterwards."""

@@ -1,7 +1,10 @@
 """The run loop behind ``fuselite run``: frames in, annotations out, until told to stop.
 
 SIGINT and SIGTERM ask the loop to stop; the outputs are then flushed and the video
-is closed cleanly (a second SIGINT interrupts at once).
+is closed cleanly (a second SIGINT interrupts at once).  The watchdog
+(``watchdog.py``) bounds what the loop cannot: an invoke that overruns its budget, or
+a run still going :data:`~fuselite.runtime.watchdog.STOP_GRACE_S` after a signal (a
+native invoke blocks the handlers), ends the process once the outputs are flushed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from fuselite.runtime.reader import (
     capture_for,
 )
 from fuselite.runtime.stats import RunStats
+from fuselite.runtime.watchdog import RunWatchdog, invoke_budget
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,8 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
     stop = threading.Event()
     cores = split_cores(annotator_options.num_threads) if options.pin_threads else None
     helper_cores = cores.helpers if cores else None
-    with _stop_on_signals(stop), contextlib.ExitStack() as stack:
+    watchdog = RunWatchdog(annotator_options.bundle_path.name)
+    with _stop_on_signals(stop), watchdog, contextlib.ExitStack() as stack:
         with _setup_errors():
             annotator = stack.enter_context(Annotator.create(annotator_options))
             source = _frame_source(options, annotator_options.num_threads, annotator, helper_cores)
@@ -87,8 +92,28 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
             # Without a video, preview or window, a frame's pixels are dropped as soon as
             # the model input is made: the queues then hold no 640x480 images.
             source.keep_pixels = outputs.visual
+        watchdog.watch(annotator.model, _budget(options, annotator.model.load_invoke_s),
+                       lambda stopped_by: _flush_before_exit(outputs, stopped_by))
         with pinned(cores.inference if cores else None):
             return _annotate_stream(source, annotator, outputs, options, stop)
+
+
+def _budget(options: RunOptions, load_invoke_s: float) -> float:
+    """Seconds one invoke may take: the option, else the rule of :func:`invoke_budget`."""
+    if options.invoke_timeout is not None:
+        return options.invoke_timeout
+    budget = invoke_budget(load_invoke_s)
+    log.debug("invoke budget %g s (the invoke at load took %.1f ms)", budget, load_invoke_s * 1000)
+    return budget
+
+
+def _flush_before_exit(outputs: Outputs, stopped_by: str) -> None:
+    """What the watchdog runs before it ends the process: the frames already inferred
+    reach their sinks, the video is closed at its name, a final stats record says why."""
+    outputs.drain()
+    outputs.close_video()
+    outputs.write_stats(final=True, stopped_by=stopped_by)
+    outputs.close()
 
 
 def _frame_source(
