@@ -24,6 +24,7 @@ from fuselite.errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("fuselite.train.cli", "train a fused image-text model (needs the [train] extra)"),
     "convert": ("fuselite.convert.cli", "quantize/prune a trained run into TFLite bundles"),
+    "import": ("fuselite.convert.importer", "wrap any TFLite image classifier as a fixed-label bundle"),
     "bench": ("fuselite.bench.cli", "measure bundles: size vs accuracy vs latency"),
     "run": ("fuselite.runtime.cli", "annotate a camera, video, stream or image folder"),
     "devices": ("fuselite.devices.cli", "board profiles, setup files and arm64 verification"),
