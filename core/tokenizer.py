@@ -1,7 +1,10 @@
 """The project's own word tokenizer, shared by training and the device.
 
-It is deliberately tiny and deterministic: lower-case, split on anything that is
-not a letter or digit, map each word to an id from a saved vocabulary.  No
+It is deliberately tiny and deterministic: normalise to NFKC and case-fold, split on
+anything that is not a letter, digit or combining mark, make each Chinese/Japanese
+ideograph a word of its own (they are written without spaces), and map each word to
+an id from a saved vocabulary.  ASCII text splits exactly as it always did (runs of
+``[a-z0-9]`` after lower-casing), so existing vocabularies keep their ids.  No
 TensorFlow string ops are involved, so the exported graphs take integer ids and
 the board tokenizes label text with the very same code.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +27,44 @@ import numpy as np
 
 PAD = "<pad>"
 UNK = "<unk>"
-_WORD = re.compile(r"[a-z0-9]+")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
+# CJK Unified Ideographs and their extensions and compatibility forms (as BERT's
+# basic tokenizer): each one is a word, since these scripts put no spaces between words.
+_IDEOGRAPHS = (
+    (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
+    (0x20000, 0x2A6DF), (0x2A700, 0x2CEAF), (0x2F800, 0x2FA1F), (0x30000, 0x323AF),
+)
 
 
 def split_words(text: str) -> list[str]:
-    """Lower-cases ``text`` and returns its words (runs of letters and digits)."""
-    return _WORD.findall(text.lower())
+    """Returns the words of ``text``: NFKC, case-folded, runs of letters, digits and marks.
+
+    ``"Café crème"`` -> ``["café", "crème"]``; ``"黑猫"`` -> ``["黑", "猫"]``;
+    ``"Red-star, 2 cups!"`` -> ``["red", "star", "2", "cups"]``.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    if text.isascii():  # the common case, and the rule every ASCII vocabulary was built with
+        return _ASCII_WORD.findall(text)
+    words: list[str] = []
+    current: list[str] = []
+    for char in text:
+        if _is_ideograph(char):
+            words += ["".join(current), char] if current else [char]
+            current = []
+        elif char.isalnum() or (current and unicodedata.category(char).startswith("M")):
+            current.append(char)  # a mark (accent, vowel sign) belongs to the letter before it
+        elif current:
+            words.append("".join(current))
+            current = []
+    if current:
+        words.append("".join(current))
+    return words
+
+
+def _is_ideograph(char: str) -> bool:
+    """True for a CJK ideograph."""
+    point = ord(char)
+    return any(low <= point <= high for low, high in _IDEOGRAPHS)
 
 
 @dataclass(frozen=True)

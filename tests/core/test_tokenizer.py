@@ -82,3 +82,35 @@ def test_malformed_saved_tokenizers_are_refused(data):
 def test_max_length_must_be_positive():
     with pytest.raises(ValueError, match="max_length"):
         Tokenizer(vocab=(PAD, UNK, "a"), max_length=0)
+
+
+def test_non_latin_words_are_words():
+    assert split_words("猫") == ["猫"] and split_words("犬") == ["犬"]
+    assert split_words("кошка, Собака!") == ["кошка", "собака"]
+    tok = Tokenizer.fit(["猫", "犬"])
+    assert tok.encode("猫") != tok.encode("犬") and tok.unknown_words("猫") == []
+
+
+def test_accented_letters_stay_in_their_word():
+    assert split_words("Café crème") == ["café", "crème"]
+    assert split_words("cafe\u0301") == ["café"]  # decomposed e + combining accent: one word, NFC form
+    assert split_words("हिन्दी") == ["हिन्दी"]  # vowel signs and the virama are marks inside the word
+
+
+def test_compatibility_forms_and_case_folding_give_one_spelling():
+    assert split_words("ＲＥＤ Straße") == ["red", "strasse"]  # full-width letters, German sharp s
+    assert split_words("ﬁsh") == ["fish"]  # the ligature
+
+
+def test_chinese_and_japanese_ideographs_are_one_word_each():
+    assert split_words("黑猫") == ["黑", "猫"]
+    assert split_words("black猫") == ["black", "猫"]
+
+
+def test_ascii_text_splits_exactly_as_before():
+    # The old rule, kept for every ASCII text: lower-case, runs of [a-z0-9].
+    import re
+
+    texts = ["Red-star, 2 cups!", "snake_case and CamelCase", "a\tb\nc", "x1y2 Z3", "__init__"]
+    for text in texts:
+        assert split_words(text) == re.findall(r"[a-z0-9]+", text.lower())
