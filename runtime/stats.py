@@ -38,6 +38,7 @@ class RunStats:
         self.counters = counters
         self.frames = 0
         self.skipped = 0
+        self.frame_errors = 0  # frames whose model output could not be scored (annotator.FrameError)
         self.started = time.monotonic()
         self._latency = collections.deque(maxlen=LATENCY_WINDOW)
         self._inference = collections.deque(maxlen=LATENCY_WINDOW)
@@ -73,6 +74,7 @@ class RunStats:
             "dropped": self.counters.dropped,
             "skipped": self.counters.skipped + self.skipped,
             "reconnects": self.counters.reconnects,
+            "frame_errors": self.frame_errors,
             "latency_p50_ms": _percentile(latency, 50),
             "latency_p90_ms": _percentile(latency, 90),
             "inference_p50_ms": _percentile(inference, 50),
