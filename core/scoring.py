@@ -22,6 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 LOGIT_LIMIT = 60.0  # exp(60) is far inside float32; beyond it the probability is 0 or 1
+# The largest logit magnitude :meth:`FrameScorer.problem` lets through: float32 tops out at
+# 3.4e38, and a margin keeps sums of products below it as well.
+SCORABLE_LIMIT = 1e30
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -112,6 +115,20 @@ class FrameScorer:
         self.activation = output_activation
         self.weights = (logit_scale * np.asarray(label_embeddings, np.float32)).T.copy()
         self.bias = np.float32(logit_bias)
+        # A logit is at most max|embedding| times its label's L1 weight, plus the bias.
+        self._gain = float(np.abs(self.weights.astype(np.float64)).sum(axis=0).max(initial=0.0))
+
+    def problem(self, model_output: np.ndarray) -> str | None:
+        """Why ``model_output`` cannot be scored, or None: NaN or infinity in it, or values
+        so large that a logit could overflow float32 (and a score become NaN)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            embedding = self.embedding(model_output)
+        if not np.isfinite(embedding).all():
+            return "the model output NaN or infinity"
+        peak = float(np.abs(embedding).max(initial=0.0))
+        if peak * self._gain + abs(float(self.bias)) > SCORABLE_LIMIT:
+            return f"the model output {peak:.3g}, too large to score in float32"
+        return None
 
     def embedding(self, model_output: np.ndarray) -> np.ndarray:
         """The float32 embedding held in one model output: ``[D]``, or ``[cells, D]``."""

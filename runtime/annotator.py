@@ -29,6 +29,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
+FRAME_ERROR_LOG_EVERY = 100  # after the first, every this many frame errors get a log line
+
+
+class FrameError(ValueError):
+    """One frame could not be annotated although the bundle loaded (e.g. the model output
+    NaN): the run counts it, logs it now and then, and goes on with the next frame."""
 
 
 class Annotator:
@@ -132,6 +138,7 @@ class Annotator:
         previous one starts a new stream and restarts smoothing.
 
         Raises:
+            FrameError: the model's output for this frame cannot be scored (e.g. NaN).
             ValueError: the frame is not a usable image, or the annotator is closed.
         """
         start = time.perf_counter()
@@ -153,6 +160,7 @@ class Annotator:
         one.  Call each of the two from one thread, and postprocess in frame order.
 
         Raises:
+            FrameError: the output cannot be scored (NaN, infinity, or overflowing values).
             ValueError: the annotator is closed.
         """
         model = self._model
@@ -160,7 +168,11 @@ class Annotator:
             raise ValueError("the annotator is closed; create a new one")
         start = time.perf_counter()
         output = model.run(model_input)
-        return output, _ms_since(start)
+        inference_ms = _ms_since(start)
+        problem = self._scorer.problem(output)  # checked here, so no NaN score reaches a sink
+        if problem:
+            raise FrameError(problem)
+        return output, inference_ms
 
     def postprocess(
         self,

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from fuselite.runtime.affinity import pinned, split_cores
-from fuselite.runtime.annotator import Annotator
+from fuselite.runtime.annotator import FRAME_ERROR_LOG_EVERY, Annotator, FrameError
 from fuselite.runtime.options import (
     AnnotatorOptions,
     RunOptions,
@@ -212,7 +212,14 @@ def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStat
         start = time.perf_counter()
         model_input = annotator.preprocess(frame.image)
         preprocess_ms = (time.perf_counter() - start) * 1000.0
-    output, inference_ms = annotator.infer(model_input)
+    try:
+        output, inference_ms = annotator.infer(model_input)
+    except FrameError as exc:  # e.g. NaN out of the model: counted and logged, the run goes on
+        stats.frame_errors += 1
+        if stats.frame_errors % FRAME_ERROR_LOG_EVERY == 1:
+            log.warning("frame %d not annotated: %s (%d frame errors so far; one line per %d)",
+                        frame.index, exc, stats.frame_errors, FRAME_ERROR_LOG_EVERY)
+        return None
     return outputs.write(frame, output, preprocess_ms, inference_ms)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -16,7 +18,8 @@ def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") 
     scale = max(0.7, min(2.0, image.shape[0] / 480))
     row = int(26 * scale)
     present = {c.label for c in result.categories}
-    best = sorted(result.scores.items(), key=lambda item: -item[1])[:OVERLAY_ROWS]
+    scores = {label: _drawable(score) for label, score in result.scores.items()}
+    best = sorted(scores.items(), key=lambda item: -item[1])[:OVERLAY_ROWS]
     width = min(image.shape[1], int(240 * scale))
     height = row * (len(best) + (1 if status else 0)) + int(8 * scale)
     panel = image[:height, :width]
@@ -38,6 +41,12 @@ def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") 
         )
         y += row
     return image
+
+
+def _drawable(score: float) -> float:
+    """A score as a bar length from 0 to 1: NaN and infinities (which the annotator
+    refuses, but a result may be built elsewhere) draw as 0 instead of crashing ``int()``."""
+    return min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
 
 
 def _text(image: np.ndarray, text: str, origin: tuple[int, int], scale: float, colour) -> None:
