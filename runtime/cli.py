@@ -132,6 +132,11 @@ def _output_arguments(group) -> None:
         default="-",
         help="file for the JSONL events, '-' for stdout (default), 'none' for none",
     )
+    group.add_argument(
+        "--all-scores",
+        action="store_true",
+        help="write every label's score in each JSONL event (default: only the reported labels)",
+    )
     group.add_argument("--video-out", type=Path, help="write an annotated video (.mp4 or .avi)")
     group.add_argument(
         "--video-segment-minutes",
@@ -150,6 +155,13 @@ def _output_arguments(group) -> None:
         "--bind",
         default="127.0.0.1",
         help="address of the preview (default 127.0.0.1; 0.0.0.0 exposes it, no password)",
+    )
+    group.add_argument(
+        "--preview-max-clients",
+        type=int,
+        default=16,
+        metavar="N",
+        help="preview connections served at once; more get HTTP 503 (default 16)",
     )
     group.add_argument(
         "--display",
@@ -235,6 +247,8 @@ def _build_options(args: argparse.Namespace):
         video_segment_minutes=args.video_segment_minutes,
         preview_port=args.preview,
         preview_bind=args.bind,
+        preview_max_clients=args.preview_max_clients,
+        all_scores=args.all_scores,
         display=args.display,
         fps_limit=args.fps_limit,
         max_frames=args.max_frames,

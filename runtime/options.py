@@ -118,6 +118,9 @@ class RunOptions:
             sources (cameras, streams) and writes one file for files and folders.
         preview_port: Serve an MJPEG preview on this port (0 picks a free one), or ``None``.
         preview_bind: Address the preview listens on; loopback unless you say otherwise.
+        preview_max_clients: Preview connections served at once; more get HTTP 503.
+        all_scores: Write every label's score in each JSONL event (``"scores"``), not
+            only the reported labels.
         display: ``"auto"`` shows an on-screen window when a display and an OpenCV GUI
             exist, ``"on"`` insists on one, ``"off"`` never opens one.
         fps_limit: Annotate at most this many frames per second; ``None`` for no limit.
@@ -149,6 +152,8 @@ class RunOptions:
     video_segment_minutes: float | None = None
     preview_port: int | None = None
     preview_bind: str = "127.0.0.1"
+    preview_max_clients: int = 16
+    all_scores: bool = False
     display: str = "auto"
     fps_limit: float | None = None
     max_frames: int | None = None
@@ -169,6 +174,10 @@ class RunOptions:
             raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")
         if self.preview_port is not None and not 0 <= self.preview_port <= 65535:
             raise ValueError(f"preview_port must be from 0 to 65535, not {self.preview_port}")
+        if not 1 <= self.preview_max_clients <= 1000:
+            raise ValueError(
+                f"preview_max_clients must be from 1 to 1000, not {self.preview_max_clients}"
+            )
         if self.fps_limit is not None and not (
             self.fps_limit > 0 and math.isfinite(self.fps_limit)
         ):
