@@ -28,11 +28,16 @@ from pathlib import Path
 
 from fuselite.devices.profiles import Profile, python_clauses
 from fuselite.files import write_atomic
+from fuselite.runtime.watchdog import FLUSH_BOUND_S, STOP_GRACE_S
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Setup file name -> its permission bits; the template is templates/<name>.in.
 SETUP_FILES = {"install.sh": 0o755, "fuselite.service": 0o644, "fuselite.env": 0o644}
 COMMENT_WIDTH = 100
+# After SIGTERM, fuselite run ends within its grace period plus its bounded flush, even
+# mid-invoke; the unit's TimeoutStopSec leaves a margin above that before systemd's SIGKILL.
+STOP_BOUND_S = STOP_GRACE_S + FLUSH_BOUND_S
+STOP_MARGIN_S = 7.0
 
 # camera_backend -> (comment above FUSELITE_SOURCE in fuselite.env, the default source)
 SOURCES = {
@@ -89,6 +94,8 @@ def template_values(profile: Profile) -> dict[str, str]:
         "memory_max_mb": str(round(2 * profile.limits.max_memory_mb)),
         "source_help": _comment(source_help),
         "source": source,
+        "stop_bound_s": f"{STOP_BOUND_S:g}",
+        "timeout_stop_s": f"{STOP_BOUND_S + STOP_MARGIN_S:g}",
     }
 
 

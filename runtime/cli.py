@@ -53,10 +53,10 @@ def _model_arguments(group) -> None:
     group.add_argument("--deny", help="comma-separated labels never to report")
     group.add_argument(
         "--invoke-timeout",
-        type=float,
+        type=_seconds_or_auto,
         metavar="SECONDS",
         help="end the run (exit code 124, outputs flushed) when one invoke takes longer "
-        "(default: 50x the invoke at load, at least 2 s; 0: off)",
+        "(default auto: 50x the invoke at load, at least 2 s; 0: off)",
     )
     group.add_argument(
         "--smoothing",
@@ -72,6 +72,11 @@ def _model_arguments(group) -> None:
         help="margin around each threshold before a label flips "
         "(default: 0.05 for cameras, streams and videos, 0 for image folders)",
     )
+
+
+def _seconds_or_auto(text: str) -> float | None:
+    """A number of seconds, or ``auto`` (None), as the systemd settings file writes it."""
+    return None if text.strip().lower() == "auto" else float(text)
 
 
 def _source_arguments(group) -> None:

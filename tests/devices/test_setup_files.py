@@ -29,6 +29,7 @@ from fuselite.devices.setup_files import (
     render,
     write_setup_files,
 )
+from fuselite.runtime.watchdog import FLUSH_BOUND_S, STOP_GRACE_S
 
 PROFILES = list_profiles()
 AS_ROOT = pytest.mark.skipif(
@@ -194,8 +195,18 @@ def test_systemd_unit_has_its_sections_and_runs_fuselite_run(files, name):
     assert service["Restart"] == "on-failure" and service["User"] == "fuselite"
     assert service["EnvironmentFile"] == "/etc/fuselite/fuselite.env"
     assert service["MemoryMax"] == f"{round(2 * profile.limits.max_memory_mb)}M"
+    assert service["LimitNOFILE"] == "4096"  # not systemd's 1024: previews take descriptors
     assert profile.name in unit["Unit"]["Description"]
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@by_profile
+def test_systemd_waits_for_the_runs_own_stop_bound_before_its_sigkill(files, name):
+    service = _unit(files["fuselite.service"])["Service"]
+    # The watchdog ends a run mid-invoke within the grace period plus the bounded flush.
+    assert float(service["TimeoutStopSec"]) >= STOP_GRACE_S + FLUSH_BOUND_S + 5
+    assert "143" in service["SuccessExitStatus"].split()  # 128 + SIGTERM: a stop, not a failure
+    assert "--invoke-timeout ${FUSELITE_INVOKE_TIMEOUT}" in service["ExecStart"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
@@ -227,17 +238,31 @@ def test_settings_fill_every_variable_of_the_unit_with_the_profile_values(files,
     assert settings["FUSELITE_BUNDLE"] == "/etc/fuselite/model.tflite"
 
 
+def _exec_start_arguments(service: Path, env: Path) -> list[str]:
+    """The arguments after ``fuselite run`` of the unit's ExecStart, expanded as systemd
+    does from the settings file: ``${X}`` is one argument, ``$X`` splits on spaces."""
+    settings = _settings(env)
+    words = []
+    for word in _unit(service)["Service"]["ExecStart"].split()[2:]:
+        if match := re.fullmatch(r"\$\{(\w+)\}", word):
+            words.append(settings[match[1]])
+        elif match := re.fullmatch(r"\$(\w+)", word):
+            words += settings[match[1]].split()
+        else:
+            words.append(word)
+    return words
+
+
 @by_profile
 def test_unit_command_line_is_accepted_by_fuselite_run(files, name):
     runtime_cli = pytest.importorskip("fuselite.runtime.cli")
-    settings = _settings(files["fuselite.env"])
     parser = argparse.ArgumentParser(exit_on_error=False)
     runtime_cli.add_arguments(parser)
-    args = parser.parse_args([
-        "--bundle", settings["FUSELITE_BUNDLE"], "--source", settings["FUSELITE_SOURCE"],
-        "--threads", settings["FUSELITE_THREADS"], *settings["FUSELITE_ARGS"].split(),
-    ])
+    args = parser.parse_args(_exec_start_arguments(files["fuselite.service"], files["fuselite.env"]))
     assert args.threads == get_profile(name).threads
+    assert args.invoke_timeout is None  # auto: the budget comes from the invoke at load
+    _, run_options = runtime_cli._build_options(args)
+    assert run_options.invoke_timeout is None
 
 
 # --- writing and the CLI -----------------------------------------------------------
