@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from fuselite.bundle import MAX_LABEL_CHARS, MAX_LABELS
 from fuselite.data.dataset import ImageTextData, Splits
 from fuselite.errors import UserError
+from fuselite.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +121,42 @@ def load_sources(config: DataSpec):
     from fuselite.data.readers import read_dataset
 
     return read_dataset(Path(config.data), config.image_size), None, None
+
+
+def check_label_texts(labels: Sequence[str], other_tags: Sequence[str] = ()) -> None:
+    """Raises a UserError when a bundle could not hold these labels (checked before training).
+
+    A bundle's manifest takes at most ``MAX_LABELS`` labels of at most ``MAX_LABEL_CHARS``
+    characters (``fuselite.bundle``); a run with a longer one would train for hours and
+    then fail to convert.  ``other_tags`` (the validation and test splits' tags) are held
+    to the same length: whether a tag lands in training depends only on the seed.
+    """
+    too_long = [label for label in (*labels, *other_tags) if len(label) > MAX_LABEL_CHARS]
+    if too_long:
+        raise UserError(
+            f"{len(too_long)} label(s) are longer than {MAX_LABEL_CHARS} characters, the most a "
+            f"bundle holds (e.g. {too_long[0][:40]!r}..., {len(too_long[0])} characters); "
+            "shorten those tags in the data"
+        )
+    if len(labels) > MAX_LABELS:
+        raise UserError(f"{len(labels)} labels, more than the {MAX_LABELS} a bundle holds; "
+                        "merge or drop tags in the data")
+
+
+def warn_unreadable_labels(labels: Sequence[str], tokenizer: Tokenizer) -> None:
+    """Warns about labels the model cannot tell apart: no known word, or the same words.
+
+    Such labels get identical embeddings, so they score the same on every image.
+    """
+    unreadable = [label for label in labels if max(tokenizer.encode(label)) <= 1]  # pad or unknown
+    if unreadable:
+        log.warning("%d label(s) have no word the tokenizer reads (letters or digits), e.g. %s: "
+                    "they all get the same embedding and score; rename them",
+                    len(unreadable), ", ".join(repr(label) for label in unreadable[:3]))
+    same: dict[tuple[int, ...], list[str]] = {}
+    for label in labels:
+        same.setdefault(tuple(tokenizer.encode(label)), []).append(label)
+    for key, group in same.items():
+        if len(group) > 1 and max(key) > 1:
+            log.warning("labels %s read as the same words, so they get the same embedding and "
+                        "score; rename one", " and ".join(repr(label) for label in group[:3]))

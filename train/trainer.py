@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from fuselite.data.dataset import Splits
+from fuselite.data.sources import check_label_texts, warn_unreadable_labels
 from fuselite.errors import UserError
 from fuselite.files import write_atomic
 from fuselite.metrics import mean_average_precision, top1_accuracy
@@ -66,7 +69,9 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     """Trains ``config`` into ``run_dir`` and returns the test metrics.
 
     With ``resume``, the saved config and splits are reused and training continues
-    after the last completed epoch.
+    after the last completed epoch.  A fresh run writes nothing until its data has
+    loaded and its labels passed :func:`check_label_texts`; if it then fails before
+    its first checkpoint, what it wrote is removed (never what the folder held before).
     """
     run_dir = Path(run_dir)
     if config.backbone == "auto" and not resume:
@@ -75,7 +80,6 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     keras.utils.set_random_seed(config.seed)
     started = time.monotonic()
     data = load_run_data(config, splits)
-    data.splits.save(run_dir / "splits.json")
     labels = label_vocabulary(data.train)
     earlier = load_earlier_run(config.init_from) if config.init_from else None
     if earlier is None:
@@ -83,33 +87,65 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     else:
         labels = merged_labels(earlier.labels, labels)
         tokenizer = merged_tokenizer(earlier.tokenizer, [*labels, *data.train.captions])
-    tokenizer.save(run_dir / "tokenizer.json")
-    model = _fit(config, run_dir, data, labels, tokenizer, resume, earlier)
-    metrics = evaluate(model, tokenizer, labels, data)
-    metrics.update(
-        train_seconds=round(time.monotonic() - started, 1),
-        image_params=int(model.image_encoder.count_params()),
-        text_params=int(model.text_encoder.count_params()),
-        train_items=len(data.train), val_items=len(data.val), test_items=len(data.test),
-        skipped_items=data.skipped,
-    )
-    if config.init_from:
-        metrics["init_from"] = config.init_from
-    _save_run(run_dir, model, labels, metrics)
+    check_label_texts(labels, [*data.val.label_vocabulary(), *data.test.label_vocabulary()])
+    warn_unreadable_labels(labels, tokenizer)
+    with _run_dir_kept_only_if_it_trains(run_dir, fresh=not resume):
+        if not resume:
+            config.save(run_dir / "config.json")
+        data.splits.save(run_dir / "splits.json")
+        tokenizer.save(run_dir / "tokenizer.json")
+        model = _fit(config, run_dir, data, labels, tokenizer, resume, earlier)
+        metrics = evaluate(model, tokenizer, labels, data)
+        metrics.update(
+            train_seconds=round(time.monotonic() - started, 1),
+            image_params=int(model.image_encoder.count_params()),
+            text_params=int(model.text_encoder.count_params()),
+            train_items=len(data.train), val_items=len(data.val), test_items=len(data.test),
+            skipped_items=data.skipped,
+        )
+        if config.init_from:
+            metrics["init_from"] = config.init_from
+        _save_run(run_dir, model, labels, metrics)
     return metrics
 
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path, resume: bool):
+    """The config and splits to train with; checks ``run_dir`` but creates nothing."""
     if resume:
-        if not (run_dir / "config.json").exists():
-            raise UserError(f"{run_dir}: nothing to resume (no config.json); drop --resume to start")
-        saved = TrainConfig.load(run_dir / "config.json")
-        return saved, Splits.load(run_dir / "splits.json")
+        if not (run_dir / "config.json").exists() or not (run_dir / "splits.json").exists():
+            raise UserError(f"{run_dir}: nothing to resume (no config.json and splits.json: it never "
+                            "started training); drop --resume to start")
+        try:
+            return TrainConfig.load(run_dir / "config.json"), Splits.load(run_dir / "splits.json")
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{run_dir}: cannot resume, its config.json or splits.json is damaged "
+                            f"({error}); start again with a new --out") from error
     if (run_dir / "checkpoints").exists():
         raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or pick a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(run_dir / "config.json")
     return config, None
+
+
+@contextmanager
+def _run_dir_kept_only_if_it_trains(run_dir: Path, fresh: bool):
+    """Creates ``run_dir``; a fresh run that fails before its first checkpoint removes what it wrote.
+
+    After a checkpoint the folder is a resumable run and stays.  A folder the user
+    already had keeps everything it held before.
+    """
+    existed = run_dir.exists()
+    before = set(run_dir.iterdir()) if existed else set()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if fresh and not (run_dir / "checkpoints" / "state.json").exists():
+            leftovers = [run_dir] if not existed else [p for p in run_dir.iterdir() if p not in before]
+            for path in leftovers:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
 
 
 def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool, earlier=None):

@@ -159,3 +159,81 @@ def test_the_scene_manifest_helper_makes_exactly_the_bad_items_it_promises(tmp_p
     assert len(rows) == 40 and len(missing) == 2 and len(corrupt) == 2
     assert all(np.asarray(cv2.imread(str(p))).shape == (64, 64, 3)
                for p in paths if p not in missing + corrupt)
+
+
+# ---- issue 36, items 7 and 10: a train that fails on its data leaves nothing behind ------
+
+TINY_TRAIN = ["--backbone", "tiny", "--image-size", "64", "--epochs", "1", "--batch-size", "2"]
+
+
+def write_tiny_jsonl(folder: Path, lines: list[str]) -> Path:
+    """A JSONL manifest of ``lines`` beside four small images ``0.png`` ... ``3.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((32, 32, 3), 60 * i, np.uint8))
+    manifest = folder / "data.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def train_fails_with_one_line(capsys, manifest: Path, out: Path, *extra: str) -> str:
+    """Runs ``fuselite train`` expecting a user error; returns its one stderr line."""
+    code = main(["train", "--data", str(manifest), "--out", str(out), *TINY_TRAIN, *extra])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and error[0].startswith("fuselite train: error:"), error
+    return error[0]
+
+
+def test_a_label_longer_than_a_bundle_holds_stops_train_before_the_run_directory(
+    tmp_path, capsys
+):
+    long_tag = "x" * 300
+    lines = [json.dumps({"image": f"{i}.png", "tags": [long_tag if i == 0 else "dark"]})
+             for i in range(4)]
+    out = tmp_path / "run"
+    line = train_fails_with_one_line(capsys, write_tiny_jsonl(tmp_path / "data", lines), out)
+    assert "longer than 200 characters" in line
+    assert not out.exists()
+
+
+def test_data_with_nothing_usable_leaves_no_run_directory_and_keeps_the_users_folder(
+    tmp_path, capsys
+):
+    deep = '{"image": "0.png", "tags": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    nul = json.dumps({"image": "0\u0000.png", "tags": ["dark"]})
+    manifest = write_tiny_jsonl(tmp_path / "data", [deep, nul])
+    line = train_fails_with_one_line(capsys, manifest, tmp_path / "run")
+    assert "no usable items" in line and not (tmp_path / "run").exists()
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    train_fails_with_one_line(capsys, manifest, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_resume_of_a_run_that_never_started_is_one_clear_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    from fuselite.train.configs import get_config
+
+    get_config("custom").save(out / "config.json")  # all that a failed start used to leave
+    manifest = write_tiny_jsonl(tmp_path / "data", [json.dumps({"image": "0.png", "tags": ["a"]})])
+    line = train_fails_with_one_line(capsys, manifest, out, "--resume")
+    assert "nothing to resume" in line
+
+
+@pytest.mark.slow
+def test_a_train_that_fails_after_its_data_loaded_removes_the_run_directory(tmp_path):
+    lines = [json.dumps({"image": f"{i}.png", "tags": ["dark" if i < 2 else "light"]})
+             for i in range(4)]
+    manifest = write_tiny_jsonl(tmp_path / "data", lines)
+    (tmp_path / "bad.h5").write_bytes(b"not a weights file")  # fails when the model is built
+    out = tmp_path / "run"
+    try:
+        main(["train", "--data", str(manifest), "--out", str(out), "--backbone", "efficientnet-lite0",
+              "--backbone-weights", str(tmp_path / "bad.h5"), "--image-size", "160",
+              "--epochs", "1", "--batch-size", "2"])
+    except OSError:  # how h5py reports the bad file; this test is about what is left behind
+        pass
+    assert not out.exists()
