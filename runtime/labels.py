@@ -154,6 +154,9 @@ def _check_fixed_labels(bundle: Bundle, texts: Sequence[str]) -> None:
 def _has_known_word(tokenizer: Tokenizer, text: str) -> bool:
     """Warns about unknown words; False when the label has no known word at all."""
     words = split_words(text)
+    if not words:  # punctuation or symbols only: it would score as padding, like every such label
+        log.warning("label %r left out: it has no word (letters or digits)", text)
+        return False
     unknown = tokenizer.unknown_words(text)
     if not unknown:
         return True
