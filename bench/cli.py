@@ -1,7 +1,9 @@
 """``fuselite bench BUNDLE_DIR --data ... --out REPORT_DIR``: size, accuracy and latency of every bundle.
 
 Writes ``report.json``, ``report.csv``, ``report.md`` and ``pareto.png`` into ``--out``
-and prints the Markdown table.  Exit codes: 0 when done; 1 when ``--min-accuracy`` is
+and prints the Markdown table.  A bundle that cannot be read, loaded or measured (or
+takes longer than ``--timeout`` on one step) is a ❌ row with the reason; the rest of the
+report is still measured.  Exit codes: 0 when done; 1 when ``--min-accuracy`` is
 given and no ✅ bundle reaches it, or when no bundle passed its checks; 2 for a usage
 mistake.  Needs no TensorFlow unless the Keras reference row is possible.
 """
@@ -43,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score only the first N images (0: all; 'scenes' draws 500 by default)")
     parser.add_argument("--warmup", type=int, default=10, metavar="N", help="untimed frames first (default 10)")
     parser.add_argument("--runs", type=int, default=100, metavar="N", help="timed frames per bundle (default 100)")
+    parser.add_argument("--sustain", type=float, default=3.0, metavar="SECONDS",
+                        help="seconds of fuselite run's loop per bundle for the sustained FPS, CPU ms per frame "
+                             "and cores used (default 3; 0 skips them)")
+    parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="longest a bundle may take to load or to do one frame; a bundle that takes longer "
+                             "(e.g. loops forever) is stopped and gets a ❌ row (default 120)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         args.bundle_dir, args.data, args.out, threads=args.threads, device=args.device, run_dir=args.run,
         reference=False if args.no_reference else (True if args.run else None), warmup=args.warmup,
         runs=args.runs, samples=args.samples, min_accuracy=args.min_accuracy, progress=True,
+        sustain_s=args.sustain, timeout_s=args.timeout,
     )
     print(format_table(report))
     print(summary_lines(report))

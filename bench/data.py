@@ -57,13 +57,18 @@ class EvalData:
         return len(self.images)
 
     def targets(self, labels) -> np.ndarray:
-        """float32 multi-hot ``[N, len(labels)]``: 1 where a label applies to an image."""
-        index = {label: j for j, label in enumerate(labels)}
-        targets = np.zeros((len(self), len(index)), np.float32)
+        """float32 multi-hot ``[N, len(labels)]``: 1 where a label applies to an image.
+
+        One column per entry of ``labels``, in order, even when a text repeats (both of
+        its columns are set), so the targets always line up with the scores.
+        """
+        columns: dict[str, list[int]] = {}
+        for j, label in enumerate(labels):
+            columns.setdefault(label, []).append(j)
+        targets = np.zeros((len(self), len(labels)), np.float32)
         for i, tags in enumerate(self.tags):
             for tag in tags:
-                if tag in index:
-                    targets[i, index[tag]] = 1.0
+                targets[i, columns.get(tag, [])] = 1.0
         return targets
 
     def head(self, n: int) -> EvalData:

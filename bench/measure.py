@@ -12,9 +12,15 @@ and a bundle that crashes the interpreter costs one row, not the benchmark.  The
 3. scores every frame with :func:`fuselite.scoring.label_probabilities` (the scorer
    every stage shares; it handles ``[1, D]`` and regional ``[1, cells, D]`` outputs);
 4. checks that ``fuselite run``'s :class:`~fuselite.runtime.Annotator` loads the bundle
-   and gives the same scores.
+   and gives the same scores;
+5. with ``--sustain S``: runs that Annotator's loop (preprocess + invoke + scoring, one
+   frame after another, as ``fuselite run`` does) for S seconds, and records the frames,
+   the wall time and the process's CPU time (every thread's, the interpreter's included).
 
 It writes the probabilities to an ``.npy`` file and a JSON summary; no TensorFlow.
+While it works it prints progress lines on stdout (at least one per
+:data:`HEARTBEAT_S` of progress, and ``phase NAME`` when a step starts), so the parent
+can tell a slow bundle from one that hangs and kill the latter.
 """
 
 from __future__ import annotations
@@ -35,6 +41,33 @@ from fuselite.scoring import activate, label_probabilities
 LATENCY_FRAMES = 32  # distinct frames cycled through by the timed runs
 ANNOTATOR_FRAMES = 8  # frames compared between this path and fuselite run's Annotator
 ANNOTATOR_TOLERANCE = 1e-4  # the Annotator folds logit_scale into the weights: float rounding
+HEARTBEAT_S = 0.2  # at most this often a progress line: negligible next to any frame
+
+
+class Heartbeat:
+    """Progress lines on stdout for the parent's watchdog: ``phase NAME``, then ``.`` as frames finish."""
+
+    def __init__(self, stream=None) -> None:
+        self._stream = stream
+        self._last = 0.0
+
+    def phase(self, name: str) -> None:
+        """Announces a step (it names the step a timeout happened in)."""
+        self._write(f"phase {name}")
+
+    def beat(self) -> None:
+        """Called after every frame; writes a line at most every :data:`HEARTBEAT_S`."""
+        if time.monotonic() - self._last >= HEARTBEAT_S:
+            self._write(".")
+
+    def _write(self, line: str) -> None:
+        self._last = time.monotonic()
+        if self._stream is not None:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+SILENT = Heartbeat()
 
 
 @dataclass
@@ -83,10 +116,14 @@ def load(path: Path, num_threads: int) -> LoadedBundle:
     return LoadedBundle(bundle, model, preprocessor, check_output(bundle.manifest, model.output))
 
 
-def time_frames(loaded: LoadedBundle, frames: np.ndarray, warmup: int, runs: int) -> dict:
+def time_frames(loaded: LoadedBundle, frames: np.ndarray, warmup: int, runs: int,
+                heartbeat: Heartbeat = SILENT) -> dict:
     """Warm-up runs, then ``runs`` timed frames; per-frame milliseconds, end to end and invoke only."""
+    heartbeat.phase("warming up")
     for i in range(warmup):
         loaded.probabilities(frames[i % len(frames)])
+        heartbeat.beat()
+    heartbeat.phase("timing single frames")
     total, invoke = [], []
     for i in range(runs):
         frame = frames[i % len(frames)]
@@ -99,6 +136,7 @@ def time_frames(loaded: LoadedBundle, frames: np.ndarray, warmup: int, runs: int
         end = time.perf_counter()
         total.append((end - start) * 1000.0)
         invoke.append((after_invoke - before_invoke) * 1000.0)
+        heartbeat.beat()
     return {"frame_ms": total, "invoke_ms": invoke}
 
 
@@ -109,32 +147,64 @@ def _score(loaded: LoadedBundle, output: np.ndarray) -> np.ndarray:
                                manifest.logit_scale, manifest.logit_bias)
 
 
-def score_all(loaded: LoadedBundle, frames: np.ndarray) -> np.ndarray:
+def score_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = SILENT) -> np.ndarray:
     """float32 ``[N, labels]`` probabilities of every frame."""
+    heartbeat.phase("scoring the data")
     scores = np.empty((len(frames), len(loaded.bundle.manifest.labels)), np.float32)
     for i in range(len(frames)):
         scores[i] = loaded.probabilities(np.ascontiguousarray(frames[i]))
+        heartbeat.beat()
     return scores
 
 
-def annotator_problem(path: Path, frames: np.ndarray, scores: np.ndarray, num_threads: int) -> str:
-    """Why ``fuselite run``'s Annotator cannot serve this bundle as benchmarked ("" if it can)."""
+def open_annotator(path: Path, num_threads: int):
+    """``fuselite run``'s Annotator on the bundle: ``(annotator, "")`` or ``(None, why it cannot load)``."""
     from fuselite.runtime.annotator import Annotator
     from fuselite.runtime.options import AnnotatorOptions
 
     try:
-        annotator = Annotator.create(AnnotatorOptions(path, num_threads=num_threads))
+        return Annotator.create(AnnotatorOptions(path, num_threads=num_threads)), ""
     except (BundleError, ValueError) as exc:
-        return f"`fuselite run` cannot load it: {exc}"
-    with annotator:
-        worst = 0.0
+        return None, f"`fuselite run` cannot load it: {exc}"
+
+
+def annotator_problem(annotator, frames: np.ndarray, scores: np.ndarray, heartbeat: Heartbeat = SILENT) -> str:
+    """Why ``fuselite run``'s Annotator does not give the benchmark's scores ("" if it does)."""
+    heartbeat.phase("comparing with fuselite run's scores")
+    worst = 0.0
+    try:
         for i in range(min(ANNOTATOR_FRAMES, len(frames))):
             result = annotator.annotate(np.ascontiguousarray(frames[i]), timestamp_ms=1000.0 * i)
             runtime_scores = np.array([result.scores[label] for label in annotator.labels])
             worst = max(worst, float(np.abs(runtime_scores - scores[i]).max()))
+            heartbeat.beat()
+    except (ValueError, KeyError, RuntimeError) as exc:  # the runtime refusing a frame is a finding
+        return f"`fuselite run` fails on its frames: {exc}"
     if not worst <= ANNOTATOR_TOLERANCE:
         return f"`fuselite run` scores differ from the benchmark's by up to {worst:.2g}"
     return ""
+
+
+def sustained(annotator, frames: np.ndarray, seconds: float, heartbeat: Heartbeat = SILENT) -> dict:
+    """``fuselite run``'s loop for ``seconds``: frames done, wall seconds and process CPU seconds.
+
+    One frame after another through the Annotator (preprocess from the BGR frame, invoke,
+    scoring, smoothing, label selection), as ``fuselite run`` does without a source to
+    decode.  CPU time is the whole process's (``time.process_time``: every thread,
+    the interpreter's workers included), so CPU / wall is the cores the process got.
+    """
+    heartbeat.phase("sustained run")
+    done = 0
+    cpu_start, start = time.process_time(), time.perf_counter()
+    end = start + seconds
+    now = start
+    while now < end or done == 0:
+        annotator.annotate(frames[done % len(frames)], timestamp_ms=1000.0 * done)
+        done += 1
+        heartbeat.beat()
+        now = time.perf_counter()
+    return {"sustained_frames": done, "sustained_wall_s": now - start,
+            "sustained_cpu_s": time.process_time() - cpu_start}
 
 
 def peak_memory_mb() -> float:
@@ -154,11 +224,13 @@ def peak_memory_mb() -> float:
     return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
 
 
-def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs: int) -> tuple[dict, np.ndarray | None]:
+def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs: int,
+            sustain_s: float = 0.0, heartbeat: Heartbeat = SILENT) -> tuple[dict, np.ndarray | None]:
     """Everything the child measures; returns the summary and the scores (``None`` if it failed to load)."""
     from fuselite.interpreter import interpreter_name
 
     summary = {"interpreter": interpreter_name(), "baseline_memory_mb": peak_memory_mb()}
+    heartbeat.phase("loading")
     start = time.perf_counter()
     try:
         loaded = load(path, num_threads)
@@ -166,13 +238,30 @@ def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs:
         return {**summary, "status": "load_failed", "message": str(exc)}, None
     summary["load_ms"] = (time.perf_counter() - start) * 1000.0
     timing_frames = np.ascontiguousarray(frames[:LATENCY_FRAMES])
-    summary.update(time_frames(loaded, timing_frames, warmup, runs))
+    summary.update(time_frames(loaded, timing_frames, warmup, runs, heartbeat))
     summary["peak_memory_mb"] = peak_memory_mb()
-    scores = score_all(loaded, frames)
+    scores = score_all(loaded, frames, heartbeat)
     loaded.model.close()
-    summary["runtime_problem"] = annotator_problem(path, frames, scores, num_threads)
     summary["status"] = "measured"
+    if not np.all(np.isfinite(scores)):
+        return summary, scores  # the parent refuses it: nothing the runtime does with it counts
+    summary.update(_runtime_loop(path, timing_frames, scores, num_threads, sustain_s, heartbeat))
     return summary, scores
+
+
+def _runtime_loop(path: Path, frames: np.ndarray, scores: np.ndarray, num_threads: int, sustain_s: float,
+                  heartbeat: Heartbeat) -> dict:
+    """The Annotator's check against the scores, then its sustained loop (when ``sustain_s`` > 0)."""
+    heartbeat.phase("loading for fuselite run")
+    annotator, problem = open_annotator(path, num_threads)
+    if annotator is None:
+        return {"runtime_problem": problem}
+    with annotator:
+        found = {"runtime_problem": annotator_problem(annotator, frames, scores, heartbeat)}
+        if sustain_s > 0 and not found["runtime_problem"]:
+            annotator.reset()
+            found.update(sustained(annotator, frames, sustain_s, heartbeat))
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,11 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--sustain", type=float, default=0.0, help="seconds of fuselite run's loop (0: none)")
     args = parser.parse_args(argv)
     import cv2  # noqa: F401 - imported before the baseline memory reading, as the runtime imports it
 
     frames = np.load(args.frames, mmap_mode="r")
-    summary, scores = measure(args.bundle, frames, args.threads, args.warmup, args.runs)
+    summary, scores = measure(args.bundle, frames, args.threads, args.warmup, args.runs, args.sustain,
+                              Heartbeat(sys.stdout))
     if scores is not None:
         np.save(args.scores, scores)
     args.summary.write_text(json.dumps(summary))

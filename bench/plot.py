@@ -1,6 +1,9 @@
 """``pareto.png``: the task metric against file size and against latency, fronts marked.
 
-Two panels, one point per bundle, labelled with its variant.  The Pareto front (no
+Two panels, one point per bundle, labelled with its variant.  The latency panel places
+each bundle at its sustained milliseconds per frame (``1000 / sustained FPS``, the loop
+of ``fuselite run``) where that was measured, with a grey tick at its single-frame
+median (p50) joined to it, so the gap between the two is visible.  The Pareto front (no
 other bundle is both at least as accurate and at least as small, or fast) is a line
 through its points; bundles that failed a check are hollow, the Keras reference is a
 grey star, the ``--device`` recommendation is ringed.  Needs matplotlib (the
@@ -34,12 +37,13 @@ def plot_pareto(report: Report, path: Path) -> Path:
     axes = fig.subplots(1, 2)
     panels = (
         ("size_bytes", lambda r: r.size_bytes / 1000, "pareto_size", "bundle file size (kB)"),
-        ("latency", lambda r: r.latency_p50_ms, "pareto_latency", "latency per frame, median (ms)"),
+        ("latency", lambda r: r.frame_ms, "pareto_latency", _latency_label(rows)),
     )
     for ax, (_, x_of, front_attr, xlabel) in zip(axes, panels):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{METRIC_TITLES.get(metric, metric)} (%)  ↑ better")
         _panel(ax, rows, metric, x_of, front_attr)
+    _p50_ticks(axes[1], rows, metric)
     _legend(fig, rows, report.device)
     axes[0].set_title("accuracy vs size  (← smaller)")
     axes[1].set_title("accuracy vs speed  (← faster)")
@@ -74,6 +78,27 @@ def _panel(ax, rows: list[Row], metric: str, x_of, front_attr: str) -> None:
     _pad_limits(ax, xs, [y for _, _, y in points])
     _labels(ax, points)
     ax.grid(True, alpha=0.3)
+
+
+def _latency_label(rows: list[Row]) -> str:
+    if any(r.sustained_fps for r in rows):
+        return "ms per frame: ● sustained (fuselite run's loop), | single-frame p50"
+    return "latency per frame, median (ms)"
+
+
+def _p50_ticks(ax, rows: list[Row], metric: str) -> None:
+    """A grey tick at each sustained point's single-frame p50, joined to the point."""
+    for r in rows:
+        if r.sustained_fps and r.latency_p50_ms is not None and r.frame_ms is not None:
+            y = 100 * r.metrics[metric]
+            ax.plot([r.latency_p50_ms, r.frame_ms], [y, y], "-", color="#999999", lw=0.9, zorder=1)
+            ax.scatter([r.latency_p50_ms], [y], marker="|", s=90, color="#777777", zorder=2)
+    if any(r.sustained_fps for r in rows):
+        lows = [r.latency_p50_ms for r in rows if r.latency_p50_ms] + [r.frame_ms for r in rows if r.frame_ms]
+        if ax.get_xscale() == "log":
+            ax.set_xlim(min(lows) / 1.6, max(lows) * 1.6)
+        else:
+            ax.set_xlim(0.0, max(lows) * 1.15)
 
 
 def _marker(ax, row: Row, x: float, y: float, on_front: bool) -> None:

@@ -3,7 +3,9 @@
 Static facts (sizes, manifest numerics, op compatibility with ``--device``) are read
 here; everything that runs the model happens in a child process per bundle
 (:mod:`fuselite.bench.measure`), so rows do not share memory, caches or crashes.
-A failing bundle becomes a row with its status; only a user mistake (no bundles, bad
+A failing bundle becomes a row with its status and reason (a file it cannot read, one
+over the size limit, repeated labels, a crash, NaN scores, a step that hangs past
+``timeout_s``); the others are still measured.  Only a user mistake (no bundles, bad
 ``--data``, unknown ``--device``) raises :class:`~fuselite.errors.UserError`.
 
 Example:
@@ -14,13 +16,15 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import logging
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,15 +34,23 @@ import numpy as np
 from fuselite import metrics as m
 from fuselite.bench.data import EvalData, is_run_dir, load_eval_data, source_runs
 from fuselite.bench.report import CHECK_FAILED, LOAD_FAILED, Report, Row, mark_pareto, recommend
-from fuselite.bundle import Bundle, BundleError, Manifest, read_bundle, read_manifest
+from fuselite.bundle import (
+    MAX_BUNDLE_BYTES,
+    Bundle,
+    BundleError,
+    Manifest,
+    read_bundle,
+    read_manifest,
+)
 from fuselite.errors import UserError
 from fuselite.host import machine_description
 
 log = logging.getLogger(__name__)
 
 BUNDLE_SUFFIXES = (".tflite", ".fuselite")
-CHILD_TIMEOUT_S = 600.0
-CHILD_TIMEOUT_PER_IMAGE_S = 0.05
+DEFAULT_TIMEOUT_S = 120.0  # longest step (loading, or one frame) before a bundle counts as hung
+DEFAULT_SUSTAIN_S = 3.0  # seconds of fuselite run's loop per bundle
+GZIP_CHUNK = 1 << 20  # the file is compressed 1 MB at a time: memory stays flat
 
 
 @dataclass(frozen=True)
@@ -50,12 +62,17 @@ class BenchSettings:
         warmup: Untimed frames before the timed ones.
         runs: Timed frames per bundle.
         profile: The ``--device`` profile, or ``None``.
+        sustain_s: Seconds of ``fuselite run``'s loop per bundle (0: no sustained figures).
+        timeout_s: Longest wait for one step of the measuring process (loading, or one
+            frame); a bundle that takes longer is killed and gets a ❌ row.
     """
 
     threads: int
     warmup: int = 10
     runs: int = 100
     profile: object | None = None
+    sustain_s: float = DEFAULT_SUSTAIN_S
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
 
 def run_bench(
@@ -72,6 +89,8 @@ def run_bench(
     samples: int = 0,
     min_accuracy: float | None = None,
     progress: bool = False,
+    sustain_s: float = DEFAULT_SUSTAIN_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> Report:
     """Benchmarks every bundle in ``bundle_dir`` (or one bundle file); writes the report if ``out_dir``.
 
@@ -79,10 +98,12 @@ def run_bench(
     run the bundles were converted from.  ``reference`` adds the Keras model of
     ``run_dir`` (or of the data's run) as a row; ``None`` adds it when TensorFlow imports.
     ``samples`` > 0 scores only the first images.  ``min_accuracy`` is recorded for the gate.
+    ``sustain_s`` seconds of ``fuselite run``'s loop give the sustained FPS; ``timeout_s``
+    bounds each step of a bundle's measurement (see :class:`BenchSettings`).
     """
     paths = find_bundles(Path(bundle_dir))
     manifests = _readable_manifests(paths)
-    settings = _settings(threads, device, warmup, runs)
+    settings = _settings(threads, device, warmup, runs, sustain_s, timeout_s)
     eval_data = _eval_data(data, manifests, samples)
     rows = _measure_all(paths, eval_data, settings, progress)
     reference_run = _reference_run(run_dir, eval_data, manifests, reference)
@@ -123,7 +144,8 @@ def find_bundles(path: Path) -> list[Path]:
 # --- set-up ------------------------------------------------------------------------
 
 
-def _settings(threads: int | None, device: str | None, warmup: int, runs: int) -> BenchSettings:
+def _settings(threads: int | None, device: str | None, warmup: int, runs: int, sustain_s: float,
+              timeout_s: float) -> BenchSettings:
     profile = None
     if device:
         from fuselite.devices.profiles import get_profile
@@ -136,10 +158,12 @@ def _settings(threads: int | None, device: str | None, warmup: int, runs: int) -
         threads = profile.threads if profile else default_threads()
     if threads < 1 or warmup < 0 or runs < 1:
         raise UserError("--threads and --runs must be at least 1, --warmup at least 0")
+    if not (0 <= sustain_s <= 3600 and 0 < timeout_s <= 86400):
+        raise UserError("--sustain must be 0 to 3600 seconds and --timeout more than 0 (e.g. 120)")
     cores = usable_core_count()
     if threads > cores:
         log.warning("%d threads on %d usable cores: latency will be pessimistic", threads, cores)
-    return BenchSettings(threads, warmup, runs, profile)
+    return BenchSettings(threads, warmup, runs, profile, float(sustain_s), float(timeout_s))
 
 
 def _readable_manifests(paths: list[Path]) -> list[Manifest]:
@@ -147,7 +171,7 @@ def _readable_manifests(paths: list[Path]) -> list[Manifest]:
     for path in paths:
         try:
             manifests.append(read_manifest(path))
-        except BundleError:
+        except (BundleError, OSError):
             continue  # its row will say why
     return manifests
 
@@ -185,64 +209,163 @@ def _measure_all(paths: list[Path], data: EvalData, settings: BenchSettings, pro
 
 
 def bench_bundle(path: Path, data: EvalData, frames: Path, settings: BenchSettings, work_dir: Path) -> Row:
-    """One bundle's row: static checks here, measurements in a child process."""
-    raw = path.read_bytes()
-    row = Row(name=path.stem, file=str(path), size_bytes=len(raw),
-              gzip_bytes=len(gzip.compress(raw, compresslevel=9, mtime=0)))
+    """One bundle's row: static checks here, measurements in a child process.
+
+    Whatever goes wrong with this one bundle ends in its ❌ row with the reason; the
+    caller goes on with the next bundle.
+    """
+    row = Row(name=path.stem, file=str(path))
+    try:
+        _measure_into(row, path, data, frames, settings, work_dir)
+    except OSError as exc:
+        reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else str(exc)
+        _fail(row, f"cannot read it ({reason}): check the disk, or copy the bundle again")
+    except Exception as exc:  # one bundle's failure must never cost the report
+        log.debug("bench failed on %s", path, exc_info=True)
+        _fail(row, f"bench could not measure it: {type(exc).__name__}: {exc}")
+    return row
+
+
+def _measure_into(row: Row, path: Path, data: EvalData, frames: Path, settings: BenchSettings,
+                  work_dir: Path) -> None:
+    row.size_bytes = path.stat().st_size
+    if row.size_bytes > MAX_BUNDLE_BYTES:  # before reading a byte: a sparse 1.5 GB file stays on disk
+        return _fail(row, f"{row.size_bytes} bytes, over the {MAX_BUNDLE_BYTES / 2**20:g} MiB limit of a bundle: "
+                          "not read (is it a bundle?)")
+    row.gzip_bytes = gzip_size(path)
     try:
         bundle = read_bundle(path)
     except BundleError as exc:
-        row.status, row.message = LOAD_FAILED, str(exc)
-        return row
+        return _fail(row, str(exc))
     _describe(row, bundle)
-    summary, scores = _run_child(path, frames, settings, work_dir, len(data))
+    problem = label_problem(bundle.manifest)
+    if problem:
+        return _fail(row, problem)
+    summary, scores = _run_child(path, frames, settings, work_dir)
     if summary.get("status") != "measured":
-        row.status, row.message = LOAD_FAILED, summary.get("message", "the measuring process failed")
-        return row
+        return _fail(row, summary.get("message", "the measuring process failed"))
+    problem = score_problem(scores, len(data))
+    if problem:
+        return _fail(row, problem)
     _timings(row, summary)
     _evaluate(row, scores, data, bundle.manifest)
-    problems = _check_problems(bundle, summary, scores, settings)
+    problems = _check_problems(bundle, summary, settings)
     if problems:
         row.status = CHECK_FAILED
         row.message = "; ".join(filter(None, [*problems, row.message]))
-    return row
+
+
+def _fail(row: Row, message: str) -> None:
+    """Marks ``row`` ❌ with ``message``; nothing measured on it counts."""
+    row.status, row.message, row.metrics = LOAD_FAILED, message, {}
+
+
+def gzip_size(path: Path) -> int:
+    """Bytes of ``path`` after ``gzip -9`` (header and trailer included), read in 1 MB chunks."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip container
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(GZIP_CHUNK):
+            size += len(compressor.compress(chunk))
+    return size + len(compressor.flush())
+
+
+def label_problem(manifest: Manifest) -> str:
+    """Why the labels cannot be scored one per column ("" when they can)."""
+    seen: set[str] = set()
+    for label in manifest.labels:
+        if label in seen:
+            return (f"its manifest lists the label {label!r} twice: the runtime keeps one score per label "
+                    "text, so make the labels unique and convert again")
+        seen.add(label)
+    return ""
+
+
+def score_problem(scores: np.ndarray | None, frames: int) -> str:
+    """Why the child's scores cannot be evaluated ("" when every one is a finite number)."""
+    if scores is None or scores.ndim != 2 or scores.shape[0] != frames:
+        return "the measuring process gave no scores for the data"
+    bad = int((~np.isfinite(scores)).any(axis=1).sum())
+    if bad:
+        return (f"the model gives NaN or infinite scores on {bad} of {frames} frames: no metric "
+                "(check its outputs, logit_scale and label embeddings)")
+    return ""
 
 
 def _describe(row: Row, bundle: Bundle) -> None:
     manifest = bundle.manifest
     row.name = row.variant = manifest.variant
-    row.model_bytes = len(bundle.model_bytes)
+    row.model_bytes = manifest.model_size
     row.sparsity = manifest.sparsity
     row.task = manifest.task
     row.metric_name = "top1" if manifest.task == "single" else "mAP"
 
 
-def _run_child(path: Path, frames: Path, settings: BenchSettings, work_dir: Path, n: int) -> tuple[dict, np.ndarray | None]:
-    """Runs :mod:`fuselite.bench.measure` on one bundle; a crash or timeout becomes a summary."""
+def _run_child(path: Path, frames: Path, settings: BenchSettings, work_dir: Path) -> tuple[dict, np.ndarray | None]:
+    """Runs :mod:`fuselite.bench.measure` on one bundle; a crash or a hang becomes a summary."""
     summary_path, scores_path = work_dir / f"{path.stem}.json", work_dir / f"{path.stem}.npy"
+    errors_path = work_dir / f"{path.stem}.stderr"
     for stale in (summary_path, scores_path):
         stale.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "fuselite.bench.measure", str(path), "--frames", str(frames),
         "--summary", str(summary_path), "--scores", str(scores_path), "--threads", str(settings.threads),
-        "--warmup", str(settings.warmup), "--runs", str(settings.runs),
+        "--warmup", str(settings.warmup), "--runs", str(settings.runs), "--sustain", str(settings.sustain_s),
     ]
-    timeout = CHILD_TIMEOUT_S + CHILD_TIMEOUT_PER_IMAGE_S * n
-    try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "load_failed", "message": f"no result within {timeout:.0f} s"}, None
-    if done.returncode != 0 or not summary_path.is_file():
-        return {"status": "load_failed", "message": _child_failure(done)}, None
+    with open(errors_path, "w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
+        stalled = Watchdog(child).wait(settings.timeout_s)
+        errors.seek(0)
+        stderr = errors.read()[-20_000:]
+    if stalled is not None:
+        return {"status": "timed_out", "message": (
+            f"timed out after {settings.timeout_s:g} s (--timeout) {stalled}: it may loop forever "
+            "on real frames, or needs a larger --timeout")}, None
+    if child.returncode != 0 or not summary_path.is_file():
+        return {"status": "load_failed", "message": _child_failure(child.returncode, stderr)}, None
     summary = json.loads(summary_path.read_text())
     return summary, np.load(scores_path) if scores_path.is_file() else None
 
 
-def _child_failure(done: subprocess.CompletedProcess) -> str:
-    if done.returncode < 0:
-        return f"the interpreter crashed (signal {-done.returncode}) while loading or running it"
-    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-    return f"measuring failed: {lines[-1] if lines else f'exit code {done.returncode}'}"
+class Watchdog:
+    """Kills a measuring process that shows no progress for too long.
+
+    The child prints a line at least every 0.2 s while frames finish, and ``phase NAME``
+    when a step starts; a step with no line for ``timeout`` seconds (a load, or one
+    frame, that never ends) is a hang.
+    """
+
+    def __init__(self, child: subprocess.Popen) -> None:
+        self._child = child
+        self._last = time.monotonic()
+        self.phase = "starting"
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self._child.stdout:
+            self._last = time.monotonic()
+            if line.startswith("phase "):
+                self.phase = line[len("phase "):].strip()
+
+    def wait(self, timeout: float) -> str | None:
+        """Waits for the child to end: ``None``, or where it hung (after killing it)."""
+        while self._child.poll() is None:
+            if time.monotonic() - self._last > timeout:
+                self._child.kill()
+                self._child.wait()
+                self._reader.join(timeout=5)
+                return f"while {self.phase}"
+            time.sleep(0.05)
+        self._reader.join(timeout=5)
+        return None
+
+
+def _child_failure(returncode: int, stderr: str) -> str:
+    if returncode < 0:
+        return f"the interpreter crashed (signal {-returncode}) while loading or running it"
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    return f"measuring failed: {lines[-1] if lines else f'exit code {returncode}'}"
 
 
 def _timings(row: Row, summary: dict) -> None:
@@ -254,6 +377,12 @@ def _timings(row: Row, summary: dict) -> None:
     row.load_ms = float(summary["load_ms"])
     row.peak_memory_mb = float(summary["peak_memory_mb"])
     row.model_memory_mb = max(0.0, row.peak_memory_mb - float(summary["baseline_memory_mb"]))
+    frames, wall = summary.get("sustained_frames", 0), summary.get("sustained_wall_s", 0.0)
+    if frames and wall > 0:
+        cpu = float(summary["sustained_cpu_s"])
+        row.sustained_fps = frames / wall
+        row.cpu_ms_per_frame = 1000.0 * cpu / frames
+        row.cores_used = cpu / wall
 
 
 def _evaluate(row: Row, scores: np.ndarray, data: EvalData, manifest: Manifest) -> None:
@@ -274,11 +403,9 @@ def task_metrics(scores: np.ndarray, targets: np.ndarray, task: str, thresholds:
     return {"mAP": m.mean_average_precision(scores, targets), "micro_f1": m.micro_f1(scores, targets, thresholds)}
 
 
-def _check_problems(bundle: Bundle, summary: dict, scores: np.ndarray, settings: BenchSettings) -> list[str]:
+def _check_problems(bundle: Bundle, summary: dict, settings: BenchSettings) -> list[str]:
     """Why a bundle that loaded is not fit to deploy (❎), empty when nothing is wrong."""
     problems = []
-    if not np.all(np.isfinite(scores)):
-        problems.append("the model gives NaN or infinite scores")
     numerics = bundle.manifest.numerics
     if numerics.get("passed") is False:
         problems.append("its conversion check failed (manifest numerics: out of tolerance)")
@@ -371,4 +498,5 @@ def _assemble(rows: list[Row], data: EvalData, settings: BenchSettings, bundle_d
         warmup=settings.warmup, runs=settings.runs, machine=machine_description(), interpreter=interpreter,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), bundle_dir=str(bundle_dir),
         device=profile.name if profile else None, limits=limits, min_accuracy=min_accuracy,
+        sustain_s=settings.sustain_s, timeout_s=settings.timeout_s,
     )

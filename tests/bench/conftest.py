@@ -17,7 +17,7 @@ from support.frames import write_colour_dataset
 
 from fuselite.bench.runner import run_bench
 
-FAST = {"warmup": 2, "runs": 10}
+FAST = {"warmup": 2, "runs": 10, "sustain_s": 0.3}  # sustain: a short loop keeps tests fast
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from support.wheel import installed_env
 
 from fuselite.cli import main
 
-FAST = ["--runs", "5", "--warmup", "1", "--threads", "1", "--no-reference"]
+FAST = ["--runs", "5", "--warmup", "1", "--threads", "1", "--no-reference", "--sustain", "0.2"]
 
 
 def _bench(bundles, data, out, *extra):
@@ -70,7 +70,7 @@ def test_bench_without_reference_never_imports_tensorflow(good_bundles, colour_d
         "import sys\n"
         "from fuselite.cli import main\n"
         f"code = main(['bench', {str(good_bundles)!r}, '--data', {str(colour_data)!r}, '--out', "
-        f"{str(tmp_path / 'out')!r}, '--runs', '2', '--warmup', '0'])\n"
+        f"{str(tmp_path / 'out')!r}, '--runs', '2', '--warmup', '0', '--sustain', '0'])\n"
         "assert code == 0, code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras'))\n"
         "assert not heavy, heavy\n"

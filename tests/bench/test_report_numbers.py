@@ -80,7 +80,8 @@ def test_peak_memory_is_the_measuring_process_alone(good_bundles, colour_data, t
     from fuselite.bench.runner import run_bench
 
     ballast = np.ones(400_000_000, np.uint8)  # this process now holds 400 MB more than any child needs
-    report = run_bench(good_bundles, colour_data, None, threads=1, warmup=0, runs=2, reference=False)
+    report = run_bench(good_bundles, colour_data, None, threads=1, warmup=0, runs=2, reference=False,
+                       sustain_s=0)
     assert peak_memory_mb() > 420
     del ballast
     for row in report.bundles:
@@ -123,7 +124,7 @@ def test_regional_map_and_micro_f1_equal_a_bare_interpreter_recomputation(region
     from fuselite.bench.data import load_eval_data
     from fuselite.bench.runner import run_bench
 
-    report = run_bench(regional_dir, colour_data, None, threads=1, warmup=0, runs=2)
+    report = run_bench(regional_dir, colour_data, None, threads=1, warmup=0, runs=2, sustain_s=0)
     data = load_eval_data(colour_data, image_size=32)
     for variant in ("fp32", "int8"):
         scores, manifest = hand_scores(regional_dir / f"{variant}.tflite", data.images)
@@ -141,7 +142,8 @@ def test_a_run_that_does_not_load_is_a_failed_reference_row(good_bundles, colour
     broken.mkdir()
     for name in ("config.json", "splits.json"):
         (broken / name).write_text("{}")
-    report = run_bench(good_bundles, colour_data, None, threads=1, warmup=0, runs=2, run_dir=broken)
+    report = run_bench(good_bundles, colour_data, None, threads=1, warmup=0, runs=2, run_dir=broken,
+                       sustain_s=0)
     reference = report.rows[0]
     assert (reference.kind, reference.status) == ("reference", "load_failed")
     assert "missing" in reference.message

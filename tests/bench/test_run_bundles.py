@@ -42,7 +42,8 @@ def run_bundles(tiny_converter, tmp_path_factory):
 @pytest.fixture(scope="module")
 def run_report(run_bundles, tmp_path_factory):
     """The benchmark with no --data: the bundles' source run gives the data and the reference."""
-    return run_bench(run_bundles, None, tmp_path_factory.mktemp("run-report"), threads=1, warmup=2, runs=10)
+    return run_bench(run_bundles, None, tmp_path_factory.mktemp("run-report"), threads=1, warmup=2, runs=10,
+                     sustain_s=0.3)
 
 
 def test_test_split_is_the_one_training_evaluated(tiny_run):
