@@ -25,6 +25,7 @@ from fuselite.bundle import (
     BundleError,
     Manifest,
     Preprocessing,
+    check_bundle,
     pack_bundle,
     read_bundle,
     read_manifest,
@@ -110,6 +111,13 @@ MALFORMED = [
     ("logit_scale", float("nan"), "logit_scale"),
     ("logit_bias", float("inf"), "logit_bias"),
     ("logit_bias", "-4", "logit_bias"),
+    ("logit_scale", 1e300, "logit_scale"),  # finite in float64, infinite in float32
+    ("logit_scale", 1e39, "logit_scale"),
+    ("logit_scale", 0.0, "logit_scale"),  # the board folds the scale into its label matrix
+    ("logit_scale", -12.0, "logit_scale"),
+    ("logit_scale", 1001.0, "logit_scale"),
+    ("logit_bias", -1e39, "logit_bias"),
+    ("logit_bias", 1e4, "logit_bias"),
     ("model_sha256", None, "model_sha256"),
     ("model_size", "123", "model_size"),
     ("text_encoder_sha256", 5, "text_encoder_sha256"),
@@ -127,6 +135,10 @@ MALFORMED = [
     ("preprocessing.normalization", [1.0, None], "normalization"),
     ("preprocessing.input_quant", [0.0, 0], "input_quant"),
     ("preprocessing.output_quant", [0.1, 0.5], "output_quant"),
+    ("preprocessing.output_quant", [1e39, 0], "output_quant"),  # infinite in float32
+    ("preprocessing.output_quant", [1e-50, 0], "output_quant"),  # 0 in float32
+    ("preprocessing.input_quant", [1e300, 0], "input_quant"),
+    ("preprocessing.normalization", [1e300, -1.0], "normalization"),
 ]
 
 
@@ -245,10 +257,45 @@ def test_a_bundle_missing_a_member_is_refused_naming_it(tmp_path):
     (np.zeros((3, 4), np.float32), "shape"),
     (np.zeros((2, 5), np.float32), "shape"),
     (np.array([[0, 0, 0, np.nan], [0, 0, 0, 0]], np.float32), "NaN"),
+    (np.array([[1e38, -1e38, 0, 0], [0, 0, 0, 1]], np.float32), "overflow float32"),
+    (np.array([[0, 0, 0, 1], [0, 0, 1001, 0]], np.float32), "label embedding 1 ('blue star')"),
 ])
 def test_label_embeddings_must_fit_the_labels_and_be_finite(embeddings, words):
-    with pytest.raises(BundleError, match=words):
+    with pytest.raises(BundleError, match=words.replace("(", r"\(").replace(")", r"\)")):
         pack_bundle(**{**_parts(), "label_embeddings": embeddings})
+
+
+def _with_member(path, name: str, content: bytes) -> None:
+    """Replaces one zip member of the bundle at ``path``, the model bytes kept."""
+    with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members[name] = content
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+    path.write_bytes(MODEL + archive.getvalue())
+
+
+@pytest.mark.parametrize("value", [1e38, -3e38, 1e20])
+def test_label_embeddings_whose_scores_overflow_float32_are_refused_when_read(bundle_path, value):
+    """A re-signed bundle skips pack_bundle's check; reading checks the same."""
+    npy = io.BytesIO()
+    np.save(npy, np.full((2, 4), value, np.float32), allow_pickle=False)
+    _with_member(bundle_path, EMBEDDINGS_MEMBER, npy.getvalue())
+    assert "its scores would overflow float32" in _read_error(bundle_path)
+
+
+def test_a_bundle_with_no_model_bytes_is_refused(tmp_path):
+    path = write_bundle(tmp_path / "zip-only.tflite", **{**_parts(), "model_bytes": b""})
+    assert "model_size 0 leaves no image model" in _read_error(path)
+
+
+def test_check_bundle_refuses_model_bytes_that_are_not_a_tflite_model(bundle_path):
+    read_bundle(bundle_path)  # the opaque stand-in passes the reader's checks ...
+    with pytest.raises(BundleError, match="image model: not a TFLite flatbuffer") as caught:
+        check_bundle(bundle_path)  # ... not the model check
+    assert str(bundle_path) in str(caught.value)
 
 
 def test_packing_fills_in_the_checksums():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fuselite.scoring import FrameScorer, activate, label_probabilities
 
@@ -28,3 +29,27 @@ def test_softmax_is_stable_for_large_quantized_logits():
     probabilities = activate(np.array([[1000.0, 999.0, -1000.0]]), "softmax")
     assert np.isfinite(probabilities).all() and abs(probabilities.sum() - 1) < 1e-6
     assert activate(np.ones(3), "none") is not None
+
+
+def test_an_output_that_scores_finitely_has_no_problem():
+    labels = np.eye(2, 4, dtype=np.float32)
+    scorer = FrameScorer(labels, 10.0, -5.0, output_quant=(0.0078125, 0))
+    assert scorer.problem(np.array([[128, 0, 0, 255]], np.uint8)) is None
+    assert FrameScorer(labels, 10.0, -5.0).problem(np.full((1, 9, 4), 1e20, np.float32)) is None
+
+
+@pytest.mark.parametrize(("output", "words"), [
+    (np.array([[0.1, np.nan, 0.2, 0.3]], np.float32), "NaN or infinity"),
+    (np.array([[0.1, -np.inf, 0.2, 0.3]], np.float32), "NaN or infinity"),
+    (np.array([[3e38, -3e38, 0.0, 0.0]], np.float32), "too large to score"),  # inf - inf once gave NaN
+])
+def test_an_output_that_would_score_nan_is_named(output, words):
+    scorer = FrameScorer(np.ones((2, 4), np.float32), 10.0, -5.0)
+    with np.errstate(all="ignore"):  # before the check the board scored such logits
+        assert not np.isfinite(scorer.embedding(output) @ scorer.weights).all()
+    assert words in scorer.problem(output)
+
+
+def test_a_quantized_output_whose_scale_overflows_is_named():
+    scorer = FrameScorer(np.ones((2, 4), np.float32), 10.0, -5.0, output_quant=(1e38, 0))
+    assert "NaN or infinity" in scorer.problem(np.array([[255, 0, 0, 0]], np.uint8))
