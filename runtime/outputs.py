@@ -3,16 +3,25 @@
 
 The video is written under a temporary name beside the target and renamed into
 place when it is closed, so a half-written file never sits at the path the user
-gave.  JSONL lines are flushed one by one, so ``tail -f`` and pipes see every event
-and nothing is lost on SIGTERM.
+gave.  JSONL lines are written one by one (one ``write`` each), so ``tail -f`` and
+pipes see every event and nothing is lost on SIGTERM; an events file is appended to,
+never truncated, so a restarted service keeps what the previous run wrote.
+
+A sink that fails while the run goes on (a full disk, a video that cannot be
+opened) does not end the run: its first error is logged as one line, what it could
+not write is counted (``sink_errors`` in the stats), and it is retried after a
+pause that doubles up to a minute.  Only when no output is left does the run end,
+with one line (:class:`OutputsFailed`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -24,6 +33,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from fuselite.errors import UserError
 from fuselite.runtime.affinity import pin_thread
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.handoff import LazyHandoff
@@ -39,18 +49,38 @@ log = logging.getLogger(__name__)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 DEFAULT_VIDEO_FPS = 15.0
 OUTPUT_QUEUE = 4  # annotated frames waiting for the writer thread (bounds memory and latency)
+SINK_RETRY_S = 1.0  # first pause before a failed sink is tried again; it doubles
+SINK_RETRY_MAX_S = 60.0  # longest pause between tries of a failed sink
 
 
-def event_record(frame: Frame, result: AnnotationResult, total_ms: float) -> dict[str, Any]:
-    """The JSONL event for one annotated frame."""
+class OutputsFailed(UserError):
+    """Every output of the run failed, so annotating on would write nothing."""
+
+
+def _score(value: float) -> float | None:
+    """A score for JSON: rounded, or ``None`` when not finite (NaN is not JSON)."""
+    return round(value, 4) if math.isfinite(value) else None
+
+
+def event_record(
+    frame: Frame, result: AnnotationResult, total_ms: float, all_scores: bool = False
+) -> dict[str, Any]:
+    """The JSONL event for one annotated frame.
+
+    ``labels`` holds the reported labels; ``all_scores`` adds ``scores``, every
+    allowed label's score (formatting 50 of them per frame costs CPU, so it is opt-in).
+    """
     latency = result.latency
     record = {
         "type": "annotation",
         "frame": frame.index,
         "timestamp_ms": round(frame.timestamp_ms, 3),
         "time": round(frame.wall_time, 3),
-        "labels": [{"label": c.label, "score": round(c.score, 4)} for c in result.categories],
-        "scores": {label: round(score, 4) for label, score in result.scores.items()},
+        "labels": [{"label": c.label, "score": _score(c.score)} for c in result.categories],
+    }
+    if all_scores:
+        record["scores"] = {label: _score(score) for label, score in result.scores.items()}
+    record.update({
         "latency_ms": {
             "capture": round(frame.capture_ms, 3),
             "preprocess": round(latency.preprocess_ms, 3),
@@ -58,34 +88,67 @@ def event_record(frame: Frame, result: AnnotationResult, total_ms: float) -> dic
             "postprocess": round(latency.postprocess_ms, 3),
             "total": round(total_ms, 3),
         },
-    }
+    })
     if frame.name is not None:
         record["name"] = frame.name
     return record
 
 
-class JsonlWriter:
-    """Writes one JSON object per line to a file or stdout (``"-"``), flushing each line.
+def to_json_line(record: dict[str, Any]) -> str:
+    """One compact JSON line; a non-finite number anywhere becomes ``null``."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
+    except ValueError:
+        return json.dumps(_finite(record), separators=(",", ":")) + "\n"
 
-    Safe to call from several threads (the video writer reports finished files).
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+class JsonlWriter:
+    """Writes one JSON object per line to a file or stdout (``"-"``), one write per line.
+
+    A file is appended to (a restarted service keeps the previous run's events).  If
+    the file ends in the middle of a line (a run killed mid-write, or a write cut
+    short by a full disk), the next event starts on a new line, so every later line
+    stays valid JSON.  Safe to call from several threads (the video writer reports
+    finished files).
     """
 
     def __init__(self, target: str | Path) -> None:
         self.target = str(target)
         self.closed = False
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._mid_line = False
         if self.target == "-":
             self._stream: IO[str] = sys.stdout
         else:
             Path(self.target).parent.mkdir(parents=True, exist_ok=True)
-            self._stream = open(self.target, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._fd = _open_append(self.target)
+            self._mid_line = _ends_mid_line(self._fd)
 
     def write(self, record: dict[str, Any]) -> bool:
-        """Writes one record; False once the reader has gone away (a closed pipe)."""
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        """Writes one record; False once the reader has gone away (a closed pipe).
+
+        Raises:
+            OSError: the line could not be written (e.g. ``ENOSPC``); the caller
+                decides whether to try again later.
+        """
+        line = to_json_line(record)
         with self._lock:
             if self.closed:
                 return False
+            if self._fd is not None:
+                self._write_file(line.encode())
+                return True
             try:
                 self._stream.write(line)
                 self._stream.flush()
@@ -96,17 +159,29 @@ class JsonlWriter:
                 return False
             return True
 
+    def _write_file(self, data: bytes) -> None:
+        if self._mid_line:
+            data = b"\n" + data
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError:
+            # Part of the line may be down: look at the file's end before the next one.
+            self._mid_line = _ends_mid_line(self._fd)
+            raise
+        self._mid_line = False
+
     def close(self) -> None:
-        """Flushes, and closes a file (never stdout)."""
+        """Flushes stdout, or closes the file."""
         with self._lock:
-            if self._stream is sys.stdout:
+            if self._fd is not None:
                 if not self.closed:
-                    try:
-                        self._stream.flush()
-                    except BrokenPipeError:
-                        self._silence_stdout()
-            else:
-                self._stream.close()
+                    os.close(self._fd)
+            elif not self.closed:
+                try:
+                    self._stream.flush()
+                except BrokenPipeError:
+                    self._silence_stdout()
             self.closed = True
 
     def _silence_stdout(self) -> None:
@@ -115,6 +190,27 @@ class JsonlWriter:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
+
+
+def _open_append(path: str) -> int:
+    """A descriptor appending to ``path`` (created if missing), readable when allowed so
+    the file's last byte can be checked."""
+    flags = os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(path, flags | os.O_RDWR, 0o644)
+    except PermissionError:
+        return os.open(path, flags | os.O_WRONLY, 0o644)  # a write-only file
+
+
+def _ends_mid_line(fd: int) -> bool:
+    """Whether a regular file's last byte is not a newline (its last line is cut)."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return False
+        return os.pread(fd, 1, info.st_size - 1) != b"\n"
+    except OSError:
+        return False  # not readable: nothing to check
 
 
 class VideoOutput:
@@ -290,6 +386,67 @@ class Display:
         cv2.destroyWindow(self.WINDOW)
 
 
+class SinkHealth:
+    """How one sink is doing: what it could not write, and when to try it again.
+
+    The first failure is logged as one warning line; later ones only at debug, so a
+    full disk does not log once per frame.  A failed sink is skipped (its records
+    counted as lost) until the pause is over, then tried again; the pause doubles
+    from :data:`SINK_RETRY_S` up to :data:`SINK_RETRY_MAX_S`.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description  # e.g. "events /var/lib/fuselite/events.jsonl"
+        self.lost = 0  # records or frames not written
+        self.error: BaseException | None = None  # the last failure, while down
+        self._delay = SINK_RETRY_S
+        self._retry_at = 0.0
+        self._warned = False
+
+    @property
+    def down(self) -> bool:
+        """Whether the last try failed."""
+        return self.error is not None
+
+    def ready(self) -> bool:
+        """Whether to try the sink now (it works, or its pause is over); counts a skip."""
+        if self.error is None or time.monotonic() >= self._retry_at:
+            return True
+        self.lost += 1
+        return False
+
+    def failed(self, exc: BaseException, log_it: bool = True) -> None:
+        """Counts one failed write and schedules the next try."""
+        self.lost += 1
+        if self.error is not None:
+            self._delay = min(self._delay * 2, SINK_RETRY_MAX_S)
+        self.error = exc
+        self._retry_at = time.monotonic() + self._delay
+        if log_it and not self._warned:
+            self._warned = True
+            log.warning(
+                "cannot write %s: %s; the run goes on, what is lost is counted "
+                "(sink_errors in the stats) and it is tried again",
+                self.description,
+                _reason(exc),
+            )
+        else:
+            log.debug("%s still failing: %s", self.description, _reason(exc))
+
+    def succeeded(self) -> None:
+        """Marks the sink working again."""
+        if self.error is not None:
+            log.info("%s works again (%d lost)", self.description, self.lost)
+            self.error = None
+            self._delay = SINK_RETRY_S
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
 class Outputs:
     """Every sink of one run, opened together and closed together, and the thread that
     finishes each frame.
@@ -313,6 +470,9 @@ class Outputs:
         self.stop_reason: str | None = None
         self.cpu_s = 0.0  # of the writer thread
         self.helper_cores: frozenset[int] | None = None  # where the writer thread runs
+        self.all_scores = options.all_scores
+        self.health: dict[str, SinkHealth] = {}
+        self._failed: OutputsFailed | None = None
         try:
             if options.video_out is not None:
                 self.video = VideoOutput(
@@ -321,10 +481,17 @@ class Outputs:
                     segment_seconds=segment_seconds(options, live),
                     on_file=self._video_file_written,
                 )
+                self.health["video"] = SinkHealth(f"video {options.video_out}")
             if options.jsonl is not None:
                 self.jsonl = JsonlWriter(options.jsonl)
+                where = "stdout" if self.jsonl.target == "-" else self.jsonl.target
+                self.health["jsonl"] = SinkHealth(f"events to {where}")
             if options.preview_port is not None:
-                self.preview = MjpegPreview(options.preview_bind, options.preview_port).start()
+                self.preview = MjpegPreview(
+                    options.preview_bind,
+                    options.preview_port,
+                    max_clients=options.preview_max_clients,
+                ).start()
             self.display = Display.open(options.display)
         except BaseException:
             self.close()
@@ -396,13 +563,16 @@ class Outputs:
                 continue
             try:
                 sink.close()
-            except Exception:
-                log.exception("could not close %s cleanly", type(sink).__name__)
+            except Exception as exc:  # noqa: BLE001 - one line, the other sinks still close
+                log.warning("could not close %s cleanly: %s", type(sink).__name__, _reason(exc))
 
     def close_video(self) -> None:
         """Finishes the video file now (its JSONL record then precedes the final stats)."""
-        if self.video is not None:
-            self.video.close()
+        if self.video is not None and self._failed is None:
+            try:
+                self.video.close()
+            except (OSError, cv2.error) as exc:
+                self.health["video"].failed(exc)
 
     def _raise_error(self) -> None:
         error, self._error = self._error, None
@@ -429,6 +599,8 @@ class Outputs:
         self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
     ) -> None:
         """Scores one frame's model output, counts it and writes it to every sink."""
+        if self._failed is not None:
+            return  # every sink is gone; the loop is being told
         result = self._annotator.postprocess(
             output, frame.timestamp_ms, preprocess_ms, inference_ms
         )
@@ -437,8 +609,8 @@ class Outputs:
         total_ms = (time.time() - frame.wall_time) * 1000.0
         stats = self._stats
         stats.record(total_ms, inference_ms)
-        if self.jsonl is not None and not self.jsonl.write(event_record(frame, result, total_ms)):
-            self.stop_reason = "output"
+        if self.jsonl is not None:
+            self._write_jsonl(event_record(frame, result, total_ms, self.all_scores))
         if not self.visual:
             return
         status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
@@ -446,20 +618,67 @@ class Outputs:
         if self.display is not None and not self.display.show(image):
             self.stop_reason = "window"
         if self.video is not None:
-            self.video.write(image, frame.timestamp_ms, frame.index)
+            self._write_video(image, frame)
         if self.preview is not None:
             self.preview.publish(image)
 
+    def _write_jsonl(self, record: dict) -> None:
+        """Writes one record; a failure is counted, and ends the run only with no sink left."""
+        health = self.health["jsonl"]
+        if not health.ready():
+            return
+        try:
+            if not self.jsonl.write(record):
+                self.stop_reason = "output"  # stdout's reader went away
+                return
+        except OSError as exc:
+            self._sink_failed(health, exc)
+            return
+        health.succeeded()
+
+    def _write_video(self, image: np.ndarray, frame: Frame) -> None:
+        health = self.health["video"]
+        if not health.ready():
+            return
+        try:
+            self.video.write(image, frame.timestamp_ms, frame.index)
+        except (OSError, cv2.error) as exc:
+            self._sink_failed(health, exc)
+            return
+        health.succeeded()
+
+    def _sink_failed(self, health: SinkHealth, exc: BaseException) -> None:
+        """Counts a failure; raises :class:`OutputsFailed` when no output is left."""
+        alive = self.preview is not None or self.display is not None
+        alive = alive or any(not other.down for other in self.health.values() if other is not health)
+        health.failed(exc, log_it=alive)
+        if not alive:
+            self._failed = OutputsFailed(
+                f"cannot write {health.description}: {_reason(exc)}, and no other output is "
+                "left; stopping (free the space or fix the path, then run again: an events "
+                "file is appended to)"
+            )
+            raise self._failed
+
     def _publish_stats(self, record: dict) -> None:
+        if self._failed is not None:
+            return
+        if self.health:
+            record["sink_errors"] = {name: health.lost for name, health in self.health.items()}
+        if self.preview is not None:
+            record["preview"] = self.preview.counts()
         log.info("%s", describe(record))
+        if record.get("final") and any(health.lost for health in self.health.values()):
+            # The events file may be what failed: the final record goes to the log too.
+            log.warning("final stats: %s", to_json_line(record).strip())
         if self.preview is not None:
             self.preview.set_stats(record)
         if self.jsonl is not None:
-            self.jsonl.write(record)
+            self._write_jsonl(record)
 
     def _video_file_written(self, record: dict) -> None:
         if self.jsonl is not None:
-            self.jsonl.write(record)
+            self._write_jsonl(record)
 
 
 def segment_seconds(options: RunOptions, live: bool) -> float | None:

@@ -7,12 +7,23 @@ another address only on a network you trust.
 
 The annotation loop only hands over a reference to the newest annotated frame; the
 JPEG encoding happens on the server's threads, and only while someone watches.
+
+Nothing a client does can stop the run.  At most ``max_clients`` connections
+(:data:`DEFAULT_MAX_CLIENTS`) are served at once, each on its own thread; one over the
+cap gets ``503`` and is closed at once, so file descriptors stay bounded (about 1,000
+idle connections once used up the 1,024 a systemd service gets, and the run's next
+video file could not be opened).  Every socket has a timeout
+(:data:`SOCKET_TIMEOUT_S`): a client that sends no request, or stops reading the
+stream, is dropped.  Accept errors (``EMFILE``) and client errors are logged once
+and counted (:meth:`MjpegPreview.counts`); the server backs off and keeps serving.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -23,6 +34,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MAX_CLIENTS = 16  # viewers served at once; a board has few watchers
+SOCKET_TIMEOUT_S = 10.0  # longest wait for a client to send its request or take a frame
+ACCEPT_BACKOFF_S = 0.1  # after a failed accept: the pending connection keeps the socket readable
+LISTEN_BACKLOG = 64  # connections waiting to be accepted hold no descriptor of ours
+BUSY_BODY = b"preview busy: too many viewers, try again later\n"
+BUSY_RESPONSE = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 5\r\n"
+    b"Connection: close\r\nContent-Length: " + str(len(BUSY_BODY)).encode() + b"\r\n\r\n"
+) + BUSY_BODY
 BOUNDARY = "fuselite-frame"
 JPEG_QUALITY = 80
 MAX_PREVIEW_FPS = 15.0
@@ -45,9 +65,23 @@ class MjpegPreview:
         >>> preview.close()
     """
 
-    def __init__(self, bind: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        socket_timeout: float = SOCKET_TIMEOUT_S,
+    ) -> None:
+        if max_clients < 1:
+            raise ValueError(f"the preview must allow at least 1 client, not {max_clients}")
         self.bind = bind
         self.requested_port = port
+        self.max_clients = max_clients
+        self.socket_timeout = socket_timeout
+        self._counts = {"served": 0, "rejected": 0, "timeouts": 0, "errors": 0}
+        self._active = 0
+        self._logged: set[str] = set()
+        self._count_lock = threading.Lock()
         self._cond = threading.Condition()
         self._image: np.ndarray | None = None
         self._version = 0
@@ -72,15 +106,12 @@ class MjpegPreview:
         """Binds the port and starts serving; raises ``OSError`` if the port is taken."""
         address = (self.bind, self.requested_port)
         try:
-            self._server = ThreadingHTTPServer(address, _handler_for(self))
+            self._server = _PreviewServer(address, _handler_for(self), self)
         except OSError as exc:
             raise OSError(
                 exc.errno, exc.strerror, f"preview {self.bind}:{self.requested_port}"
             ) from None
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="preview", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name="preview", daemon=True)
         self._thread.start()
         if self.bind not in ("127.0.0.1", "localhost", "::1"):
             log.warning(
@@ -89,6 +120,37 @@ class MjpegPreview:
             )
         log.info("preview: %s", self.url)
         return self
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve_forever()
+        except Exception as exc:  # noqa: BLE001 - the run goes on without a preview
+            self.problem("server", exc)
+
+    def counts(self) -> dict[str, int]:
+        """Connections so far: ``served``, ``rejected`` (over the cap), ``timeouts``
+        (idle or slow clients dropped), ``errors`` (accept and client errors), and
+        ``clients`` (being served now)."""
+        with self._count_lock:
+            return {**self._counts, "clients": self._active}
+
+    def count(self, name: str, step: int = 1) -> None:
+        """Adds ``step`` to the counter ``name`` (``"clients"`` is the active ones)."""
+        with self._count_lock:
+            if name == "clients":
+                self._active += step
+            else:
+                self._counts[name] += step
+
+    def problem(self, where: str, exc: BaseException | None) -> None:
+        """Counts an error; logs the first of each kind as a warning, the rest at debug."""
+        self.count("errors")
+        kind = f"{where}:{type(exc).__name__}:{getattr(exc, 'errno', None)}"
+        with self._count_lock:
+            first = kind not in self._logged
+            self._logged.add(kind)
+        level = logging.WARNING if first else logging.DEBUG
+        log.log(level, "preview %s error (counted; the run goes on): %s", where, exc)
 
     def publish(self, image: np.ndarray) -> None:
         """Makes ``image`` (BGR, not modified afterwards) the newest frame."""
@@ -143,11 +205,75 @@ class MjpegPreview:
         return json.dumps(self._stats).encode()
 
 
+class _PreviewServer(ThreadingHTTPServer):
+    """A threading HTTP server with a cap on clients, socket timeouts, and errors that
+    are counted by the preview instead of printed or raised."""
+
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, address, handler, preview: MjpegPreview) -> None:
+        self.preview = preview
+        self._slots = threading.BoundedSemaphore(preview.max_clients)
+        super().__init__(address, handler)
+
+    def get_request(self):
+        try:
+            return super().get_request()
+        except OSError as exc:
+            # EMFILE/ENFILE/ENOBUFS: the connection stays queued and the socket readable;
+            # pause so the serving thread does not spin, and try again.
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED):
+                self.preview.problem("accept", exc)
+                time.sleep(ACCEPT_BACKOFF_S)
+            raise
+
+    def verify_request(self, request, client_address) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        self.preview.count("rejected")
+        _refuse(request)
+        return False  # the server then closes it
+
+    def process_request(self, request, client_address) -> None:
+        request.settimeout(self.preview.socket_timeout)
+        self.preview.count("clients")
+        try:
+            super().process_request(request, client_address)  # starts the client's thread
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.preview.count("clients", -1)
+        self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        self.preview.problem("client", sys.exc_info()[1])
+
+
+def _refuse(request) -> None:
+    """Answers 503 without waiting: a fresh socket's send buffer has room for it."""
+    try:
+        request.setblocking(False)
+        request.send(BUSY_RESPONSE)
+        request.recv(65536)  # unread request bytes would turn the close into a reset
+    except OSError:
+        pass
+
+
 def _handler_for(preview: MjpegPreview) -> type[BaseHTTPRequestHandler]:
     class Handler(_PreviewHandler):
         pass
 
     Handler.preview = preview
+    Handler.timeout = preview.socket_timeout
     return Handler
 
 
@@ -156,7 +282,17 @@ class _PreviewHandler(BaseHTTPRequestHandler):
     server_version = "fuselite-preview"
 
     def do_GET(self) -> None:
-        route = self.path.split("?", 1)[0]
+        self.preview.count("served")
+        try:
+            self._route(self.path.split("?", 1)[0])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the viewer closed the tab
+        except TimeoutError:
+            self.preview.count("timeouts")  # a viewer that stopped reading
+            log.debug("preview: dropped %s, which read nothing for %.0f s",
+                      self.client_address[0], self.timeout)
+
+    def _route(self, route: str) -> None:
         if route in ("/", "/index.html"):
             self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
         elif route == "/stream.mjpg":
@@ -186,19 +322,21 @@ class _PreviewHandler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         version = -1
-        try:
-            while not self.preview.closed:
-                frame = self.preview.wait_jpeg(version, timeout=1.0)
-                if frame is None:
-                    continue
-                version, jpeg = frame
-                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                head += f"Content-Length: {len(jpeg)}\r\n\r\n"
-                self.wfile.write(head.encode() + jpeg + b"\r\n")
-                self.wfile.flush()
-                time.sleep(1.0 / MAX_PREVIEW_FPS)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the viewer closed the tab
+        while not self.preview.closed:
+            frame = self.preview.wait_jpeg(version, timeout=1.0)
+            if frame is None:
+                continue
+            version, jpeg = frame
+            head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+            head += f"Content-Length: {len(jpeg)}\r\n\r\n"
+            self.wfile.write(head.encode() + jpeg + b"\r\n")
+            self.wfile.flush()
+            time.sleep(1.0 / MAX_PREVIEW_FPS)
+
+    def log_error(self, format: str, *args) -> None:
+        if args and isinstance(args[0], TimeoutError):
+            self.preview.count("timeouts")  # a client that never sent its request
+        self.log_message(format, *args)
 
     def log_message(self, format: str, *args) -> None:
         log.debug("preview %s: " + format, self.client_address[0], *args)
