@@ -115,7 +115,8 @@ def annotate_step(bundle: Path, out_dir: Path, threads: int) -> dict:
         render_video(video)
     if not events.exists():
         _cli_process(["run", "--bundle", str(bundle), "--source", str(video), "--threads", str(threads),
-              "--jsonl", str(events), "--video-out", str(annotated), "--max-results", "20"])
+              "--jsonl", str(events), "--video-out", str(annotated), "--max-results", "20",
+                      "--all-scores"])  # stream_accuracy's mAP needs every label's score
     scores = stream_accuracy(events, read_truth(truth_path))
     return {"video": annotated, "events": events, **scores}
 
@@ -165,8 +166,9 @@ def zero_shot_step(out_dir: Path, threads: int) -> dict | None:
     photo.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(skimage.__file__).parent / "data" / "chelsea.png", photo)
     events = out_dir / "events.jsonl"
+    events.unlink(missing_ok=True)  # `run` appends; this step reads only this run's event
     _cli_process(["run", "--bundle", str(bundle), "--source", str(photo.parent), "--labels", ZERO_SHOT_LABELS,
-                  "--jsonl", str(events), "--threads", str(threads)])
+                  "--jsonl", str(events), "--threads", str(threads), "--all-scores"])
     annotation = next(e for e in map(json.loads, events.read_text().splitlines()) if e.get("type") == "annotation")
     return {"bundle": bundle, "photo": photo, "scores": annotation["scores"]}
 

@@ -171,7 +171,8 @@ def photo_folder(tmp_path_factory) -> Path:
 def test_fuselite_run_annotates_photos_with_typed_words(zero_shot_bundle, photo_folder, tmp_path):
     events = tmp_path / "events.jsonl"
     code = main(["run", "--bundle", str(zero_shot_bundle), "--source", str(photo_folder),
-                 "--labels", "cat,cup,vehicle", "--jsonl", str(events), "--threads", "2"])
+                 "--labels", "cat,cup,vehicle", "--jsonl", str(events), "--threads", "2",
+                 "--all-scores"])
     assert code == 0
     records = [json.loads(line) for line in events.read_text().splitlines()]
     annotations = [r for r in records if r.get("type") == "annotation"]

@@ -46,6 +46,7 @@ def test_run_on_a_video_writes_jsonl_events_and_an_annotated_mp4(
         video,
         "--threads",
         1,
+        "--all-scores",
     )
     assert done.returncode == 0, done.stderr
     annotations = events(jsonl)
@@ -79,6 +80,7 @@ def test_run_prints_events_to_stdout_and_honours_max_frames_and_labels(fp32_bund
         "red circle, blue star,cup",
         "--stats-interval",
         0,
+        "--all-scores",
     )
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
