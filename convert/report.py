@@ -1,7 +1,8 @@
 """Results of a conversion, as tables for people and JSON for machines.
 
-No TensorFlow here: :func:`describe_bundles` lists a folder of bundles (file, size,
-variant, runtimes) from their manifests alone, e.g. for the README demo.
+No TensorFlow here: :func:`describe_bundles` lists a folder of bundles, one row per
+file (file, size, then variant and runtimes, or why the runtime would refuse it),
+checked by :func:`fuselite.bundle.check_bundle` without loading an interpreter.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fuselite.bundle import BundleError, read_manifest
+from fuselite.bundle import BundleError, Manifest, check_bundle
 
 REPORT_NAME = "convert-report.json"
 STATUSES = ("ok", "failed", "refused")
@@ -123,17 +124,46 @@ def write_report(out_dir: Path, results: list[VariantResult], extra: dict) -> Pa
 
 
 def describe_bundles(out_dir: Path) -> str:
-    """Lists the ``*.tflite`` bundles in ``out_dir``: file, size, variant, loadable runtimes."""
-    lines = []
-    for path in sorted(Path(out_dir).glob("*.tflite")):
-        try:
-            manifest = read_manifest(path)
-        except BundleError as exc:
-            lines.append(f"{path.name:<24} {kb(path.stat().st_size):>10}  not a bundle ({exc})")
-            continue
-        runtimes = [k for k, ok in manifest.provenance.get("runtimes", {}).items() if ok]
-        lines.append(
-            f"{path.name:<24} {kb(path.stat().st_size):>10}  {manifest.variant:<16} "
-            f"runs on: {', '.join(runtimes) or 'no known runtime'}"
-        )
-    return "\n".join(lines) if lines else f"{out_dir}: no bundles"
+    """Lists the ``*.tflite`` files in ``out_dir``, one row each: name, size, and either
+    the variant and the runtimes that load it, or ``unusable:`` and why.
+
+    Each file is checked the way the runtime reads it (:func:`fuselite.bundle.check_bundle`:
+    checksums, manifest ranges, finite embeddings, model graph and memory), so a row
+    says "runs on" only for a bundle the runtime would accept; one bad file (a dangling
+    symlink, a loop, a damaged manifest) gets its own row and never hides the others.
+    """
+    rows = [_bundle_row(path) for path in sorted(Path(out_dir).glob("*.tflite"))]
+    return "\n".join(rows) if rows else f"{out_dir}: no bundles"
+
+
+def _bundle_row(path: Path) -> str:
+    """One listing row for ``path``, whatever the file is."""
+    head = f"{_printable(path.name):<24} {_size(path):>10}  "
+    try:
+        manifest = check_bundle(path).manifest
+    except BundleError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        return head + f"unusable: {_printable(reason)}"
+    return head + f"{_printable(manifest.variant):<16} runs on: {_runtimes(manifest)}"
+
+
+def _runtimes(manifest: Manifest) -> str:
+    """The runtimes convert found able to load the bundle (``provenance.runtimes``)."""
+    runtimes = manifest.provenance.get("runtimes", {})
+    if not isinstance(runtimes, dict):  # informational only: the runtime never reads it
+        return f"unknown (provenance.runtimes is a {type(runtimes).__name__}, not a mapping)"
+    loadable = [_printable(str(name)) for name, ok in runtimes.items() if ok is True]
+    return ", ".join(loadable) or "no known runtime"
+
+
+def _size(path: Path) -> str:
+    """The file's size, or ``?`` when it cannot be read (a dangling link or a loop)."""
+    try:
+        return kb(path.stat().st_size)
+    except OSError:
+        return "?"
+
+
+def _printable(text: str) -> str:
+    """``text`` on one row: control characters (a newline in a file name) become ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)

@@ -463,7 +463,10 @@ def _read_file(path: Path) -> bytes:
         raise BundleError(f"{path}: {size} bytes is larger than any bundle ({MAX_BUNDLE_BYTES})")
     if not path.is_file():
         raise BundleError(f"{path}: not a file")
-    return path.read_bytes()
+    try:  # a file that cannot be read (permissions, EIO) is one line, like a missing one
+        return path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read bundle ({exc.strerror or exc})") from None
 
 
 def _read_members(data: bytes) -> dict[str, bytes]:
