@@ -8,11 +8,14 @@ Accepted sources:
     * a COCO ``.json`` (captions and/or instances annotations);
     * the Fashion-MNIST IDX files that ``apt-get install dataset-fashion-mnist`` installs.
 
-Images are decoded with OpenCV, converted to RGB (greyscale replicated to three channels)
-and resized to a square ``image_size`` with ``cv2.INTER_AREA`` (no crop: the aspect ratio
-is not kept). An unusable item (missing, corrupt or unreadable image, no tags and no
-caption, a line that is not UTF-8 or not parseable) is skipped and recorded in
-``ImageTextData.skipped``; a source with nothing usable raises :class:`UserError`.
+Images are read through :func:`fuselite.images.read_image` (regular files only, at most
+``MAX_IMAGE_PIXELS`` = 50 megapixels by their header, JPEGs with their end marker), then
+converted to RGB (greyscale replicated to three channels) and resized to a square
+``image_size`` with ``cv2.INTER_AREA`` (no crop: the aspect ratio is not kept). An
+unusable item (missing, corrupt, oversized or unreadable image, a FIFO, no tags and no
+caption, a line that is not UTF-8 or not parseable or nested too deeply, a malformed CSV
+record such as an unterminated quote, tags that are not texts) is skipped and recorded
+in ``ImageTextData.skipped``; a source with nothing usable raises :class:`UserError`.
 Nothing is ever unpickled.
 """
 
@@ -222,7 +225,15 @@ def _jsonl_tags(value: object) -> list[str] | str:
     if isinstance(value, list) and all(isinstance(tag, str) for tag in value):
         return [t for t in (tag.strip() for tag in value) if t]
     found = value if not isinstance(value, list) else next(t for t in value if not isinstance(t, str))
-    return f"'tags' must be a list of texts (found {json.dumps(found)[:40]})"
+    return f"'tags' must be a list of texts (found {_json_kind(found)})"
+
+
+def _json_kind(value: object) -> str:
+    """What a JSON value is, in JSON's words (never the value: it may be nested 900 deep)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = {int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 class _LineCounter:

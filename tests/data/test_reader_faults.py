@@ -195,3 +195,27 @@ def test_a_truncated_jpeg_is_skipped(tmp_path):
     truncated_jpeg(tmp_path / "cat" / "b.jpg")
     data = read_folder_per_class(tmp_path, SIZE)
     assert len(data) == 1 and reasons(data) == ["not a decodable image (JPEG cut short: no end marker)"]
+
+
+def test_a_deeply_nested_tag_value_is_described_not_printed(tmp_path):
+    write_png(tmp_path / "a.png")
+    nested = "[" * 900 + "]" * 900  # parses; printing it back would recurse past the limit
+    manifest = jsonl(tmp_path, ['{"image": "a.png", "tags": [' + nested + "]}",
+                                {"image": "a.png", "tags": ["dog"]}])
+    data = read_manifest(manifest, SIZE)
+    assert reasons(data) == ["'tags' must be a list of texts (found a list)"]
+
+
+def test_a_nul_byte_in_a_csv_image_path_is_a_counted_skip(tmp_path):
+    write_png(tmp_path / "a.png")
+    (tmp_path / "data.csv").write_text("image,tags\na\x00.png,cat\na.png,dog\n")
+    data = read_manifest(tmp_path / "data.csv", SIZE)
+    assert data.tags == [["dog"]] and len(data.skipped) == 1
+
+
+def test_a_csv_with_more_than_100_malformed_rows_is_one_clear_line(tmp_path):
+    write_png(tmp_path / "a.png")
+    rows = ['a.png,cat,"open quote'] * 150 + ["a.png,dog,ok"]
+    (tmp_path / "data.csv").write_text("image,tags,caption\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match="more than 100 malformed CSV rows"):
+        read_manifest(tmp_path / "data.csv", SIZE)
