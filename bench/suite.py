@@ -1,6 +1,7 @@
 """One entry point for the benchmark scripts, named by what they measure.
 
     python -m fuselite.bench.suite runtime [ARGS...]   # fuselite run vs raw invoke and the naive loop
+    python -m fuselite.bench.suite busy --bundle B [ARGS...]  # the same on a busy machine, fresh processes
     python -m fuselite.bench.suite convert RUN [ARGS...]  # every variant's size, accuracy, numerics
     python -m fuselite.bench.suite train --config NAME --out DIR [ARGS...]  # a training target, from scratch
 
@@ -19,6 +20,7 @@ SUITES = {
     "runtime": ("fuselite.bench.runtime_suite", "fuselite run against raw invoke() and the naive loop"),
     "convert": ("fuselite.bench.convert_suite", "every variant of a run: size, accuracy, numerics"),
     "train": ("fuselite.bench.train_suite", "a training target, from scratch, as a docs row"),
+    "busy": ("fuselite.bench.busy_suite", "fuselite run vs the naive loop with one core busy, fresh processes"),
     "pretrained": ("fuselite.bench.pretrained_suite",
                    "tiny vs EfficientNet-Lite0 vs distilled tiny on real clip art"),
 }

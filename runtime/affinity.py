@@ -1,23 +1,52 @@
-"""Keeping the interpreter's cores for it: CPU affinity of the pipeline's threads (Linux).
+"""Where the pipeline's threads run: pinning, claims between processes, and the sequential fallback.
 
-When the process may run on more cores than the interpreter has threads, the
-inference thread is confined to ``num_threads`` cores and the capture and outputs
-threads to the others.  Left to the scheduler, the helpers now and then land on the
-inference thread's core and it waits its turn: 1.4-2.4 % of its time on this 2-core
-VM (``/proc/self/task/TID/schedstat``), 0.0-0.4 % once pinned.  The inference cores
-are the last ones: Linux and the Raspberry Pi route most interrupts to core 0.
+A board rarely runs fuselite alone: it records, serves a page, runs a second camera.
+The policy (:func:`plan_schedule`) is decided once, when a run starts, from what the
+process really has:
+
+* **Free capacity.**  The idle time of each core the process may use (its affinity
+  mask, so ``taskset`` and container cpusets count) is sampled for
+  ``LOAD_SAMPLE_SECONDS`` before the model loads.  A core is *free* when it was at
+  least ``FREE_CORE_IDLE`` idle.
+* **Pipeline or sequential.**  The threaded pipeline (capture, inference and outputs
+  threads overlapping) needs a second core to overlap anything; on one core its
+  hand-offs only cost.  With less than ``PIPELINE_MIN_FREE_CORES`` of free capacity, a
+  file or folder source runs sequentially: read, preprocess, infer and write in the
+  loop's own thread, like the TFLite Raspberry Pi example.  A live source keeps its
+  capture thread, which must drain the camera whatever the load.
+* **Pinning only on owned cores.**  Confining the inference thread to its own core
+  spares it the helpers' interruptions (1.4-2.4 % of its time on this 2-core VM,
+  measured with ``/proc/self/task/TID/schedstat``; 0.0-0.4 % once pinned), but a pinned
+  thread cannot move when another process sits on its core: pinned runs then got
+  0.2-0.6 of a core, unpinned ones about 1.0.  So threads are pinned only when the
+  inference cores and at least one helper core are all free, and the inference cores
+  are *claimed*: an exclusive ``flock`` on one lock file per core (in ``/dev/shm``),
+  held for the run and dropped by the kernel if the process dies.  A second fuselite
+  process (a second camera) never pins to a core another one holds; it runs unpinned.
+  The inference cores are the last free ones: Linux and the Raspberry Pi route most
+  interrupts to core 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+LOAD_SAMPLE_SECONDS = 0.1
+FREE_CORE_IDLE = 0.8
+# Below this much free capacity the sequential loop beats the pipeline (docs/runtime.md,
+# "On a busy board", measured with python -m fuselite.bench.suite busy).
+PIPELINE_MIN_FREE_CORES = 1.5
 
 
 @dataclass(frozen=True)
@@ -82,3 +111,170 @@ def pinned(cores: frozenset[int] | None) -> Iterator[None]:
         yield
     finally:
         pin_thread(before)
+
+
+# --- how busy the cores are -------------------------------------------------------
+
+
+def _core_times() -> dict[int, tuple[int, int]]:
+    """``core -> (idle ticks, total ticks)`` since boot, from ``/proc/stat`` (Linux; else empty)."""
+    times = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return times
+    for line in lines:
+        name, *fields = line.split()
+        if not name.startswith("cpu") or name == "cpu":
+            continue
+        ticks = [int(value) for value in fields[:8]]
+        times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))  # idle + iowait
+    return times
+
+
+class LoadSample:
+    """The idle share of each core over a window that starts when this is made."""
+
+    def __init__(self) -> None:
+        self._start = _core_times()
+        self._started = time.monotonic()
+
+    def idle_shares(self, min_seconds: float = LOAD_SAMPLE_SECONDS) -> dict[int, float]:
+        """``core -> idle share (0-1)`` since creation, waiting until ``min_seconds`` have passed.
+
+        Empty where the OS does not tell (then nothing is assumed busy or free).
+        """
+        time.sleep(max(0.0, self._started + min_seconds - time.monotonic()))
+        end = _core_times()
+        shares = {}
+        for core, (idle, total) in end.items():
+            idle_then, total_then = self._start.get(core, (idle, total))
+            if total > total_then:
+                shares[core] = (idle - idle_then) / (total - total_then)
+        return shares
+
+
+# --- claims between processes -------------------------------------------------------
+
+
+def _lock_dir() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+@dataclass
+class CoreClaim:
+    """Cores this process holds for its inference thread, one ``flock`` per core."""
+
+    cores: frozenset[int] = frozenset()
+    _files: list = field(default_factory=list, repr=False)
+
+    @classmethod
+    def take(cls, candidates: list[int], count: int, lock_dir: Path | None = None) -> CoreClaim:
+        """Claims up to ``count`` of ``candidates``, the last first, skipping cores other processes hold."""
+        claim, lock_dir = cls(), lock_dir or _lock_dir()
+        for core in reversed(candidates):
+            if len(claim.cores) == count:
+                break
+            handle = _try_lock(lock_dir / f"fuselite-core-{core}.lock")
+            if handle is not None:
+                claim._files.append(handle)
+                claim.cores = claim.cores | {core}
+        return claim
+
+    def release(self) -> None:
+        """Drops the claims (closing the files releases the locks)."""
+        for handle in self._files:
+            handle.close()
+        self._files.clear()
+        self.cores = frozenset()
+
+
+def _try_lock(path: Path):
+    """An open file holding an exclusive lock on ``path``, or ``None`` if another process holds it."""
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the run, closed by CoreClaim.release
+    except OSError as exc:
+        log.debug("cannot open the core lock %s: %s", path, exc)
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+# --- the policy ---------------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """How a run arranges its threads (see the module docstring for the rules).
+
+    Attributes:
+        threaded: Whether capture (and outputs) run on threads of their own.
+        split: The inference and helper cores when pinned, else ``None``.
+        reason: One line for the log: what was decided and why.
+        claim: The cores claimed from other processes; :meth:`release` drops them.
+    """
+
+    threaded: bool
+    split: CoreSplit | None
+    reason: str
+    claim: CoreClaim | None = None
+
+    def release(self) -> None:
+        """Drops this run's core claims."""
+        if self.claim is not None:
+            self.claim.release()
+
+
+def plan_schedule(
+    interpreter_threads: int,
+    live: bool,
+    pin: bool = True,
+    idle: dict[int, float] | None = None,
+    allowed: frozenset[int] | None = None,
+    lock_dir: Path | None = None,
+) -> Schedule:
+    """Decides pipeline or sequential, and pinning, from the cores' idle shares (:class:`LoadSample`)."""
+    allowed = allowed_cores() if allowed is None else allowed
+    idle = {} if idle is None else idle
+    if not allowed:
+        return Schedule(threaded=True, split=None, reason="pipeline: the OS does not tell which cores are free")
+    if not idle:  # no /proc/stat: only the affinity mask is known
+        idle = dict.fromkeys(allowed, 1.0)
+    capacity = sum(idle.get(core, 0.0) for core in allowed)
+    free = sorted(core for core in allowed if idle.get(core, 0.0) >= FREE_CORE_IDLE)
+    load = f"{capacity:.1f} of {len(allowed)} core(s) free"
+    if not live and capacity < PIPELINE_MIN_FREE_CORES:
+        return Schedule(threaded=False, split=None, reason=f"sequential: {load}")
+    if not pin:
+        return Schedule(threaded=True, split=None, reason=f"pipeline, not pinned (--pin-threads off): {load}")
+    return _pinned_pipeline(interpreter_threads, free, load, lock_dir)
+
+
+def _pinned_pipeline(interpreter_threads: int, free: list[int], load: str, lock_dir: Path | None) -> Schedule:
+    """Pins when ``interpreter_threads`` free cores can be claimed and one more free core is left
+    that no other fuselite process holds; otherwise the pipeline runs unpinned."""
+    if len(free) <= interpreter_threads:
+        return Schedule(threaded=True, split=None, reason=f"pipeline, not pinned: {load}, "
+                        f"pinning needs {interpreter_threads + 1} idle cores")
+    # Claim every free core first (to learn which ones others hold), then keep what is needed.
+    probe = CoreClaim.take(free, len(free), lock_dir)
+    unheld = sorted(probe.cores)
+    probe.release()
+    if len(unheld) <= interpreter_threads:
+        return Schedule(threaded=True, split=None, reason=f"pipeline, not pinned: {load}, "
+                        "but another fuselite process holds the idle cores")
+    claim = CoreClaim.take(unheld, interpreter_threads, lock_dir)
+    helpers = frozenset(unheld) - claim.cores
+    if len(claim.cores) < interpreter_threads or not helpers:  # lost a race with another start
+        claim.release()
+        return Schedule(threaded=True, split=None, reason=f"pipeline, not pinned: {load}, "
+                        "but another fuselite process holds the idle cores")
+    split = CoreSplit(claim.cores, helpers)
+    return Schedule(threaded=True, split=split, claim=claim,
+                    reason=f"pipeline: {load}; inference pinned to core(s) {sorted(claim.cores)}, "
+                    f"capture and outputs to {sorted(helpers)}")

@@ -135,8 +135,12 @@ class FrameSource:
         reconnect_delay: float = 0.5,
         reconnect_max_delay: float = 10.0,
         prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+        threaded: bool = True,
     ) -> None:
         self.capture = capture
+        # False: no capture thread; next_frame() reads in the caller's thread (files and
+        # folders only: a live source must be drained while the consumer works).
+        self.threaded = threaded or capture.live
         self.drop_stale = capture.live if drop_stale is None else drop_stale
         self.loop = loop
         self.reconnect_delay = reconnect_delay
@@ -185,6 +189,8 @@ class FrameSource:
         if not opened and not self.live:
             raise SourceError(f"cannot open {self.capture.name}")
         self._start = time.monotonic()
+        if not self.threaded:
+            return self
         self._thread = threading.Thread(
             target=self._run, args=(opened,), name="capture", daemon=True
         )
@@ -204,6 +210,8 @@ class FrameSource:
         Returns ``None`` once the source has ended or closed, when ``stop`` is set, or
         after ``timeout`` seconds without a frame (check :attr:`ended` to tell apart).
         """
+        if not self.threaded:
+            return self._read_inline(stop)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             if not self._frames:
@@ -227,6 +235,8 @@ class FrameSource:
         self._closed.set()
         with self._cond:
             self._cond.notify_all()
+        if not self.threaded:
+            self.capture.release()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -263,28 +273,48 @@ class FrameSource:
 
     def _read_one(self) -> bool:
         """Reads and delivers one frame; False when the capture is lost or ended."""
+        ok, frame = self._read_frame()
+        self.counters.cpu_s = time.thread_time()
+        if frame is not None:
+            frame = self._prepared(frame)
+        if frame is not None:
+            self._deliver(frame)
+        self.counters.cpu_s = time.thread_time()
+        return ok
+
+    def _read_frame(self) -> tuple[bool, Frame | None]:
+        """Reads one frame: ``(False, None)`` when the capture is lost or ended, and
+        ``(True, None)`` for a frame skipped as empty or corrupt."""
         start = time.perf_counter()
         ok, image, media_ms, name = self.capture.read()
         capture_ms = (time.perf_counter() - start) * 1000.0
-        self.counters.cpu_s = time.thread_time()
         if not ok:
-            return False
+            return False, None
         index, self._index = self._index, self._index + 1
         problem = frame_problem(image) if image is not None else "unreadable frame"
         if problem:
             self.counters.skipped += 1
             log.debug("%s: skipping frame %d: %s", self.capture.name, index, problem)
-            return True
+            return True, None
         self.counters.read += 1
         timestamp_ms = (
             media_ms if media_ms is not None else (time.monotonic() - self._start) * 1000.0
         )
-        frame = Frame(image, index, timestamp_ms, time.time(), capture_ms, name)
-        frame = self._prepared(frame)
-        if frame is not None:
-            self._deliver(frame)
-        self.counters.cpu_s = time.thread_time()
-        return True
+        return True, Frame(image, index, timestamp_ms, time.time(), capture_ms, name)
+
+    def _read_inline(self, stop: threading.Event | None) -> Frame | None:
+        """The next frame, read in the caller's thread (a source without a capture thread).
+
+        The caller preprocesses it (``model_input`` stays ``None``): with one thread
+        there is nothing to overlap.
+        """
+        while not (self._ended or self._closed.is_set() or (stop is not None and stop.is_set())):
+            ok, frame = self._read_frame()
+            if frame is not None:
+                return frame
+            if not ok and not self._recover():
+                self._ended = True
+        return None
 
     def _lean(self, step: int) -> None:
         self._balance = max(-BALANCE_LIMIT, min(BALANCE_LIMIT, self._balance + step))

@@ -40,9 +40,12 @@ class RunStats:
         self.skipped = 0
         self.frame_errors = 0  # frames whose model output could not be scored (annotator.FrameError)
         self.started = time.monotonic()
+        # Process CPU time (every thread, the interpreter's and the decoder's too): CPU
+        # per frame is what a board pays for each annotation, whatever runs where.
+        self.cpu_started = time.process_time()
         self._latency = collections.deque(maxlen=LATENCY_WINDOW)
         self._inference = collections.deque(maxlen=LATENCY_WINDOW)
-        self._mark = (self.started, 0, 0)
+        self._mark = (self.started, 0, 0, self.cpu_started)
 
     def record(self, total_ms: float, inference_ms: float) -> None:
         """Counts one annotated frame."""
@@ -59,8 +62,11 @@ class RunStats:
     def snapshot(self, final: bool = False) -> dict[str, Any]:
         """A stats record for the interval since the last snapshot (or the run, if ``final``)."""
         now = time.monotonic()
-        since, frames_then, read_then = (self.started, 0, 0) if final else self._mark
+        cpu_now = time.process_time()
+        start = (self.started, 0, 0, self.cpu_started)
+        since, frames_then, read_then, cpu_then = start if final else self._mark
         elapsed = max(now - since, 1e-9)
+        cpu_s, frames = cpu_now - cpu_then, self.frames - frames_then
         latency = np.asarray(self._latency, dtype=np.float64)
         inference = np.asarray(self._inference, dtype=np.float64)
         record = {
@@ -78,9 +84,11 @@ class RunStats:
             "latency_p50_ms": _percentile(latency, 50),
             "latency_p90_ms": _percentile(latency, 90),
             "inference_p50_ms": _percentile(inference, 50),
+            "cpu_ms_per_frame": round(cpu_s * 1000 / frames, 3) if frames else None,
+            "cores": round(cpu_s / elapsed, 3),
             "rss_mb": round(resident_mb(), 1),
         }
-        self._mark = (now, self.frames, self.counters.read)
+        self._mark = (now, self.frames, self.counters.read, cpu_now)
         self._latency.clear()
         self._inference.clear()
         return record
@@ -98,5 +106,12 @@ def describe(record: dict[str, Any]) -> str:
         f"{record['frames']} frames | camera {record['camera_fps']:.1f} fps | "
         f"inference {record['inference_fps']:.1f} fps | dropped {record['dropped']} | "
         f"skipped {record['skipped']} | reconnects {record['reconnects']} | {latency} | "
-        f"rss {record['rss_mb']:.0f} MB"
+        f"{_cpu_text(record)} | rss {record['rss_mb']:.0f} MB"
     )
+
+
+def _cpu_text(record: dict[str, Any]) -> str:
+    """CPU per frame and the cores the process got; records written before these fields lack them."""
+    per_frame, cores = record.get("cpu_ms_per_frame"), record.get("cores")
+    per_frame_text = f"{per_frame:.1f} ms CPU/frame" if per_frame is not None else "no CPU/frame"
+    return per_frame_text if cores is None else f"{per_frame_text} on {cores:.2f} cores"

@@ -238,3 +238,31 @@ def test_picamera2_source_reads_frames_when_picamera2_imports(monkeypatch):
         frame = source.next_frame(threading.Event())
     assert frame.image.shape == (240, 320, 3)
     assert isinstance(capture_for("camera"), Picamera2Capture)
+
+
+def test_a_file_source_without_a_capture_thread_reads_every_frame_in_the_callers_thread():
+    capture = ScriptedCapture(numbered(12), live=False)
+    threads_before = threading.active_count()
+    with FrameSource(capture, threaded=False) as source:
+        assert threading.active_count() == threads_before  # no capture thread
+        frames = drain(source)
+    assert [int(f.image[0, 0, 0]) for f in frames] == list(range(12))
+    assert all(f.model_input is None for f in frames)  # the caller preprocesses
+    assert source.ended
+
+
+def test_a_looping_file_source_without_a_capture_thread_replays_from_the_start(red_blue_clip):
+    with FrameSource(capture_for(str(red_blue_clip)), loop=True, threaded=False) as source:
+        frames = [source.next_frame() for _ in range(90)]
+    assert all(f is not None for f in frames)
+    assert [f.index for f in frames[:3]] == [0, 1, 2]
+    second_pass_red, second_pass_blue = frames[45].image.mean(axis=(0, 1)), frames[65].image.mean(axis=(0, 1))
+    assert second_pass_red[2] > 150 > second_pass_red[0]  # 20 red frames, then 20 blue, again
+    assert second_pass_blue[0] > 150 > second_pass_blue[2]
+
+
+def test_a_live_source_keeps_its_capture_thread_even_when_asked_for_none():
+    capture = ScriptedCapture(numbered(5000), live=True, delay=0.001)
+    with FrameSource(capture, threaded=False, reconnect_delay=10) as source:
+        assert source.threaded
+        assert source.next_frame(threading.Event(), timeout=5) is not None
