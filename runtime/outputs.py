@@ -16,6 +16,7 @@ with one line (:class:`OutputsFailed`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -127,9 +128,10 @@ class JsonlWriter:
         self.closed = False
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._stream: IO[str] | None = None
         self._mid_line = False
         if self.target == "-":
-            self._stream: IO[str] = sys.stdout
+            self._stream = sys.stdout
         else:
             Path(self.target).parent.mkdir(parents=True, exist_ok=True)
             self._fd = _open_append(self.target)
@@ -146,13 +148,13 @@ class JsonlWriter:
         with self._lock:
             if self.closed:
                 return False
-            if self._fd is not None:
-                self._write_file(line.encode())
-                return True
             try:
+                if self._fd is not None:
+                    self._write_file(line.encode())
+                    return True
                 self._stream.write(line)
                 self._stream.flush()
-            except BrokenPipeError:
+            except BrokenPipeError:  # stdout's or a FIFO's reader
                 log.warning("the reader of the JSONL events went away; stopping")
                 self._silence_stdout()
                 self.closed = True
@@ -175,8 +177,8 @@ class JsonlWriter:
         """Flushes stdout, or closes the file."""
         with self._lock:
             if self._fd is not None:
-                if not self.closed:
-                    os.close(self._fd)
+                fd, self._fd = self._fd, None
+                os.close(fd)
             elif not self.closed:
                 try:
                     self._stream.flush()
@@ -193,13 +195,23 @@ class JsonlWriter:
 
 
 def _open_append(path: str) -> int:
-    """A descriptor appending to ``path`` (created if missing), readable when allowed so
-    the file's last byte can be checked."""
+    """A descriptor appending to ``path`` (created if missing).
+
+    A regular file is opened readable too when allowed, so its last byte can be
+    checked; anything else (a FIFO, a device) write-only, so that a FIFO's reader
+    going away shows as a broken pipe instead of a write that blocks forever.
+    """
     flags = os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
     try:
-        return os.open(path, flags | os.O_RDWR, 0o644)
-    except PermissionError:
-        return os.open(path, flags | os.O_WRONLY, 0o644)  # a write-only file
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        regular = True  # created now, as a regular file
+    except OSError:
+        regular = False
+    if regular:
+        with contextlib.suppress(PermissionError):  # a write-only file
+            return os.open(path, flags | os.O_RDWR, 0o644)
+    return os.open(path, flags | os.O_WRONLY, 0o644)
 
 
 def _ends_mid_line(fd: int) -> bool:

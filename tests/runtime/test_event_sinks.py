@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import signal
 import subprocess
@@ -188,3 +189,20 @@ def test_non_finite_scores_are_written_as_null(tmp_path):
 
 def _refuse(name: str):
     raise AssertionError(f"{name} is not JSON")
+
+
+def test_a_fifo_whose_reader_goes_away_stops_the_run_like_stdout(fp32_bundle, red_blue_clip,
+                                                                  tmp_path):
+    fifo = tmp_path / "events.fifo"
+    os.mkfifo(fifo)
+    run = subprocess.Popen(
+        fuselite_command("--bundle", fp32_bundle, "--source", red_blue_clip, "--loop",
+                         "--jsonl", fifo),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=runtime_env(),
+    )
+    with open(fifo, "rb") as reader:
+        first = reader.readline()
+    _, stderr = run.communicate(timeout=30)  # a write that blocked forever would time out
+    assert json.loads(first)["type"] == "annotation"
+    assert run.returncode == 0, stderr
+    assert b"stopped by output" in stderr and b"Traceback" not in stderr
