@@ -88,6 +88,7 @@ wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 print(json.dumps({"fps": frames / wall, "cpu_ms": cpu * 1000 / frames, "cores": cpu / wall}))
 """
 
+FLOOR_SCRIPT = "import numpy, cv2\nfrom fuselite.interpreter import interpreter_class\ninterpreter_class()\n"
 BURNER_SCRIPT = "import os\nos.sched_setaffinity(0, {0})\nwhile True:\n    pass\n"
 TARGETS = {"run_vs_sequential": 1.0, "run_vs_invoke": 0.9, "pair_vs_run": 0.45, "cpu_vs_sequential": 1.1}
 
@@ -153,6 +154,11 @@ def measure_sequential(bundle: Path, video: Path, threads: int, frames: int) -> 
     """The naive one-thread loop in a fresh process."""
     out, rss = _finish(_start(_python(SEQUENTIAL_SCRIPT, bundle, video, threads, frames)))
     return {**json.loads(out.splitlines()[-1]), "rss_mb": rss}
+
+
+def library_floor_mb() -> float:
+    """Peak RSS of a process that only imports numpy, OpenCV and the interpreter: the floor."""
+    return _finish(_start(_python(FLOOR_SCRIPT)))[1]
 
 
 def measure_runs(bundle: Path, video: Path, threads: int, frames: int, copies: int) -> list[dict[str, float]]:
@@ -252,7 +258,9 @@ def markdown(cases: list[dict[str, Any]], header: dict[str, Any]) -> str:
     """The report: one row per case, medians with the min-max of the ratios."""
     lines = [
         f"{header['date']}, {header['cpu']}, {header['cpus']} cores, load average before {header['load']}; "
-        f"{header['frames']} frames per process, {header['rounds']} rounds, fresh processes",
+        f"{header['frames']} frames per process, {header['rounds']} rounds, fresh processes; "
+        f"peak RSS of importing numpy, OpenCV and the interpreter alone: {header['library_floor_mb']:.0f} MB",
+        f"`{header['command']}`",
         "",
         "| bundle | threads | load | invoke FPS | sequential FPS | run FPS | run / sequential | "
         "run / invoke | pair / run | CPU ms/frame run (seq) | cores run (seq) | peak RSS run (seq) |",
@@ -280,7 +288,7 @@ def _header(args: argparse.Namespace) -> dict[str, Any]:
 
     return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": _cpu_model(), "cpus": os.cpu_count(),
             "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "frames": args.frames,
-            "rounds": args.rounds, "command": shlex.join(["python", "-m", "fuselite.bench.suite", "busy",
+            "rounds": args.rounds, "library_floor_mb": round(library_floor_mb(), 1), "command": shlex.join(["python", "-m", "fuselite.bench.suite", "busy",
                                                           *args.argv])}
 
 
