@@ -57,3 +57,21 @@ def test_table_has_a_device_column_only_with_a_device():
     recommend(report.rows, LIMITS)
     assert format_table(report).splitlines()[0].endswith("| raspberry-pi-5 |")
     assert "⭐ recommended" in format_table(report)
+
+
+def test_device_fit_uses_the_sustained_fps_when_measured():
+    fast_alone = _row("int8", 300_000, 0.9, 2.0)  # 500 FPS from its single-frame p50
+    fast_alone.sustained_fps = 8.0  # but 8 FPS frame after frame
+    assert fit_problems(fast_alone, LIMITS) == ["8 FPS < 10"]
+    fast_alone.sustained_fps = None  # not measured (--sustain 0): the p50 figure stands in
+    assert fit_problems(fast_alone, LIMITS) == []
+
+
+def test_latency_front_uses_sustained_ms_per_frame():
+    steady = _row("steady", 400, 0.90, 2.0)
+    steady.sustained_fps = 400.0  # 2.5 ms per frame
+    bursty = _row("bursty", 100, 0.89, 1.0)
+    bursty.sustained_fps = 100.0  # 10 ms per frame: slower than steady, and less accurate
+    mark_pareto([steady, bursty])
+    assert (steady.pareto_latency, bursty.pareto_latency) == (True, False)
+    assert bursty.frame_ms == 10.0 and steady.frame_ms == 2.5

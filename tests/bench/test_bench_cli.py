@@ -93,3 +93,10 @@ def test_bench_runs_from_the_repository_root_after_a_wheel_install(
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["rows"]
     assert rows and all(row["status"] == "ok" for row in rows), rows
+
+
+@pytest.mark.parametrize("extra", [["--timeout", "0"], ["--sustain", "-1"]])
+def test_bad_timeout_or_sustain_exit_2_with_one_line(good_bundles, colour_data, tmp_path, capsys, extra):
+    assert _bench(good_bundles, colour_data, tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fuselite bench: error:") and "--timeout more than 0" in err and "\n" not in err
