@@ -15,7 +15,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fuselite.bundle import BundleError, read_bundle
+from fuselite.bundle import BundleError, check_bundle, read_bundle
 from fuselite.devices.compat import bundle_ops, check_ops, loadable_runtimes, ops_to_strings
 from fuselite.devices.profiles import Profile, get_profile, list_profiles
 from fuselite.devices.setup_files import SETUP_FILES, write_setup_files
@@ -110,15 +110,16 @@ def _setup_files(profile: Profile, out_dir: Path) -> int:
     return 0
 
 
-def _read(path: Path):
+def _read(path: Path, profile: Profile | None = None):
+    """The bundle; with ``profile``, also its models checked against that board's RAM."""
     try:
-        return read_bundle(path)
+        return read_bundle(path) if profile is None else check_bundle(path, ram_bytes=profile.ram_mb * 2**20)
     except BundleError as exc:
         raise UserError(str(exc)) from None
 
 
 def _check(profile: Profile, path: Path) -> int:
-    ops = bundle_ops(_read(path))
+    ops = bundle_ops(_read(path, profile))
     problems = check_ops(ops, profile.runtime)
     print(f"{path}: {', '.join(ops_to_strings(ops))}")
     loadable = ", ".join(f"{key} {'yes' if ok else 'no'}" for key, ok in loadable_runtimes(ops).items())

@@ -19,6 +19,7 @@ from fuselite.bundle import (
     CONCEPTS_SCHEMA_VERSION,
     EMBEDDINGS_MEMBER,
     MANIFEST_MEMBER,
+    MAX_JSON_VALUES,
     SCHEMA_VERSION,
     TEXT_ENCODER_MEMBER,
     TOKENIZER_MEMBER,
@@ -420,6 +421,15 @@ def test_a_damaged_concepts_member_is_refused_naming_it(concepts_path, damage):
     members[CONCEPTS_MEMBER] = damage
     _repack(concepts_path, members)
     assert "concepts.json" in _read_error(concepts_path)
+
+
+def test_a_concept_index_of_too_many_json_values_is_refused_before_parsing(concepts_path):
+    members = _members(concepts_path)
+    document = json.loads(members[CONCEPTS_MEMBER])
+    document["padding"] = [0] * (MAX_JSON_VALUES + 1)  # 1 MB on disk; parsed, 4 MB of list
+    members[CONCEPTS_MEMBER] = json.dumps(document).encode()
+    _repack(concepts_path, members)
+    assert f"{CONCEPTS_MEMBER} holds about" in _read_error(concepts_path)
 
 
 def test_a_concepts_bundle_without_its_index_is_refused_naming_it(concepts_path):

@@ -34,18 +34,22 @@ from fuselite.bundle import (
     arena_budget,
     check_bundle,
     read_bundle,
+    write_bundle,
 )
+from fuselite.cli import main
 from fuselite.runtime.graphcheck import check_graph
 
 WIDE = 2**27  # float32 elements: 512 MiB a tensor, under the 1 GiB rule
 
 
-def wide_chain(width: int = WIDE) -> bytes:
-    """The two-operator chain with every activation ``width`` floats wide (a few hundred bytes)."""
+def wide_chain(width: int = WIDE, subgraphs: int = 1) -> bytes:
+    """The two-operator chain with every activation ``width`` floats wide (a few hundred
+    bytes), in ``subgraphs`` copies of its subgraph."""
     def widen(parts):
         parts["tensors"][0] = ("x", [1, width], FLOAT32, 0)
         parts["tensors"][2] = ("h", [1, 1, width], FLOAT32, 0)
         parts["tensors"][3] = ("y", [1, 1, 1, width], FLOAT32, 0)
+        parts["extra_subgraphs"] = subgraphs - 1
     return chain_model(edit=widen)
 
 
@@ -128,6 +132,28 @@ def test_fuselite_run_refuses_the_wide_model_in_one_line_fast_and_in_little_memo
     lines = error_lines(done.stderr)
     assert done.returncode != 0 and len(lines) == 1 and "its tensors need 1,536 MB" in lines[0], done.stderr
     assert peak_mb < 400 and seconds < 30, (peak_mb, seconds)
+
+
+def test_the_tensors_of_every_subgraph_count_towards_the_budget():
+    check_graph(wide_chain(2**22), "image model")  # 48 MiB in one subgraph: fine
+    with pytest.raises(BundleError, match="its tensors need 288 MB"):
+        check_graph(wide_chain(2**22, subgraphs=6), "image model")
+
+
+def test_a_wide_text_encoder_is_refused_too(fp32_bundle, tmp_path):
+    bundle = read_bundle(fp32_bundle)
+    path = write_bundle(tmp_path / "wide-text.tflite", model_bytes=bundle.model_bytes, manifest=bundle.manifest,
+                        tokenizer=bundle.tokenizer, label_embeddings=bundle.label_embeddings,
+                        text_encoder_bytes=wide_chain())
+    assert "text encoder: its tensors need 1,536 MB" in refusal(path)
+
+
+def test_devices_check_measures_the_model_against_the_profiles_ram(fp32_bundle, tmp_path, capsys):
+    path = repack(fp32_bundle, tmp_path / "mid.tflite", model_bytes=wide_chain(2**24))  # 192 MiB
+    assert main(["devices", "check", "raspberry-pi-zero-2w", "--bundle", str(path)]) == 2  # 512 MB RAM
+    assert "more than the 128 MB a model may use" in capsys.readouterr().err
+    main(["devices", "check", "raspberry-pi-5", "--bundle", str(path)])  # 4 GB: the memory is fine
+    assert "a model may use" not in capsys.readouterr().err
 
 
 # --- tokenizer and vocabulary ------------------------------------------------------------------
