@@ -562,13 +562,25 @@ def _validate_embeddings(embeddings: np.ndarray, manifest: Manifest) -> None:
             f"label embeddings have shape {embeddings.shape}, but the manifest's "
             f"{len(manifest.labels)} labels and embedding_dim need {expected}"
         )
+    problem = embedding_problem(embeddings, manifest.labels)
+    if problem:
+        raise BundleError(problem)
+
+
+def embedding_problem(embeddings: np.ndarray, labels: tuple[str, ...]) -> str | None:
+    """Why label embeddings cannot be scored in float32 (NaN, infinity, or a row longer
+    than :data:`MAX_EMBEDDING_NORM`, whose dot product could overflow), or None.
+
+    The runtime checks the embeddings of labels typed at run time with it too.
+    """
     if not np.all(np.isfinite(embeddings)):
-        raise BundleError("label embeddings contain NaN or infinity")
-    norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+        return "label embeddings contain NaN or infinity"
+    norms = np.linalg.norm(np.asarray(embeddings, np.float64), axis=1)
     if norms.max(initial=0.0) > MAX_EMBEDDING_NORM:
         row = int(np.argmax(norms))
-        raise BundleError(f"label embedding {row} ({manifest.labels[row]!r}) has length {norms[row]:.3g}, "
-                          f"over {MAX_EMBEDDING_NORM:g}: its scores would overflow float32")
+        return (f"label embedding {row} ({labels[row]!r}) has length {norms[row]:.3g}, "
+                f"over {MAX_EMBEDDING_NORM:g}: its scores would overflow float32")
+    return None
 
 
 # --- manifest validation ---------------------------------------------------------

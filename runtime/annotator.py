@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fuselite.bundle import Bundle, Manifest, read_bundle
+from fuselite.bundle import Bundle, BundleError, Manifest, embedding_problem, read_bundle
 from fuselite.runtime.interpreter import TfliteModel
 from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.options import AnnotatorOptions
@@ -56,6 +56,9 @@ class Annotator:
         self._labels = label_set.labels
         self._preprocessor = Preprocessor(bundle.manifest, model.input)
         manifest = bundle.manifest
+        problem = embedding_problem(label_set.embeddings, label_set.labels)
+        if problem:  # typed labels: the text encoder's outputs, which read_bundle never saw
+            raise BundleError(f"{bundle.path}: {problem}; re-run `fuselite convert`")
         self._scorer = FrameScorer(label_set.embeddings, manifest.logit_scale, manifest.logit_bias,
                                    check_output(manifest, model.output), manifest.output_activation)
         thresholds = label_set.thresholds

@@ -22,6 +22,8 @@ from support.bundles import repack
 from fuselite.bundle import BundleError, read_bundle
 from fuselite.runtime import Annotator, AnnotatorOptions
 from fuselite.runtime.annotator import FrameError
+from fuselite.runtime.interpreter import TfliteModel
+from fuselite.runtime.labels import LabelSet
 from fuselite.runtime.overlay import draw_overlay
 from fuselite.runtime.results import AnnotationResult, Category
 
@@ -100,3 +102,16 @@ def test_a_manifest_number_unusable_in_float32_is_refused_in_one_line(fp32_bundl
     with pytest.raises(BundleError, match=field) as caught:
         read_bundle(path)
     assert "\n" not in str(caught.value)
+
+
+def test_label_embeddings_made_at_run_time_that_would_overflow_are_refused(fp32_bundle):
+    """Typed labels are embedded by the bundle's text encoder, after read_bundle's checks."""
+    bundle = read_bundle(fp32_bundle)
+    model = TfliteModel(bundle.model_bytes, 1, name="image model")
+    dim = bundle.manifest.embedding_dim
+    huge = LabelSet(("red circle",), np.full((1, dim), 1e20, np.float32), np.full(1, 0.5, np.float32))
+    try:
+        with pytest.raises(BundleError, match=r"'red circle'\) has length .* overflow float32"):
+            Annotator(AnnotatorOptions(fp32_bundle), bundle, model, huge)
+    finally:
+        model.close()
