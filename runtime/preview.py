@@ -13,16 +13,18 @@ Nothing a client does can stop the run.  At most ``max_clients`` connections
 cap gets ``503`` and is closed at once, so file descriptors stay bounded (about 1,000
 idle connections once used up the 1,024 a systemd service gets, and the run's next
 video file could not be opened).  Every socket has a timeout
-(:data:`SOCKET_TIMEOUT_S`): a client that sends no request, or stops reading the
-stream, is dropped.  Accept errors (``EMFILE``) and client errors are logged once
+(:data:`SOCKET_TIMEOUT_S`), which also bounds the whole request: a client that sends
+no request, dribbles it, or stops reading the stream, is dropped.  Accept errors (``EMFILE``) and client errors are logged once
 and counted (:meth:`MjpegPreview.counts`); the server backs off and keeps serving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -281,7 +283,29 @@ class _PreviewHandler(BaseHTTPRequestHandler):
     preview: MjpegPreview
     server_version = "fuselite-preview"
 
+    def setup(self) -> None:
+        super().setup()
+        # The socket timeout bounds each wait; this bounds the whole request, so a client
+        # dribbling a byte at a time (slowloris) cannot hold a slot forever either.
+        self._expired = False
+        self._deadline = threading.Timer(self.timeout, self._request_too_slow)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _request_too_slow(self) -> None:
+        self._expired = True
+        self.preview.count("timeouts")
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
     def do_GET(self) -> None:
+        self._deadline.cancel()
+        if self._expired:
+            return  # what arrived before the deadline is not a whole request
         self.preview.count("served")
         try:
             self._route(self.path.split("?", 1)[0])

@@ -177,3 +177,27 @@ def _wait_for(port: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     pytest.fail(f"no preview on port {port}")
+
+
+def test_a_client_dribbling_its_request_loses_its_slot():
+    """One byte every 0.2 s never trips a 0.5 s socket timeout; the request deadline does."""
+    preview = MjpegPreview(port=0, max_clients=1, socket_timeout=0.5).start()
+    try:
+        preview.set_stats({"ok": True})
+        slow = socket.create_connection(("127.0.0.1", preview.port))
+        dropped = False
+        for byte in b"GET /stats.json HTTP/1.1\r\nX-Slow: " + b"a" * 20:
+            try:
+                slow.sendall(bytes([byte]))
+            except OSError:
+                dropped = True
+                break
+            time.sleep(0.2)
+            if get(preview.url + "stats.json", timeout=2)[0] == 200:
+                dropped = True  # the only slot is free again
+                break
+        slow.close()
+        assert dropped, "a slowloris client kept the only slot for 9 s"
+        assert preview.counts()["timeouts"] >= 1
+    finally:
+        preview.close()
