@@ -50,9 +50,11 @@ class Heartbeat:
     def __init__(self, stream=None) -> None:
         self._stream = stream
         self._last = 0.0
+        self.current = "starting"
 
     def phase(self, name: str) -> None:
-        """Announces a step (it names the step a timeout happened in)."""
+        """Announces a step (it names the step a timeout or an error happened in)."""
+        self.current = name
         self._write(f"phase {name}")
 
     def beat(self) -> None:
@@ -279,8 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     import cv2  # noqa: F401 - imported before the baseline memory reading, as the runtime imports it
 
     frames = np.load(args.frames, mmap_mode="r")
-    summary, scores = measure(args.bundle, frames, args.threads, args.warmup, args.runs, args.sustain,
-                              Heartbeat(sys.stdout))
+    heartbeat = Heartbeat(sys.stdout)
+    try:
+        summary, scores = measure(args.bundle, frames, args.threads, args.warmup, args.runs, args.sustain,
+                                  heartbeat)
+    except Exception as exc:  # noqa: BLE001 - the runtime refusing this bundle is the finding, not a traceback
+        summary = {"status": "failed", "message": f"{type(exc).__name__} while {heartbeat.current}: {exc}"}
+        scores = None
     if scores is not None:
         np.save(args.scores, scores)
     args.summary.write_text(json.dumps(summary))

@@ -147,3 +147,16 @@ def test_a_huge_sparse_file_is_never_read_into_memory(tmp_path, bundle_dir, colo
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) < 400  # MB: the file is over 600 MB
+
+
+def test_the_measuring_process_reports_an_error_as_a_summary(tmp_path, bundle_dir):
+    from fuselite.bench.measure import main
+
+    frames = tmp_path / "frames.npy"
+    np.save(frames, np.zeros((4, 32, 32, 5), np.uint8))  # five channels: the preprocessing refuses them
+    summary = tmp_path / "summary.json"
+    code = main([str(bundle_dir / "fp32.tflite"), "--frames", str(frames), "--summary", str(summary),
+                 "--scores", str(tmp_path / "scores.npy"), "--warmup", "1", "--runs", "1"])
+    found = json.loads(summary.read_text())
+    assert code == 0 and found["status"] == "failed"
+    assert "while warming up" in found["message"]
