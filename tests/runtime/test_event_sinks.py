@@ -206,3 +206,23 @@ def test_a_fifo_whose_reader_goes_away_stops_the_run_like_stdout(fp32_bundle, re
     assert json.loads(first)["type"] == "annotation"
     assert run.returncode == 0, stderr
     assert b"stopped by output" in stderr and b"Traceback" not in stderr
+
+
+def test_a_video_file_that_cannot_be_opened_mid_run_loses_only_video(
+    fp32_bundle, red_blue_clip, tmp_path
+):
+    """Segment 2's hidden file is taken by a folder: the video fails, the events go on."""
+    jsonl, video = tmp_path / "events.jsonl", tmp_path / "out.mp4"
+    (tmp_path / ".out-0002.partial.mp4").mkdir()
+    done = fuselite_run(
+        "--bundle", fp32_bundle, "--source", red_blue_clip, "--jsonl", jsonl,
+        "--video-out", video, "--video-segment-minutes", 0.01, "--stats-interval", 0,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    records = parsed_lines(jsonl)
+    assert [r["frame"] for r in records if r["type"] == "annotation"] == list(range(40))
+    assert count_frames(tmp_path / "out-0001.mp4") == 15
+    warnings = [line for line in done.stderr.splitlines() if "cannot write video" in line]
+    assert len(warnings) == 1
+    assert records[-1]["final"] and records[-1]["sink_errors"]["video"] >= 1
