@@ -23,7 +23,7 @@ subgraph:
   says (the fuzz's ``shape-huge`` on an activation took 16 s and 6 GB before the model
   ran), which no board has room for;
 * and, over the whole graph, non-constant tensors declaring more bytes in all than
-  :func:`fuselite.bundle.arena_budget` allows on this machine (256 MB, or a quarter of
+  :func:`fuselite.bundle.arena_budget` allows on this machine (512 MB, or a quarter of
   its RAM if less): a 117 kB model of 491 MB tensors, each under the 1 GiB rule, once
   peaked at 1,985 MB.
 
