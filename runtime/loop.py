@@ -32,7 +32,7 @@ from fuselite.runtime.reader import (
     capture_for,
 )
 from fuselite.runtime.stats import RunStats
-from fuselite.runtime.watchdog import RunWatchdog, invoke_budget
+from fuselite.runtime.watchdog import RunWatchdog, budget_rule, invoke_budget
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +92,21 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
             # Without a video, preview or window, a frame's pixels are dropped as soon as
             # the model input is made: the queues then hold no 640x480 images.
             source.keep_pixels = outputs.visual
-        watchdog.watch(annotator.model, _budget(options, annotator.model.load_invoke_s),
-                       lambda stopped_by: _flush_before_exit(outputs, stopped_by))
+        budget, rule = _budget(options, annotator.model.load_invoke_s)
+        watchdog.watch(annotator.model, budget,
+                       lambda stopped_by: _flush_before_exit(outputs, stopped_by), rule)
         with pinned(cores.inference if cores else None):
             return _annotate_stream(source, annotator, outputs, options, stop)
 
 
-def _budget(options: RunOptions, load_invoke_s: float) -> float:
-    """Seconds one invoke may take: the option, else the rule of :func:`invoke_budget`."""
+def _budget(options: RunOptions, load_invoke_s: float) -> tuple[float, str]:
+    """``(seconds one invoke may take, where that came from)``: the option, else the rule
+    of :func:`invoke_budget`."""
     if options.invoke_timeout is not None:
-        return options.invoke_timeout
-    budget = invoke_budget(load_invoke_s)
-    log.debug("invoke budget %g s (the invoke at load took %.1f ms)", budget, load_invoke_s * 1000)
-    return budget
+        return options.invoke_timeout, "from --invoke-timeout"
+    budget, rule = invoke_budget(load_invoke_s), budget_rule(load_invoke_s)
+    log.debug("invoke budget %g s (%s)", budget, rule)
+    return budget, rule
 
 
 def _flush_before_exit(outputs: Outputs, stopped_by: str) -> None:

@@ -73,6 +73,12 @@ def invoke_budget(load_invoke_s: float) -> float:
     return max(MIN_BUDGET_S, BUDGET_FACTOR * load_invoke_s)
 
 
+def budget_rule(load_invoke_s: float) -> str:
+    """How :func:`invoke_budget` made a budget, e.g. ``50 x the 0.4 ms invoke at load, at least 2 s``."""
+    return (f"{BUDGET_FACTOR:g} x the {load_invoke_s * 1000:.1f} ms invoke at load, "
+            f"at least {MIN_BUDGET_S:g} s")
+
+
 def run_with_deadline(function: Callable[..., Any], seconds: float, *args: Any) -> Any:
     """Returns ``function(*args)``, run on a helper thread, or raises :class:`InvokeTimeout`
     after ``seconds``.
@@ -115,6 +121,7 @@ class RunWatchdog:
         self.grace_s = grace_s
         self._model: InvokeClock | None = None
         self._budget_s = 0.0
+        self._budget_rule = ""
         self._flush: Callable[[str], None] | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,9 +129,14 @@ class RunWatchdog:
         self._writer: socket.socket | None = None
         self._previous_fd: int | None = None
 
-    def watch(self, model: InvokeClock, budget_s: float, flush: Callable[[str], None]) -> None:
-        """Starts watching ``model``'s invoke clock; ``flush(stopped_by)`` runs before an exit."""
+    def watch(self, model: InvokeClock, budget_s: float, flush: Callable[[str], None],
+              budget_rule: str = "") -> None:
+        """Starts watching ``model``'s invoke clock; ``flush(stopped_by)`` runs before an exit.
+
+        ``budget_rule`` says where the budget came from, for the log line (see :func:`budget_rule`).
+        """
         self._model, self._budget_s, self._flush = model, budget_s, flush
+        self._budget_rule = budget_rule
 
     def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
@@ -181,12 +193,12 @@ class RunWatchdog:
             self._invoke_overrun(time.monotonic() - started)
 
     def _invoke_overrun(self, seconds: float) -> None:
+        rule = f" ({self._budget_rule})" if self._budget_rule else ""
         log.error(
-            "%s of %s: one invoke has run for %.1f s, over its budget of %g s (%g x its "
-            "invoke at load, at least %g s): the model hangs on real frames; re-convert it, "
-            "or raise the budget with --invoke-timeout SECONDS (0: off); exiting with code %d",
-            self._model.name, self.bundle_name, seconds, self._budget_s, BUDGET_FACTOR,
-            MIN_BUDGET_S, EXIT_INVOKE_TIMEOUT,
+            "%s of %s: one invoke has run for %.1f s, over its budget of %g s%s: the model "
+            "hangs on real frames; re-convert it, or raise the budget with --invoke-timeout "
+            "SECONDS (0: off); exiting with code %d",
+            self._model.name, self.bundle_name, seconds, self._budget_s, rule, EXIT_INVOKE_TIMEOUT,
         )
         self._exit("invoke_timeout", EXIT_INVOKE_TIMEOUT)
 
