@@ -18,8 +18,7 @@ def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") 
     scale = max(0.7, min(2.0, image.shape[0] / 480))
     row = int(26 * scale)
     present = {c.label for c in result.categories}
-    scores = {label: _drawable(score) for label, score in result.scores.items()}
-    best = sorted(scores.items(), key=lambda item: -item[1])[:OVERLAY_ROWS]
+    best = sorted(result.scores.items(), key=lambda item: -_drawable(item[1]))[:OVERLAY_ROWS]
     width = min(image.shape[1], int(240 * scale))
     height = row * (len(best) + (1 if status else 0)) + int(8 * scale)
     panel = image[:height, :width]
@@ -35,7 +34,7 @@ def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") 
         cv2.rectangle(
             image,
             (8, bar_y),
-            (8 + int((width - 16) * score), bar_y + max(2, int(3 * scale))),
+            (8 + int((width - 16) * _drawable(score)), bar_y + max(2, int(3 * scale))),
             colour,
             cv2.FILLED,
         )
@@ -45,7 +44,8 @@ def draw_overlay(image: np.ndarray, result: AnnotationResult, status: str = "") 
 
 def _drawable(score: float) -> float:
     """A score as a bar length from 0 to 1: NaN and infinities (which the annotator
-    refuses, but a result may be built elsewhere) draw as 0 instead of crashing ``int()``."""
+    refuses, but a result may be built elsewhere) draw no bar instead of crashing
+    ``int()``; the text beside it still shows the value (``nan``)."""
     return min(max(score, 0.0), 1.0) if math.isfinite(score) else 0.0
 
 
