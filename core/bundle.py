@@ -37,10 +37,11 @@ whose numbers follow in brackets):
   ``zipfile`` parses the directory: at most :data:`MAX_ZIP_ENTRIES` = 64 entries and a
   central directory of at most :data:`MAX_CENTRAL_DIRECTORY_BYTES` = 256 KiB (real
   bundles: 3 or 4 entries, under 300 bytes; 2 M entries once took 1.4 GB and 34 s);
-* ``tokenizer.json`` and ``concepts.json``: at most :data:`MAX_JSON_MEMBER_BYTES` =
-  4 MiB and :data:`MAX_JSON_VALUES` = 500,000 values, counted from the separators
-  before parsing (real: 195 bytes; a zero-shot concept index 96 kB; 21 M empty lists
-  once took 1.66 GB); a vocabulary of at most :data:`MAX_VOCAB_WORDS` = 200,000 words
+* ``manifest.json``, ``tokenizer.json`` and ``concepts.json``: at most
+  :data:`MAX_JSON_MEMBER_BYTES` = 4 MiB and :data:`MAX_JSON_VALUES` = 500,000 values,
+  counted from the separators before parsing (real: manifests of 2 to 5 kB, tokenizers
+  of 195 bytes, a zero-shot concept index of 96 kB; 21 M empty lists once took
+  1.66 GB); a vocabulary of at most :data:`MAX_VOCAB_WORDS` = 200,000 words
   (real: 17 to a few thousand; CLIP's is 49,408);
 * the tensors of each model graph: at most :func:`arena_budget` bytes in all its
   non-constant tensors, summed over every tensor of every subgraph as declared
@@ -299,7 +300,7 @@ def read_bundle(path: Path) -> Bundle:
         members = _read_members(data)
     except _ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc}); re-run `fuselite convert`") from None
-    manifest = _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
+    manifest = _parse_member(path, lambda: _load_manifest(members[MANIFEST_MEMBER]))
     missing = [m for m in LABEL_SOURCE_MEMBERS[manifest.label_source] if m not in members]
     if missing:
         raise BundleError(f"{path}: not a fuselite bundle (missing {', '.join(missing)}); "
@@ -417,6 +418,12 @@ def _load_concepts(raw: bytes, manifest: Manifest) -> ConceptIndex:
     return concepts
 
 
+def _load_manifest(raw: bytes) -> Manifest:
+    """The manifest, its JSON size bounded before parsing."""
+    _check_json_size(raw, MANIFEST_MEMBER)
+    return Manifest.from_json(raw.decode())
+
+
 def _load_tokenizer(raw: bytes) -> Tokenizer:
     """The tokenizer, its size bounded before and its vocabulary after JSON parsing."""
     _check_json_size(raw, TOKENIZER_MEMBER)
@@ -450,7 +457,7 @@ def read_manifest(path: Path) -> Manifest:
         members = _read_members(_read_file(path))
     except _ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc})") from None
-    return _parse_member(path, lambda: Manifest.from_json(members[MANIFEST_MEMBER].decode()))
+    return _parse_member(path, lambda: _load_manifest(members[MANIFEST_MEMBER]))
 
 
 # --- reading helpers -------------------------------------------------------------

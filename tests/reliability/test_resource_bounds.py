@@ -24,6 +24,7 @@ from reliability_support import error_lines, fuselite_command, runtime_env
 from support.bundles import repack
 
 from fuselite.bundle import (
+    MANIFEST_MEMBER,
     MAX_ARENA_BYTES,
     MAX_JSON_MEMBER_BYTES,
     MAX_JSON_VALUES,
@@ -184,6 +185,13 @@ def test_a_vocabulary_over_its_limit_is_refused(fp32_bundle, tmp_path):
     data = json.dumps({"type": "word", "max_length": 8, "vocab": words}).encode()
     path = with_members(fp32_bundle, tmp_path / "vocab.tflite", tokenizer__json=data)
     assert f"words, over {MAX_VOCAB_WORDS}" in refusal(path)
+
+
+def test_a_manifest_of_many_json_values_is_refused_before_parsing(fp32_bundle, tmp_path):
+    manifest = json.loads(zipfile.ZipFile(fp32_bundle).read(MANIFEST_MEMBER))
+    manifest["padding"] = [[]] * MAX_JSON_VALUES  # 1.5 MB; unknown fields are otherwise ignored
+    path = with_members(fp32_bundle, tmp_path / "manifest.tflite", manifest__json=json.dumps(manifest).encode())
+    assert f"{MANIFEST_MEMBER} holds about" in refusal(path)
 
 
 # --- zip directory ------------------------------------------------------------------------------
