@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import stat
 import subprocess
 import sys
 import tempfile
@@ -130,12 +132,16 @@ def write_outputs(report: Report, out_dir: Path) -> None:
 
 
 def find_bundles(path: Path) -> list[Path]:
-    """The bundle files at ``path`` (a file, or a folder's ``*.tflite``/``*.fuselite``), sorted."""
-    if path.is_file():
-        return [path]
+    """The bundles at ``path`` (a file, or a folder's ``*.tflite``/``*.fuselite`` entries), sorted.
+
+    A folder entry with a bundle's name that is not a regular file (a broken link, a
+    FIFO, a folder) is listed too: its row says what it is, and it is never opened.
+    """
     if not path.is_dir():
+        if path.is_file() or path.is_symlink() or path.exists():
+            return [path]
         raise UserError(f"{path}: no such bundle or folder; give the --out folder of `fuselite convert`")
-    found = sorted(p for p in path.iterdir() if p.suffix in BUNDLE_SUFFIXES and p.is_file())
+    found = sorted(p for p in path.iterdir() if p.suffix in BUNDLE_SUFFIXES)
     if not found:
         raise UserError(f"{path}: no {' or '.join(BUNDLE_SUFFIXES)} bundles in it; run `fuselite convert` first")
     return found
@@ -169,6 +175,8 @@ def _settings(threads: int | None, device: str | None, warmup: int, runs: int, s
 def _readable_manifests(paths: list[Path]) -> list[Manifest]:
     manifests = []
     for path in paths:
+        if file_problem(path):
+            continue  # never open a FIFO or a device: it can block forever
         try:
             manifests.append(read_manifest(path))
         except (BundleError, OSError):
@@ -226,8 +234,29 @@ def bench_bundle(path: Path, data: EvalData, frames: Path, settings: BenchSettin
     return row
 
 
+def file_problem(path: Path) -> str:
+    """Why ``path`` is not a regular file that can be read ("" when it is one)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"a broken symbolic link (to {os.readlink(path)}): nothing to read"
+        return "it is gone (removed while bench ran)"
+    except OSError as exc:  # a symlink loop, a name too long, a permission
+        return f"cannot be opened ([Errno {exc.errno}] {exc.strerror})"
+    if stat.S_ISREG(mode):
+        return ""
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a file")
+    return f"{kind}, not a bundle file: not opened"
+
+
 def _measure_into(row: Row, path: Path, data: EvalData, frames: Path, settings: BenchSettings,
                   work_dir: Path) -> None:
+    problem = file_problem(path)
+    if problem:
+        return _fail(row, problem)
     row.size_bytes = path.stat().st_size
     if row.size_bytes > MAX_BUNDLE_BYTES:  # before reading a byte: a sparse 1.5 GB file stays on disk
         return _fail(row, f"{row.size_bytes} bytes, over the {MAX_BUNDLE_BYTES / 2**20:g} MiB limit of a bundle: "

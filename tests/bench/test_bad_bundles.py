@@ -11,6 +11,7 @@ the good bundle.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -160,3 +161,34 @@ def test_the_measuring_process_reports_an_error_as_a_summary(tmp_path, bundle_di
     found = json.loads(summary.read_text())
     assert code == 0 and found["status"] == "failed"
     assert "while warming up" in found["message"]
+
+
+def test_entries_that_are_not_files_get_rows_and_are_never_opened(tmp_path, bundle_dir, colour_data):
+    folder = tmp_path / "bundles"
+    folder.mkdir()
+    repack(bundle_dir / "fp32.tflite", folder / "fp32.tflite")
+    os.mkfifo(folder / "fifo.tflite")  # opening it for reading would block forever
+    (folder / "folder.tflite").mkdir()
+    (folder / "broken.tflite").symlink_to(tmp_path / "nowhere.tflite")
+    (folder / "loop.tflite").symlink_to(folder / "loop.tflite")
+    report = run_bench(folder, colour_data, None, threads=1, warmup=0, runs=2, reference=False, sustain_s=0)
+    reasons = {r.file.rsplit("/", 1)[-1]: (r.icon, r.message) for r in report.rows}
+    assert reasons["fp32.tflite"] == ("✅", "")
+    assert reasons["fifo.tflite"] == ("❌", "a FIFO, not a bundle file: not opened")
+    assert reasons["folder.tflite"] == ("❌", "a folder, not a bundle file: not opened")
+    assert reasons["broken.tflite"][1].startswith("a broken symbolic link (to ")
+    assert "Too many levels of symbolic links" in reasons["loop.tflite"][1]
+
+
+def test_the_watchdog_kills_a_silent_child_and_reports_a_crash():
+    from fuselite.bench.runner import Watchdog, _child_failure
+
+    quiet = "import time; print('phase loading', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", quiet], stdout=subprocess.PIPE, text=True)
+    start = time.monotonic()
+    assert Watchdog(child).wait(1.0) == "while loading"
+    assert child.returncode is not None and time.monotonic() - start < 20
+    crash = "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"
+    child = subprocess.Popen([sys.executable, "-c", crash], stdout=subprocess.PIPE, text=True)
+    assert Watchdog(child).wait(30.0) is None
+    assert _child_failure(child.returncode, "") == "the interpreter crashed (signal 11) while loading or running it"
