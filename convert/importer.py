@@ -13,7 +13,8 @@ What is read from the file (:mod:`fuselite.convert.classifier_model`):
 * whether the output is probabilities (last op ``SOFTMAX``; ``LOGISTIC`` for a
   multi-label model) or logits (anything else: the board takes their softmax,
   ``output_activation: "softmax"``);
-* from TFLite Metadata when present: the label file and ``NormalizationOptions``.
+* from TFLite Metadata when present: the label file, and ``NormalizationOptions`` for a
+  float input (a quantized input takes pixels as its integer values, as MediaPipe does).
 
 A label's score is ``sigmoid(10 * (p - 0.5))`` of its class probability ``p`` (0.5 at
 p = 0.5), and ``--threshold`` is a class probability, stored as that score.
@@ -240,21 +241,29 @@ def _concept_index(labels: tuple[str, ...]) -> ConceptIndex:
 
 
 def _normalization(options: ImportOptions, model: ClassifierModel) -> tuple[tuple[float, float], str]:
-    """``(scale, offset)`` with model input ``pixel * scale + offset`` (before quantizing), and its source."""
+    """``(scale, offset)`` with model input ``pixel * scale + offset`` (before quantizing), and its source.
+
+    A quantized input takes the pixels as its integer values (uint8 p, int8 p - 128), as
+    MediaPipe and the TFLite Task Library feed uint8 inputs: calibration maps the input's
+    range onto the integer range.  The metadata's mean and std would mostly say the same,
+    but 127.5 puts every pixel on a rounding tie, where a random-weight int8 model was
+    seen to flip its top class.  A float input needs the metadata's normalisation (or
+    ``--mean``/``--std``, which override everything).
+    """
+    meta = model.metadata
     if options.mean is not None:
         return _affine(options.mean, options.std), f"--mean {options.mean:g} --std {options.std:g}"
-    meta = model.metadata
+    if model.input.quant is not None:
+        scale, zero_point = model.input.quant
+        low = -128 if model.input.dtype == "int8" else 0
+        note = f"; metadata mean {meta.mean[0]:g} std {meta.std[0]:g} not applied" if meta.mean and meta.std else ""
+        return (scale, (low - zero_point) * scale), f"pixels are the {model.input.dtype} input values{note}"
     if meta.mean and meta.std:
         if len(set(meta.mean)) != 1 or len(set(meta.std)) != 1 or min(meta.std) <= 0:
             raise UserError(f"{options.model}: its metadata normalises per channel (mean {list(meta.mean)}, "
                             f"std {list(meta.std)}), which fuselite does not apply yet; give one "
                             "--mean and --std for all channels")
         return _affine(meta.mean[0], meta.std[0]), f"metadata mean {meta.mean[0]:g} std {meta.std[0]:g}"
-    if model.input.quant is not None:
-        # Without metadata, pixels 0-255 fill the input's integer range, as MediaPipe feeds uint8.
-        scale, zero_point = model.input.quant
-        low = -128 if model.input.dtype == "int8" else 0
-        return (scale, (low - zero_point) * scale), f"pixels fill the {model.input.dtype} input range"
     raise UserError(f"{options.model}: a float32 input and no normalisation in its metadata; give "
                     "--mean and --std (127.5 and 127.5 for inputs in [-1, 1], 0 and 255 for [0, 1])")
 
