@@ -17,6 +17,23 @@ caption, a line that is not UTF-8 or not parseable or nested too deeply, a malfo
 record such as an unterminated quote, tags that are not texts) is skipped and recorded
 in ``ImageTextData.skipped``; a source with nothing usable raises :class:`UserError`.
 Nothing is ever unpickled.
+
+Where image paths may point (``own_file``):
+    * A dataset the user names on a command line (``fuselite train --data``, ``fuselite
+      bench --data``) is the user's own file: :func:`read_dataset` reads it with
+      ``own_file=True``, and its paths are taken as written.  A JSONL or CSV ``image``
+      may be relative to the manifest's folder (``images/a.jpg``, ``../photos/a.jpg``),
+      absolute (``/data/photos/a.jpg``) or start with ``~``; a COCO ``file_name`` is
+      resolved the same way against the images folder (beside the JSON); a class folder's
+      entries may be symlinks to files anywhere.
+    * Every other caller (the readers' default, ``own_file=False``), meant for data that
+      came out of an archive or a bundle (anything extracted from a zip or tar), keeps each
+      path inside the dataset's folder: ``..``, absolute paths and symlinks that lead out
+      are skipped with "path escapes the dataset folder", so an archive cannot pull in
+      files from elsewhere on the machine.
+
+:func:`survey_dataset` lists a source's items without decoding them and reads the image
+sizes from the headers of a sample (what the trainer picks the input size from).
 """
 
 from __future__ import annotations
@@ -36,7 +53,7 @@ import numpy as np
 
 from fuselite.data.dataset import TASKS, ImageTextData
 from fuselite.errors import UserError
-from fuselite.images import read_image
+from fuselite.images import header_size, read_image
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +106,7 @@ class _Collector:
     """Gathers usable items and skip reasons, then builds the dataset or explains why not."""
 
     image_size: int
+    own_file: bool = False
     images: list[np.ndarray] = field(default_factory=list)
     tags: list[list[str]] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
@@ -111,6 +129,14 @@ class _Collector:
         self.tags.append(tags)
         self.captions.append(caption)
         self.ids.append(item_id)
+
+    def resolve(self, folder: Path, written: str) -> Path | str:
+        """A path written in a manifest or COCO file, under this source's rule (``own_file``)."""
+        return resolve_image_path(folder, written, confined=not self.own_file)
+
+    def inside(self, root: Path, file: Path) -> Path | str:
+        """A file found in a class folder: confined to ``root`` unless it is the user's own."""
+        return Path(file) if self.own_file else path_inside(root, file)
 
     def skip(self, item: str, reason: str) -> None:
         """Records an unusable item."""
@@ -150,18 +176,27 @@ def _class_tag(folder_name: str) -> str:
     return " ".join(folder_name.replace("_", " ").replace("-", " ").split())
 
 
-def read_folder_per_class(root: Path, image_size: int) -> ImageTextData:
-    """Single-label data from ``root/<class>/*.{jpg,png,...}``; the tag is the folder name."""
+def read_folder_per_class(root: Path, image_size: int, own_file: bool = False) -> ImageTextData:
+    """Single-label data from ``root/<class>/*.{jpg,png,...}``; the tag is the folder name.
+
+    With ``own_file`` an entry may be a symlink to a file anywhere; without, it must
+    resolve inside ``root`` (see the module docstring).
+    """
     root = _require_exists(Path(root), "dataset folder")
-    collector = _Collector(image_size)
+    collector = _Collector(image_size, own_file)
+    _folder_items(root, collector)
+    fix = f"put images in one sub-folder per class, with suffixes {', '.join(IMAGE_SUFFIXES)}"
+    return collector.finish(root, "single", root.name, fix)
+
+
+def _folder_items(root: Path, collector: _Collector) -> None:
+    """Adds every image file of every class folder of ``root``."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     for class_dir in class_dirs:
         tag = _class_tag(class_dir.name)
         for file in sorted(class_dir.iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES and not file.name.startswith("."):
-                collector.add(file.relative_to(root).as_posix(), path_inside(root, file), [tag], "")
-    fix = f"put images in one sub-folder per class, with suffixes {', '.join(IMAGE_SUFFIXES)}"
-    return collector.finish(root, "single", root.name, fix)
+                collector.add(file.relative_to(root).as_posix(), collector.inside(root, file), [tag], "")
 
 
 def _utf8_lines(path: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[int, str]]:
@@ -182,18 +217,22 @@ def _utf8_lines(path: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[in
         yield number, text.lstrip("\ufeff") if number == 1 else text
 
 
-def resolve_image_path(folder: Path, written: str) -> Path | str:
-    """``written`` resolved against ``folder``, or a reason if it is empty or escapes it.
+def resolve_image_path(folder: Path, written: str, confined: bool = True) -> Path | str:
+    """``written`` resolved against ``folder``, or a reason if it is empty or (``confined``) escapes it.
 
-    The path is resolved with symlinks followed, and must stay inside ``folder``
-    whether it was written relative (``../x.png``), absolute (``/home/u/x.png``) or
-    reaches outside through a symlink: a dataset never pulls in files from elsewhere.
+    ``confined`` (archives, bundles): the path is resolved with symlinks followed and
+    must stay inside ``folder`` whether it was written relative (``../x.png``), absolute
+    (``/home/u/x.png``) or reaches outside through a symlink.  Not ``confined`` (the
+    user's own manifest): relative paths are joined to ``folder``, absolute ones and a
+    leading ``~`` are taken as written.
     """
     written = written.strip()
     if not written:
         return "empty image path"
     if "\x00" in written:  # no file system allows it, and os.path raises on it
         return "image path contains a NUL character"
+    if not confined:
+        return Path(folder) / os.path.expanduser(written)  # an absolute path replaces folder
     return path_inside(folder, Path(folder) / written)
 
 
@@ -313,7 +352,7 @@ def _read_csv_items(path: Path, collector: _Collector) -> None:
         tags = _split_tags(row.get("tags"))
         caption = (row.get("caption") or "").strip()
         collector.add(
-            written.strip() or item, resolve_image_path(path.parent, written), tags, caption
+            written.strip() or item, collector.resolve(path.parent, written), tags, caption
         )
 
 
@@ -351,20 +390,30 @@ def _read_jsonl_items(path: Path, collector: _Collector) -> None:
             continue
         written, tags, caption = entry
         collector.add(
-            written.strip() or item, resolve_image_path(path.parent, written), tags, caption
+            written.strip() or item, collector.resolve(path.parent, written), tags, caption
         )
 
 
-def read_manifest(path: Path, image_size: int, task: str = "multi") -> ImageTextData:
+def read_manifest(path: Path, image_size: int, task: str = "multi", own_file: bool = False) -> ImageTextData:
     """Images listed in a ``.csv`` or ``.jsonl`` manifest, paths relative to its folder.
 
     CSV tags are separated by ``;`` (commas would clash with the CSV itself). An item needs
     at least one tag or a caption. ``task`` is ``"multi"`` unless the caller knows better.
+    With ``own_file`` (the user's manifest) image paths may also be absolute or lead out
+    of the manifest's folder with ``..``; without, they must stay inside it.
     """
     path = _require_exists(Path(path), "manifest")
     if task not in TASKS:
         raise UserError(f"task must be one of {TASKS}, not {task!r}")
-    collector = _Collector(image_size)
+    collector = _Collector(image_size, own_file)
+    _manifest_items(path, collector)
+    where = "relative to the manifest, or absolute" if own_file else "inside the manifest's folder"
+    fix = f"list existing images ({where}) with at least one tag or a caption"
+    return collector.finish(path, task, path.stem, fix)
+
+
+def _manifest_items(path: Path, collector: _Collector) -> None:
+    """Adds the items of a ``.csv`` or ``.jsonl`` manifest; another suffix is a UserError."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
         _read_csv_items(path, collector)
@@ -372,8 +421,6 @@ def read_manifest(path: Path, image_size: int, task: str = "multi") -> ImageText
         _read_jsonl_items(path, collector)
     else:
         raise UserError(f"{path}: a manifest must end in .csv or .jsonl")
-    fix = "list existing images (relative to the manifest) with at least one tag or a caption"
-    return collector.finish(path, task, path.stem, fix)
 
 
 def _load_json_document(path: Path) -> dict:
@@ -443,16 +490,25 @@ def _coco_labels(path: Path, document: dict) -> tuple[dict[object, set[str]], di
     return tags, captions
 
 
-def read_coco(path: Path, image_size: int, images_dir: Path | None = None) -> ImageTextData:
+def read_coco(path: Path, image_size: int, images_dir: Path | None = None,
+              own_file: bool = False) -> ImageTextData:
     """COCO captions and/or instances JSON: tags are category names, the caption the first one.
 
-    Image files (``file_name``) are looked up in ``images_dir``, or beside the JSON.
+    Image files (``file_name``) are looked up in ``images_dir``, or beside the JSON; with
+    ``own_file`` a ``file_name`` may also be absolute or lead out of that folder.
     """
     path = _require_exists(Path(path), "COCO annotation file")
     folder = _require_exists(Path(images_dir), "COCO images folder") if images_dir else path.parent
+    collector = _Collector(image_size, own_file)
+    _coco_items(path, folder, collector)
+    fix = "check that the images are in the folder given (file_name) and have annotations"
+    return collector.finish(path, "multi", path.stem, fix)
+
+
+def _coco_items(path: Path, folder: Path, collector: _Collector) -> None:
+    """Adds every entry of a COCO file's ``images`` list, with its tags and first caption."""
     document = _load_json_document(path)
     tags, captions = _coco_labels(path, document)
-    collector = _Collector(image_size)
     for index, image in enumerate(document["images"]):
         item = f"images[{index}]"  # never str(image): a deeply nested entry would recurse
         if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
@@ -464,10 +520,8 @@ def read_coco(path: Path, image_size: int, images_dir: Path | None = None) -> Im
             continue
         image_tags = sorted(tags.get(image_id, ()))
         collector.add(
-            written, resolve_image_path(folder, written), image_tags, captions.get(image_id, "")
+            written, collector.resolve(folder, written), image_tags, captions.get(image_id, "")
         )
-    fix = "check that the images are in the folder given (file_name) and have annotations"
-    return collector.finish(path, "multi", path.stem, fix)
 
 
 def _read_idx(path: Path, magic: int, limit: int | None) -> tuple[np.ndarray, int]:
@@ -565,16 +619,106 @@ def _has_class_folders(root: Path) -> bool:
     return False
 
 
-def read_dataset(source: str | Path, image_size: int) -> ImageTextData:
-    """Reads ``source`` with the reader its kind calls for (see :data:`ACCEPTED_SOURCES`)."""
-    path = _require_exists(Path(source), "dataset")
+def _source_kind(path: Path) -> str:
+    """``"manifest"``, ``"coco"``, ``"fashion-mnist"`` or ``"folders"``; else a UserError listing the kinds."""
     suffix = path.suffix.lower()
     if path.is_file() and suffix in (".csv", ".jsonl"):
-        return read_manifest(path, image_size)
+        return "manifest"
     if path.is_file() and suffix == ".json":
-        return read_coco(path, image_size)
+        return "coco"
     if path.is_dir() and (path / "train-images-idx3-ubyte.gz").is_file():
-        return read_fashion_mnist(path, image_size, split="train")
+        return "fashion-mnist"
     if path.is_dir() and _has_class_folders(path):
-        return read_folder_per_class(path, image_size)
+        return "folders"
     raise UserError(f"{path}: not a dataset this tool reads; give {'; or '.join(ACCEPTED_SOURCES)}")
+
+
+def read_dataset(source: str | Path, image_size: int, own_file: bool = True) -> ImageTextData:
+    """Reads ``source`` with the reader its kind calls for (see :data:`ACCEPTED_SOURCES`).
+
+    ``source`` is a dataset the user named on a command line, so by default its paths
+    are taken as written (``own_file``; see the module docstring); pass
+    ``own_file=False`` for data unpacked from an archive or a bundle.
+    """
+    path = _require_exists(Path(source), "dataset")
+    kind = _source_kind(path)
+    if kind == "manifest":
+        return read_manifest(path, image_size, own_file=own_file)
+    if kind == "coco":
+        return read_coco(path, image_size, own_file=own_file)
+    if kind == "fashion-mnist":
+        return read_fashion_mnist(path, image_size, split="train")
+    return read_folder_per_class(path, image_size, own_file=own_file)
+
+
+@dataclass
+class DataSurvey:
+    """What a source holds, read without decoding a single image.
+
+    Attributes:
+        items: Items listed with a tag or a caption and a usable path (their images
+            are not opened, so a few may still be skipped when read).
+        sizes: ``(width, height)`` from the headers of up to ``SURVEY_SAMPLE`` of
+            their images, spread evenly over the source (unreadable headers left out).
+    """
+
+    items: int
+    sizes: list[tuple[int, int]]
+
+    @property
+    def short_side(self) -> int | None:
+        """The median of the sampled images' shorter sides, in pixels (None: no header read)."""
+        if not self.sizes:
+            return None
+        return int(np.median([min(size) for size in self.sizes]))
+
+
+# Headers read to survey a source: enough for a stable median, a fraction of a second.
+SURVEY_SAMPLE = 200
+# Bytes read for a header: a JPEG's frame header follows its EXIF block (a thumbnail
+# of up to 64 kB), so 256 kB covers cameras' files without reading whole photos.
+HEADER_BYTES = 256 * 1024
+
+
+class _PathLister(_Collector):
+    """A collector that keeps the paths of usable entries instead of loading their images."""
+
+    def __init__(self, own_file: bool) -> None:
+        super().__init__(0, own_file)
+        self.paths: list[Path] = []
+
+    def add(self, item_id: str, image_path: Path | str, tags: list[str], caption: str) -> None:
+        """Keeps ``image_path`` when the entry has a label and a usable path."""
+        if (tags or caption) and not isinstance(image_path, str):
+            self.paths.append(image_path)
+
+
+def survey_dataset(source: str | Path, own_file: bool = True, sample: int = SURVEY_SAMPLE) -> DataSurvey:
+    """How many items ``source`` lists and the sizes of a sample of its images (headers only)."""
+    path = _require_exists(Path(source), "dataset")
+    kind = _source_kind(path)
+    if kind == "fashion-mnist":
+        _images, total = _read_idx(path / "train-images-idx3-ubyte.gz", _IDX_IMAGES_MAGIC, 0)
+        return DataSurvey(total, [(28, 28)])
+    lister = _PathLister(own_file)
+    if kind == "manifest":
+        _manifest_items(path, lister)
+    elif kind == "coco":
+        _coco_items(path, path.parent, lister)
+    else:
+        _folder_items(path, lister)
+    step = max(1, len(lister.paths) // max(1, sample))
+    sizes = [size for file in lister.paths[::step][:sample] if (size := _header_dims(file))]
+    return DataSurvey(len(lister.paths), sizes)
+
+
+def _header_dims(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the first :data:`HEADER_BYTES` of a regular image file, or None."""
+    try:
+        if not path.is_file():  # a FIFO would block the read
+            return None
+        with open(path, "rb") as stream:
+            size = header_size(stream.read(HEADER_BYTES))
+    except (OSError, ValueError):
+        return None
+    return size if size and size[0] > 0 and size[1] > 0 else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fuselite.bundle import MAX_LABEL_CHARS, MAX_LABELS
@@ -18,6 +18,9 @@ from fuselite.errors import UserError
 from fuselite.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+
+# Skipped items a run keeps with their reasons, for its log (the count covers them all).
+SKIP_EXAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class RunData:
         heldout: Scenes made of held-out attribute-object combinations, or ``None``.
         splits: The indices the splits were cut with, saved in the run.
         skipped: How many source items were unusable and left out.
+        skip_reasons: ``(item, reason)`` of the first few of them, for the training log.
     """
 
     train: ImageTextData
@@ -76,6 +80,7 @@ class RunData:
     heldout: ImageTextData | None
     splits: Splits
     skipped: int = 0
+    skip_reasons: list[tuple[str, str]] = field(default_factory=list)
 
 
 def load_run_data(config: DataSpec, splits: Splits | None = None) -> RunData:
@@ -96,6 +101,7 @@ def load_run_data(config: DataSpec, splits: Splits | None = None) -> RunData:
         heldout=heldout,
         splits=splits,
         skipped=len(pool.skipped) + (len(official_test.skipped) if official_test is not None else 0),
+        skip_reasons=(pool.skipped + (official_test.skipped if official_test is not None else []))[:SKIP_EXAMPLES],
     )
     if len(data.train) == 0 or len(data.test) == 0:
         raise UserError(f"{config.data}: too few usable items to split into train/val/test")
@@ -120,7 +126,8 @@ def load_sources(config: DataSpec):
         raise UserError("this config needs --data PATH (a class folder, manifest, COCO JSON or IDX folder)")
     from fuselite.data.readers import read_dataset
 
-    return read_dataset(Path(config.data), config.image_size), None, None
+    # The user's own dataset: its image paths are taken as written (absolute, ``..``).
+    return read_dataset(Path(config.data), config.image_size, own_file=True), None, None
 
 
 def check_label_texts(labels: Sequence[str], other_tags: Sequence[str] = ()) -> None:
