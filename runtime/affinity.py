@@ -133,11 +133,17 @@ def _core_times() -> dict[int, tuple[int, int]]:
 
 
 class LoadSample:
-    """The idle share of each core over a window that starts when this is made."""
+    """The idle share of each core over a window that starts when this is made.
+
+    The window may cover this process's own work (loading the model): its CPU time is
+    counted as idle, credited to the core the calling thread runs on, since the
+    question is what *other* programs leave free.
+    """
 
     def __init__(self) -> None:
         self._start = _core_times()
         self._started = time.monotonic()
+        self._own_cpu = time.process_time()
 
     def idle_shares(self, min_seconds: float = LOAD_SAMPLE_SECONDS) -> dict[int, float]:
         """``core -> idle share (0-1)`` since creation, waiting until ``min_seconds`` have passed.
@@ -145,13 +151,26 @@ class LoadSample:
         Empty where the OS does not tell (then nothing is assumed busy or free).
         """
         time.sleep(max(0.0, self._started + min_seconds - time.monotonic()))
-        end = _core_times()
+        end, wall = _core_times(), time.monotonic() - self._started
         shares = {}
         for core, (idle, total) in end.items():
             idle_then, total_then = self._start.get(core, (idle, total))
             if total > total_then:
                 shares[core] = (idle - idle_then) / (total - total_then)
+        own_core = _current_core()
+        if own_core in shares and wall > 0:
+            own_share = (time.process_time() - self._own_cpu) / wall
+            shares[own_core] = min(1.0, shares[own_core] + own_share)
         return shares
+
+
+def _current_core() -> int | None:
+    """The core the calling thread last ran on (field 39 of ``/proc/thread-self/stat``)."""
+    try:
+        stat = Path("/proc/thread-self/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # --- claims between processes -------------------------------------------------------

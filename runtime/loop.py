@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from fuselite.runtime.affinity import pinned, split_cores
+from fuselite.runtime.affinity import LoadSample, pinned, plan_schedule
 from fuselite.runtime.annotator import FRAME_ERROR_LOG_EVERY, Annotator, FrameError
 from fuselite.runtime.options import (
     AnnotatorOptions,
@@ -27,6 +27,7 @@ from fuselite.runtime.options import (
 from fuselite.runtime.outputs import Outputs
 from fuselite.runtime.preprocess import frame_problem
 from fuselite.runtime.reader import (
+    Capture,
     Frame,
     FrameSource,
     capture_for,
@@ -78,16 +79,22 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
         InterpreterNotFoundError: no TFLite interpreter is installed.
     """
     stop = threading.Event()
-    cores = split_cores(annotator_options.num_threads) if options.pin_threads else None
-    helper_cores = cores.helpers if cores else None
+    load = LoadSample()  # over the model's loading: what other programs leave free
     watchdog = RunWatchdog(annotator_options.bundle_path.name)
     with _stop_on_signals(stop), watchdog, contextlib.ExitStack() as stack:
         with _setup_errors():
             annotator = stack.enter_context(Annotator.create(annotator_options))
-            source = _frame_source(options, annotator_options.num_threads, annotator, helper_cores)
+            capture = _capture(options, annotator_options.num_threads)
+            schedule = plan_schedule(annotator_options.num_threads, capture.live, options.pin_threads,
+                                     load.idle_shares())
+            stack.callback(schedule.release)
+            log.info("scheduling: %s", schedule.reason)
+            helper_cores = schedule.split.helpers if schedule.split else None
+            source = _frame_source(options, capture, annotator, schedule.threaded, helper_cores)
             stack.enter_context(source)
             outputs = Outputs(options, options.fps_limit or source.fps, source.live)
             outputs.helper_cores = helper_cores
+            outputs.threaded = schedule.threaded
             stack.callback(outputs.close)
             # Without a video, preview or window, a frame's pixels are dropped as soon as
             # the model input is made: the queues then hold no 640x480 images.
@@ -95,7 +102,7 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
         budget, rule = _budget(options, annotator.model.load_invoke_s)
         watchdog.watch(annotator.model, budget,
                        lambda stopped_by: _flush_before_exit(outputs, stopped_by), rule)
-        with pinned(cores.inference if cores else None):
+        with pinned(schedule.split.inference if schedule.split else None):
             return _annotate_stream(source, annotator, outputs, options, stop)
 
 
@@ -118,23 +125,31 @@ def _flush_before_exit(outputs: Outputs, stopped_by: str) -> None:
     outputs.close()
 
 
-def _frame_source(
-    options: RunOptions,
-    interpreter_threads: int,
-    annotator: Annotator,
-    helper_cores: frozenset[int] | None,
-) -> FrameSource:
-    """The run's frame source, not started yet: it preprocesses with ``annotator``."""
+def _capture(options: RunOptions, interpreter_threads: int) -> Capture:
+    """The run's capture, not opened yet, with its decoder threads."""
     decode_threads = options.decode_threads
     if decode_threads is None:
         decode_threads = default_decode_threads(interpreter_threads)
+    return capture_for(options.source, options.stream_timeout, decode_threads)
+
+
+def _frame_source(
+    options: RunOptions,
+    capture: Capture,
+    annotator: Annotator,
+    threaded: bool,
+    helper_cores: frozenset[int] | None,
+) -> FrameSource:
+    """The run's frame source, not started yet: it preprocesses with ``annotator``
+    (on its capture thread, or, when not ``threaded``, in the loop's thread)."""
     source = FrameSource(
-        capture_for(options.source, options.stream_timeout, decode_threads),
+        capture,
         drop_stale=options.drop_stale,
         loop=options.loop,
         reconnect_delay=options.reconnect_delay,
         reconnect_max_delay=options.reconnect_max_delay,
         prepare=annotator.preprocess,
+        threaded=threaded,
     )
     source.helper_cores = helper_cores
     return source

@@ -41,7 +41,7 @@ from fuselite.runtime.handoff import LazyHandoff
 from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
 from fuselite.runtime.overlay import draw_overlay
 from fuselite.runtime.preview import MjpegPreview
-from fuselite.runtime.reader import NO_PIXELS, Frame, lower_thread_priority
+from fuselite.runtime.reader import NO_PIXELS, Frame
 from fuselite.runtime.results import AnnotationResult
 from fuselite.runtime.stats import RunStats, describe
 
@@ -482,6 +482,9 @@ class Outputs:
         self.stop_reason: str | None = None
         self.cpu_s = 0.0  # of the writer thread
         self.helper_cores: frozenset[int] | None = None  # where the writer thread runs
+        # False: frames are finished on the loop's thread (the sequential arrangement of a
+        # busy board, see affinity.py), set before start().
+        self.threaded = True
         self.all_scores = options.all_scores
         self.health: dict[str, SinkHealth] = {}
         self._failed: OutputsFailed | None = None
@@ -517,7 +520,7 @@ class Outputs:
     def start(self, annotator: Annotator, stats: RunStats) -> None:
         """Starts the writer thread (when anything is written) for this annotator and stats."""
         self._annotator, self._stats = annotator, stats
-        if self.display is None and (self.jsonl or self.video or self.preview):
+        if self.threaded and self.display is None and (self.jsonl or self.video or self.preview):
             self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
             self._thread.start()
 
@@ -594,7 +597,6 @@ class Outputs:
     def _work(self) -> None:
         if self.helper_cores:
             pin_thread(self.helper_cores)
-        lower_thread_priority()  # finishing frames can wait; inference is the bottleneck
         while (item := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep the queue moving so the loop never blocks on it

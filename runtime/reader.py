@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,21 +53,9 @@ POLL_SECONDS = 0.1
 # infer, so the queue never runs dry.
 FULL_QUEUE_POLL_SECONDS = 0.004
 BALANCE_LIMIT = 8  # how many waits of one side outweigh the other's, to avoid flapping
-# Niceness added to helper threads whose work can wait, so that on a busy CPU the
-# scheduler favours the inference thread (the bottleneck on a board).
-HELPER_NICE = 5
-
-
-def lower_thread_priority(step: int = HELPER_NICE) -> None:
-    """Makes the calling thread ``step`` nicer than it is (Linux; elsewhere nothing)."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, nice + step))
-    except OSError as exc:
-        log.debug("cannot lower the priority of %s: %s", threading.current_thread().name, exc)
+# The capture and outputs threads keep the inference thread's priority: a nicer helper
+# starved the pipeline on a busy board (the capture thread waited 24x its run time,
+# the outputs thread 110x; docs/runtime.md, "On a busy board").
 
 
 @dataclass(frozen=True)
@@ -253,9 +239,6 @@ class FrameSource:
     def _run(self, opened: bool) -> None:
         if self.helper_cores:
             pin_thread(self.helper_cores)
-        if not self.live:
-            # Reading a file ahead can wait for inference; a camera's newest frame cannot.
-            lower_thread_priority()
         try:
             if not opened and not self._reconnect():
                 return

@@ -12,6 +12,23 @@ from pathlib import Path
 import pytest
 from support.bundles import COLOUR_VARIANTS, build_hanging_bundle
 
+from fuselite.runtime import affinity
+
+
+@pytest.fixture(autouse=True)
+def idle_machine(monkeypatch, tmp_path_factory) -> None:
+    """In-process runs see every core idle and claim cores in a folder of their own.
+
+    The arrangement of the pipeline (threads, pinning) follows the machine's load
+    (``fuselite.runtime.affinity``); the tests of that policy give it loads of their own
+    (``test_scheduling.py``), and every other test gets the same arrangement however
+    busy the CI machine is.  ``idle`` is the affinity mask, all idle.
+    """
+    monkeypatch.setattr(affinity.LoadSample, "idle_shares",
+                        lambda self, min_seconds=0.0: dict.fromkeys(affinity.allowed_cores() or (), 1.0))
+    lock_dir = tmp_path_factory.mktemp("core-locks")
+    monkeypatch.setattr(affinity, "_lock_dir", lambda: lock_dir)
+
 
 @pytest.fixture(params=sorted(COLOUR_VARIANTS))
 def any_bundle(request, colour_bundles) -> Path:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+import threading
 
+from fuselite.runtime import AnnotatorOptions, RunOptions, affinity, run
+from fuselite.runtime import annotator as affinity_annotator
 from fuselite.runtime.affinity import CoreSplit, LoadSample, plan_schedule
 
 TWO_CORES = frozenset({0, 1})
@@ -85,7 +89,8 @@ def test_a_claim_held_by_another_process_is_respected_and_freed_when_it_dies(tmp
     after.release()
 
 
-def test_the_load_sample_sees_a_burning_process(tmp_path):
+def test_the_load_sample_sees_a_burning_process(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real sample, not the idle_machine fixture's
     burner = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
     try:
         sample = LoadSample()
@@ -95,3 +100,30 @@ def test_the_load_sample_sees_a_burning_process(tmp_path):
         burner.wait()
     assert set(idle) >= {0}
     assert idle[0] < 0.5  # the burner held core 0 for most of the window
+
+
+def test_a_busy_machine_annotates_a_file_sequentially_in_the_loops_thread(
+    int8_bundle, red_blue_clip, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(affinity.LoadSample, "idle_shares", lambda self, min_seconds=0.0: {0: 0.0, 1: 0.6})
+    threads = set()
+    original = affinity_annotator.Annotator.preprocess
+    monkeypatch.setattr(affinity_annotator.Annotator, "preprocess",
+                        lambda self, image: threads.add(threading.current_thread().name) or original(self, image))
+    jsonl = tmp_path / "events.jsonl"
+    summary = run(RunOptions(str(red_blue_clip), jsonl=jsonl, stats_interval=0),
+                  AnnotatorOptions(int8_bundle, num_threads=1))
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    frames = [r for r in records if r.get("type") != "stats"]
+    assert summary.frames == 40 and [f["frame"] for f in frames] == list(range(40))
+    assert threads == {threading.current_thread().name}  # no capture thread
+    assert [f["labels"][0]["label"] for f in (frames[0], frames[-1])] == ["red", "blue"]
+    final = records[-1]
+    assert final["final"] and final["cpu_ms_per_frame"] > 0 and 0 < final["cores"] <= 2.5
+
+
+def test_the_run_logs_its_arrangement(int8_bundle, red_blue_clip, tmp_path, caplog):
+    caplog.set_level("INFO", logger="fuselite.runtime.loop")
+    run(RunOptions(str(red_blue_clip), jsonl=tmp_path / "events.jsonl", stats_interval=0, max_frames=2),
+        AnnotatorOptions(int8_bundle, num_threads=1))
+    assert any(m.startswith("scheduling: pipeline") for m in caplog.messages)  # idle_machine fixture
