@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sustain", type=float, default=3.0, metavar="SECONDS",
                         help="seconds of fuselite run's loop per bundle for the sustained FPS, CPU ms per frame "
                              "and cores used (default 3; 0 skips them)")
+    parser.add_argument("--frame-size", default="640x480", metavar="WxH",
+                        help="size of the frames the sustained loop preprocesses, as a camera gives them "
+                             "(default 640x480; 'data' for the data's images as they are)")
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="longest a bundle may take to load or to do one frame; a bundle that takes longer "
                              "(e.g. loops forever) is stopped and gets a ❌ row (default 120)")
@@ -66,11 +69,22 @@ def run(args: argparse.Namespace) -> int:
         args.bundle_dir, args.data, args.out, threads=args.threads, device=args.device, run_dir=args.run,
         reference=False if args.no_reference else (True if args.run else None), warmup=args.warmup,
         runs=args.runs, samples=args.samples, min_accuracy=args.min_accuracy, progress=True,
-        sustain_s=args.sustain, timeout_s=args.timeout,
+        sustain_s=args.sustain, timeout_s=args.timeout, frame_size=frame_size(args.frame_size),
     )
     print(format_table(report))
     print(summary_lines(report))
     return exit_code(report)
+
+
+def frame_size(text: str) -> tuple[int, int] | None:
+    """``"640x480"`` -> ``(640, 480)``; ``"data"`` -> ``None``; :class:`UserError` otherwise."""
+    if text.strip().lower() == "data":
+        return None
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--frame-size {text!r}: give WIDTHxHEIGHT (e.g. 640x480) or 'data'") from None
+    return width, height
 
 
 def summary_lines(report) -> str:

@@ -227,8 +227,12 @@ def peak_memory_mb() -> float:
 
 
 def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs: int,
-            sustain_s: float = 0.0, heartbeat: Heartbeat = SILENT) -> tuple[dict, np.ndarray | None]:
-    """Everything the child measures; returns the summary and the scores (``None`` if it failed to load)."""
+            sustain_s: float = 0.0, heartbeat: Heartbeat = SILENT,
+            camera: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
+    """Everything the child measures; returns the summary and the scores (``None`` if it failed to load).
+
+    ``camera`` holds the frames of the sustained loop (default: the first data frames).
+    """
     from fuselite.interpreter import interpreter_name
 
     summary = {"interpreter": interpreter_name(), "baseline_memory_mb": peak_memory_mb()}
@@ -247,12 +251,13 @@ def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs:
     summary["status"] = "measured"
     if not np.all(np.isfinite(scores)):
         return summary, scores  # the parent refuses it: nothing the runtime does with it counts
-    summary.update(_runtime_loop(path, timing_frames, scores, num_threads, sustain_s, heartbeat))
+    summary.update(_runtime_loop(path, timing_frames, scores, num_threads, sustain_s, heartbeat,
+                                 timing_frames if camera is None else camera))
     return summary, scores
 
 
 def _runtime_loop(path: Path, frames: np.ndarray, scores: np.ndarray, num_threads: int, sustain_s: float,
-                  heartbeat: Heartbeat) -> dict:
+                  heartbeat: Heartbeat, camera: np.ndarray) -> dict:
     """The Annotator's check against the scores, then its sustained loop (when ``sustain_s`` > 0)."""
     heartbeat.phase("loading for fuselite run")
     annotator, problem = open_annotator(path, num_threads)
@@ -262,7 +267,8 @@ def _runtime_loop(path: Path, frames: np.ndarray, scores: np.ndarray, num_thread
         found = {"runtime_problem": annotator_problem(annotator, frames, scores, heartbeat)}
         if sustain_s > 0 and not found["runtime_problem"]:
             annotator.reset()
-            found.update(sustained(annotator, frames, sustain_s, heartbeat))
+            found.update(sustained(annotator, camera, sustain_s, heartbeat))
+            found["sustained_frame_size"] = [int(camera.shape[2]), int(camera.shape[1])]
     return found
 
 
@@ -277,14 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--sustain", type=float, default=0.0, help="seconds of fuselite run's loop (0: none)")
+    parser.add_argument("--sustain-frames", type=Path, help=".npy of BGR frames for that loop (default: --frames)")
     args = parser.parse_args(argv)
     import cv2  # noqa: F401 - imported before the baseline memory reading, as the runtime imports it
 
     frames = np.load(args.frames, mmap_mode="r")
     heartbeat = Heartbeat(sys.stdout)
     try:
+        camera = np.load(args.sustain_frames) if args.sustain_frames else None
         summary, scores = measure(args.bundle, frames, args.threads, args.warmup, args.runs, args.sustain,
-                                  heartbeat)
+                                  heartbeat, camera)
     except Exception as exc:  # noqa: BLE001 - the runtime refusing this bundle is the finding, not a traceback
         summary = {"status": "failed", "message": f"{type(exc).__name__} while {heartbeat.current}: {exc}"}
         scores = None

@@ -152,6 +152,7 @@ class Report:
         files: Output name -> path, once written.
         sustain_s: Seconds of ``fuselite run``'s loop per bundle (0: not measured).
         timeout_s: The per-step time budget of a bundle's measurement.
+        frame_size: ``[width, height]`` of the sustained loop's frames (``None``: the data's).
     """
 
     rows: list[Row]
@@ -170,6 +171,7 @@ class Report:
     files: dict = field(default_factory=dict)
     sustain_s: float = 0.0
     timeout_s: float | None = None
+    frame_size: list[int] | None = None
 
     @property
     def bundles(self) -> list[Row]:
@@ -364,11 +366,18 @@ def _sustain_text(report: Report) -> str:
     return f", {report.sustain_s:g} s sustained" if report.sustain_s else ""
 
 
+def _frames_text(report: Report) -> str:
+    if not report.frame_size:
+        return " on the data's images"
+    return f" on {report.frame_size[0]}×{report.frame_size[1]} frames (resized as a camera's are)"
+
+
 def _sustained_note(report: Report) -> str:
     if not report.sustain_s:
         return "- sust. FPS, CPU ms/frame, cores: not measured (--sustain 0)."
     return (f"- sust. FPS: frames per second of `fuselite run`'s loop (the Annotator: preprocess + invoke + "
-            f"scoring, frame after frame) over {report.sustain_s:g} s per bundle, what one stream gets on this "
+            f"scoring, frame after frame) over {report.sustain_s:g} s per bundle{_frames_text(report)}, what one "
+            "stream gets on this "
             "host now; it is the FPS the device fit uses. CPU ms/frame: the process's CPU time (every "
             "thread) per frame; cores: CPU time / wall time, the cores the process actually got.")
 

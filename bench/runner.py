@@ -53,6 +53,8 @@ BUNDLE_SUFFIXES = (".tflite", ".fuselite")
 DEFAULT_TIMEOUT_S = 120.0  # longest step (loading, or one frame) before a bundle counts as hung
 DEFAULT_SUSTAIN_S = 3.0  # seconds of fuselite run's loop per bundle
 GZIP_CHUNK = 1 << 20  # the file is compressed 1 MB at a time: memory stays flat
+DEFAULT_FRAME_SIZE = (640, 480)  # width, height of the sustained loop's frames: a common camera mode
+CAMERA_FRAMES = 8  # distinct camera-size frames the sustained loop cycles through
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class BenchSettings:
         sustain_s: Seconds of ``fuselite run``'s loop per bundle (0: no sustained figures).
         timeout_s: Longest wait for one step of the measuring process (loading, or one
             frame); a bundle that takes longer is killed and gets a ❌ row.
+        frame_size: ``(width, height)`` of the frames the sustained loop preprocesses (the
+            data's images scaled to it, so resizing costs what a camera's frames cost),
+            or ``None`` for the data's images as they are.
     """
 
     threads: int
@@ -75,6 +80,7 @@ class BenchSettings:
     profile: object | None = None
     sustain_s: float = DEFAULT_SUSTAIN_S
     timeout_s: float = DEFAULT_TIMEOUT_S
+    frame_size: tuple[int, int] | None = DEFAULT_FRAME_SIZE
 
 
 def run_bench(
@@ -93,6 +99,7 @@ def run_bench(
     progress: bool = False,
     sustain_s: float = DEFAULT_SUSTAIN_S,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    frame_size: tuple[int, int] | None = DEFAULT_FRAME_SIZE,
 ) -> Report:
     """Benchmarks every bundle in ``bundle_dir`` (or one bundle file); writes the report if ``out_dir``.
 
@@ -101,11 +108,12 @@ def run_bench(
     ``run_dir`` (or of the data's run) as a row; ``None`` adds it when TensorFlow imports.
     ``samples`` > 0 scores only the first images.  ``min_accuracy`` is recorded for the gate.
     ``sustain_s`` seconds of ``fuselite run``'s loop give the sustained FPS; ``timeout_s``
-    bounds each step of a bundle's measurement (see :class:`BenchSettings`).
+    bounds each step of a bundle's measurement; ``frame_size`` is the sustained loop's
+    frame size (see :class:`BenchSettings`).
     """
     paths = find_bundles(Path(bundle_dir))
     manifests = _readable_manifests(paths)
-    settings = _settings(threads, device, warmup, runs, sustain_s, timeout_s)
+    settings = _settings(threads, device, warmup, runs, sustain_s, timeout_s, frame_size)
     eval_data = _eval_data(data, manifests, samples)
     rows = _measure_all(paths, eval_data, settings, progress)
     reference_run = _reference_run(run_dir, eval_data, manifests, reference)
@@ -151,7 +159,7 @@ def find_bundles(path: Path) -> list[Path]:
 
 
 def _settings(threads: int | None, device: str | None, warmup: int, runs: int, sustain_s: float,
-              timeout_s: float) -> BenchSettings:
+              timeout_s: float, frame_size: tuple[int, int] | None = DEFAULT_FRAME_SIZE) -> BenchSettings:
     profile = None
     if device:
         from fuselite.devices.profiles import get_profile
@@ -169,7 +177,10 @@ def _settings(threads: int | None, device: str | None, warmup: int, runs: int, s
     cores = usable_core_count()
     if threads > cores:
         log.warning("%d threads on %d usable cores: latency will be pessimistic", threads, cores)
-    return BenchSettings(threads, warmup, runs, profile, float(sustain_s), float(timeout_s))
+    if frame_size is not None and not all(16 <= int(side) <= 8192 for side in frame_size):
+        raise UserError(f"--frame-size {frame_size[0]}x{frame_size[1]}: each side must be 16 to 8192 pixels")
+    return BenchSettings(threads, warmup, runs, profile, float(sustain_s), float(timeout_s),
+                         tuple(int(side) for side in frame_size) if frame_size else None)
 
 
 def _readable_manifests(paths: list[Path]) -> list[Manifest]:
@@ -208,6 +219,8 @@ def _measure_all(paths: list[Path], data: EvalData, settings: BenchSettings, pro
     with tempfile.TemporaryDirectory(prefix="fuselite-bench-") as tmp:
         frames = Path(tmp) / "frames.npy"
         np.save(frames, _bgr(data.images))
+        if settings.sustain_s and settings.frame_size:
+            np.save(Path(tmp) / "camera.npy", camera_frames(data.images, settings.frame_size))
         bar = tqdm(paths, desc="bench", unit="bundle", disable=None if progress else True)
         for path in bar:
             bar.set_postfix_str(path.name)
@@ -341,6 +354,9 @@ def _run_child(path: Path, frames: Path, settings: BenchSettings, work_dir: Path
         "--summary", str(summary_path), "--scores", str(scores_path), "--threads", str(settings.threads),
         "--warmup", str(settings.warmup), "--runs", str(settings.runs), "--sustain", str(settings.sustain_s),
     ]
+    camera = work_dir / "camera.npy"
+    if camera.is_file():
+        command += ["--sustain-frames", str(camera)]
     with open(errors_path, "w+") as errors:  # a file, not a pipe: a chatty child cannot block on it
         child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True)
         stalled = Watchdog(child).wait(settings.timeout_s)
@@ -462,6 +478,14 @@ def _unique_names(rows: list[Row]) -> None:
             r.name = Path(r.file).name
 
 
+def camera_frames(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The first :data:`CAMERA_FRAMES` RGB images as BGR frames of ``size`` (width, height)."""
+    import cv2
+
+    return np.stack([cv2.resize(np.ascontiguousarray(image[..., ::-1]), size, interpolation=cv2.INTER_LINEAR)
+                     for image in images[:CAMERA_FRAMES]])
+
+
 def _bgr(images: np.ndarray) -> np.ndarray:
     """RGB images -> the BGR frames a camera gives the runtime."""
     return np.ascontiguousarray(images[..., ::-1])
@@ -528,4 +552,5 @@ def _assemble(rows: list[Row], data: EvalData, settings: BenchSettings, bundle_d
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), bundle_dir=str(bundle_dir),
         device=profile.name if profile else None, limits=limits, min_accuracy=min_accuracy,
         sustain_s=settings.sustain_s, timeout_s=settings.timeout_s,
+        frame_size=list(settings.frame_size) if settings.frame_size else None,
     )

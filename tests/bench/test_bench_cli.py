@@ -33,7 +33,8 @@ def _report_json(bundles, data, out) -> str:
     return (out / "report.json").read_text()
 
 
-@pytest.mark.parametrize("extra", [["--min-accuracy", "91"], ["--device", "no-such-board"], ["--samples", "-1"]])
+@pytest.mark.parametrize("extra", [["--min-accuracy", "91"], ["--device", "no-such-board"], ["--samples", "-1"],
+                                   ["--frame-size", "640"], ["--frame-size", "8x8"]])
 def test_user_mistakes_exit_2_with_one_line(good_bundles, colour_data, tmp_path, capsys, extra):
     assert _bench(good_bundles, colour_data, tmp_path / "out", *extra) == 2
     err = capsys.readouterr().err.strip()
