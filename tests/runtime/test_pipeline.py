@@ -18,7 +18,7 @@ from fuselite.runtime import AnnotatorOptions, RunOptions, affinity, reader, run
 from fuselite.runtime import loop as run_loop
 from fuselite.runtime import outputs as run_outputs
 from fuselite.runtime.annotator import Annotator
-from fuselite.runtime.outputs import VideoOutput
+from fuselite.runtime.outputs import OutputsFailed, VideoOutput
 from fuselite.runtime.reader import FrameSource
 
 STAGES = {"capture", "preprocess", "inference", "postprocess", "total"}
@@ -142,14 +142,14 @@ def test_outputs_keep_their_order_and_the_final_stats_come_last(int8_bundle, tmp
     assert video.exists()
 
 
-def test_a_sink_failing_on_the_writer_thread_stops_the_run_with_its_error(
+def test_the_only_sink_failing_on_the_writer_thread_stops_the_run_with_its_error(
     fp32_bundle, red_blue_clip, tmp_path, monkeypatch
 ):
     def broken(self, image, timestamp_ms=None, frame_index=None):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(VideoOutput, "write", broken)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputsFailed, match="No space left on device, and no other output is left"):
         run(
             RunOptions(str(red_blue_clip), jsonl=None, video_out=tmp_path / "v.mp4"),
             AnnotatorOptions(fp32_bundle, num_threads=1),
