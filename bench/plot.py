@@ -231,7 +231,7 @@ def _footnote(report: Report) -> str:
     parts = []
     failed = [r.name for r in report.rows if r.status == LOAD_FAILED]
     if failed:
-        parts.append(f"not plotted (failed to load): {', '.join(failed)}")
+        parts.append(f"not plotted (failed, reasons in report.md): {', '.join(failed)}")
     unplotted = [r.name for r in report.rows if r.status != LOAD_FAILED and r.metric is None]
     if unplotted:
         parts.append(f"not plotted (no metric): {', '.join(unplotted)}")
