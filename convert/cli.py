@@ -1,8 +1,10 @@
 """``fuselite convert RUN_DIR --out DIR``: a trained run -> one TFLite bundle per variant.
 
-Exit codes: 0 when every requested variant was written; 1 when one failed (the
-converter refused it or its numbers were out of tolerance); 2 for a usage mistake,
-including a variant that ``--target`` cannot load.
+Exit codes (:func:`fuselite.convert.report.exit_code`): 0 when at least one bundle was
+written and every variant named in ``--variants`` was (a default variant over the
+accuracy budget is reported with its next step, not an error); 1 when a named variant
+(or, with nothing written, any) failed: a converter error or over ``--max-loss``; 2 for
+a usage mistake, including a variant that ``--target`` cannot load.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from fuselite.convert.variants import VARIANTS, default_variants, list_variants, resolve_variants
+from fuselite.convert.variants import (
+    VARIANTS,
+    default_variants,
+    explicit_names,
+    list_variants,
+    resolve_variants,
+)
 from fuselite.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accuracy budget: a variant whose numbers drift past its tolerance is still written when "
              "its task metric on the test split loses at most PT points against Keras (default: 1.0)",
     )
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars (they go to stderr, and only when it is a terminal)")
     parser.add_argument("--eval-samples", type=int, default=0, help="test images to check on (0: all)")
     parser.add_argument(
         "--finetune-steps", type=int, default=None,
@@ -76,18 +86,18 @@ def run(args: argparse.Namespace) -> int:
     options = ConvertOptions(
         sparsity=args.sparsity, target=args.target, num_threads=args.threads,
         calibration_samples=args.calibration_samples, eval_samples=args.eval_samples,
-        finetune_steps=args.finetune_steps, max_loss=args.max_loss,
+        finetune_steps=args.finetune_steps, max_loss=args.max_loss, progress=False if args.quiet else None,
     )
     started = time.perf_counter()
     converter = Converter.load(args.run_dir, args.out, options)
     if args.variants is None:
         variants = converter.default_variants(variants)
-    results = [converter.convert(v) for v in _progress(variants)]
+    results = [converter.convert(v) for v in _progress(variants, options.progress)]
     seconds = round(time.perf_counter() - started, 1)
     write_report(args.out, results, {"run_dir": str(args.run_dir), "seconds": seconds, "options": vars(options)})
     print(results_table(results))
     print(f"{sum(r.status == 'ok' for r in results)} of {len(results)} bundles in {args.out} ({seconds:.0f} s)")
-    return _exit_code(results)
+    return _exit_code(results, explicit_names(args.variants))
 
 
 def _zero_shot(args: argparse.Namespace) -> int:
@@ -103,16 +113,17 @@ def _zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(variants):
+def _progress(variants, enabled):
     from tqdm import tqdm
 
-    return tqdm(variants, desc="convert", unit="variant", disable=not sys.stderr.isatty())
+    return tqdm(variants, desc="convert", unit="variant", disable=not sys.stderr.isatty() or enabled is False)
 
 
-def _exit_code(results) -> int:
-    if any(r.status == "failed" for r in results):
-        return EXIT_FAILED
-    refused = [r for r in results if r.status == "refused"]
-    if refused:
+def _exit_code(results, explicit: set[str]) -> int:
+    from fuselite.convert.report import EXIT_REFUSED, exit_code
+
+    code = exit_code(results, explicit)
+    if code == EXIT_REFUSED:
+        refused = [r for r in results if r.status == "refused"]
         raise UserError("; ".join(f"{r.variant} not written: {r.message}" for r in refused))
-    return 0
+    return code

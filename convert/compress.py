@@ -56,6 +56,8 @@ class CompressSettings:
             -1.02 pt to -0.53 / -0.70 pt (two conversions) for a gzip size of 0.57x
             int8 instead of 0.553x.
         seed: Seeds the shuffling and augmentation.
+        progress: The fine-tuning progress bar: ``None`` on a terminal only, ``False`` never,
+            ``True`` always (see :func:`fuselite.convert.report.progress_bar`).
     """
 
     sparsity: float = 0.75
@@ -65,6 +67,7 @@ class CompressSettings:
     distill_weight: float = 1.0
     min_pruned_weights: int = 4096
     seed: int = 0
+    progress: bool | None = None
 
 
 def compressible(layer) -> bool:
@@ -112,7 +115,7 @@ def compress_image_encoder(
     started = time.perf_counter()
     wrapped = _wrap(run.image_encoder, method, settings)
     callbacks = [tfmot.sparsity.keras.UpdatePruningStep()] if method == "prune" else []
-    loss = _fine_tune(wrapped, run, train_data, label_embeddings, settings, callbacks)
+    loss = _fine_tune(wrapped, method, run, train_data, label_embeddings, settings, callbacks)
     if method == "qat":
         return wrapped, _qat_report(run, settings, loss, started)
     if method == "prune":
@@ -245,20 +248,52 @@ def _clusterer(settings: CompressSettings):
     )
 
 
-def _fine_tune(model, run, train_data, label_embeddings, settings: CompressSettings, callbacks) -> float:
+def _fine_tune(model, method: str, run, train_data, label_embeddings, settings: CompressSettings,
+               callbacks) -> float:
     """Fine-tunes ``model`` in place; returns the last epoch's loss."""
     tf.random.set_seed(settings.seed)
     trainer = _Distiller(model, run.image_encoder, label_embeddings, run, settings.distill_weight)
     trainer.compile(optimizer=keras.optimizers.Adam(HoldThenCosine(settings.learning_rate, settings.steps)))
     steps_per_epoch = min(50, settings.steps)
+    epochs = max(1, round(settings.steps / steps_per_epoch))
+    progress = FineTuneProgress(epochs * steps_per_epoch, f"{_VERBS[method]} fine-tune", settings.progress)
     history = trainer.fit(
         _dataset(run, train_data, settings.seed),
         steps_per_epoch=steps_per_epoch,
-        epochs=max(1, round(settings.steps / steps_per_epoch)),
-        callbacks=callbacks,
+        epochs=epochs,
+        callbacks=[*callbacks, progress],
         verbose=0,
     )
     return float(history.history["loss"][-1])
+
+
+_VERBS = {"prune": "pruning", "cluster": "clustering", "qat": "quantization-aware"}
+
+
+class FineTuneProgress(keras.callbacks.Callback):
+    """A progress bar over the fine-tuning steps with the latest loss, as ``train``'s ProgressBar."""
+
+    def __init__(self, steps: int, desc: str, enabled: bool | None):
+        super().__init__()
+        self.steps, self.desc, self.enabled, self.bar = steps, desc, enabled, None
+
+    def on_train_begin(self, logs=None):
+        """Opens the bar (here, not in ``__init__``: a bar is only shown while fitting)."""
+        from fuselite.convert.report import progress_bar
+
+        self.bar = progress_bar(self.steps, self.desc, self.enabled)
+
+    def on_train_batch_end(self, batch, logs=None):
+        """Advances the bar by one step."""
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Shows the loss of the epoch just done."""
+        self.bar.set_postfix(loss=f"{(logs or {}).get('loss', float('nan')):.4f}")
+
+    def on_train_end(self, logs=None):
+        """Closes the bar."""
+        self.bar.close()
 
 
 class HoldThenCosine(keras.optimizers.schedules.LearningRateSchedule):

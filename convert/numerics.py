@@ -21,11 +21,13 @@ class InterpreterError(RuntimeError):
     """The interpreter cannot load or run a converted model; the message says why."""
 
 
-def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, batch_size: int = 50) -> np.ndarray:
+def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, batch_size: int = 50,
+                      progress=None) -> np.ndarray:
     """Runs a single-input model over ``inputs`` in batches; returns float32 outputs.
 
     Inputs are quantized and outputs dequantized with the model's own parameters,
-    exactly as the runtime does.
+    exactly as the runtime does.  ``progress``, if given, is called with the number
+    of inputs of each batch done (a progress bar's ``update``).
     """
     interpreter = _interpreter(model_bytes, num_threads)
     index = interpreter.get_input_details()[0]["index"]
@@ -40,6 +42,8 @@ def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, 
         interpreter.set_tensor(index, quantize_input(batch, detail))
         interpreter.invoke()
         outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
+        if progress is not None:
+            progress(len(batch))
     return np.concatenate(outputs)
 
 

@@ -16,6 +16,7 @@ from fuselite.bundle import BundleError, Manifest, check_bundle
 
 REPORT_NAME = "convert-report.json"
 STATUSES = ("ok", "failed", "refused")
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
 @dataclass
@@ -39,6 +40,8 @@ class VariantResult:
         ops: The image model's and text encoder's ops (``"CONV_2D v3"``).
         runtime_problems: Runtime key -> why it cannot load the bundle (only those that cannot).
         seconds: Wall time spent on this variant (fine-tuning included).
+        warnings: What was written despite a check (the score check past its tolerance,
+            with its figures), one line each.
     """
 
     variant: str
@@ -55,6 +58,7 @@ class VariantResult:
     ops: list = field(default_factory=list)
     runtime_problems: dict = field(default_factory=dict)
     seconds: float = 0.0
+    warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -83,7 +87,8 @@ def results_table(results: list[VariantResult]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     problems = [f"{r.variant}: {r.message}" for r in results if r.status != "ok"]
-    return "\n".join(lines + problems)
+    warnings = [f"{r.variant}: warning: {w}" for r in results for w in r.warnings]
+    return "\n".join(lines + problems + warnings)
 
 
 def _row(r: VariantResult) -> list[str]:
@@ -111,6 +116,38 @@ def _metric(numerics: dict) -> str:
         return "-"
     delta = numerics.get("delta_pt")
     return f"{name} {100 * value:.2f}" + ("" if delta is None else f" ({delta:+.2f})")
+
+
+def exit_code(results: list[VariantResult], explicit: set[str]) -> int:
+    """The exit code of a conversion, as a script running ``fuselite convert`` wants it.
+
+    0 when what was asked for is usable: every variant named in ``--variants`` was
+    written, and at least one bundle was.  A default variant (or one from ``default`` /
+    ``all``) that is not written is reported with its next step but does not fail the
+    command while another bundle was written.  Otherwise 1 when one of the variants
+    that matter failed (a converter error, or over the accuracy budget), else 2 (only
+    refusals: ``--target`` cannot load it, or the run cannot make it: a usage mistake).
+    """
+    written = any(r.status == "ok" for r in results)
+    matter = [r for r in results if r.status != "ok" and (r.variant in explicit or not written)]
+    if not matter:
+        return EXIT_OK
+    return EXIT_FAILED if any(r.status == "failed" for r in matter) else EXIT_REFUSED
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None = None, unit: str = "step"):
+    """A tqdm bar on stderr in the style of ``train``'s (the bar closes when done).
+
+    ``enabled``: ``None`` shows it only when stderr is a terminal, ``False`` (``--quiet``)
+    never, ``True`` always (tests, or a log that wants it).
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    disable = None if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr,
+                disable=disable)
 
 
 def write_report(out_dir: Path, results: list[VariantResult], extra: dict) -> Path:

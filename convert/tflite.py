@@ -45,8 +45,12 @@ class ConversionError(UserError):
     """The TFLite converter refused a model; the message names the variant and the reason."""
 
 
-def convert_image_model(model: keras.Model, variant: Variant, calibration: np.ndarray | None = None) -> bytes:
-    """Converts the image tower as ``variant`` says; ``calibration`` is uint8 images for int8."""
+def convert_image_model(model: keras.Model, variant: Variant, calibration: np.ndarray | None = None,
+                        progress=None) -> bytes:
+    """Converts the image tower as ``variant`` says; ``calibration`` is uint8 images for int8.
+
+    ``progress``, if given, is called with 1 for each calibration image the converter takes.
+    """
     if variant.calibrated:
         if calibration is None or not len(calibration):
             raise ValueError(f"{variant.name} needs calibration images")
@@ -54,7 +58,7 @@ def convert_image_model(model: keras.Model, variant: Variant, calibration: np.nd
     if variant.mirror:
         model = mirror_averaged(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    _configure(converter, variant, calibration)
+    _configure(converter, variant, calibration, progress)
     return _run(converter, f"{variant.name} image model")
 
 
@@ -92,7 +96,7 @@ def _custom_layer_scope(model: keras.Model):
     return tfmot.quantization.keras.quantize_scope()
 
 
-def representative_dataset(images: np.ndarray):
+def representative_dataset(images: np.ndarray, progress=None):
     """A converter ``representative_dataset`` over uint8 images, one image per step.
 
     The first image gets one black and one white pixel, so the calibrated input range
@@ -103,21 +107,24 @@ def representative_dataset(images: np.ndarray):
     first[0, 0, 0, :], first[0, 0, -1, :] = 0.0, 255.0
 
     def generate():
+        tick = progress or (lambda n: None)
         yield [first]
+        tick(1)
         for image in images[1:]:
             yield [image[np.newaxis].astype(np.float32)]
+            tick(1)
 
     return generate
 
 
-def _configure(converter, variant: Variant, calibration: np.ndarray | None) -> None:
+def _configure(converter, variant: Variant, calibration: np.ndarray | None, progress=None) -> None:
     if variant.quantization == "none":
         return
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant.quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif variant.quantization == "int8":
-        converter.representative_dataset = representative_dataset(calibration)
+        converter.representative_dataset = representative_dataset(calibration, progress)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.int8

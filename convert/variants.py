@@ -126,6 +126,15 @@ def get_variant(name: str) -> Variant:
         raise UserError(f"unknown variant {name!r}; known: {', '.join(list_variants())}") from None
 
 
+def explicit_names(names: Iterable[str] | None) -> set[str]:
+    """The variants named one by one in ``--variants`` (not through ``default`` or ``all``).
+
+    Those are the ones the user asked for: one that is not written fails the command.
+    """
+    parts = (part.strip() for item in names or [] for part in item.split(","))
+    return {get_variant(name).name for name in parts if name and name not in ("default", "all")}
+
+
 def resolve_variants(names: Iterable[str] | None) -> list[Variant]:
     """Variants for ``--variants`` values: names, comma lists, ``default`` or ``all``.
 

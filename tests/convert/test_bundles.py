@@ -253,7 +253,8 @@ def test_a_variant_outside_its_tolerance_and_budget_is_an_error_not_a_file(tiny_
     monkeypatch.setattr(export, "BUDGET_MIN_AGREEMENT", 1.01)
     strict = replace(get_variant("int8"), name="int8-strict", max_score_error=0.0, min_agreement=1.01)
     result = tiny_converter.convert(strict)
-    assert result.status == "failed" and "beyond tolerance" in result.message and "budget" in result.message
+    assert result.status == "failed" and result.message.startswith("broken conversion: its top label agrees")
+    assert "try --variants qat-int8" in result.message
     assert not (tiny_converter.out_dir / "int8-strict.tflite").exists()
     assert not list(tiny_converter.out_dir.glob(".int8-strict*"))
 
@@ -268,6 +269,7 @@ def test_a_variant_past_its_tolerance_but_within_the_accuracy_budget_is_written(
     assert result.status == "ok" and result.numerics["passed_by"] == "accuracy budget"
     assert (tiny_converter.out_dir / "int8-budget.tflite").exists()
     assert "within the 100.0 pt budget" in caplog.text
+    assert result.warnings and result.warnings[0].startswith("score check exceeded: max score error")
 
 
 def test_the_default_tolerance_refuses_a_badly_calibrated_int8_conversion(tiny_converter, monkeypatch):
@@ -277,7 +279,8 @@ def test_the_default_tolerance_refuses_a_badly_calibrated_int8_conversion(tiny_c
     monkeypatch.setattr(tiny_converter, "calibration", grey)
     broken = replace(get_variant("int8"), name="int8-grey")
     result = tiny_converter.convert(broken)
-    assert result.status == "failed" and "beyond tolerance" in result.message
+    assert result.status == "failed" and "broken conversion" in result.message
+    assert "--calibration-samples" in result.message
     assert not (tiny_converter.out_dir / "int8-grey.tflite").exists()
 
 
