@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from support.bundles import tensorflow, to_tflite  # noqa: E402
+from support.bundles import tensorflow, to_tflite
 
 CLASSES = ("cat", "dog", "car", "coffee cup", "tree")
 SIZE = 96
@@ -135,9 +135,8 @@ def _calibration(frames: np.ndarray):
 def add_metadata(model_bytes: bytes, labels_text: str, mean: float | list[float],
                  std: float | list[float], name: str = "test classifier") -> bytes:
     """The model with TFLite Metadata: normalisation, and ``labels.txt`` in an appended zip."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
     import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
 
     model = schema.ModelT.InitFromPackedBuf(model_bytes, 0)
     buffer = schema.BufferT()
