@@ -82,6 +82,11 @@ from fuselite.tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
 CONCEPTS_SCHEMA_VERSION = 2  # label_source "concepts": a runtime that predates it refuses clearly
+# A concepts bundle whose pixels are normalised on the board (an imported classifier): a
+# runtime that predates preprocessing.normalize_on_board would feed it raw pixels, so
+# such a bundle carries a version that runtime refuses.
+BOARD_NORMALISATION_SCHEMA_VERSION = 3
+CONCEPTS_VERSIONS = (CONCEPTS_SCHEMA_VERSION, BOARD_NORMALISATION_SCHEMA_VERSION)
 MANIFEST_MEMBER = "manifest.json"
 TOKENIZER_MEMBER = "tokenizer.json"
 EMBEDDINGS_MEMBER = "label_embeddings.npy"
@@ -269,7 +274,7 @@ def pack_bundle(
         model_size=len(model_bytes),
         text_encoder_sha256=sha256(text_encoder_bytes) if concepts is None else "",
         label_source="text_encoder" if concepts is None else "concepts",
-        schema_version=SCHEMA_VERSION if concepts is None else CONCEPTS_SCHEMA_VERSION,
+        schema_version=_schema_version(manifest, concepts is not None),
     )
     _validate_embeddings(embeddings, manifest)
     npy = io.BytesIO()
@@ -595,20 +600,27 @@ def embedding_problem(embeddings: np.ndarray, labels: tuple[str, ...]) -> str | 
 # --- manifest validation ---------------------------------------------------------
 
 
+def _schema_version(manifest: Manifest, concepts: bool) -> int:
+    """The oldest schema that can describe ``manifest`` (so older runtimes read what they can)."""
+    if not concepts:
+        return SCHEMA_VERSION
+    return BOARD_NORMALISATION_SCHEMA_VERSION if manifest.preprocessing.normalize_on_board else CONCEPTS_SCHEMA_VERSION
+
+
 def _manifest_from_dict(data: Any) -> Manifest:
     if not isinstance(data, dict):
         raise BundleError("manifest must be a JSON object")
     version = _field(data, "schema_version", int)
-    if version not in (SCHEMA_VERSION, CONCEPTS_SCHEMA_VERSION):
+    if version not in (SCHEMA_VERSION, *CONCEPTS_VERSIONS):
         raise BundleError(
-            f"manifest schema_version {version} is not {SCHEMA_VERSION} or {CONCEPTS_SCHEMA_VERSION}; "
-            "upgrade fuselite or re-convert the bundle"
+            f"manifest schema_version {version} is not one of {SCHEMA_VERSION}, "
+            f"{', '.join(map(str, CONCEPTS_VERSIONS))}; upgrade fuselite or re-convert the bundle"
         )
     label_source = data.get("label_source", "text_encoder")
     if not isinstance(label_source, str) or label_source not in LABEL_SOURCE_MEMBERS:
         raise BundleError(f"manifest label_source must be one of {', '.join(LABEL_SOURCE_MEMBERS)}, "
                           f"not {label_source!r}")
-    if (label_source == "concepts") != (version == CONCEPTS_SCHEMA_VERSION):
+    if (label_source == "concepts") != (version in CONCEPTS_VERSIONS):
         raise BundleError(f"manifest label_source {label_source!r} does not match schema_version {version}")
     activation = data.get("output_activation", "none")
     if not isinstance(activation, str) or activation not in OUTPUT_ACTIVATIONS or (activation != "none" and version == SCHEMA_VERSION):
@@ -624,6 +636,10 @@ def _manifest_from_dict(data: Any) -> Manifest:
     dim = _field(data, "embedding_dim", int)
     if not 1 <= dim <= 4096:
         raise BundleError(f"manifest embedding_dim {dim} is outside 1..4096")
+    preprocessing = _preprocessing(_field(data, "preprocessing", dict))
+    if preprocessing.normalize_on_board != (version == BOARD_NORMALISATION_SCHEMA_VERSION):
+        raise BundleError(f"manifest preprocessing.normalize_on_board needs schema_version "
+                          f"{BOARD_NORMALISATION_SCHEMA_VERSION}, and only it (this one has {version})")
     return Manifest(
         variant=_field(data, "variant", str)[:64],
         task=task,
@@ -633,7 +649,7 @@ def _manifest_from_dict(data: Any) -> Manifest:
         embedding_dim=dim,
         logit_scale=_in_range(data, "logit_scale", 0.0, MAX_LOGIT_SCALE),
         logit_bias=_in_range(data, "logit_bias", -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS),
-        preprocessing=_preprocessing(_field(data, "preprocessing", dict)),
+        preprocessing=preprocessing,
         model_sha256=_field(data, "model_sha256", str),
         model_size=_field(data, "model_size", int),
         text_encoder_sha256=_field(data, "text_encoder_sha256", str),

@@ -89,6 +89,10 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
                                      load.idle_shares())
             stack.callback(schedule.release)
             log.info("scheduling: %s", schedule.reason)
+            if not schedule.threaded and options.decode_threads is None and hasattr(capture, "decode_threads"):
+                # Decoding is then the only overlap left: FFmpeg's own threads decode the
+                # next frames while this thread infers, as in the naive loop.
+                capture.decode_threads = 0
             helper_cores = schedule.split.helpers if schedule.split else None
             source = _frame_source(options, capture, annotator, schedule.threaded, helper_cores)
             stack.enter_context(source)

@@ -118,7 +118,7 @@ def test_the_bundle_is_a_fixed_label_concepts_bundle_with_its_provenance(plain_m
     assert f"wrote {out}" in capsys.readouterr().out
     bundle = read_bundle(out)
     manifest = bundle.manifest
-    assert manifest.label_source == "concepts" and manifest.schema_version == 2
+    assert manifest.label_source == "concepts" and manifest.schema_version == 3  # normalised on the board
     assert bundle.model_bytes == model.read_bytes() and bundle.text_encoder_bytes == b""
     assert np.array_equal(bundle.label_embeddings, np.eye(classes, dtype=np.float32))
     assert bundle.concepts.resolve("Class 1") == (1,)

@@ -462,3 +462,25 @@ def test_an_output_activation_a_runtime_cannot_honour_is_refused(activation, ver
     with pytest.raises(BundleError, match="output_activation") as info:
         Manifest.from_json(json.dumps(data))
     assert "\n" not in str(info.value)
+
+
+def test_pixels_normalised_on_the_board_need_a_schema_older_runtimes_refuse(tmp_path):
+    # A runtime that predates normalize_on_board would feed raw pixels: the version stops it.
+    from fuselite.bundle import BOARD_NORMALISATION_SCHEMA_VERSION, CONCEPTS_SCHEMA_VERSION
+    from fuselite.concepts import ConceptIndex
+
+    index = ConceptIndex({"cat": (0,), "dog": (1,)}, ("cat", "dog"))
+    base = Manifest(variant="fp32", task="single", labels=("cat", "dog"), thresholds=(0.5, 0.5),
+                    default_threshold=0.5, embedding_dim=2, logit_scale=10.0, logit_bias=-5.0,
+                    preprocessing=Preprocessing(input_size=(8, 8), input_dtype="float32"),
+                    output_activation="softmax")
+    embeddings = np.eye(2, dtype=np.float32)
+    for on_board, version in ((False, CONCEPTS_SCHEMA_VERSION), (True, BOARD_NORMALISATION_SCHEMA_VERSION)):
+        manifest = replace(base, preprocessing=replace(base.preprocessing, normalize_on_board=on_board))
+        path = write_bundle(tmp_path / f"{on_board}.tflite", model_bytes=b"TFL3" * 8, manifest=manifest,
+                            concepts=index, label_embeddings=embeddings)
+        assert read_manifest(path).schema_version == version
+    forged = json.loads(read_manifest(tmp_path / "True.tflite").to_json())
+    forged["schema_version"] = CONCEPTS_SCHEMA_VERSION
+    with pytest.raises(BundleError, match="normalize_on_board needs schema_version 3"):
+        Manifest.from_json(json.dumps(forged))
