@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from fuselite.data.dataset import Splits
 from fuselite.data.sources import check_label_texts, warn_unreadable_labels
 from fuselite.errors import UserError
@@ -257,8 +259,10 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         # The average is taken before the checkpoint, so an epoch is never averaged twice.
         callbacks = [averaging, checkpoints, progress] if averaging else [checkpoints, progress]
         callbacks.append(EpochTimer(config.epochs, steps, initial_epoch))
-        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=0)
+        # Log lines (the ETA) go above the bar instead of being overwritten by its next redraw.
+        with logging_redirect_tqdm():
+            model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=0)
     _keep_final_weights(model, checkpoints, averaging, train_ds, fit_data.val, labels)
     (run_dir / "history.json").write_text(json.dumps(checkpoints.state["history"], indent=1))
     if config.pretrained:

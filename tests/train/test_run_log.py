@@ -8,14 +8,16 @@ labels, the input size and why, the backbone, the epochs, and then the ETA.
 from __future__ import annotations
 
 import json
-import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from fuselite.cli import main
+FUSELITE = [sys.executable, "-m", "fuselite.cli"]
 
 
 def _write_manifest(root: Path, per_class: int = 16) -> Path:
@@ -38,26 +40,31 @@ def _write_manifest(root: Path, per_class: int = 16) -> Path:
 
 
 @pytest.mark.slow  # a real run: ~30 s on two shared cores
-def test_the_log_says_what_was_loaded_and_the_eta(tmp_path, caplog):
+def test_the_log_says_what_was_loaded_and_the_eta(tmp_path):
     manifest = _write_manifest(tmp_path)
-    caplog.set_level(logging.INFO)
-    code = main(["train", "--data", str(manifest), "--out", str(tmp_path / "run"), "--backbone", "tiny",
-                 "--epochs", "2", "--batch-size", "8", "--width", "0.25"])
-    assert code == 0
-    text = caplog.text
-    block = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("data: "))
-    assert block.splitlines()[0] == f"data: {manifest}"
+    proc = subprocess.run(
+        [*FUSELITE, "train", "--data", str(manifest), "--out", str(tmp_path / "run"), "--backbone", "tiny",
+         "--epochs", "2", "--batch-size", "8", "--width", "0.25"],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 0, proc.stderr
+    # What a terminal shows: the bar redraws its line after a carriage return.
+    lines = [line for chunk in proc.stderr.split("\n") for line in chunk.split("\r")]
+    start = lines.index(f"INFO fuselite.train.trainer: data: {manifest}")
+    block = "\n".join(lines[start + 1 : start + 8])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    items = metrics["train_items"] + metrics["val_items"] + metrics["test_items"]
-    assert items == 32
+    assert metrics["train_items"] + metrics["val_items"] + metrics["test_items"] == 32
     assert "  items    32 used, 1 skipped (e.g. ../photos/broken.png: not a decodable image)" in block
     assert (f"  splits   {metrics['train_items']} train, {metrics['val_items']} validation, "
             f"{metrics['test_items']} test") in block
     assert "  labels   2 (several per image, scored by mAP)" in block
+    # The survey counts the broken image too: it lists items without decoding them.
     assert ("  input    64 px (chosen from the data: 33 items, median short side 48 px: small images"
             in block)
     assert "  backbone tiny (trained from scratch)" in block
     assert "  epochs   2 of 2 steps (batch 8)" in block
-    assert "ETA: epoch 1 took " in text and "more for the 1 epoch(s) left" in text
-    assert text.index("data: ") < text.index("ETA: epoch 1")
+    # The ETA is a whole line of its own, never cut by the progress bar's next redraw.
+    eta = [line for line in lines if "ETA: epoch 1 took " in line]
+    assert len(eta) == 1 and eta[0].startswith("INFO fuselite.train.trainer: ETA: epoch 1 took ")
+    assert eta[0].endswith("more for the 1 epoch(s) left (less if it stops early)")
+    assert lines.index(eta[0]) > start
     assert json.loads((tmp_path / "run" / "config.json").read_text())["image_size"] == 64
