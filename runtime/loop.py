@@ -88,7 +88,6 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
             schedule = plan_schedule(annotator_options.num_threads, capture.live, options.pin_threads,
                                      load.idle_shares())
             stack.callback(schedule.release)
-            log.info("scheduling: %s", schedule.reason)
             if not schedule.threaded and options.decode_threads is None and hasattr(capture, "decode_threads"):
                 # Decoding is then the only overlap left: FFmpeg's own threads decode the
                 # next frames while this thread infers, as in the naive loop.
@@ -103,6 +102,7 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
             # Without a video, preview or window, a frame's pixels are dropped as soon as
             # the model input is made: the queues then hold no 640x480 images.
             source.keep_pixels = outputs.visual
+        log.info("scheduling: %s", schedule.reason)  # once setup can no longer fail
         budget, rule = _budget(options, annotator.model.load_invoke_s)
         watchdog.watch(annotator.model, budget,
                        lambda stopped_by: _flush_before_exit(outputs, stopped_by), rule)

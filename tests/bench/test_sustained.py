@@ -9,6 +9,7 @@ a benchmark script); CPU time per frame hardly depends on the load, so its bound
 
 from __future__ import annotations
 
+import os
 import time
 
 import cv2
@@ -67,13 +68,14 @@ def test_sustained_fps_agrees_with_an_independent_loop(slow_bundle, colour_data)
     assert 0.5 < row.sustained_fps / loop_fps < 2.0, (row.sustained_fps, before, after)
     assert 0.6 < row.cpu_ms_per_frame / loop_cpu_ms < 1.6, (row.cpu_ms_per_frame, before, after)
     assert row.cores_used == pytest.approx(row.sustained_fps * row.cpu_ms_per_frame / 1000.0)
-    assert 0 < row.cores_used < 1.2  # one interpreter thread: the process cannot get two cores' worth
+    # One interpreter thread, but OpenCV resizes on a thread pool of its own: up to every core.
+    assert 0 < row.cores_used <= (os.cpu_count() or 1) + 0.05
 
 
 def test_sustained_columns_are_in_every_report_file(bench_out):
     report, out_dir = bench_out
     row = next(r for r in report.rows if r.name == "fp32")
-    assert row.sustained_fps > 0 and row.cpu_ms_per_frame > 0 and 0 < row.cores_used < 1.2
+    assert row.sustained_fps > 0 and row.cpu_ms_per_frame > 0 and 0 < row.cores_used <= (os.cpu_count() or 1) + 0.05
     assert report.sustain_s == pytest.approx(0.3)
     header = (out_dir / "report.csv").read_text().splitlines()[0].split(",")
     assert {"sustained_fps", "cpu_ms_per_frame", "cores_used", "size_bytes", "model_bytes"} <= set(header)
