@@ -356,6 +356,9 @@ def _read_csv_items(path: Path, collector: _Collector) -> None:
         )
 
 
+GROUPS_LINE = "a tag-groups line"  # {"groups": {...}} alone on a line: read by fuselite bench
+
+
 def _jsonl_entry(text: str) -> tuple[str, list[str], str] | str:
     """(image path as written, tags, caption) from one JSONL line, or why it is unusable."""
     try:
@@ -366,6 +369,8 @@ def _jsonl_entry(text: str) -> tuple[str, list[str], str] | str:
         return "line is nested too deeply"
     if not isinstance(entry, dict):
         return "line is not a JSON object"
+    if set(entry) == {"groups"}:
+        return GROUPS_LINE
     written = entry.get("image", entry.get("path"))
     if not isinstance(written, str):
         return "no 'image' path"
@@ -385,6 +390,8 @@ def _read_jsonl_items(path: Path, collector: _Collector) -> None:
             continue
         item = f"{path.name} line {number}"
         entry = _jsonl_entry(text)
+        if entry == GROUPS_LINE:
+            continue  # `fuselite bench`'s tag groups, not an item (docs/bench.md)
         if isinstance(entry, str):
             collector.skip(item, entry)
             continue
