@@ -20,6 +20,14 @@ model outputs ImageNet class probabilities, and ``concepts.json``
 classes it covers.  Its label embeddings are those multi-hot rows, so the same
 scorer gives ``sigmoid(logit_scale * summed probability + logit_bias)``.
 
+A *fixed-labels* bundle (``label_source == "fixed"``, schema version 4; written by
+``fuselite convert --fixed-labels``) is a trained run's bundle for a board that never
+takes new label texts: it keeps ``label_embeddings.npy`` and drops the tokenizer and
+the text tower (on the demo, a third of the int8 file).  Its labels score exactly as
+in a ``text_encoder`` bundle; asked for any other label, the runtime names the ones
+it holds.  The version is new so that a runtime that predates it refuses the bundle
+instead of looking for a text encoder.
+
 The image model maps a ``[1, H, W, 3]`` RGB image to L2-normalised embeddings:
 ``[1, D]`` (global scoring) or ``[1, cells, D]`` (regional scoring, one per cell of
 the last feature map).  The manifest's ``logit_scale`` and ``logit_bias`` turn
@@ -87,6 +95,7 @@ CONCEPTS_SCHEMA_VERSION = 2  # label_source "concepts": a runtime that predates 
 # such a bundle carries a version that runtime refuses.
 BOARD_NORMALISATION_SCHEMA_VERSION = 3
 CONCEPTS_VERSIONS = (CONCEPTS_SCHEMA_VERSION, BOARD_NORMALISATION_SCHEMA_VERSION)
+FIXED_LABELS_SCHEMA_VERSION = 4  # label_source "fixed": no text encoder, a runtime that predates it refuses
 MANIFEST_MEMBER = "manifest.json"
 TOKENIZER_MEMBER = "tokenizer.json"
 EMBEDDINGS_MEMBER = "label_embeddings.npy"
@@ -96,6 +105,13 @@ CONCEPTS_MEMBER = "concepts.json"
 LABEL_SOURCE_MEMBERS = {
     "text_encoder": (TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER),
     "concepts": (EMBEDDINGS_MEMBER, CONCEPTS_MEMBER),
+    "fixed": (EMBEDDINGS_MEMBER,),
+}
+# The schema version each label source needs (concepts: 2, or 3 when normalised on the board).
+LABEL_SOURCE_VERSIONS = {
+    "text_encoder": (SCHEMA_VERSION,),
+    "concepts": CONCEPTS_VERSIONS,
+    "fixed": (FIXED_LABELS_SCHEMA_VERSION,),
 }
 OUTPUT_ACTIVATIONS = ("none", "softmax")
 KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER)
@@ -182,8 +198,9 @@ class Manifest:
         numerics: Agreement with the Keras model measured at conversion time.
         schema_version: Version of this schema.
         label_source: How label text becomes embeddings: ``"text_encoder"`` (the
-            bundle's text tower) or ``"concepts"`` (the concept index of a zero-shot
-            bundle, whose embeddings are multi-hot rows over the image model's classes).
+            bundle's text tower), ``"concepts"`` (the concept index of a zero-shot
+            bundle, whose embeddings are multi-hot rows over the image model's classes)
+            or ``"fixed"`` (only the default labels' embeddings; schema 4).
         output_activation: What the board applies to the image model's output before
             scoring: ``"none"``, or ``"softmax"`` (class logits -> probabilities; schema 2 only).
     """
@@ -231,9 +248,11 @@ class Bundle:
         path: Where it was read from.
         manifest: The validated manifest.
         model_bytes: The image model flatbuffer, ready for an interpreter.
-        tokenizer: The word tokenizer for label text (None in a zero-shot bundle).
+        tokenizer: The word tokenizer for label text (None in a zero-shot or
+            fixed-labels bundle).
         label_embeddings: float32 ``[len(labels), embedding_dim]``.
-        text_encoder_bytes: The text tower flatbuffer (empty in a zero-shot bundle).
+        text_encoder_bytes: The text tower flatbuffer (empty in a zero-shot or
+            fixed-labels bundle).
         concepts: The concept index of a zero-shot bundle, else None.
     """
 
@@ -258,23 +277,29 @@ def pack_bundle(
     tokenizer: Tokenizer | None = None,
     text_encoder_bytes: bytes = b"",
     concepts: ConceptIndex | None = None,
+    fixed_labels: bool = False,
 ) -> bytes:
     """Returns the bundle bytes: the flatbuffer, then a zip of the associated files.
 
-    Give ``tokenizer`` and ``text_encoder_bytes`` (a trained run's bundle), or
-    ``concepts`` (a zero-shot bundle).  ``model_sha256``, ``model_size``,
+    Give ``tokenizer`` and ``text_encoder_bytes`` (a trained run's bundle),
+    ``concepts`` (a zero-shot bundle), or ``fixed_labels=True`` and neither (a bundle
+    that scores only its own labels).  ``model_sha256``, ``model_size``,
     ``text_encoder_sha256``, ``label_source`` and ``schema_version`` are filled in here.
     """
-    if (concepts is None) == (tokenizer is None):
-        raise ValueError("a bundle needs either a tokenizer and text encoder, or a concept index")
+    sources = [name for name, given in (("text_encoder", tokenizer is not None),
+                                        ("concepts", concepts is not None), ("fixed", fixed_labels)) if given]
+    if len(sources) != 1:
+        raise ValueError("a bundle needs exactly one of: a tokenizer and text encoder, a concept index, "
+                         "or fixed_labels")
+    source = sources[0]
     embeddings = np.ascontiguousarray(label_embeddings, dtype=np.float32)
     manifest = replace(
         manifest,
         model_sha256=sha256(model_bytes),
         model_size=len(model_bytes),
-        text_encoder_sha256=sha256(text_encoder_bytes) if concepts is None else "",
-        label_source="text_encoder" if concepts is None else "concepts",
-        schema_version=_schema_version(manifest, concepts is not None),
+        text_encoder_sha256=sha256(text_encoder_bytes) if source == "text_encoder" else "",
+        label_source=source,
+        schema_version=_schema_version(manifest, source),
     )
     _validate_embeddings(embeddings, manifest)
     npy = io.BytesIO()
@@ -283,10 +308,10 @@ def pack_bundle(
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MANIFEST_MEMBER, manifest.to_json())
         zf.writestr(EMBEDDINGS_MEMBER, npy.getvalue())
-        if concepts is None:
+        if source == "text_encoder":
             zf.writestr(TOKENIZER_MEMBER, json.dumps(tokenizer.to_dict()))
             zf.writestr(TEXT_ENCODER_MEMBER, text_encoder_bytes)
-        else:
+        elif source == "concepts":
             zf.writestr(CONCEPTS_MEMBER, concepts.to_json())
     return model_bytes + archive.getvalue()
 
@@ -320,6 +345,8 @@ def read_bundle(path: Path) -> Bundle:
     if manifest.label_source == "concepts":
         concepts = _parse_member(path, lambda: _load_concepts(members[CONCEPTS_MEMBER], manifest))
         return Bundle(path, manifest, model_bytes, None, embeddings, b"", concepts)
+    if manifest.label_source == "fixed":
+        return Bundle(path, manifest, model_bytes, None, embeddings, b"")
     tokenizer = _parse_member(path, lambda: _load_tokenizer(members[TOKENIZER_MEMBER]))
     text_encoder = members[TEXT_ENCODER_MEMBER]
     if sha256(text_encoder) != manifest.text_encoder_sha256:
@@ -600,10 +627,10 @@ def embedding_problem(embeddings: np.ndarray, labels: tuple[str, ...]) -> str | 
 # --- manifest validation ---------------------------------------------------------
 
 
-def _schema_version(manifest: Manifest, concepts: bool) -> int:
+def _schema_version(manifest: Manifest, label_source: str) -> int:
     """The oldest schema that can describe ``manifest`` (so older runtimes read what they can)."""
-    if not concepts:
-        return SCHEMA_VERSION
+    if label_source != "concepts":
+        return LABEL_SOURCE_VERSIONS[label_source][0]
     return BOARD_NORMALISATION_SCHEMA_VERSION if manifest.preprocessing.normalize_on_board else CONCEPTS_SCHEMA_VERSION
 
 
@@ -611,19 +638,20 @@ def _manifest_from_dict(data: Any) -> Manifest:
     if not isinstance(data, dict):
         raise BundleError("manifest must be a JSON object")
     version = _field(data, "schema_version", int)
-    if version not in (SCHEMA_VERSION, *CONCEPTS_VERSIONS):
+    known = sorted({v for versions in LABEL_SOURCE_VERSIONS.values() for v in versions})
+    if version not in known:
         raise BundleError(
-            f"manifest schema_version {version} is not one of {SCHEMA_VERSION}, "
-            f"{', '.join(map(str, CONCEPTS_VERSIONS))}; upgrade fuselite or re-convert the bundle"
+            f"manifest schema_version {version} is not one of {', '.join(map(str, known))}; "
+            "upgrade fuselite or re-convert the bundle"
         )
     label_source = data.get("label_source", "text_encoder")
     if not isinstance(label_source, str) or label_source not in LABEL_SOURCE_MEMBERS:
         raise BundleError(f"manifest label_source must be one of {', '.join(LABEL_SOURCE_MEMBERS)}, "
                           f"not {label_source!r}")
-    if (label_source == "concepts") != (version in CONCEPTS_VERSIONS):
+    if version not in LABEL_SOURCE_VERSIONS[label_source]:
         raise BundleError(f"manifest label_source {label_source!r} does not match schema_version {version}")
     activation = data.get("output_activation", "none")
-    if not isinstance(activation, str) or activation not in OUTPUT_ACTIVATIONS or (activation != "none" and version == SCHEMA_VERSION):
+    if not isinstance(activation, str) or activation not in OUTPUT_ACTIVATIONS or (activation != "none" and version not in CONCEPTS_VERSIONS):
         raise BundleError(f"manifest output_activation {activation!r} must be 'none', or 'softmax' "
                           f"with schema_version {CONCEPTS_SCHEMA_VERSION}")
     labels = _labels(data)

@@ -484,3 +484,54 @@ def test_pixels_normalised_on_the_board_need_a_schema_older_runtimes_refuse(tmp_
     forged["schema_version"] = CONCEPTS_SCHEMA_VERSION
     with pytest.raises(BundleError, match="normalize_on_board needs schema_version 3"):
         Manifest.from_json(json.dumps(forged))
+
+
+# --- fixed labels (issue 31): label embeddings only, no tokenizer and no text tower ----------
+
+
+def _fixed_parts(**manifest_changes) -> dict:
+    parts = _parts(**manifest_changes)
+    del parts["tokenizer"], parts["text_encoder_bytes"]
+    return {**parts, "fixed_labels": True}
+
+
+def test_a_fixed_labels_bundle_holds_only_its_manifest_and_label_embeddings(tmp_path):
+    from fuselite.bundle import FIXED_LABELS_SCHEMA_VERSION
+
+    path = write_bundle(tmp_path / "int8.tflite", **_fixed_parts())
+    assert set(_members(path)) == {MANIFEST_MEMBER, EMBEDDINGS_MEMBER}
+    bundle = read_bundle(path)
+    assert (bundle.manifest.label_source, bundle.manifest.schema_version) == ("fixed", FIXED_LABELS_SCHEMA_VERSION)
+    assert bundle.tokenizer is None and bundle.concepts is None and bundle.text_encoder_bytes == b""
+    assert bundle.manifest.text_encoder_sha256 == ""
+    np.testing.assert_array_equal(bundle.label_embeddings, _parts()["label_embeddings"])
+
+
+def test_fixed_labels_and_a_text_encoder_together_are_refused_when_packing():
+    with pytest.raises(ValueError, match="exactly one"):
+        pack_bundle(**{**_parts(), "fixed_labels": True})
+
+
+@pytest.mark.parametrize(("label_source", "version"), [("fixed", 1), ("fixed", 2), ("text_encoder", 4),
+                                                       ("concepts", 4)])
+def test_the_fixed_label_source_needs_schema_version_4_and_only_it(label_source, version):
+    """A schema-1 runtime would look for a text encoder: version 4 makes it refuse the bundle."""
+    data = json.loads(_manifest().to_json())
+    data.update(label_source=label_source, schema_version=version)
+    with pytest.raises(BundleError, match="label_source .* does not match schema_version"):
+        Manifest.from_json(json.dumps(data))
+
+
+def test_a_fixed_labels_bundle_cannot_ask_for_a_softmax(tmp_path):
+    data = json.loads(read_manifest(write_bundle(tmp_path / "f.tflite", **_fixed_parts())).to_json())
+    data["output_activation"] = "softmax"
+    with pytest.raises(BundleError, match="output_activation"):
+        Manifest.from_json(json.dumps(data))
+
+
+def test_a_fixed_labels_bundle_without_its_embeddings_is_refused_in_one_line(tmp_path):
+    path = write_bundle(tmp_path / "f.tflite", **_fixed_parts())
+    members = _members(path)
+    del members[EMBEDDINGS_MEMBER]
+    _repack(path, members)
+    assert "missing label_embeddings.npy" in _read_error(path)
