@@ -12,7 +12,12 @@ A ``mirror`` variant wraps the tower (after that copy) in
 the image and its mirror and outputs the averaged embedding, so the runtime needs no
 change and benchmarks see the doubled compute.
 
-The text tower is always plain float32: it is small and scores typed labels.
+The text tower is float32, or, inside int8 bundles, full integer (int32 token ids
+in, float32 embedding out, so the runtime and older boards see the same signature)
+calibrated on token sequences of the run's labels and captions, or float16 weights
+when int8 moves the label embeddings too far (see ``convert.export``).  Its ops are
+int8 builtins every supported runtime loads; dynamic-range quantization is not used,
+because its hybrid FULLY_CONNECTED (v12) is refused by tflite-runtime 2.14.
 
 Every flatbuffer leaves compacted, with the same tensors, ops and weights:
 - short tensor names ("t12"; inputs and outputs keep theirs): the converter names
@@ -62,9 +67,30 @@ def convert_image_model(model: keras.Model, variant: Variant, calibration: np.nd
     return _run(converter, f"{variant.name} image model")
 
 
-def convert_text_model(model: keras.Model) -> bytes:
-    """Converts the text tower to a float32 flatbuffer (int32 ids in, embedding out)."""
-    return _run(tf.lite.TFLiteConverter.from_keras_model(model), "text encoder")
+TEXT_PRECISIONS = ("float32", "float16", "int8")
+
+
+def convert_text_model(model: keras.Model, precision: str = "float32", token_ids: np.ndarray | None = None) -> bytes:
+    """Converts the text tower (int32 ids in, float32 embedding out) at ``precision``.
+
+    ``"int8"`` is full integer inside (an int8 word table, convolution and dense layers)
+    and needs ``token_ids``, int32 ``[N, max_length]`` rows to calibrate on;
+    ``"float16"`` stores float16 weights and computes in float32.
+    """
+    if precision not in TEXT_PRECISIONS:
+        raise ValueError(f"text encoder precision {precision!r} is not one of {TEXT_PRECISIONS}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif precision == "int8":
+        if token_ids is None or not len(token_ids):
+            raise ValueError("an int8 text encoder needs token ids to calibrate on")
+        rows = np.asarray(token_ids, np.int32)
+        converter.representative_dataset = lambda: ([row[np.newaxis]] for row in rows)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return _run(converter, f"{precision} text encoder" if precision != "float32" else "text encoder")
 
 
 def float_input_copy(model: keras.Model) -> keras.Model:
@@ -118,6 +144,8 @@ def representative_dataset(images: np.ndarray, progress=None):
 
 
 def _configure(converter, variant: Variant, calibration: np.ndarray | None, progress=None) -> None:
+    if variant.sparse_inference:  # pruned kernels stored sparse (DENSIFY ops): XNNPACK's sparse-path hint
+        converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
     if variant.quantization == "none":
         return
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
