@@ -30,6 +30,7 @@ import numpy as np
 from fuselite.errors import UserError
 from fuselite.train.backend import keras, tf
 from fuselite.train.configs import TrainConfig
+from fuselite.train.distributed import gather_replicas
 
 PIXEL_SCALE = 1 / 127.5
 PIXEL_OFFSET = -1.0
@@ -318,6 +319,16 @@ def sigmoid_pair_loss(image_emb, text_emb, scale, bias):
     return -tf.reduce_mean(tf.reduce_sum(tf.math.log_sigmoid(signs * logits), axis=1))
 
 
+def global_pair_loss(image_emb, text_emb, scale, bias):
+    """:func:`sigmoid_pair_loss` over the global batch: the embeddings of every replica.
+
+    Each replica computes the same loss, on all images against all captions, so
+    adding replicas or workers adds negatives instead of splitting them (and the
+    loss does not change with the number of replicas).
+    """
+    return sigmoid_pair_loss(gather_replicas(image_emb), gather_replicas(text_emb), scale, bias)
+
+
 def _mean_label_bce(targets, logits):
     """Sigmoid cross-entropy summed over labels, averaged over the batch."""
     return tf.reduce_mean(tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), axis=1))
@@ -422,7 +433,7 @@ class FusedModel(keras.Model):
             loss = _mean_label_bce(self._with_soft_labels(targets, batch, training), logits)
         if self.use_captions:
             caption_emb = self.text_encoder(batch["caption_ids"], training=training)
-            pair = sigmoid_pair_loss(global_embedding(image_emb), caption_emb, self.scale(), self.logit_bias)
+            pair = global_pair_loss(global_embedding(image_emb), caption_emb, self.scale(), self.logit_bias)
             loss += self.config.siglip_weight * pair
         return loss
 
