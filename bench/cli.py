@@ -1,7 +1,7 @@
 """``fuselite bench BUNDLE_DIR --data ... --out REPORT_DIR``: size, accuracy and latency of every bundle.
 
 Writes ``report.json``, ``report.csv``, ``report.md`` and ``pareto.png`` into ``--out``
-and prints the Markdown table.  A bundle that cannot be read, loaded or measured (or
+(and ``confusion-<group>.png`` per ``--group``) and prints the Markdown table.  A bundle that cannot be read, loaded or measured (or
 takes longer than ``--timeout`` on one step) is a ❌ row with the reason; the rest of the
 report is still measured.  Exit codes: 0 when done; 1 when ``--min-accuracy`` is
 given and no ✅ bundle reaches it, or when no bundle passed its checks; 2 for a usage
@@ -54,10 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="longest a bundle may take to load or to do one frame; a bundle that takes longer "
                              "(e.g. loops forever) is stopped and gets a ❌ row (default 120)")
+    parser.add_argument("--group", action="append", metavar="NAME=LABEL,LABEL,...",
+                        help="a one-of-N tag group (e.g. category=animals,food,vehicles): its top-1 and "
+                             "confusion matrix go in the report and confusion-NAME.png; repeat for several "
+                             "groups. A JSONL manifest may also name them on a line "
+                             '{"groups": {"NAME": [LABEL, ...]}}')
 
 
 def run(args: argparse.Namespace) -> int:
     """Benchmarks the bundles, writes the report, prints the table; returns the exit code."""
+    from fuselite.bench.groups import parse_groups
     from fuselite.bench.report import format_table
     from fuselite.bench.runner import run_bench
 
@@ -65,11 +71,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--min-accuracy {args.min_accuracy} must be from 0 to 1 (e.g. 0.9 for 90%)")
     if args.samples < 0:
         raise UserError("--samples must be 0 (all) or more")
+    groups = parse_groups(args.group)  # before any measuring: a typo costs no time
     report = run_bench(
         args.bundle_dir, args.data, args.out, threads=args.threads, device=args.device, run_dir=args.run,
         reference=False if args.no_reference else (True if args.run else None), warmup=args.warmup,
         runs=args.runs, samples=args.samples, min_accuracy=args.min_accuracy, progress=True,
         sustain_s=args.sustain, timeout_s=args.timeout, frame_size=frame_size(args.frame_size),
+        groups=groups,
     )
     print(format_table(report))
     print(summary_lines(report))
@@ -96,10 +104,27 @@ def summary_lines(report) -> str:
     if report.min_accuracy is not None:
         verdict = "passed" if report.gate_passed() else "FAILED: no ✅ bundle reaches it"
         lines.append(f"--min-accuracy {report.min_accuracy:g}: {verdict}")
-    for name in ("report.md", "pareto.png"):
+    lines += [f"⚠️ {line}" for line in report.warnings]
+    lines += _group_lines(report)
+    for name in ("report.md", "pareto.png", *(f"confusion-{group}.png" for group in report.groups)):
         if name in report.files:
             lines.append(f"{name}: {report.files[name]}")
     return "\n".join(lines)
+
+
+def _group_lines(report) -> list[str]:
+    """One line per tag group: every row's top-1 and how many items were left out."""
+    lines = []
+    for name in report.groups:
+        results = [(r.name, r.groups[name]) for r in report.rows if r.groups.get(name, {}).get("top1") is not None]
+        if not results:
+            lines.append(f"tag group {name}: no top-1 (no item has exactly one of its tags, or no bundle knows them)")
+            continue
+        first = results[0][1]
+        scores = ", ".join(f"{row} {100 * result['top1']:.1f}%" for row, result in results)
+        lines.append(f"tag group {name} top-1 on {first['scored']} items: {scores} (left out: {first['no_tag']} "
+                     f"without a tag of the group, {first['several_tags']} with several)")
+    return lines
 
 
 def exit_code(report) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,8 @@ class EvalData:
         task: ``"single"`` or ``"multi"`` (as the source says).
         description: One line for the report (what, where from, how many).
         run_dir: The training run the images come from, if any.
+        groups: Tag groups (name -> labels) scored as top-1 (:mod:`fuselite.bench.groups`):
+            the manifest's ``{"groups": ...}`` line, then ``--group``.
     """
 
     images: np.ndarray
@@ -52,6 +54,7 @@ class EvalData:
     task: str
     description: str
     run_dir: Path | None = None
+    groups: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -75,8 +78,12 @@ class EvalData:
         """The first ``n`` items (all of them when ``n`` is 0 or larger than the set)."""
         if not n or n >= len(self):
             return self
-        return EvalData(self.images[:n], self.tags[:n], self.task,
-                        f"{self.description}, first {n}", self.run_dir)
+        return replace(self, images=self.images[:n], tags=self.tags[:n],
+                       description=f"{self.description}, first {n}")
+
+    def with_groups(self, groups: dict | None) -> EvalData:
+        """These items with ``groups`` added (a name given again replaces the manifest's)."""
+        return replace(self, groups={**self.groups, **(groups or {})}) if groups else self
 
 
 def is_run_dir(path: Path) -> bool:
@@ -124,7 +131,15 @@ def run_test_split(run_dir: Path) -> EvalData:
         raise UserError(f"{run_dir}: splits.json does not match its data source; re-train the run")
     test = source.subset(splits.test)
     description = f"test split of run {run_dir} ({config.name}, {len(test)} images)"
-    return EvalData(test.images, list(test.tags), test.task, description, Path(run_dir))
+    return EvalData(test.images, list(test.tags), test.task, description, Path(run_dir),
+                    groups=_source_groups(config.data))
+
+
+def _source_groups(source: str) -> dict:
+    """The tag groups of a run's JSONL manifest, if its data is one and it is still there."""
+    from fuselite.bench.groups import manifest_groups
+
+    return manifest_groups(Path(source).expanduser()) if isinstance(source, str) else {}
 
 
 def _run_test_source(config):
@@ -162,7 +177,10 @@ def _dataset(path: Path, image_size: int) -> EvalData:
         return _fashion_mnist_test(path, image_size)  # the IDX folder: its test split
     data = read_dataset(path, image_size)
     data.log_skipped(str(path))
-    return EvalData(data.images, list(data.tags), data.task, f"{path} ({len(data)} images)")
+    from fuselite.bench.groups import manifest_groups
+
+    return EvalData(data.images, list(data.tags), data.task, f"{path} ({len(data)} images)",
+                    groups=manifest_groups(path))
 
 
 def source_runs(manifests) -> list[Path]:

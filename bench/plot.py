@@ -242,3 +242,60 @@ def _footnote(report: Report) -> str:
     if not ok:
         parts.append("no bundle passed its checks")
     return "; ".join(parts)
+
+
+CONFUSION_CELL_IN = 0.42  # inches per label: counts of 4 digits stay legible at 30 labels
+COUNTS_UP_TO = 40  # labels; past this the cells are too small for numbers, the colour remains
+
+
+def plot_confusion(row: Row, group: str, report: Report, path: Path) -> Path:
+    """``confusion-<group>.png``: ``row``'s confusion matrix of one tag group.
+
+    Each cell shows its count; its colour is the count's share of its row (the tag's
+    items), so a rare tag's mistakes show as clearly as a common one's.
+    """
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    result = row.groups[group]
+    labels, counts = result["labels"], np.asarray(result["matrix"], dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = max(4.5, CONFUSION_CELL_IN * len(labels)) + 0.12 * max(len(label) for label in labels)
+    fig = Figure(figsize=(side + 1.6, side + 0.9), dpi=110)
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, aspect="equal")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03, label="share of the tag's items")
+    ticks = range(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=_font(labels))
+    ax.set_yticks(ticks, labels, fontsize=_font(labels))
+    ax.set_xlabel("predicted (the group's highest-scoring label)")
+    ax.set_ylabel("tag of the item")
+    if len(labels) <= COUNTS_UP_TO:
+        _cell_counts(ax, counts, shares, labels)
+    ax.set_title(_confusion_title(row, group, result), fontsize=9.5)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    log.info("wrote %s", path)
+    return path
+
+
+def _font(labels: list[str]) -> float:
+    return 9.0 if len(labels) <= 12 else 7.5 if len(labels) <= 24 else 6.5
+
+
+def _cell_counts(ax, counts, shares, labels: list[str]) -> None:
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=_font(labels) - 0.5,
+                        color="white" if shares[i, j] > 0.55 else "#222222")
+
+
+def _confusion_title(row: Row, group: str, result: dict) -> str:
+    top1 = "-" if result["top1"] is None else f"{100 * result['top1']:.1f}%"
+    left = result["no_tag"] + result["several_tags"]
+    return (f"tag group '{group}' · {row.name}: top-1 {top1} on {result['scored']} items"
+            + (f" ({left} left out: {result['no_tag']} without a tag of the group, "
+               f"{result['several_tags']} with several)" if left else ""))

@@ -28,7 +28,7 @@ WEIGHT_FILES = ("image_encoder.weights.h5", "text_encoder.weights.h5")
 def reference_row(run_dir: Path, data: EvalData, threads: int, warmup: int, runs: int) -> Row:
     """The row of ``run_dir``'s Keras image tower on ``data``."""
     _limit_threads(threads)
-    from fuselite.bench.runner import task_metrics
+    from fuselite.bench.runner import score_groups, task_metrics
     from fuselite.train.pipeline import embed_images, embed_texts
     from fuselite.train.run import load_run
 
@@ -41,6 +41,7 @@ def reference_row(run_dir: Path, data: EvalData, threads: int, warmup: int, runs
     row = Row(name="keras", kind="reference", variant="keras", file=str(run_dir), task=run.task,
               metric_name="top1" if run.task == "single" else "mAP", load_ms=load_ms)
     row.metrics = task_metrics(scores, data.targets(run.labels), run.task, np.asarray(run.thresholds))
+    score_groups(row, scores, data, run.labels)
     _sizes(row, Path(run_dir), run.image_encoder)
     _latency(row, run, images, label_emb, warmup, runs)
     row.message = _metrics_json_note(row, Path(run_dir), data)

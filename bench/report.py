@@ -70,6 +70,10 @@ class Row:
         pareto_latency: On the metric-vs-latency Pareto front.
         fits: With ``--device``: the reasons it does not fit (empty when it fits).
         recommended: The variant recommended for ``--device``.
+        groups: Per tag group, its top-1 and confusion matrix
+            (:func:`fuselite.bench.groups.group_metrics`).
+        unseen_tags: Tags of the test data that are not among this bundle's labels ->
+            how many items carry each (they score nothing).
     """
 
     name: str
@@ -100,6 +104,8 @@ class Row:
     pareto_latency: bool = False
     fits: list[str] | None = None
     recommended: bool = False
+    groups: dict = field(default_factory=dict)
+    unseen_tags: dict = field(default_factory=dict)
 
     @property
     def metric(self) -> float | None:
@@ -153,6 +159,8 @@ class Report:
         sustain_s: Seconds of ``fuselite run``'s loop per bundle (0: not measured).
         timeout_s: The per-step time budget of a bundle's measurement.
         frame_size: ``[width, height]`` of the sustained loop's frames (``None``: the data's).
+        groups: The tag groups scored (name -> labels); each row has its results.
+        warnings: Lines about the data the user should act on (tags no bundle knows).
     """
 
     rows: list[Row]
@@ -172,6 +180,8 @@ class Report:
     sustain_s: float = 0.0
     timeout_s: float | None = None
     frame_size: list[int] | None = None
+    groups: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def bundles(self) -> list[Row]:
@@ -293,7 +303,9 @@ def to_csv(report: Report) -> str:
 
 def to_markdown(report: Report) -> str:
     """The report for people: a heading line, the table, then notes on every non-✅ row."""
-    return "\n".join([_heading(report), "", format_table(report), *_notes(report)])
+    from fuselite.bench.groups import groups_markdown
+
+    return "\n".join([_heading(report), "", format_table(report), *_notes(report), *groups_markdown(report)])
 
 
 def format_table(report: Report) -> str:
@@ -344,7 +356,8 @@ def _heading(report: Report) -> str:
 
 
 def _notes(report: Report) -> list[str]:
-    notes = [f"- {r.icon} **{r.name}**: {r.message}" for r in report.rows if r.message]
+    notes = [f"- ⚠️ {line}" for line in report.warnings]
+    notes += [f"- {r.icon} **{r.name}**: {r.message}" for r in report.rows if r.message]
     if report.device:
         rec = report.recommended
         notes.append(f"- ⭐ recommended for `{report.device}`: **{rec.name}**" if rec

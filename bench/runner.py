@@ -100,6 +100,7 @@ def run_bench(
     sustain_s: float = DEFAULT_SUSTAIN_S,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     frame_size: tuple[int, int] | None = DEFAULT_FRAME_SIZE,
+    groups: dict[str, list[str]] | None = None,
 ) -> Report:
     """Benchmarks every bundle in ``bundle_dir`` (or one bundle file); writes the report if ``out_dir``.
 
@@ -109,17 +110,22 @@ def run_bench(
     ``samples`` > 0 scores only the first images.  ``min_accuracy`` is recorded for the gate.
     ``sustain_s`` seconds of ``fuselite run``'s loop give the sustained FPS; ``timeout_s``
     bounds each step of a bundle's measurement; ``frame_size`` is the sustained loop's
-    frame size (see :class:`BenchSettings`).
+    frame size (see :class:`BenchSettings`).  ``groups`` (name -> labels, as
+    :func:`fuselite.bench.groups.parse_groups` gives them) add to the data manifest's tag
+    groups; each is scored as top-1 with a confusion matrix.
     """
     paths = find_bundles(Path(bundle_dir))
     manifests = _readable_manifests(paths)
     settings = _settings(threads, device, warmup, runs, sustain_s, timeout_s, frame_size)
-    eval_data = _eval_data(data, manifests, samples)
+    eval_data = _eval_data(data, manifests, samples).with_groups(groups)
     rows = _measure_all(paths, eval_data, settings, progress)
     reference_run = _reference_run(run_dir, eval_data, manifests, reference)
     if reference_run is not None:
         rows.insert(0, _reference_row(reference_run, eval_data, settings))
     report = _assemble(rows, eval_data, settings, Path(bundle_dir), min_accuracy)
+    report.warnings = data_warnings(rows, eval_data)
+    for line in report.warnings:
+        log.warning("%s", line)
     if out_dir is not None:
         write_outputs(report, Path(out_dir))
     return report
@@ -136,6 +142,7 @@ def write_outputs(report: Report, out_dir: Path) -> None:
         from fuselite.bench.plot import plot_pareto
 
         report.files["pareto.png"] = plot_pareto(report, out_dir / "pareto.png")
+        _plot_groups(report, out_dir)
     write_report(report, out_dir)
 
 
@@ -436,6 +443,57 @@ def _evaluate(row: Row, scores: np.ndarray, data: EvalData, manifest: Manifest) 
                                np.asarray(manifest.thresholds))
     if not row.metrics:
         row.message = "the data has none of this bundle's labels: no metric"
+    score_groups(row, scores, data, manifest.labels)
+
+
+def score_groups(row: Row, scores: np.ndarray, data: EvalData, labels) -> None:
+    """Sets ``row.groups`` (top-1 and confusion matrix per tag group) and ``row.unseen_tags``."""
+    from fuselite.bench.groups import all_group_metrics, unseen_tags
+
+    row.groups = all_group_metrics(scores, list(labels), data.tags, data.groups)
+    row.unseen_tags = unseen_tags(data.tags, labels)
+
+
+def data_warnings(rows: list[Row], data: EvalData) -> list[str]:
+    """What the user should know about the data: tags the bundles never learned (one line per
+    distinct set, naming the rows), and group labels that are nobody's label nor a data tag."""
+    from fuselite.bench.groups import items_with_unseen, unseen_message
+
+    by_set: dict[tuple, list[str]] = {}
+    for row in rows:
+        if row.unseen_tags:
+            by_set.setdefault(tuple(row.unseen_tags), []).append(row.name)
+    lines = []
+    for names in by_set.values():
+        unseen = next(r.unseen_tags for r in rows if r.name == names[0])
+        whose = "the bundles'" if len(names) == len(rows) else f"{', '.join(names)}'s"
+        lines.append(unseen_message(unseen, items_with_unseen(data.tags, unseen), whose))
+    return lines + _typo_warnings(rows, data)
+
+
+def _typo_warnings(rows: list[Row], data: EvalData) -> list[str]:
+    tags = {tag for item in data.tags for tag in item}
+    lines = []
+    for name, labels in data.groups.items():
+        known = {label for r in rows for label in r.groups.get(name, {}).get("labels", [])
+                 if label not in r.groups[name]["not_in_bundle"]}
+        stray = [label for label in labels if label not in known and label not in tags]
+        if stray:
+            lines.append(f"tag group {name!r}: {', '.join(map(repr, stray))} is neither a bundle label nor a tag "
+                         "of the data: check the spelling")
+    return lines
+
+
+def _plot_groups(report: Report, out_dir: Path) -> None:
+    """``confusion-<group>.png`` per group that some row scored."""
+    from fuselite.bench.groups import focus_row
+    from fuselite.bench.plot import plot_confusion
+
+    for name in report.groups:
+        row = focus_row(report, name)
+        if row is not None:
+            file = f"confusion-{name}.png"
+            report.files[file] = plot_confusion(row, name, report, out_dir / file)
 
 
 def task_metrics(scores: np.ndarray, targets: np.ndarray, task: str, thresholds: np.ndarray) -> dict:
@@ -552,5 +610,5 @@ def _assemble(rows: list[Row], data: EvalData, settings: BenchSettings, bundle_d
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), bundle_dir=str(bundle_dir),
         device=profile.name if profile else None, limits=limits, min_accuracy=min_accuracy,
         sustain_s=settings.sustain_s, timeout_s=settings.timeout_s,
-        frame_size=list(settings.frame_size) if settings.frame_size else None,
+        frame_size=list(settings.frame_size) if settings.frame_size else None, groups=dict(data.groups),
     )
