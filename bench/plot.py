@@ -286,10 +286,11 @@ def _font(labels: list[str]) -> float:
 
 
 def _cell_counts(ax, counts, shares, labels: list[str]) -> None:
+    size = _font(labels) + (1.5 if len(labels) <= 12 else -0.5)  # few cells: room for larger digits
     for i in range(len(labels)):
         for j in range(len(labels)):
             if counts[i, j]:
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=_font(labels) - 0.5,
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=size,
                         color="white" if shares[i, j] > 0.55 else "#222222")
 
 
@@ -297,5 +298,5 @@ def _confusion_title(row: Row, group: str, result: dict) -> str:
     top1 = "-" if result["top1"] is None else f"{100 * result['top1']:.1f}%"
     left = result["no_tag"] + result["several_tags"]
     return (f"tag group '{group}' · {row.name}: top-1 {top1} on {result['scored']} items"
-            + (f" ({left} left out: {result['no_tag']} without a tag of the group, "
-               f"{result['several_tags']} with several)" if left else ""))
+            + (f"\n{left} left out: {result['no_tag']} without a tag of the group, "
+               f"{result['several_tags']} with several" if left else ""))
