@@ -190,3 +190,12 @@ def test_bad_groups_line_in_manifest_is_one_line_exit_2(good_bundles, colour_dat
 def test_parse_groups_keeps_order_and_strips():
     assert parse_groups(["category = animals, food ,vehicles", "size=s,m"]) == {
         "category": ["animals", "food", "vehicles"], "size": ["s", "m"]}
+
+
+def test_a_runs_jsonl_manifest_gives_its_groups(tmp_path):
+    from fuselite.bench.data import _source_groups
+
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(json.dumps(GROUPS_LINE) + "\n" + json.dumps({"image": "a.png", "tags": ["red"]}) + "\n")
+    assert _source_groups(str(manifest)) == {"colour": COLOURS}
+    assert _source_groups("scenes") == {} and _source_groups(str(tmp_path / "gone.jsonl")) == {}
