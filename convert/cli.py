@@ -38,7 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--variants", nargs="+", metavar="NAME",
         help=f"variants to write (names, comma lists, 'default' or 'all'; known: {', '.join(list_variants())})",
     )
-    parser.add_argument("--sparsity", type=float, default=0.75, help="target sparsity of pruned variants")
+    parser.add_argument(
+        "--sparsity", type=float, default=None,
+        help="pin the sparsity of pruned variants (default: the highest of 0.9, 0.8, 0.7, 0.6, 0.5 "
+             "within --max-loss, each fine-tuned and checked)",
+    )
     parser.add_argument(
         "--target", metavar="PROFILE",
         help="refuse variants this device profile's (or runtime's) interpreter cannot load",
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--finetune-steps", type=int, default=None,
         help="fine-tuning steps of pruned, clustered and qat variants (default: about 7 epochs of "
-             "the run's training split, at least 500)",
+             "the run's training split, 500 to 4000)",
     )
     parser.add_argument("--list", type=Path, metavar="DIR", help="only list the bundles in DIR with their sizes")
     parser.add_argument(

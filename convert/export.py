@@ -7,6 +7,11 @@ model it came from, read its op list and the runtimes that load it, then pack th
 bundle (:mod:`fuselite.bundle`) and write it atomically.  A variant whose numbers
 are out of tolerance, or that ``--target`` cannot load, is reported and not written.
 
+Small end to end: an int8 bundle carries an int8 text tower too (or a float16 one,
+when int8 moves a label's embedding below :data:`TEXT_INT8_MIN_COSINE` of the float
+one; :meth:`Converter.text_encoder_for`), and ``--fixed-labels`` writes bundles with
+the label embeddings only, no text tower and no tokenizer.
+
 Example:
     >>> converter = Converter.load(Path("runs/scenes"), Path("bundles"), ConvertOptions())
     >>> results = [converter.convert(v) for v in resolve_variants(["int8"])]
@@ -27,7 +32,7 @@ import numpy as np
 from fuselite import __version__
 from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle
 from fuselite.convert import modelinfo, numerics
-from fuselite.convert.compress import CompressSettings
+from fuselite.convert.compress import CompressSettings, finetune_steps, search_sparsity
 from fuselite.convert.report import VariantResult, gzip_size, progress_bar
 from fuselite.convert.variants import Variant
 from fuselite.errors import UserError
@@ -43,7 +48,9 @@ class ConvertOptions:
     """Settings shared by every variant of one conversion.
 
     Attributes:
-        sparsity: Target sparsity of pruned variants.
+        sparsity: ``--sparsity``: pins the sparsity of pruned variants; ``None`` searches
+            their candidates (:meth:`Variant.sparsity_candidates`) from the highest down
+            and writes the first within ``max_loss``.
         target: ``--target``: a runtime key or board profile name, or ``None``.
         num_threads: Interpreter threads for the numeric checks.
         calibration_samples: Training images that calibrate full-integer variants.
@@ -58,9 +65,12 @@ class ConvertOptions:
         progress: Progress bars on stderr for the steps that take seconds (fine-tuning,
             calibration, the checks): ``None`` when stderr is a terminal, ``False`` never
             (``--quiet``), ``True`` always.
+        fixed_labels: ``--fixed-labels``: bundles hold the default labels' embeddings and
+            no text encoder or tokenizer (``label_source`` "fixed"), for boards that never
+            take new label texts.
     """
 
-    sparsity: float = 0.75
+    sparsity: float | None = None
     target: str | None = None
     num_threads: int = 2
     calibration_samples: int = 200
@@ -69,9 +79,10 @@ class ConvertOptions:
     seed: int = 0
     max_loss: float = 1.0
     progress: bool | None = None
+    fixed_labels: bool = False
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.sparsity < 1.0:
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
             raise UserError(f"--sparsity {self.sparsity} must be between 0 and 1 (e.g. 0.75)")
         if self.num_threads < 1 or self.calibration_samples < 1 or self.eval_samples < 0:
             raise UserError("--threads and --calibration-samples must be >= 1, --eval-samples >= 0")
@@ -81,8 +92,17 @@ class ConvertOptions:
             raise UserError(f"--max-loss {self.max_loss} must be 0 to 100 points")
 
 
-FINETUNE_EPOCHS = 7  # passes over the training split that pruned variants recover in
-MIN_FINETUNE_STEPS = 500
+# The text tower of an int8 bundle is int8 when every default label and probe phrase keeps
+# at least this cosine with its float embedding, else float16.  A typed label scores
+# sigmoid(logit_scale * cos + logit_bias): at 0.995 its embedding has moved by at most 0.1
+# (|a - b| = sqrt(2 - 2 cos)), spread over all D dimensions, so against a unit image
+# embedding its cosine moves by about 0.1 / sqrt(D) (0.0125 at D = 64; a logit change of
+# 0.25 at scale 20), the size of the int8 image tower's own error (output steps of 1/128).
+# On the demo int8 keeps 0.9995.
+TEXT_INT8_MIN_COSINE = 0.995
+TEXT_CALIBRATION_TEXTS = 300  # training captions the int8 text tower calibrates on (plus labels and words)
+TEXT_PROBE_PHRASES = 200  # validation captions its agreement is measured on (plus held-out phrases)
+TEXT_PROBE_WORDS = 500  # vocabulary words, each alone, in both (a large vocabulary's first 500)
 
 
 # A variant past its numeric tolerance is written on the accuracy budget only if its top
@@ -91,12 +111,8 @@ BUDGET_MIN_AGREEMENT = 0.75
 
 
 def auto_finetune_steps(train_items: int, batch_size: int) -> int:
-    """Default fine-tuning steps: about seven epochs of the run's training split, at least 500.
-
-    A fixed step count recovered the 4,000 training scenes but left a 57,000-image
-    Fashion-MNIST tower 1.45 pt short at 75 % sparsity; seven epochs there cost 0.8 pt.
-    """
-    return max(MIN_FINETUNE_STEPS, round(FINETUNE_EPOCHS * train_items / max(1, batch_size)))
+    """Default fine-tuning steps: :func:`fuselite.convert.compress.finetune_steps` (7 epochs, 500 to 4,000)."""
+    return finetune_steps(train_items, batch_size)
 
 
 @dataclass
@@ -144,6 +160,7 @@ class Converter:
         self.reference = self._reference(run.image_encoder)
         self.default_threshold = self._default_threshold()
         self._compressed: dict[str, tuple] = {}
+        self._small_text_encoder: tuple[bytes, dict] | None = None
 
     @classmethod
     def load(cls, run_dir: Path, out_dir: Path, options: ConvertOptions) -> Converter:
@@ -163,26 +180,21 @@ class Converter:
     # --- one variant -------------------------------------------------------------
 
     def convert(self, variant: Variant) -> VariantResult:
-        """Converts, checks and (if good) writes one variant; never raises for a bad variant."""
-        from fuselite.convert.tflite import ConversionError
-        from fuselite.train.model import mirror_averaged
+        """Converts, checks and (if good) writes one variant; never raises for a bad variant.
 
+        A pruned variant is tried at each of its sparsities, highest first, until one is
+        within the budget (:meth:`_search`).
+        """
         started = time.perf_counter()
         remove_stale_parts(self.out_dir, variant)
         problem = self._unsuitable(variant)
         if problem:
             log.error("%s: %s", variant.name, problem)
             return VariantResult(variant.name, "refused", problem, seconds=_since(started))
-        try:
-            keras_model, extra = self._keras_model(variant)
-            model_bytes = self._convert_image_model(variant, keras_model)
-            if variant.mirror:  # the Keras model the flatbuffer is checked against, and its thresholds
-                keras_model = mirror_averaged(keras_model)
-                extra = {**extra, "thresholds": self._thresholds(keras_model)}
-            result = self._check(variant, keras_model, model_bytes, extra)
-        except (ConversionError, numerics.InterpreterError) as exc:
-            log.error("%s: %s", variant.name, exc)
-            return VariantResult(variant.name, "failed", str(exc), seconds=_since(started))
+        if variant.compression == "prune":
+            result, model_bytes, extra = self._search(variant)
+        else:
+            result, model_bytes, extra = self._attempt(variant)
         if result.status == "ok":
             self._write(variant, model_bytes, result, extra)
         else:
@@ -190,6 +202,49 @@ class Converter:
         result.seconds = _since(started)
         log.info("%s: %s in %.1f s", variant.name, result.status, result.seconds)
         return result
+
+    def _attempt(self, variant: Variant, sparsity: float | None = None) -> tuple[VariantResult, bytes | None, dict]:
+        """Converts and checks ``variant`` (pruned to ``sparsity``): its result, flatbuffer and manifest extras."""
+        from fuselite.convert.tflite import ConversionError
+        from fuselite.train.model import mirror_averaged
+
+        try:
+            keras_model, extra = self._keras_model(variant, sparsity)
+            model_bytes = self._convert_image_model(variant, keras_model)
+            if variant.mirror:  # the Keras model the flatbuffer is checked against, and its thresholds
+                keras_model = mirror_averaged(keras_model)
+                extra = {**extra, "thresholds": self._thresholds(keras_model)}
+            return self._check(variant, keras_model, model_bytes, extra), model_bytes, extra
+        except (ConversionError, numerics.InterpreterError) as exc:
+            return VariantResult(variant.name, "failed", str(exc)), None, {}
+
+    def _search(self, variant: Variant) -> tuple[VariantResult, bytes | None, dict]:
+        """:meth:`_attempt` at each sparsity candidate, highest first; the first within the budget wins.
+
+        The search (chosen sparsity, and each candidate's loss) goes into the result's
+        numerics and the manifest's compression provenance.
+        """
+        def attempt(sparsity: float):
+            result, model_bytes, extra = self._attempt(variant, sparsity)
+            checks = result.numerics
+            loss = None if checks.get("delta_pt") is None else -checks["delta_pt"]
+            over_budget = bool(checks) and not checks["passed"]  # a lower sparsity may pass
+            why = (f"within the {self.options.max_loss:g} pt budget ({_loss_text(loss)})" if result.status == "ok"
+                   else result.message)
+            return result.status == "ok", loss, why, over_budget, (result, model_bytes, extra)
+
+        pinned = self.options.sparsity is not None
+        search = search_sparsity(variant.sparsity_candidates(self.options.sparsity), attempt, pinned)
+        result, model_bytes, extra = search.outcome
+        record = search.record()
+        result.numerics = {**result.numerics, "sparsity_search": record}
+        if "compression" in extra:  # a copy: the fine-tuned tower's report is shared between variants
+            extra = {**extra, "compression": {**extra["compression"], "search": record}}
+        if search.chosen is None and len(search.tried) > 1:
+            tried = ", ".join(f"{t['sparsity']:g} ({_loss_text(t['loss_pt'])})" for t in search.tried)
+            result.message = f"no sparsity within the budget (tried {tried}); at {search.tried[-1]['sparsity']:g}: " \
+                             f"{result.message}"
+        return result, model_bytes, extra
 
     def _convert_image_model(self, variant: Variant, keras_model) -> bytes:
         """The flatbuffer of ``keras_model``, with a bar over the calibration images of int8 variants."""
@@ -224,30 +279,32 @@ class Converter:
                     f"is a different picture to it; convert int8 instead of {variant.name}")
         return None
 
-    def _keras_model(self, variant: Variant):
+    def _keras_model(self, variant: Variant, sparsity: float | None = None):
         """The Keras image tower to convert for ``variant`` and what it adds to the manifest.
 
-        A pruned, clustered or QAT tower is fine-tuned once and shared by the variants that use it.
+        A pruned (to ``sparsity``), clustered or QAT tower is fine-tuned once and shared
+        by the variants that use it.
         """
         method = variant.compression
         if method == "none":
             return self.run.image_encoder, {}
-        if method not in self._compressed:
+        key = (method, sparsity if method == "prune" else None)
+        if key not in self._compressed:
             from fuselite.convert.compress import compress_image_encoder
 
             steps = self.options.finetune_steps or auto_finetune_steps(
                 len(self.data.train), self.run.config.batch_size
             )
-            settings = CompressSettings(sparsity=self.options.sparsity, steps=steps, seed=self.options.seed,
-                                        progress=self.options.progress)
+            settings = CompressSettings(sparsity=sparsity or CompressSettings.sparsity, steps=steps,
+                                        seed=self.options.seed, progress=self.options.progress)
             model, report = compress_image_encoder(method, self.run, self.data.train, self.label_embeddings, settings)
-            self._compressed[method] = (model, {"compression": report, "thresholds": self._thresholds(model)})
-        return self._compressed[method]
+            self._compressed[key] = (model, {"compression": report, "thresholds": self._thresholds(model)})
+        return self._compressed[key]
 
     def _check(self, variant: Variant, keras_model, model_bytes: bytes, extra: dict) -> VariantResult:
         """Numbers against Keras, op list and runtimes; the status says whether to write."""
         checks = self._numerics(variant, keras_model, model_bytes, extra.get("thresholds", self.run.thresholds))
-        ops = modelinfo.model_ops(model_bytes, self.text_encoder_bytes)
+        ops = modelinfo.model_ops(model_bytes, *filter(None, [self.text_encoder_for(variant)[0]]))
         problems = modelinfo.runtime_problems(ops)
         result = VariantResult(
             variant.name, "ok", model_size=len(model_bytes), model_gzip_size=gzip_size(model_bytes),
@@ -286,7 +343,8 @@ class Converter:
             split="test", samples=n, interpreter=interpreter_version(),
             num_threads=self.options.num_threads,
             tolerance={"min_agreement": variant.min_agreement, "max_score_error": variant.max_score_error},
-            text_encoder_max_error=self.text_encoder_error,
+            text_encoder_max_error=self.text_encoder_for(variant)[1].get("max_error"),
+            text_encoder=self.text_encoder_for(variant)[1],
             task_metric_name=name, task_metric=metrics[name], keras_task_metric=ref.keras_metrics[name],
             delta_pt=_delta_pt(metrics[name], ref.keras_metrics[name]),
             metrics=metrics, keras_metrics=ref.keras_metrics,
@@ -321,10 +379,14 @@ class Converter:
             provenance=self._provenance(variant, model_bytes, result, extra),
             numerics=result.numerics,
         )
-        data = pack_bundle(
-            model_bytes=model_bytes, manifest=manifest, tokenizer=self.run.tokenizer,
-            label_embeddings=self.label_embeddings, text_encoder_bytes=self.text_encoder_bytes,
-        )
+        if self.options.fixed_labels:
+            data = pack_bundle(model_bytes=model_bytes, manifest=manifest, label_embeddings=self.label_embeddings,
+                               fixed_labels=True)
+        else:
+            data = pack_bundle(
+                model_bytes=model_bytes, manifest=manifest, tokenizer=self.run.tokenizer,
+                label_embeddings=self.label_embeddings, text_encoder_bytes=self.text_encoder_for(variant)[0],
+            )
         path = self.out_dir / variant.filename
         write_atomic(path, data)
         os.chmod(path, 0o644)  # write_atomic's temp file is private (0600); a bundle is meant to be copied
@@ -345,6 +407,7 @@ class Converter:
     def _provenance(self, variant: Variant, model_bytes: bytes, result: VariantResult, extra: dict) -> dict:
         from fuselite.train.backend import tf
 
+        text_bytes = self.text_encoder_for(variant)[0]
         provenance = {
             "source_run": str(self.run.run_dir.resolve()),
             "run_config": self.run.config.name,
@@ -358,7 +421,8 @@ class Converter:
             "views": "the frame and its left-right mirror, embeddings averaged" if variant.mirror else "the frame",
             "calibration_samples": len(self.calibration) if variant.calibrated else 0,
             "ops": modelinfo.op_strings(modelinfo.model_ops(model_bytes)),
-            "text_encoder_ops": modelinfo.op_strings(modelinfo.model_ops(self.text_encoder_bytes)),
+            "text_encoder_ops": modelinfo.op_strings(modelinfo.model_ops(*filter(None, [text_bytes]))),
+            "text_encoder": self.text_encoder_for(variant)[1]["precision"],
             "runtimes": result.runtimes,
             "runtime_problems": result.runtime_problems,
             "thresholds": "recalibrated on validation" if "thresholds" in extra else "from the run",
@@ -402,6 +466,78 @@ class Converter:
         probs = self.scorer(_embed(self.run.image_encoder, val.images), self.label_embeddings)
         return numerics.global_threshold(probs, val.multi_hot(self.run.labels))
 
+    # --- the text encoder of each bundle ----------------------------------------
+
+    def text_encoder_for(self, variant: Variant) -> tuple[bytes, dict]:
+        """The text encoder flatbuffer of ``variant``'s bundle and what the manifest says of it.
+
+        None with ``--fixed-labels`` (empty bytes); int8 (or float16) in int8 bundles,
+        made once and shared; float32 otherwise.
+        """
+        if self.options.fixed_labels:
+            return b"", {"precision": "none", "why": "--fixed-labels: label embeddings only"}
+        if variant.quantization != "int8":
+            return self.text_encoder_bytes, {"precision": "float32", "max_error": self.text_encoder_error}
+        if self._small_text_encoder is None:
+            self._small_text_encoder = self._small_text()
+        return self._small_text_encoder
+
+    def _small_text(self) -> tuple[bytes, dict]:
+        """The int8 text tower, or float16 when int8 moves a label below :data:`TEXT_INT8_MIN_COSINE`."""
+        from fuselite.convert.tflite import ConversionError, convert_text_model
+
+        texts, probes = text_calibration_texts(self.run, self.data, self.options.seed), self._text_probes()
+        tried = {}
+        for precision in ("int8", "float16"):
+            try:
+                model = convert_text_model(self.run.text_encoder, precision, self.run.tokenizer.encode_batch(texts))
+            except ConversionError as exc:
+                tried[precision] = {"error": str(exc)}
+                continue
+            tried[precision] = self._text_agreement(model, probes)
+            if tried[precision]["min_cosine"] >= TEXT_INT8_MIN_COSINE or precision == "float16":
+                break
+            log.warning("int8 text encoder keeps cosine %.4f with float on %r, below %g: float16 instead",
+                        tried[precision]["min_cosine"], tried[precision]["worst"], TEXT_INT8_MIN_COSINE)
+        else:  # neither converted: the float tower, which did
+            model, precision = self.text_encoder_bytes, "float32"
+            tried[precision] = self._text_agreement(model, probes)
+        info = {"precision": precision, "min_cosine_required": TEXT_INT8_MIN_COSINE,
+                "calibration_texts": len(texts), **tried[precision],
+                "tried": {p: {k: v for k, v in t.items() if k != "worst"} for p, t in tried.items()}}
+        log.info("text encoder of int8 bundles: %s, %d bytes, min cosine %.4f with float over %d labels "
+                 "and %d phrases", precision, len(model), info["min_cosine"], info["labels"], info["phrases"])
+        return model, info
+
+    def _text_probes(self) -> dict[str, list[str]]:
+        """The texts whose embeddings must survive quantization: the default labels, and
+        phrases typed at run time (held-out phrases, validation captions, single words)."""
+        captions = sorted({c for c in self.data.val.captions if c})
+        captions = [captions[i] for i in _sample(np.arange(len(captions)), TEXT_PROBE_PHRASES, self.options.seed)]
+        phrases = list(dict.fromkeys([*self.reference.phrases, *captions, *self.run.tokenizer.vocab[2:2 + TEXT_PROBE_WORDS]]))
+        return {"labels": list(self.run.labels), "phrases": [p for p in phrases if p not in self.run.labels]}
+
+    def _text_agreement(self, model_bytes: bytes, probes: dict[str, list[str]]) -> dict:
+        """Cosine of ``model_bytes``' embeddings with the Keras text tower's, per probe set."""
+        from fuselite.train.pipeline import embed_texts
+
+        result, worst = {}, (2.0, "")
+        for name, texts in probes.items():
+            if not texts:
+                result[name] = 0
+                continue
+            ids = self.run.tokenizer.encode_batch(texts)
+            ref = self.label_embeddings if name == "labels" else embed_texts(self.run.text_encoder,
+                                                                            self.run.tokenizer, texts)
+            out = numerics.tflite_embeddings(model_bytes, ids, self.options.num_threads)
+            cos = np.sum(ref * out, 1) / np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-12)
+            result.update({name: len(texts), f"{name}_min_cosine": float(cos.min()),
+                           f"{name}_mean_cosine": float(cos.mean())})
+            if name == "labels":
+                result["max_error"] = float(np.abs(out - ref).max())
+            worst = min(worst, (float(cos.min()), texts[int(np.argmin(cos))]))
+        return {**result, "min_cosine": worst[0], "worst": worst[1]}
+
     def _text_encoder_error(self) -> float:
         ids = self.run.tokenizer.encode_batch(self.run.labels)
         tflite = numerics.tflite_embeddings(self.text_encoder_bytes, ids, self.options.num_threads)
@@ -412,6 +548,14 @@ def convert_run(run_dir: Path, out_dir: Path, variants: list[Variant], options: 
     """Converts ``variants`` of ``run_dir`` into ``out_dir``; see :class:`Converter`."""
     converter = Converter.load(run_dir, out_dir, options)
     return [converter.convert(v) for v in variants]
+
+
+def text_calibration_texts(run, data, seed: int) -> list[str]:
+    """Texts the int8 text tower calibrates on: the run's labels, each vocabulary word
+    alone (a typed one-word label), and up to :data:`TEXT_CALIBRATION_TEXTS` training captions."""
+    captions = sorted({c for c in data.train.captions if c})
+    captions = [captions[i] for i in _sample(np.arange(len(captions)), TEXT_CALIBRATION_TEXTS, seed)]
+    return list(dict.fromkeys([*run.labels, *run.tokenizer.vocab[2:2 + TEXT_PROBE_WORDS], *captions]))
 
 
 def remove_stale_parts(out_dir: Path, variant: Variant) -> None:
@@ -473,6 +617,12 @@ def refusal_message(variant: Variant, checks: dict, options: ConvertOptions) -> 
 
 def next_step(variant: Variant, options: ConvertOptions) -> str:
     """What to try when ``variant`` costs too much accuracy: the variant that loses less."""
+    if variant.compression == "prune" and options.sparsity is None:
+        lowest = variant.sparsity_candidates()[-1]
+        if variant.sparse_inference:  # sparse inference needs most weights zero: lower is no use
+            return f"the search went down to {lowest:g}; try more --finetune-steps, or --variants pruned-int8"
+        return (f"the search went down to {lowest:g}; try --sparsity {max(0.1, round(lowest - 0.2, 2)):g} "
+                f"or more --finetune-steps")
     if variant.compression == "prune":
         lower = max(0.1, round(options.sparsity - 0.25, 2))
         return f"try --sparsity {lower:g} (now {options.sparsity:g}) or more --finetune-steps"
@@ -505,6 +655,11 @@ def _tolerance_message(variant: Variant, checks: dict) -> str:
         f"{checks['top1_agreement']:.3f} (min {variant.min_agreement}), max score error "
         f"{checks['max_score_error']:.3g} (max {variant.max_score_error}); not written"
     )
+
+
+def _loss_text(loss_pt: float | None) -> str:
+    """``lost 0.42 pt`` (negative: gained), or why there is no figure."""
+    return "no task metric" if loss_pt is None else f"lost {loss_pt:.2f} pt"
 
 
 def _embed(encoder, images: np.ndarray) -> np.ndarray:

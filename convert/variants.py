@@ -34,6 +34,10 @@ from fuselite.errors import UserError
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 COMPRESSIONS = ("none", "prune", "cluster", "qat")
 
+# Sparsities a pruned variant tries, highest first, when --sparsity does not pin one:
+# the first whose bundle stays within --max-loss is written (the budget drives the search).
+SPARSITY_CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -55,6 +59,13 @@ class Variant:
             embeddings averaged inside the model (:func:`fuselite.train.model.mirror_averaged`):
             twice the compute per frame for a steadier score.  Only for runs trained
             with flips.
+        sparse_inference: Converted with TFLite's sparsity optimisation
+            (``Optimize.EXPERIMENTAL_SPARSITY``): pruned kernels are stored sparse,
+            behind DENSIFY ops, which is what tells XNNPACK to try its sparse (NCHW)
+            path.  Only for float variants.
+        min_sparsity: The lowest sparsity worth writing this variant at; the search
+            tries no candidate below it (a sparse-inference variant needs most weights zero
+            to be faster).
         default: Converted when ``--variants`` is not given.
         min_agreement: Lowest acceptable top-label agreement with the Keras model.
         max_score_error: Largest acceptable absolute probability difference.
@@ -66,6 +77,8 @@ class Variant:
     per_channel: bool = True
     compression: str = "none"
     mirror: bool = False
+    sparse_inference: bool = False
+    min_sparsity: float = 0.0
     default: bool = True
     min_agreement: float = 0.85
     max_score_error: float = 0.3
@@ -75,11 +88,22 @@ class Variant:
             raise ValueError(f"{self.name}: quantization must be one of {QUANTIZATIONS}")
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"{self.name}: compression must be one of {COMPRESSIONS}")
+        if self.sparse_inference and (self.compression != "prune" or self.quantization != "none"):
+            raise ValueError(f"{self.name}: sparse inference is for pruned float32 variants")
 
     @property
     def filename(self) -> str:
         """The bundle's file name inside ``--out``."""
         return f"{self.name}.tflite"
+
+    def sparsity_candidates(self, pinned: float | None = None) -> tuple[float, ...]:
+        """Sparsities to try, highest first: ``(pinned,)`` if ``--sparsity`` pins one, else
+        :data:`SPARSITY_CANDIDATES` from ``min_sparsity`` up; ``()`` for unpruned variants."""
+        if self.compression != "prune":
+            return ()
+        if pinned is not None:
+            return (pinned,)
+        return tuple(s for s in SPARSITY_CANDIDATES if s >= self.min_sparsity)
 
     @property
     def calibrated(self) -> bool:
@@ -94,14 +118,19 @@ _TABLE = (
             min_agreement=0.95, max_score_error=0.15),
     Variant("int8", "full integer: uint8 image in, int8 embedding out, calibrated on training images",
             "int8"),
-    Variant("pruned-int8", "magnitude-pruned to --sparsity (TFMOT), fine-tuned, stripped, then full int8",
-            "int8", compression="prune"),
+    Variant("pruned-int8", "magnitude-pruned (TFMOT) to the highest sparsity of 0.9..0.5 within --max-loss "
+            "(or --sparsity), fine-tuned, stripped, then full int8", "int8", compression="prune"),
     Variant("int8-per-tensor", "full integer with one weight scale per tensor (smaller, less exact)",
             "int8", per_channel=False, default=False, min_agreement=0.8, max_score_error=0.4),
     Variant("clustered-int8", "weights clustered to 16 shared values per kernel (TFMOT), fine-tuned, "
             "stripped, then full int8", "int8", compression="cluster", default=False),
     Variant("int8-mirror", "full integer, each frame scored with its left-right mirror and averaged "
             "(twice the compute; runs trained with flips)", "int8", mirror=True, default=False),
+    # Off by default: XNNPACK's sparse path does not engage on the fuselite towers (see
+    # docs/convert.md, "Pruning for speed"), so on the board it is fp32 with zeros in it.
+    Variant("pruned-fp32", "pruned to 0.9 or 0.8 (within --max-loss), float32, kernels stored sparse "
+            "(EXPERIMENTAL_SPARSITY) for XNNPACK's sparse inference", "none", compression="prune",
+            sparse_inference=True, min_sparsity=0.8, default=False, min_agreement=0.99, max_score_error=1e-3),
     Variant("qat-int8", "quantization-aware fine-tuning of the conv and dense layers (TFMOT), then full int8",
             "int8", compression="qat", default=False),
 )
