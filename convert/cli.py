@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fine-tuning steps of pruned, clustered and qat variants (default: about 7 epochs of "
              "the run's training split, 500 to 4000)",
     )
+    parser.add_argument(
+        "--fixed-labels", action="store_true",
+        help="bundles with the run's label embeddings only: no text encoder and no tokenizer, so the "
+             "board scores only the run's labels (--labels must name some of them); the smallest file",
+    )
     parser.add_argument("--list", type=Path, metavar="DIR", help="only list the bundles in DIR with their sizes")
     parser.add_argument(
         "--pretrained", metavar="BACKBONE",
@@ -80,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         print(describe_bundles(args.list))
         return 0
     if args.pretrained is not None:
+        if args.fixed_labels:
+            raise UserError("--fixed-labels applies to a trained run (RUN_DIR); a --pretrained bundle has "
+                            "no text encoder to leave out")
         return _zero_shot(args)
     if args.run_dir is None or args.out is None:
         raise UserError("give RUN_DIR and --out DIR (or --list DIR, or --pretrained BACKBONE --out DIR)")
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         sparsity=args.sparsity, target=args.target, num_threads=args.threads,
         calibration_samples=args.calibration_samples, eval_samples=args.eval_samples,
         finetune_steps=args.finetune_steps, max_loss=args.max_loss, progress=False if args.quiet else None,
+        fixed_labels=args.fixed_labels,
     )
     started = time.perf_counter()
     converter = Converter.load(args.run_dir, args.out, options)

@@ -3,11 +3,14 @@
 Typed labels are embedded by the bundle's text encoder on the board itself, so a
 user can ask for ``"red circle,blue star,cup"`` without retraining and without a
 host.  A typed label that is also one of the bundle's labels keeps its
-precomputed embedding and calibrated threshold.
+precomputed embedding and calibrated threshold.  A fixed-labels bundle
+(``fuselite convert --fixed-labels``) has no text encoder: it scores any of its own
+labels, and names them when asked for another.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +69,8 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
     texts = tuple(dict.fromkeys(t.strip() for t in texts if t.strip()))
     if bundle.concepts is not None:
         return concept_labels(bundle, texts)
+    if bundle.manifest.label_source == "fixed":
+        return own_labels(bundle, texts)
     known = {label: i for i, label in enumerate(bundle.manifest.labels)}
     read_as = {t: bundle_wording(bundle, t) for t in texts}
     texts = tuple(t for t in texts if read_as[t] in known or _has_known_word(bundle.tokenizer, read_as[t]))
@@ -131,24 +136,48 @@ def concept_labels(bundle: Bundle, texts: Sequence[str]) -> LabelSet:
     return LabelSet(tuple(texts), matrix, thresholds)
 
 
+def own_labels(bundle: Bundle, texts: Sequence[str]) -> LabelSet:
+    """Labels of a fixed-labels bundle: each text must be one of its labels (case and a
+    leading article aside), which keeps its precomputed embedding and threshold.
+
+    Raises:
+        UserError: a text is none of the bundle's labels (the message lists them).
+    """
+    own = {normalise_label(label): i for i, label in enumerate(bundle.manifest.labels)}
+    unknown = [text for text in texts if normalise_label(text) not in own]
+    if unknown:
+        close = difflib.get_close_matches(normalise_label(unknown[0]), list(own), n=3)
+        hint = f" (closest: {', '.join(bundle.manifest.labels[own[c]] for c in close)})" if close else ""
+        raise fixed_labels_error(bundle, unknown[0], hint)
+    rows = [own[normalise_label(text)] for text in texts]
+    return LabelSet(tuple(texts), np.ascontiguousarray(bundle.label_embeddings[rows], dtype=np.float32),
+                    np.asarray([bundle.manifest.thresholds[i] for i in rows], np.float32))
+
+
 def has_fixed_labels(bundle: Bundle) -> bool:
-    """Whether a concepts bundle knows only its own labels (``fuselite import``): its
-    index holds no word beyond them, so no other label text can be scored."""
+    """Whether a bundle knows only its own labels: a fixed-labels bundle, or a concepts
+    bundle whose index holds no word beyond them (``fuselite import``), so no other
+    label text can be scored."""
+    if bundle.manifest.label_source == "fixed":
+        return True
     own = {normalise_label(label) for label in bundle.manifest.labels}
     return bundle.concepts is not None and set(bundle.concepts.phrases) <= own
+
+
+def fixed_labels_error(bundle: Bundle, text: str, hint: str = "") -> UserError:
+    """The one-line error for ``text``, which a bundle with fixed labels does not hold."""
+    labels = bundle.manifest.labels
+    listed = ", ".join(labels[:FIXED_LABELS_LISTED])
+    more = f" (and {len(labels) - FIXED_LABELS_LISTED} more)" if len(labels) > FIXED_LABELS_LISTED else ""
+    return UserError(f"label {text!r}: this bundle has fixed labels; choose from: {listed}{more}{hint}")
 
 
 def _check_fixed_labels(bundle: Bundle, texts: Sequence[str]) -> None:
     """A :class:`UserError` naming the labels to choose from, for a text that is none of them."""
     unknown = [text for text in texts if not bundle.concepts.resolve(text)]
     if unknown:
-        labels = bundle.manifest.labels
-        listed = ", ".join(labels[:FIXED_LABELS_LISTED])
-        more = f" (and {len(labels) - FIXED_LABELS_LISTED} more)" if len(labels) > FIXED_LABELS_LISTED else ""
         close = bundle.concepts.closest(unknown[0])
-        hint = f" (closest: {', '.join(close)})" if close else ""
-        raise UserError(f"label {unknown[0]!r}: this bundle has fixed labels; choose from: "
-                        f"{listed}{more}{hint}")
+        raise fixed_labels_error(bundle, unknown[0], f" (closest: {', '.join(close)})" if close else "")
 
 
 def _has_known_word(tokenizer: Tokenizer, text: str) -> bool:
