@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class ProgressBar(keras.callbacks.Callback):
     """One progress bar over every step of the run, with the latest losses."""
 
-    def __init__(self, epochs: int, steps_per_epoch: int, initial_epoch: int = 0):
+    def __init__(self, epochs: int, steps_per_epoch: int, initial_epoch: int = 0, shown: bool = True):
         super().__init__()
         self.bar = tqdm(
             total=epochs * steps_per_epoch,
@@ -30,6 +30,7 @@ class ProgressBar(keras.callbacks.Callback):
             desc="train",
             unit="step",
             dynamic_ncols=True,
+            disable=not shown,  # a multi-worker job's other workers leave the bar to the chief
         )
 
     def on_train_batch_end(self, batch, logs=None):

@@ -58,15 +58,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=Path, metavar="RUN",
                         help="start from a finished run's towers (its architecture is kept) with new "
                         "data and new labels; labels and vocabulary are merged")
+    parser.add_argument("--workers", metavar="HOST:PORT,...",
+                        help="run as one worker of a multi-worker job: every worker's address, the same "
+                        "list on each (worker 0 is the chief and writes --out); writes TF_CONFIG, which "
+                        "may be set instead (docs/distributed.md)")
+    parser.add_argument("--worker-index", type=int, metavar="I",
+                        help="with --workers: this worker's place in the list (0 on the chief)")
     parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
                         help="what the teachers score: plain images once before training (the "
                         "default), or every augmented training batch (slower per step)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Trains and prints the test metrics."""
+    """Trains and prints the test metrics (a non-chief worker prints one line)."""
     from fuselite.train.configs import resolve_backbone
 
+    cluster = _cluster(args)
     config = _named_config(args)
     if args.data is not None:
         if not Path(args.data).exists():
@@ -91,9 +98,30 @@ def run(args: argparse.Namespace) -> int:
     from fuselite.train.trainer import train  # heavy: TensorFlow
 
     metrics = train(config, args.out, resume=args.resume)
+    if cluster is not None and not cluster.is_chief:
+        print(f"{cluster.task} of {cluster.workers}: done; the chief wrote the run to {args.out}")
+        return 0
     print(format_metrics(metrics))
     print(f"run written to {args.out}")
     return 0
+
+
+def _cluster(args: argparse.Namespace):
+    """The multi-worker job this process belongs to (``TF_CONFIG``, or written from ``--workers``)."""
+    import os
+
+    from fuselite.train.distributed import cluster_from_env, tf_config_for
+
+    if args.workers is None:
+        if args.worker_index is not None:
+            raise UserError("--worker-index needs --workers (every worker's host:port)")
+        return cluster_from_env()
+    if args.worker_index is None:
+        raise UserError("--workers needs --worker-index I (0 on the chief)")
+    if os.environ.get("TF_CONFIG"):
+        raise UserError("TF_CONFIG is set and so is --workers; use one of them")
+    os.environ["TF_CONFIG"] = tf_config_for(args.workers, args.worker_index)
+    return cluster_from_env()
 
 
 def _named_config(args: argparse.Namespace):

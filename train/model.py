@@ -339,6 +339,20 @@ def _smoothed(one_hot, smoothing: float):
     return one_hot * (1.0 - smoothing) + smoothing / tf.cast(tf.shape(one_hot)[-1], one_hot.dtype)
 
 
+class _LossMean(keras.metrics.Mean):
+    """The running mean of the loss, loadable from a weights file under a multi-worker strategy.
+
+    Its variables sum across workers when read; assigning them outside a replica
+    step divides the value by the replica count first, which fails on the h5py
+    dataset ``load_weights`` hands over, so the values are read into arrays first.
+    """
+
+    def load_own_variables(self, store):
+        """Loads the saved total and count (as arrays)."""
+        # The store is an h5 entry: it has keys() but is not iterable.
+        super().load_own_variables({key: np.asarray(store[key]) for key in store.keys()})  # noqa: SIM118
+
+
 class FusedModel(keras.Model):
     """Both towers and the scorer, with a training step for the two losses.
 
@@ -379,7 +393,7 @@ class FusedModel(keras.Model):
         self.logit_bias = self.add_weight(
             name="logit_bias", shape=(), initializer=keras.initializers.Constant(-5.0)
         )
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.loss_tracker = _LossMean(name="loss")
         # Set by the trainer for teacher_views="augmented" (fuselite.train.distill).
         self.augmented_view_teacher = None
 

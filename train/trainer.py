@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -33,6 +34,14 @@ from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage
 from fuselite.train.configs import TrainConfig, resolve_backbone, resolve_image_size
 from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
+from fuselite.train.distributed import (
+    chief_output,
+    cluster_from_env,
+    multi_worker_strategy,
+    quiet_collectives,
+    shard_by_data,
+    worker_run_dir,
+)
 from fuselite.train.evaluate import evaluate
 from fuselite.train.features import feature_run_data
 from fuselite.train.init_from import (
@@ -57,6 +66,10 @@ log = logging.getLogger(__name__)
 BATCH_NORM_BATCHES = 100
 # Fine-tuning a pretrained backbone's top blocks starts at this share of the peak rate.
 FINE_TUNE_RATE = 0.1
+# What a worker sees when another worker of its job died: the dead-peer check aborts
+# the collectives (Unavailable), or a collective in flight fails or is cancelled.
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError,
+                 tf.errors.DeadlineExceededError)
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -74,8 +87,28 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
     after the last completed epoch.  A fresh run writes nothing until its data has
     loaded and its labels passed :func:`check_label_texts`; if it then fails before
     its first checkpoint, what it wrote is removed (never what the folder held before).
+
+    When ``TF_CONFIG`` describes a multi-worker job, this process is one worker of it
+    (:mod:`fuselite.train.distributed`): the chief writes ``run_dir``, the others a
+    temporary folder, and a worker that dies stops the job with a :class:`UserError`.
     """
     run_dir = Path(run_dir)
+    cluster = cluster_from_env()
+    if cluster is None:
+        return _train(config, run_dir, resume, distribution_strategy)
+    strategy = multi_worker_strategy(cluster)  # first: collectives are set up before other ops
+    with worker_run_dir(run_dir, cluster, resume) as own_dir, chief_output(cluster), quiet_collectives():
+        try:
+            return _train(config, own_dir, resume, lambda: strategy)
+        except PEER_FAILURES as error:
+            raise UserError(
+                f"{cluster.task} of {cluster.workers}: the job stopped because a worker stopped answering "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); start every worker again "
+                f"with --resume to continue from the last checkpoint in {run_dir}") from None
+
+
+def _train(config: TrainConfig, run_dir: Path, resume: bool, strategy: Callable) -> dict:
+    """:func:`train` on this worker's own folder, with ``strategy()`` for the fit."""
     if config.backbone == "auto" and not resume:
         config = resolve_backbone(config)
     config, splits = _prepare_run_dir(config, run_dir, resume)
@@ -98,7 +131,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             config.save(run_dir / "config.json")
         data.splits.save(run_dir / "splits.json")
         tokenizer.save(run_dir / "tokenizer.json")
-        model = _fit(config, run_dir, data, labels, tokenizer, resume, earlier)
+        model = _fit(config, run_dir, data, labels, tokenizer, resume, earlier, strategy())
         metrics = evaluate(model, tokenizer, labels, data)
         metrics.update(
             train_seconds=round(time.monotonic() - started, 1),
@@ -227,8 +260,9 @@ def _run_dir_kept_only_if_it_trains(run_dir: Path, fresh: bool):
         raise
 
 
-def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool, earlier=None):
-    strategy = distribution_strategy()
+def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, resume: bool, earlier=None,
+         strategy=None):
+    strategy = strategy or distribution_strategy()
     soft_train, soft_val = _teacher_soft_labels(config, data, labels)
     steps = max(1, len(data.train) // config.batch_size)
     with strategy.scope():
@@ -242,6 +276,8 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         fit_data, fit_config = feature_run_data(model, data, config), replace(config, augment=False)
     train_ds = make_dataset(fit_data.train, labels, tokenizer, fit_config, training=True, soft_labels=soft_train)
     val_ds = make_dataset(fit_data.val, labels, tokenizer, fit_config, training=False, soft_labels=soft_val)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
     model(fit_data.train.images[:1])  # build the weights before restoring into them
     checkpoints = CheckpointAndStop(
         run_dir, config.patience, lambda: validation_score(model, fit_data.val, labels),
@@ -255,7 +291,7 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
     if averaging and resume:
         averaging.restore()
     if initial_epoch < config.epochs and not (resume and checkpoints.stopped_early):
-        progress = ProgressBar(config.epochs, steps, initial_epoch)
+        progress = ProgressBar(config.epochs, steps, initial_epoch, shown=strategy.extended.should_save_summary)
         # The average is taken before the checkpoint, so an epoch is never averaged twice.
         callbacks = [averaging, checkpoints, progress] if averaging else [checkpoints, progress]
         callbacks.append(EpochTimer(config.epochs, steps, initial_epoch))
