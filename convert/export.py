@@ -659,7 +659,9 @@ def _tolerance_message(variant: Variant, checks: dict) -> str:
 
 def _loss_text(loss_pt: float | None) -> str:
     """``lost 0.42 pt`` (negative: gained), or why there is no figure."""
-    return "no task metric" if loss_pt is None else f"lost {loss_pt:.2f} pt"
+    if loss_pt is None:
+        return "no task metric"
+    return f"lost {loss_pt:.2f} pt" if loss_pt >= 0 else f"gained {-loss_pt:.2f} pt"
 
 
 def _embed(encoder, images: np.ndarray) -> np.ndarray:

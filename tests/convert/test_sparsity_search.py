@@ -116,3 +116,10 @@ def test_the_cli_reports_the_search_in_convert_report_json(tiny_run, tmp_path, c
     assert variant["status"] == "ok" and variant["numerics"]["sparsity_search"]["chosen"] == 0.9
     # kept sparse in the file: DENSIFY ops feed the pruned 1x1 kernels
     assert any(op.startswith("DENSIFY") for op in variant["ops"])
+
+
+def test_a_candidate_that_gains_accuracy_is_described_as_a_gain():
+    from fuselite.convert.export import _loss_text
+
+    assert _loss_text(-0.094) == "gained 0.09 pt" and _loss_text(0.31) == "lost 0.31 pt"
+    assert _loss_text(None) == "no task metric"
