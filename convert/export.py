@@ -504,7 +504,9 @@ class Converter:
             tried[precision] = self._text_agreement(model, probes)
         info = {"precision": precision, "min_cosine_required": TEXT_INT8_MIN_COSINE,
                 "calibration_texts": len(texts), **tried[precision],
-                "tried": {p: {k: v for k, v in t.items() if k != "worst"} for p, t in tried.items()}}
+                # why each more compact precision was passed over: its figure or its error
+                "rejected": {p: {"error": t["error"]} if "error" in t else {"min_cosine": t["min_cosine"]}
+                             for p, t in tried.items() if p != precision}}
         log.info("text encoder of int8 bundles: %s, %d bytes, min cosine %.4f with float over %d labels "
                  "and %d phrases", precision, len(model), info["min_cosine"], info["labels"], info["phrases"])
         return model, info

@@ -90,6 +90,8 @@ def label_embeddings_on_board(bundle: Bundle, num_threads: int) -> np.ndarray:
     """
     if bundle.concepts is not None:
         return bundle.concepts.label_matrix(bundle.manifest.labels)
+    if not bundle.text_encoder_bytes:  # a fixed-labels bundle: its embeddings are all the board has
+        return bundle.label_embeddings
     text_model, _ = load_model(bundle.text_encoder_bytes, num_threads, "text encoder")
     return np.stack([
         text_model.run(np.asarray([bundle.tokenizer.encode(label)], dtype=text_model.input_dtype))[0]

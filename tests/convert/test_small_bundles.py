@@ -100,8 +100,8 @@ def test_the_text_encoder_falls_back_to_float16_below_the_cosine_floor(tiny_conv
     converter._small_text_encoder = None
     monkeypatch.setattr(export, "TEXT_INT8_MIN_COSINE", 1.01)  # no int8 tower can reach it
     model_bytes, info = converter.text_encoder_for(get_variant("int8"))
-    assert info["precision"] == "float16" and set(info["tried"]) == {"int8", "float16"}
-    assert info["tried"]["int8"]["min_cosine"] < 1.01 and info["min_cosine"] > 0.999
+    assert info["precision"] == "float16" and set(info["rejected"]) == {"int8"}
+    assert info["rejected"]["int8"]["min_cosine"] < 1.01 and info["min_cosine"] > 0.999
     assert _int8_weights(model_bytes) == 0 and model_bytes != tiny_converter.text_encoder_bytes
 
 
@@ -183,3 +183,11 @@ def test_the_report_of_a_fixed_labels_conversion_says_so(tmp_path):
 
     path = write_report(tmp_path, [], {"options": vars(ConvertOptions(fixed_labels=True))})
     assert json.loads(path.read_text())["options"]["fixed_labels"] is True
+
+
+def test_the_board_probe_takes_a_fixed_bundles_label_embeddings_as_they_are(fixed_colour_bundle):
+    """``fuselite devices verify`` runs the probe on the board: a fixed bundle has no text tower to run."""
+    from fuselite.devices.probe import label_embeddings_on_board
+
+    bundle = read_bundle(fixed_colour_bundle)
+    np.testing.assert_array_equal(label_embeddings_on_board(bundle, num_threads=1), bundle.label_embeddings)
