@@ -102,9 +102,15 @@ def train(config: TrainConfig, run_dir: Path, resume: bool = False) -> dict:
             return _train(config, own_dir, resume, lambda: strategy)
         except PEER_FAILURES as error:
             raise UserError(
-                f"{cluster.task} of {cluster.workers}: the job stopped because a worker stopped answering "
-                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); start every worker again "
-                f"with --resume to continue from the last checkpoint in {run_dir}") from None
+                f"{cluster.task} of {cluster.workers}: the job stopped, another worker stopped answering "
+                f"({_peer_failure(error)}); start every worker again with --resume to continue from the "
+                f"last checkpoint in {run_dir}") from None
+
+
+def _peer_failure(error: Exception) -> str:
+    """TensorFlow's reason for a failed collective, without the op name it starts with."""
+    text = (error.message if hasattr(error, "message") else str(error)).strip().splitlines()[0]
+    return text.rsplit("}} ", 1)[-1][:160]
 
 
 def _train(config: TrainConfig, run_dir: Path, resume: bool, strategy: Callable) -> dict:
@@ -297,8 +303,11 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         callbacks.append(EpochTimer(config.epochs, steps, initial_epoch))
         # Log lines (the ETA) go above the bar instead of being overwritten by its next redraw.
         with logging_redirect_tqdm():
-            model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                      callbacks=callbacks, verbose=0)
+            try:
+                model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                          callbacks=callbacks, verbose=0)
+            finally:  # a failed fit leaves the bar open, to be redrawn below the error at exit
+                progress.bar.close()
     _keep_final_weights(model, checkpoints, averaging, train_ds, fit_data.val, labels)
     (run_dir / "history.json").write_text(json.dumps(checkpoints.state["history"], indent=1))
     if config.pretrained:
