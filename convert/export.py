@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 # apply on which the calibrated rule may fire.
 PHRASE_REFERENCE_FRAMES = 64
 PHRASE_REFERENCE_VALUES = 32_768
-PHRASE_FALSE_RATE = 0.05
+PHRASE_FALSE_RATE = 0.01
 
 
 @dataclass(frozen=True)
