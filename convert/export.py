@@ -41,13 +41,6 @@ from fuselite.interpreter import interpreter_version
 from fuselite.scoring import Scorer
 
 log = logging.getLogger(__name__)
-# Typed phrases that are none of the bundle's labels (manifest phrase_calibration): the
-# reference frames shipped (at most), the numbers they may take in the manifest (a
-# regional model's frame is cells x dim), and the share of frames where a phrase does not
-# apply on which the calibrated rule may fire.
-PHRASE_REFERENCE_FRAMES = 64
-PHRASE_REFERENCE_VALUES = 32_768
-PHRASE_FALSE_RATE = 0.01
 
 
 @dataclass(frozen=True)
@@ -165,7 +158,7 @@ class Converter:
         self.text_encoder_error = self._text_encoder_error()
         self.calibration = _sample(data.train.images, options.calibration_samples, options.seed)
         self.reference = self._reference(run.image_encoder)
-        self.default_threshold, self.phrase_calibration = self._typed_label_thresholds()
+        self.default_threshold = self._default_threshold()
         self._compressed: dict[str, tuple] = {}
         self._small_text_encoder: tuple[bytes, dict] | None = None
 
@@ -385,8 +378,6 @@ class Converter:
             sparsity=result.sparsity,
             provenance=self._provenance(variant, model_bytes, result, extra),
             numerics=result.numerics,
-            # A fixed-labels bundle scores its own labels only: no phrase to calibrate.
-            phrase_calibration=None if self.options.fixed_labels else self.phrase_calibration,
         )
         if self.options.fixed_labels:
             data = pack_bundle(model_bytes=model_bytes, manifest=manifest, label_embeddings=self.label_embeddings,
@@ -470,27 +461,10 @@ class Converter:
         probs = self.scorer(_embed(encoder, val.images), self.label_embeddings)
         return [float(t) for t in np.clip(m.calibrate_thresholds(probs, val.multi_hot(self.run.labels)), 0, 1)]
 
-    def _typed_label_thresholds(self) -> tuple[float, dict]:
-        """The manifest's ``default_threshold`` and ``phrase_calibration``, from validation.
-
-        ``default_threshold`` is one F1-best threshold over the run's own labels.  A phrase
-        typed on the board that is none of them scores on its own scale, so the bundle
-        also ships a few validation image embeddings (the reference) and the spread factor
-        at which the run's labels, judged against their own reference scores, fire on at
-        most :data:`PHRASE_FALSE_RATE` of the frames they do not apply to
-        (:func:`fuselite.runtime.labels.phrase_threshold`).
-        """
+    def _default_threshold(self) -> float:
         val = self.data.val
-        embeddings = _embed(self.run.image_encoder, val.images)
-        targets = val.multi_hot(self.run.labels)
-        default = numerics.global_threshold(self.scorer(embeddings, self.label_embeddings), targets)
-        reference = _round(_sample(embeddings, _reference_size(embeddings), self.options.seed))
-        factor = numerics.phrase_spread_factor(
-            self.scorer.logits(embeddings, self.label_embeddings),
-            self.scorer.logits(reference, self.label_embeddings), targets, PHRASE_FALSE_RATE)
-        log.info("typed phrases: %d reference frames, threshold at their median + %.1f std (labels fire on "
-                 "<= %.0f%% of frames they do not apply to)", len(reference), factor, 100 * PHRASE_FALSE_RATE)
-        return default, {"reference": reference.tolist(), "spread_factor": factor, "false_rate": PHRASE_FALSE_RATE}
+        probs = self.scorer(_embed(self.run.image_encoder, val.images), self.label_embeddings)
+        return numerics.global_threshold(probs, val.multi_hot(self.run.labels))
 
     # --- the text encoder of each bundle ----------------------------------------
 
@@ -696,18 +670,6 @@ def _embed(encoder, images: np.ndarray) -> np.ndarray:
     from fuselite.train.pipeline import embed_images
 
     return embed_images(encoder, images)
-
-
-def _reference_size(embeddings: np.ndarray) -> int:
-    """How many reference frames ``phrase_calibration`` ships: up to :data:`PHRASE_REFERENCE_FRAMES`,
-    fewer for regional models so the manifest holds at most :data:`PHRASE_REFERENCE_VALUES` numbers."""
-    per_frame = int(np.prod(embeddings.shape[1:]))
-    return max(1, min(PHRASE_REFERENCE_FRAMES, len(embeddings), PHRASE_REFERENCE_VALUES // per_frame))
-
-
-def _round(embeddings: np.ndarray) -> np.ndarray:
-    """Embeddings to 4 decimals (a unit vector's cosines move by < 1e-3): a third of the JSON."""
-    return np.round(embeddings.astype(np.float64), 4)
 
 
 def _sample(images: np.ndarray, n: int, seed: int) -> np.ndarray:

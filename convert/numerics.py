@@ -16,9 +16,6 @@ import numpy as np
 from fuselite import metrics as m
 from fuselite.interpreter import interpreter_class, interpreter_name, tensor_quantization
 
-# Spread factors tried for unseen phrases, lowest first (0.1 apart up to 8 standard deviations).
-SPREAD_FACTORS = np.round(np.arange(0.0, 8.01, 0.1), 1)
-
 
 class InterpreterError(RuntimeError):
     """The interpreter cannot load or run a converted model; the message says why."""
@@ -98,28 +95,6 @@ def global_threshold(probabilities: np.ndarray, targets: np.ndarray) -> float:
     """One F1-best threshold over every (image, label) pair, for labels typed at run time."""
     threshold = m.calibrate_thresholds(probabilities.reshape(-1, 1), targets.reshape(-1, 1))[0]
     return float(np.clip(threshold, 0.0, 1.0))
-
-
-def phrase_spread_factor(logits: np.ndarray, reference_logits: np.ndarray, targets: np.ndarray,
-                         false_rate: float) -> float:
-    """The smallest spread factor (of :data:`SPREAD_FACTORS`) at which the phrase rule of
-    :func:`fuselite.runtime.labels.phrase_threshold` fires on at most ``false_rate`` of the
-    (image, label) pairs where the label does not apply.
-
-    ``logits`` ``[images, labels]`` are validation logits with multi-hot ``targets``, and
-    ``reference_logits`` the same labels' logits on the reference images the bundle ships.
-    The bundle's own labels stand in for unseen phrases: the rule measures each phrase
-    against its own scores, which takes out the shift that sets unseen phrases apart.
-    """
-    from fuselite.runtime.labels import phrase_threshold
-
-    negatives = ~np.asarray(targets, bool)
-    probabilities = m.sigmoid(np.asarray(logits, np.float64))
-    for factor in SPREAD_FACTORS:
-        fires = probabilities >= phrase_threshold(reference_logits, factor, 0.0)
-        if not negatives.any() or fires[negatives].mean() <= false_rate:
-            return float(factor)
-    return float(SPREAD_FACTORS[-1])
 
 
 def _interpreter(model_bytes: bytes, num_threads: int):

@@ -132,8 +132,6 @@ MAX_ARENA_BYTES = 512 * 1024 * 1024
 MAX_LOGIT_SCALE = 1000.0
 MAX_LOGIT_BIAS = 1000.0
 MAX_EMBEDDING_NORM = 1000.0
-MAX_PHRASE_REFERENCE = 256  # reference images of phrase_calibration (convert ships 32-64)
-MAX_SPREAD_FACTOR = 100.0
 # Bits per element by TFLite TensorType, in the schema's order (FLOAT32, FLOAT16, INT32,
 # ..., INT4, BFLOAT16, INT2, UINT4, FLOAT8 x2); unknown types count as 8.
 ELEMENT_BITS = (32, 16, 32, 8, 64, 8, 8, 16, 64, 8, 64, 128, 64, 8, 8, 32, 16, 4, 16, 2, 4, 8, 8)
@@ -205,12 +203,6 @@ class Manifest:
             or ``"fixed"`` (only the default labels' embeddings; schema 4).
         output_activation: What the board applies to the image model's output before
             scoring: ``"none"``, or ``"softmax"`` (class logits -> probabilities; schema 2 only).
-        phrase_calibration: Optional; how a typed phrase that is none of ``labels`` gets its
-            threshold: ``{"reference": [...], "spread_factor": k, "false_rate": r}``, a few
-            validation image embeddings (``[n, D]`` or ``[n, cells, D]``) on which the board
-            scores the phrase; it fires above ``max(default_threshold, sigmoid(median + k *
-            std))`` of its own logits there (:func:`fuselite.runtime.labels.phrase_threshold`).
-            None (older bundles): ``default_threshold``.
     """
 
     variant: str
@@ -231,7 +223,6 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     label_source: str = "text_encoder"
     output_activation: str = "none"
-    phrase_calibration: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """Serialises the manifest as JSON text."""
@@ -696,33 +687,7 @@ def _manifest_from_dict(data: Any) -> Manifest:
         schema_version=version,
         label_source=label_source,
         output_activation=activation,
-        phrase_calibration=_phrase_calibration(data.get("phrase_calibration"), dim),
     )
-
-
-def _phrase_calibration(value: Any, dim: int) -> dict[str, Any] | None:
-    """The optional ``phrase_calibration`` field, checked: reference embeddings the board can
-    score (1 to :data:`MAX_PHRASE_REFERENCE` of them, ``dim`` wide, finite) and a spread factor."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("reference"), list):
-        raise BundleError("manifest phrase_calibration must be an object with a 'reference' list")
-    try:
-        reference = np.asarray(value["reference"], dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BundleError("manifest phrase_calibration.reference must be a list of equal-length "
-                          "number lists (image embeddings)") from None
-    if reference.ndim not in (2, 3) or reference.shape[-1] != dim or not 1 <= len(reference) <= MAX_PHRASE_REFERENCE:
-        raise BundleError(f"manifest phrase_calibration.reference has shape {list(reference.shape)}; it needs "
-                          f"1 to {MAX_PHRASE_REFERENCE} image embeddings of embedding_dim {dim}")
-    if not np.all(np.isfinite(reference)) or np.abs(reference).max() > MAX_EMBEDDING_NORM:
-        raise BundleError("manifest phrase_calibration.reference holds NaN, infinity or huge values")
-    factor = value.get("spread_factor")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.0 <= factor <= MAX_SPREAD_FACTOR:
-        raise BundleError(f"manifest phrase_calibration.spread_factor must be a number from 0 to {MAX_SPREAD_FACTOR:g}")
-    rate = value.get("false_rate", 0.0)
-    return {"reference": value["reference"], "spread_factor": float(factor),
-            "false_rate": _probability(rate, "phrase_calibration.false_rate")}
 
 
 def _field(data: dict, name: str, kind) -> Any:

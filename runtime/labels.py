@@ -3,8 +3,7 @@
 Typed labels are embedded by the bundle's text encoder on the board itself, so a
 user can ask for ``"red circle,blue star,cup"`` without retraining and without a
 host.  A typed label that is also one of the bundle's labels keeps its
-precomputed embedding and calibrated threshold; any other phrase gets a threshold
-relative to its own scores on the bundle's reference frames (:func:`phrase_threshold`).  A fixed-labels bundle
+precomputed embedding and calibrated threshold.  A fixed-labels bundle
 (``fuselite convert --fixed-labels``) has no text encoder: it scores any of its own
 labels, and names them when asked for another.
 """
@@ -22,7 +21,6 @@ from fuselite.bundle import Bundle, BundleError
 from fuselite.concepts import normalise_label, word_variants
 from fuselite.errors import UserError
 from fuselite.runtime.interpreter import TfliteModel
-from fuselite.scoring import label_logits, sigmoid
 from fuselite.tokenizer import Tokenizer, split_words
 
 log = logging.getLogger(__name__)
@@ -83,7 +81,6 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
         )
     new = [read_as[t] for t in texts if read_as[t] not in known]
     new_embeddings = embed_texts(bundle, new, num_threads) if new else {}
-    new_thresholds = dict(zip(new, phrase_thresholds(bundle, np.stack([new_embeddings[w] for w in new])))) if new else {}
     embeddings, thresholds = [], []
     for text in texts:
         wording = read_as[text]
@@ -92,51 +89,10 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
             thresholds.append(bundle.manifest.thresholds[known[wording]])
         else:
             embeddings.append(new_embeddings[wording])
-            thresholds.append(new_thresholds[wording])
-        _log_reading(bundle, text, wording, wording in known, thresholds[-1])
+            thresholds.append(bundle.manifest.default_threshold)
     return LabelSet(
         texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32)
     )
-
-
-def phrase_thresholds(bundle: Bundle, embeddings: np.ndarray) -> np.ndarray:
-    """Thresholds of typed phrases that are none of the bundle's labels, one per row of
-    ``embeddings``: :func:`phrase_threshold` on the manifest's ``phrase_calibration``, or
-    its ``default_threshold`` when the bundle has none (converted before it existed)."""
-    manifest = bundle.manifest
-    calibration = manifest.phrase_calibration
-    if calibration is None:
-        return np.full(len(embeddings), manifest.default_threshold, np.float32)
-    reference = np.asarray(calibration["reference"], np.float32)
-    logits = label_logits(reference, embeddings, manifest.logit_scale, manifest.logit_bias)
-    return phrase_threshold(logits, calibration["spread_factor"], manifest.default_threshold)
-
-
-def phrase_threshold(reference_logits: np.ndarray, spread_factor: float, floor: float) -> np.ndarray:
-    """Per phrase (column of ``reference_logits`` ``[images, phrases]``), the probability it
-    must reach to fire: ``max(floor, sigmoid(median + spread_factor * std))`` of its logits
-    on the reference images.
-
-    A phrase never trained as a label scores on its own scale (all frames high, or all
-    low), so one global threshold lets it fire nearly everywhere; measured against its
-    own scores on typical frames, it fires only where it stands out.  ``floor`` (the
-    bundle's default threshold) keeps it from firing more often than before.
-    """
-    logits = np.asarray(reference_logits, np.float64)
-    level = np.median(logits, axis=0) + spread_factor * logits.std(axis=0)
-    return np.maximum(floor, sigmoid(level)).astype(np.float32)
-
-
-def _log_reading(bundle: Bundle, text: str, wording: str, own: bool, threshold: float) -> None:
-    """One line per typed label: the words it was read as and the threshold it got."""
-    if own:
-        if wording != text:
-            log.info("label %r read as %r (the bundle's words): its own threshold %.3f", text, wording, threshold)
-        return
-    why = ("relative to its scores on the bundle's reference frames" if bundle.manifest.phrase_calibration
-           else "the bundle's default threshold")
-    log.info("label %r read as %r (the bundle's words), not one of its labels: threshold %.3f (%s)",
-             text, wording, threshold, why)
 
 
 def bundle_wording(bundle: Bundle, text: str) -> str:
@@ -151,7 +107,10 @@ def bundle_wording(bundle: Bundle, text: str) -> str:
         return text
     vocabulary = set(bundle.tokenizer.vocab)
     words = [_known_form(word, vocabulary) for word in normalise_label(text).split()]
-    return " ".join(words)
+    wording = " ".join(words)
+    if wording != text:
+        log.info("label %r read as %r (the bundle's words)", text, wording)
+    return wording
 
 
 def _known_form(word: str, vocabulary: set[str]) -> str:
