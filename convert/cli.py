@@ -52,11 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-loss", type=float, default=1.0, metavar="PT",
         help="accuracy budget: a variant whose numbers drift past its tolerance is still written when "
-             "its task metric on the test split loses at most PT points against Keras (default: 1.0)",
+             "its task metric on the validation split loses at most PT points against Keras (default: 1.0)",
     )
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress bars (they go to stderr, and only when it is a terminal)")
-    parser.add_argument("--eval-samples", type=int, default=0, help="test images to check on (0: all)")
+    parser.add_argument("--eval-samples", type=int, default=0,
+                        help="images of each split (validation, test) to check on (0: all)")
     parser.add_argument(
         "--finetune-steps", type=int, default=None,
         help="fine-tuning steps of pruned, clustered and qat variants (default: about 7 epochs of "
