@@ -135,15 +135,16 @@ def _core_times() -> dict[int, tuple[int, int]]:
 class LoadSample:
     """The idle share of each core over a window that starts when this is made.
 
-    The window may cover this process's own work (loading the model): its CPU time is
-    counted as idle, credited to the core the calling thread runs on, since the
-    question is what *other* programs leave free.
+    The window may cover this process's own work (loading the model, and the load
+    probe's child process): that CPU time is counted as idle, since the question is
+    what *other* programs leave free.  It is credited to the core the calling thread
+    runs on first, then to the busiest other cores.
     """
 
     def __init__(self) -> None:
         self._start = _core_times()
         self._started = time.monotonic()
-        self._own_cpu = time.process_time()
+        self._own_cpu = _own_cpu_seconds()
 
     def idle_shares(self, min_seconds: float = LOAD_SAMPLE_SECONDS) -> dict[int, float]:
         """``core -> idle share (0-1)`` since creation, waiting until ``min_seconds`` have passed.
@@ -157,11 +158,27 @@ class LoadSample:
             idle_then, total_then = self._start.get(core, (idle, total))
             if total > total_then:
                 shares[core] = (idle - idle_then) / (total - total_then)
-        own_core = _current_core()
-        if own_core in shares and wall > 0:
-            own_share = (time.process_time() - self._own_cpu) / wall
-            shares[own_core] = min(1.0, shares[own_core] + own_share)
+        if shares and wall > 0:
+            _credit(shares, (_own_cpu_seconds() - self._own_cpu) / wall, _current_core())
         return shares
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have ended (the load probe)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def _credit(shares: dict[int, float], own: float, own_core: int | None) -> None:
+    """Counts ``own`` cores' worth of this process's CPU as idle: its own core first,
+    then the busiest others (where the rest of its work most likely ran)."""
+    order = sorted(shares, key=lambda core: (core != own_core, shares[core]))
+    for core in order:
+        if own <= 0:
+            return
+        added = min(own, 1.0 - shares[core])
+        shares[core] += added
+        own -= added
 
 
 def _current_core() -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuselite.scoring import FrameScorer, activate, label_probabilities
+from fuselite.scoring import FrameScorer, activate, label_probabilities, sigmoid
 
 
 def test_the_frame_scorer_equals_the_batch_scorer_for_global_and_regional_outputs():
@@ -53,3 +53,17 @@ def test_an_output_that_would_score_nan_is_named(output, words):
 def test_a_quantized_output_whose_scale_overflows_is_named():
     scorer = FrameScorer(np.ones((2, 4), np.float32), 10.0, -5.0, output_quant=(1e38, 0))
     assert "NaN or infinity" in scorer.problem(np.array([[255, 0, 0, 0]], np.uint8))
+
+
+@pytest.mark.parametrize("quant", [None, (0.004, 0)])
+def test_a_large_sparse_label_matrix_scores_like_the_dense_product(quant):
+    # An imported classifier's identity rows and a zero-shot bundle's multi-hot concepts.
+    rng = np.random.default_rng(0)
+    embeddings = np.zeros((40, 1000), np.float32)
+    embeddings[np.arange(40), rng.choice(1000, 40, replace=False)] = 1.0
+    embeddings[3, rng.choice(1000, 25, replace=False)] = 1.0  # "animal" covering many classes
+    output = rng.integers(0, 256, (1, 1000)).astype(np.uint8) if quant else rng.random((1, 1000), np.float32)
+    scorer = FrameScorer(embeddings, 10.0, -2.5, output_quant=quant, output_activation="softmax")
+    assert scorer._sparse is not None
+    dense = sigmoid(scorer.embedding(output) @ scorer.weights + np.float32(-2.5))
+    np.testing.assert_allclose(scorer(output), dense, rtol=1e-5, atol=1e-6)
