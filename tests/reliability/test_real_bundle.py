@@ -44,6 +44,20 @@ def regional_int8_bundle(tiny_run, tmp_path_factory):
     return result.path
 
 
+@pytest.fixture(scope="module")
+def regional_fp32_bundle(tiny_run, tmp_path_factory):
+    """The fp32 bundle of the session's scenes-tiny run: its text encoder is float32 (an
+    int8 bundle's text encoder is int8 too)."""
+    from fuselite.convert.export import Converter, ConvertOptions
+    from fuselite.convert.variants import get_variant
+
+    out = tmp_path_factory.mktemp("regional-fp32-bundles")
+    options = ConvertOptions(calibration_samples=50, eval_samples=50, num_threads=1)
+    result = Converter.load(tiny_run, out, options).convert(get_variant("fp32"))
+    assert result.status == "ok", result.message
+    return result.path
+
+
 def test_a_bundle_converted_from_a_regional_run_annotates_frames(
     regional_int8_bundle, two_images, tmp_path
 ):
@@ -87,11 +101,12 @@ def test_a_text_encoder_whose_operator_writes_its_own_input_is_refused_not_a_seg
 
 
 def test_a_text_encoder_with_a_float_tensor_declared_int8_is_refused_not_a_heap_corruption(
-    regional_int8_bundle, two_images, tmp_path
+    regional_fp32_bundle, two_images, tmp_path
 ):
     """XNNPACK corrupts the heap (SIGABRT when freed): no static check sees it, so the load
-    probe's child dies instead of `fuselite run`, and the death is the error message."""
-    case = _text_encoder_case(regional_int8_bundle, "reshape-retyped", lambda model:
+    probe's child dies instead of `fuselite run`, and the death is the error message.
+    (A float32 text encoder: the one of an fp32 bundle.)"""
+    case = _text_encoder_case(regional_fp32_bundle, "reshape-retyped", lambda model:
                               output_retyped(model, schema.BuiltinOperator.RESHAPE, INT8))
     (outcome,) = run_cases([case], Sandbox(tmp_path / "sandbox", two_images))
     assert outcome.verdict == "rejected", outcome
