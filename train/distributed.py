@@ -8,6 +8,9 @@
   :func:`tf_config_for` writes one from ``--workers`` and ``--worker-index``.
 * :func:`multi_worker_strategy` - ``tf.distribute.MultiWorkerMirroredStrategy``
   with a bounded wait for the other workers and a quick dead-peer check.
+* :class:`Shard` - the items one worker owns (``index % workers == worker``): the
+  frozen-feature phase computes and caches a pretrained backbone's feature maps of
+  its own shard only, and :func:`sharded_training_data` trains each worker on them.
 * :func:`worker_run_dir` - where this worker writes: the chief writes the run
   directory; the others write to a temporary folder that is removed afterwards,
   as TensorFlow's multi-worker guide prescribes (every worker must save, since
@@ -28,6 +31,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fuselite.errors import UserError
 
@@ -65,6 +70,37 @@ class Cluster:
     def is_chief(self) -> bool:
         """True for the one task that writes the run directory and the logs."""
         return self.index == 0
+
+    @property
+    def shard(self) -> Shard:
+        """The items this worker owns."""
+        return Shard(index=self.index, workers=self.workers)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One worker's share of a split: the items whose position ``% workers == index``.
+
+    Interleaved rather than contiguous, so every shard draws from the whole split
+    (a split ordered by source or label still gives each worker a bit of everything),
+    and the shards of any split size differ by at most one item.
+
+    Attributes:
+        index: This worker's rank, 0 to ``workers - 1``.
+        workers: How many workers share the split.
+    """
+
+    index: int
+    workers: int
+
+    def items(self, count: int) -> np.ndarray:
+        """The positions, among ``count`` items, that this worker owns."""
+        return np.arange(self.index, count, self.workers, dtype=np.int64)
+
+    @property
+    def name(self) -> str:
+        """``"shard1of2"``: names this worker's files (feature caches) apart from other shardings."""
+        return f"shard{self.index}of{self.workers}"
 
 
 def cluster_from_env(environ: Mapping[str, str] = os.environ) -> Cluster | None:
@@ -230,3 +266,28 @@ def gather_replicas(x):
     if context is None or context.num_replicas_in_sync == 1:
         return x
     return context.all_gather(x, axis=0)
+
+
+def sharded_training_data(strategy, make_shard_dataset, shard: Shard, items: int, batch_size: int):
+    """The training input of the frozen-feature phase when each worker holds only its shard.
+
+    ``make_shard_dataset(replica_batch)`` builds this worker's tf.data pipeline over its
+    own items, in batches of one replica.  Each step every replica takes
+    ``batch_size // replicas`` items (the global batch, as with tf.data's ``DATA``
+    sharding), and every worker runs the same number of steps, which the smallest
+    shard allows: a worker that ran one step more than the others would wait for
+    them for ever.
+
+    Returns:
+        ``(distributed dataset, steps per epoch, per-worker dataset)``; the last one
+        for what reads training batches outside the fit (batch-norm re-estimation).
+    """
+    replicas = strategy.num_replicas_in_sync
+    per_replica = max(1, batch_size // replicas)
+    per_worker = per_replica * max(1, replicas // shard.workers)  # several GPUs on a worker
+    steps = max(1, (items // shard.workers) // per_worker)
+    local = make_shard_dataset(per_replica)
+    # Built by this worker from its own items: no auto-sharding on top.  Repeated, so
+    # the epochs are cut at ``steps`` and never run dry.
+    distributed = strategy.distribute_datasets_from_function(lambda _context: local.repeat())
+    return distributed, steps, local

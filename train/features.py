@@ -8,6 +8,11 @@ on them in seconds.  The cache is keyed by the backbone, its weights, the input
 size and the exact image bytes, so a second run on the same data starts at once
 and any change to the data or the backbone computes afresh.
 
+In a multi-worker job each worker computes and caches only its own shard of the
+training items (:class:`fuselite.train.distributed.Shard`), so the backbone's cost
+is split across the workers; the file names the shard (``<key>-shard1of2.npy``), so
+runs with other numbers of workers never read each other's caches.
+
 They live in ``features/`` under ``$FUSELITE_CACHE_DIR`` (default ``~/.cache/fuselite``).
 """
 
@@ -66,11 +71,18 @@ def backbone_id(config) -> str:
     return f"{config.backbone}|{weights}|{config.image_size}"
 
 
-def feature_run_data(model, data, config):
-    """``data`` with its training and validation pictures replaced by cached feature maps."""
+def feature_run_data(model, data, config, shard=None):
+    """``data`` with its training and validation pictures replaced by cached feature maps.
+
+    With a ``shard`` (:class:`fuselite.train.distributed.Shard`), the training split
+    keeps only this worker's items, and only their feature maps are computed.  The
+    validation split stays whole: every worker scores all of it, so that all take the
+    same checkpoint and early-stopping decisions.
+    """
     backbone = model.image_parts[0]
     key = backbone_id(config)
-    train = FeatureSplit(backbone_features(backbone, data.train.images, key, "train"), data.train)
+    source = data.train if shard is None else data.train.subset(shard.items(len(data.train)))
+    train = FeatureSplit(backbone_features(backbone, data.train.images, key, "train", shard), source)
     val = FeatureSplit(backbone_features(backbone, data.val.images, key, "validation"), data.val)
     return replace(data, train=train, val=val)
 
@@ -91,13 +103,17 @@ def cache_key(images: np.ndarray, backbone_id: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def backbone_features(backbone, images: np.ndarray, backbone_id: str, what: str) -> np.ndarray:
+def backbone_features(backbone, images: np.ndarray, backbone_id: str, what: str, shard=None) -> np.ndarray:
     """The backbone's feature maps of uint8 ``images`` ``[N, S, S, 3]``, as float16.
 
     Read from the cache when this backbone has already seen exactly these images;
     otherwise computed in batches with a progress bar and written to the cache.
+    With a ``shard``, only the shard's items (``shard.items(N)``, in that order).
     """
-    path = features_dir() / f"{cache_key(images, backbone_id)}.npy"
+    path = feature_cache_path(images, backbone_id, shard)
+    if shard is not None:
+        images = images[shard.items(len(images))]
+        what = f"{what} ({shard.name})"
     cached = _read_cache(path, len(images))
     if cached is not None:
         log.info("%s: %d cached feature maps from %s", what, len(images), path)
@@ -108,6 +124,12 @@ def backbone_features(backbone, images: np.ndarray, backbone_id: str, what: str)
     except OSError as exc:  # a full or read-only disk costs the cache, not the run
         log.warning("could not cache feature maps in %s (%s)", path.parent, exc.strerror)
     return features
+
+
+def feature_cache_path(images: np.ndarray, backbone_id: str, shard=None) -> Path:
+    """The cache file of the feature maps of ``images`` (all of them, or ``shard``'s items only)."""
+    key = cache_key(images, backbone_id)
+    return features_dir() / (f"{key}.npy" if shard is None else f"{key}-{shard.name}.npy")
 
 
 def _compute(backbone, images: np.ndarray, what: str) -> np.ndarray:

@@ -40,6 +40,7 @@ from fuselite.train.distributed import (
     multi_worker_strategy,
     quiet_collectives,
     shard_by_data,
+    sharded_training_data,
     worker_run_dir,
 )
 from fuselite.train.evaluate import evaluate
@@ -275,15 +276,8 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         model, optimizer = _build_model(config, data, labels, tokenizer, steps)
     if earlier is not None and not resume:  # a resumed run restores its own checkpoint
         load_earlier_weights(model, earlier)
-    # A pretrained backbone is frozen: its feature maps are computed once, and the
-    # epochs train the head and the text tower on them (no pixel augmentation).
-    fit_data, fit_config = data, config
-    if config.pretrained:
-        fit_data, fit_config = feature_run_data(model, data, config), replace(config, augment=False)
-    train_ds = make_dataset(fit_data.train, labels, tokenizer, fit_config, training=True, soft_labels=soft_train)
-    val_ds = make_dataset(fit_data.val, labels, tokenizer, fit_config, training=False, soft_labels=soft_val)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        train_ds, val_ds = shard_by_data(train_ds), shard_by_data(val_ds)
+    fit_data, fit_train, fit_steps, train_ds, val_ds = _fit_inputs(
+        model, config, data, labels, tokenizer, strategy, soft_train, soft_val)
     model(fit_data.train.images[:1])  # build the weights before restoring into them
     checkpoints = CheckpointAndStop(
         run_dir, config.patience, lambda: validation_score(model, fit_data.val, labels),
@@ -297,6 +291,7 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
     if averaging and resume:
         averaging.restore()
     if initial_epoch < config.epochs and not (resume and checkpoints.stopped_early):
+        steps = fit_steps or steps  # a worker's shard (feature phase) may give one step fewer
         progress = ProgressBar(config.epochs, steps, initial_epoch, shown=strategy.extended.should_save_summary)
         # The average is taken before the checkpoint, so an epoch is never averaged twice.
         callbacks = [averaging, checkpoints, progress] if averaging else [checkpoints, progress]
@@ -304,8 +299,8 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         # Log lines (the ETA) go above the bar instead of being overwritten by its next redraw.
         with logging_redirect_tqdm():
             try:
-                model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                          callbacks=callbacks, verbose=0)
+                model.fit(fit_train, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                          steps_per_epoch=fit_steps, callbacks=callbacks, verbose=0)
             finally:  # a failed fit leaves the bar open, to be redrawn below the error at exit
                 progress.bar.close()
     _keep_final_weights(model, checkpoints, averaging, train_ds, fit_data.val, labels)
@@ -315,6 +310,36 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
         if config.unfreeze and config.unfreeze_epochs:
             _fine_tune(model, config, data, labels, tokenizer, soft_train)
     return model
+
+
+def _fit_inputs(model: FusedModel, config: TrainConfig, data: RunData, labels, tokenizer, strategy, soft_train,
+                soft_val):
+    """What the fit reads: ``(fit_data, train input, steps per epoch or None, train dataset, val dataset)``.
+
+    A pretrained backbone is frozen: its feature maps are computed once, and the epochs
+    train the head and the text tower on them (no pixel augmentation).  In a
+    multi-worker job each worker then computes the feature maps of its own shard only
+    and trains on it (:func:`sharded_training_data`); pixels are shared out by tf.data
+    instead, batch by batch (:func:`shard_by_data`).  The train dataset is this
+    worker's, for what reads batches outside the fit.
+    """
+    fit_data, fit_config = data, config
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    shard = cluster_from_env().shard if multi_worker and config.pretrained else None
+    if config.pretrained:
+        fit_data, fit_config = feature_run_data(model, data, config, shard), replace(config, augment=False)
+    if shard is not None and soft_train is not None:
+        soft_train = soft_train[shard.items(len(soft_train))]
+    val_ds = make_dataset(fit_data.val, labels, tokenizer, fit_config, training=False, soft_labels=soft_val)
+    val_ds = shard_by_data(val_ds) if multi_worker else val_ds
+    if shard is not None:  # this worker's own items, at its share of the global batch
+        fit_train, fit_steps, train_ds = sharded_training_data(
+            strategy, lambda batch: make_dataset(fit_data.train, labels, tokenizer, replace(fit_config, batch_size=batch),
+                                                 training=True, soft_labels=soft_train),
+            shard, len(data.train), config.batch_size)
+        return fit_data, fit_train, fit_steps, train_ds, val_ds
+    train_ds = make_dataset(fit_data.train, labels, tokenizer, fit_config, training=True, soft_labels=soft_train)
+    return fit_data, (shard_by_data(train_ds) if multi_worker else train_ds), None, train_ds, val_ds
 
 
 def _fine_tune(model: FusedModel, config: TrainConfig, data: RunData, labels, tokenizer, soft_train) -> None:
