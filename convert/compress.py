@@ -66,38 +66,45 @@ class SparsitySearch:
         chosen: The sparsity whose attempt passed, or ``None`` if none did.
         outcome: What the passing attempt returned (the last attempt's if none passed).
         tried: One record per candidate tried, highest first: ``sparsity``, ``passed``,
-            ``loss_pt`` (points lost against Keras, or ``None``) and ``why`` (one line).
+            ``loss_pt`` (points lost against Keras on the ``judged_on`` split, or ``None``)
+            and ``why`` (one line).
         pinned: Whether ``--sparsity`` pinned the single candidate.
+        judged_on: The split the candidates were judged on: ``"validation"``, so that the
+            test split, never used to choose, still gives an unbiased figure for the one
+            written (``"test"`` only when the run's validation split has no task metric).
     """
 
     chosen: float | None
     outcome: object
     tried: list
     pinned: bool
+    judged_on: str = "validation"
 
     def record(self) -> dict:
         """JSON-ready form for the manifest and ``convert-report.json``."""
-        return {"chosen": self.chosen, "pinned": self.pinned, "candidates": self.tried}
+        return {"chosen": self.chosen, "pinned": self.pinned, "judged_on": self.judged_on,
+                "candidates": self.tried}
 
 
-def search_sparsity(candidates, attempt, pinned: bool = False) -> SparsitySearch:
+def search_sparsity(candidates, attempt, pinned: bool = False, judged_on: str = "validation") -> SparsitySearch:
     """Tries ``candidates`` (highest first) until one passes; keeps the highest that does.
 
-    ``attempt(sparsity)`` prunes, fine-tunes, converts and judges one candidate and
-    returns ``(passed, loss_pt, why, go_on, outcome)``: ``go_on`` is False when a lower
-    sparsity cannot help (the converter failed, or the target cannot load the ops).
+    ``attempt(sparsity)`` prunes, fine-tunes, converts and judges one candidate on the
+    ``judged_on`` split and returns ``(passed, loss_pt, why, go_on, outcome)``: ``go_on``
+    is False when a lower sparsity cannot help (the converter failed, or the target
+    cannot load the ops).
     """
     tried, outcome = [], None
     for sparsity in candidates:
         passed, loss_pt, why, go_on, outcome = attempt(sparsity)
         tried.append({"sparsity": sparsity, "passed": passed,
                       "loss_pt": None if loss_pt is None else round(loss_pt, 3), "why": why})
-        log.info("sparsity %.2f: %s", sparsity, why)
+        log.info("sparsity %.2f (judged on %s): %s", sparsity, judged_on, why)
         if passed:
-            return SparsitySearch(sparsity, outcome, tried, pinned)
+            return SparsitySearch(sparsity, outcome, tried, pinned, judged_on)
         if not go_on:
             break
-    return SparsitySearch(None, outcome, tried, pinned)
+    return SparsitySearch(None, outcome, tried, pinned, judged_on)
 
 
 @dataclass(frozen=True)

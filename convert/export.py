@@ -2,10 +2,12 @@
 
 For each variant: convert the image tower (pruning, clustering or quantization-aware
 training it first for ``pruned-int8``, ``clustered-int8`` and ``qat-int8``), run
-the flatbuffer in ai-edge-litert on the test split and compare it with the Keras
-model it came from, read its op list and the runtimes that load it, then pack the
-bundle (:mod:`fuselite.bundle`) and write it atomically.  A variant whose numbers
-are out of tolerance, or that ``--target`` cannot load, is reported and not written.
+the flatbuffer in ai-edge-litert on the validation and test splits and compare it with
+the Keras model it came from, read its op list and the runtimes that load it, then pack
+the bundle (:mod:`fuselite.bundle`) and write it atomically.  The accuracy budget
+(``--max-loss``, :func:`judge`) and the sparsity search are judged on the validation
+split, so the test figures reported beside them stay an unbiased estimate (issue 31).
+A variant over the budget, or that ``--target`` cannot load, is reported and not written.
 
 Small end to end: an int8 bundle carries an int8 text tower too (or a float16 one,
 when int8 moves a label's embedding below :data:`TEXT_INT8_MIN_COSINE` of the float
@@ -54,14 +56,16 @@ class ConvertOptions:
         target: ``--target``: a runtime key or board profile name, or ``None``.
         num_threads: Interpreter threads for the numeric checks.
         calibration_samples: Training images that calibrate full-integer variants.
-        eval_samples: Test images for the numeric checks (0: the whole test split).
+        eval_samples: Images of each split (validation, test) for the numeric checks
+            (0: the whole split).
         finetune_steps: Fine-tuning steps of pruned, clustered and QAT variants; ``None``
             means :func:`auto_finetune_steps` of the run's training split.
         seed: Seeds sampling and fine-tuning.
-        max_loss: Accuracy budget in points of the run's task metric on the test split:
-            a variant is written when it loses no more than this against Keras, even when
-            its per-image numbers drift past their tolerance (then with a warning); one
-            that loses more is not (see :func:`judge`).
+        max_loss: Accuracy budget in points of the run's task metric on its validation
+            split (the test split only when validation gives no metric): a variant is
+            written when it loses no more than this against Keras, even when its per-image
+            numbers drift past their tolerance (then with a warning); one that loses more
+            is not (see :func:`judge`).
         progress: Progress bars on stderr for the steps that take seconds (fine-tuning,
             calibration, the checks): ``None`` when stderr is a terminal, ``False`` never
             (``--quiet``), ``True`` always.
@@ -106,8 +110,10 @@ TEXT_PROBE_WORDS = 500  # vocabulary words, each alone, in both (a large vocabul
 
 
 # A variant past its numeric tolerance is written on the accuracy budget only if its top
-# label still agrees with Keras on at least this share of the test images.
+# label still agrees with Keras on at least this share of the judged split's images.
 BUDGET_MIN_AGREEMENT = 0.75
+
+VALIDATION, TEST = "validation", "test"
 
 
 def auto_finetune_steps(train_items: int, batch_size: int) -> int:
@@ -139,6 +145,32 @@ class Reference:
     keras_metrics: dict = field(default_factory=dict)
 
 
+@dataclass
+class JudgedSplit:
+    """The split the accuracy budget and the sparsity search judge variants on.
+
+    The validation split: choosing on the test split (which variant to write, which
+    sparsity) would fit the choice to it, and the test figures reported afterwards would
+    no longer be an unbiased estimate.  The test split only when validation gives no
+    task metric (no images, or none carrying a label).
+
+    Attributes:
+        name: :data:`VALIDATION` or :data:`TEST`.
+        images: Its images (capped by ``--eval-samples``).
+        targets: Multi-hot targets for the run's labels.
+        keras_embeddings: The original tower's embeddings of ``images``.
+        keras_metric: The original Keras model's task metric on it, or ``None``.
+        fallback: Why the test split judges (one line), or ``None`` when validation does.
+    """
+
+    name: str
+    images: np.ndarray
+    targets: np.ndarray
+    keras_embeddings: np.ndarray
+    keras_metric: float | None
+    fallback: str | None = None
+
+
 class Converter:
     """Converts the variants of one run into one output folder.
 
@@ -158,6 +190,7 @@ class Converter:
         self.text_encoder_error = self._text_encoder_error()
         self.calibration = _sample(data.train.images, options.calibration_samples, options.seed)
         self.reference = self._reference(run.image_encoder)
+        self.judged_split = self._judged_split()
         self.default_threshold = self._default_threshold()
         self._compressed: dict[str, tuple] = {}
         self._small_text_encoder: tuple[bytes, dict] | None = None
@@ -227,14 +260,16 @@ class Converter:
         def attempt(sparsity: float):
             result, model_bytes, extra = self._attempt(variant, sparsity)
             checks = result.numerics
-            loss = None if checks.get("delta_pt") is None else -checks["delta_pt"]
+            judged = checks.get("judged", {})  # the budget's split, not the test split reported
+            loss = None if judged.get("delta_pt") is None else -judged["delta_pt"]
             over_budget = bool(checks) and not checks["passed"]  # a lower sparsity may pass
             why = (f"within the {self.options.max_loss:g} pt budget ({_loss_text(loss)})" if result.status == "ok"
                    else result.message)
             return result.status == "ok", loss, why, over_budget, (result, model_bytes, extra)
 
         pinned = self.options.sparsity is not None
-        search = search_sparsity(variant.sparsity_candidates(self.options.sparsity), attempt, pinned)
+        search = search_sparsity(variant.sparsity_candidates(self.options.sparsity), attempt, pinned,
+                                 judged_on=self.judged_split.name)
         result, model_bytes, extra = search.outcome
         record = search.record()
         result.numerics = {**result.numerics, "sparsity_search": record}
@@ -242,7 +277,8 @@ class Converter:
             extra = {**extra, "compression": {**extra["compression"], "search": record}}
         if search.chosen is None and len(search.tried) > 1:
             tried = ", ".join(f"{t['sparsity']:g} ({_loss_text(t['loss_pt'])})" for t in search.tried)
-            result.message = f"no sparsity within the budget (tried {tried}); at {search.tried[-1]['sparsity']:g}: " \
+            result.message = f"no sparsity within the budget on the {self.judged_split.name} split " \
+                             f"(tried {tried}); at {search.tried[-1]['sparsity']:g}: " \
                              f"{result.message}"
         return result, model_bytes, extra
 
@@ -320,15 +356,21 @@ class Converter:
         elif not checks["within_tolerance"]:
             result.warnings.append(score_warning(variant, checks))
             log.warning("%s: %s", variant.name, result.warnings[-1])
+        log.info("%s: %s", variant.name, budget_summary(checks))
         return result
 
     def _numerics(self, variant: Variant, keras_model, model_bytes: bytes, thresholds) -> dict:
-        ref = self.reference
+        """The manifest's ``numerics``: the test figures reported, the judged split's, the verdict."""
+        ref, split = self.reference, self.judged_split
         keras_emb = ref.keras_embeddings if keras_model is self.run.image_encoder else _embed(keras_model, ref.images)
-        with progress_bar(len(ref.images), f"{variant.name}: accuracy check", self.options.progress,
-                          unit="image") as bar:
+        on_validation = split.fallback is None
+        total = len(ref.images) + (len(split.images) if on_validation else 0)
+        with progress_bar(total, f"{variant.name}: accuracy check", self.options.progress, unit="image") as bar:
             tflite_emb = numerics.tflite_embeddings(model_bytes, ref.images, self.options.num_threads,
                                                     progress=bar.update)
+            judged_tflite = (numerics.tflite_embeddings(model_bytes, split.images, self.options.num_threads,
+                                                        progress=bar.update)
+                             if on_validation else tflite_emb[: ref.n_test])
         n = ref.n_test
         expected, actual = (self.scorer(e[:n], self.label_embeddings) for e in (keras_emb, tflite_emb))
         checks = numerics.compare(expected, actual, np.asarray(thresholds))
@@ -340,7 +382,7 @@ class Converter:
         name = next(iter(ref.keras_metrics))
         checks.update(
             reference=_REFERENCES[variant.compression] + (", mirror-averaged" if variant.mirror else ""),
-            split="test", samples=n, interpreter=interpreter_version(),
+            split=TEST, samples=n, interpreter=interpreter_version(),
             num_threads=self.options.num_threads,
             tolerance={"min_agreement": variant.min_agreement, "max_score_error": variant.max_score_error},
             text_encoder_max_error=self.text_encoder_for(variant)[1].get("max_error"),
@@ -348,9 +390,35 @@ class Converter:
             task_metric_name=name, task_metric=metrics[name], keras_task_metric=ref.keras_metrics[name],
             delta_pt=_delta_pt(metrics[name], ref.keras_metrics[name]),
             metrics=metrics, keras_metrics=ref.keras_metrics,
+            judged=self._judged_figures(keras_model, keras_emb[:n], judged_tflite, name),
         )
         checks.update(judge(variant, checks, self.options.max_loss))
         return checks
+
+    def _judged_figures(self, keras_model, keras_test_emb: np.ndarray, tflite_emb: np.ndarray, name: str) -> dict:
+        """The figures the budget judges (``numerics.judged``): the task metric of ``tflite_emb``
+        (the variant's embeddings of the judged split) against the original Keras model's, and
+        its top-label agreement with ``keras_model`` (the model it was converted from)."""
+        split = self.judged_split
+        if split.fallback is not None:
+            keras_emb = keras_test_emb
+        elif keras_model is self.run.image_encoder:
+            keras_emb = split.keras_embeddings
+        else:
+            keras_emb = _embed(keras_model, split.images)
+        expected, actual = (self.scorer(e, self.label_embeddings) for e in (keras_emb, tflite_emb))
+        metric = self._task_metric(actual, split.targets)
+        return {
+            "split": split.name, "samples": len(split.images), "task_metric_name": name,
+            "task_metric": metric, "keras_task_metric": split.keras_metric,
+            "delta_pt": _delta_pt(metric, split.keras_metric),
+            "top1_agreement": numerics.top1_agreement(expected, actual),
+            "fallback": split.fallback,
+        }
+
+    def _task_metric(self, probabilities: np.ndarray, targets: np.ndarray) -> float | None:
+        """The run's task metric (``mAP`` or ``top1``) of ``probabilities``; ``None`` when undefined."""
+        return _json_float(next(iter(numerics.task_metrics(probabilities, targets, self.run.task).values())))
 
     def _metrics(self, ref: Reference, embeddings: np.ndarray) -> dict:
         """Task metrics of image embeddings of ``ref.images`` (as in metrics.json)."""
@@ -452,6 +520,27 @@ class Converter:
         )
         ref.keras_metrics = self._metrics(ref, ref.keras_embeddings)
         return ref
+
+    def _judged_split(self) -> JudgedSplit:
+        """The validation split with the Keras model's metric on it, or the test split (with a
+        warning saying why) when validation gives no task metric."""
+        ref, val = self.reference, self.data.val
+        name = next(iter(ref.keras_metrics))
+        if self.options.eval_samples:
+            val = val.subset(range(min(self.options.eval_samples, len(val))))
+        if len(val):
+            targets = val.multi_hot(self.run.labels)
+            keras_emb = _embed(self.run.image_encoder, val.images)
+            metric = self._task_metric(self.scorer(keras_emb, self.label_embeddings), targets)
+            if metric is not None:
+                return JudgedSplit(VALIDATION, val.images, targets, keras_emb, metric)
+            why = f"its {len(val)} validation images give no {name} (none carries a label)"
+        else:
+            why = "the run has no validation images (splits.json)"
+        why = f"accuracy budget judged on the test split: {why}; the test figures then also chose the variants"
+        log.warning(why)
+        return JudgedSplit(TEST, ref.images[: ref.n_test], ref.targets, ref.keras_embeddings[: ref.n_test],
+                           ref.keras_metrics[name], fallback=why)
 
     def _thresholds(self, encoder) -> list[float]:
         """Per-label thresholds of ``encoder`` calibrated on validation, as training does."""
@@ -578,22 +667,24 @@ _REFERENCES = {
 def judge(variant: Variant, checks: dict, max_loss: float) -> dict:
     """The verdict on a variant's checks: the accuracy budget decides, the score check only warns.
 
-    A variant is written when its task metric on the test split loses at most ``max_loss``
-    points against Keras, whatever its per-score figures; its top label must still agree
-    with Keras on :data:`BUDGET_MIN_AGREEMENT` of the images (a broken conversion of a
-    model too weak for its metric to fall).  Without a task metric (no test images, or
-    none with a label) the per-score tolerance is the gate, as it was before the budget.
-    Returns the keys merged into the manifest's ``numerics``.
+    A variant is written when its task metric on the judged split (``checks["judged"]``:
+    validation, see :class:`JudgedSplit`) loses at most ``max_loss`` points against Keras,
+    whatever its per-score figures; its top label must still agree with Keras on
+    :data:`BUDGET_MIN_AGREEMENT` of that split's images (a broken conversion of a model too
+    weak for its metric to fall).  The score check (on the test split) only warns.  Without
+    a task metric (no images, or none with a label) the per-score tolerance is the gate, as
+    it was before the budget.  Returns the keys merged into the manifest's ``numerics``.
     """
     within_tolerance = (checks["top1_agreement"] >= variant.min_agreement
                         and checks["max_score_error"] <= variant.max_score_error)
-    verdict = {"within_tolerance": within_tolerance, "max_loss_pt": max_loss}
-    delta = checks["delta_pt"]
+    judged = checks["judged"]
+    verdict = {"within_tolerance": within_tolerance, "max_loss_pt": max_loss, "judged_on": judged["split"]}
+    delta = judged["delta_pt"]
     if delta is None:
-        return {**verdict, "gate": "tolerance (no task metric on the test split)", "passed": within_tolerance,
-                "passed_by": "tolerance" if within_tolerance else None}
+        return {**verdict, "gate": f"tolerance (no task metric on the {judged['split']} split)",
+                "passed": within_tolerance, "passed_by": "tolerance" if within_tolerance else None}
     # 1e-9: a float variant whose metric equals Keras' up to rounding loses nothing.
-    passed = -delta <= max_loss + 1e-9 and checks["top1_agreement"] >= BUDGET_MIN_AGREEMENT
+    passed = -delta <= max_loss + 1e-9 and judged["top1_agreement"] >= BUDGET_MIN_AGREEMENT
     return {**verdict, "gate": "accuracy budget", "passed": passed, "passed_by": "accuracy budget" if passed else None}
 
 
@@ -601,20 +692,37 @@ def refusal_message(variant: Variant, checks: dict, options: ConvertOptions) -> 
     """Why ``variant`` is not written, with its figures and the next step to take (one line)."""
     figures = (f"top-label agreement {checks['top1_agreement']:.3f}, "
                f"max score error {checks['max_score_error']:.3g}")
-    delta, metric = checks["delta_pt"], checks["task_metric_name"]
+    judged, metric = checks["judged"], checks["task_metric_name"]
+    delta, split = judged["delta_pt"], judged["split"]
     if delta is None:
-        return (f"{_tolerance_message(variant, checks)}; the test split gives no task metric, so the score "
+        return (f"{_tolerance_message(variant, checks)}; the {split} split gives no task metric, so the score "
                 f"check decides and --max-loss cannot accept it: {next_step(variant, options)}")
-    if checks["top1_agreement"] < BUDGET_MIN_AGREEMENT:
+    if judged["top1_agreement"] < BUDGET_MIN_AGREEMENT:
         remedy = ("check the calibration images (--calibration-samples) or " if variant.calibrated else "")
-        return (f"broken conversion: its top label agrees with Keras on {checks['top1_agreement']:.1%} of the "
-                f"test images, below the {BUDGET_MIN_AGREEMENT:.0%} any written variant needs "
+        return (f"broken conversion: its top label agrees with Keras on {judged['top1_agreement']:.1%} of the "
+                f"{split} images, below the {BUDGET_MIN_AGREEMENT:.0%} any written variant needs "
                 f"({metric} {delta:+.2f} pt, max score error {checks['max_score_error']:.3g}); not written: "
                 f"{remedy}{next_step(variant, options)}")
     loss = -delta
     accept = math.ceil(round(loss * 10, 6)) / 10  # the smallest budget (0.1 pt steps) that accepts it
-    return (f"lost {loss:.2f} pt {metric} (budget {options.max_loss:.1f}; {figures}); not written: "
+    reported = "" if split == checks["split"] else f"{_test_text(checks)}; "  # the unbiased figure, for the user
+    return (f"lost {loss:.2f} pt {metric} on the {split} split (budget {options.max_loss:.1f}; "
+            f"{reported}{figures}); not written: "
             f"{next_step(variant, options)}, or --max-loss {accept:g} to accept it")
+
+
+def budget_summary(checks: dict) -> str:
+    """``budget judged on validation: mAP -0.40 pt; test: -0.60 pt`` (one line for the log)."""
+    judged = checks["judged"]
+    if judged["delta_pt"] is None:
+        return f"no task metric on the {judged['split']} split: the score check judged"
+    text = f"budget judged on {judged['split']}: {checks['task_metric_name']} {judged['delta_pt']:+.2f} pt"
+    return text if judged["split"] == checks["split"] else f"{text}; {_test_text(checks)}"
+
+
+def _test_text(checks: dict) -> str:
+    """``test -0.60 pt``: the reported (not judged) figure, or why there is none."""
+    return "test: no task metric" if checks["delta_pt"] is None else f"test: {checks['delta_pt']:+.2f} pt"
 
 
 def next_step(variant: Variant, options: ConvertOptions) -> str:
@@ -648,7 +756,8 @@ def score_warning(variant: Variant, checks: dict) -> str:
     return (f"score check exceeded: max score error {checks['max_score_error']:.3g} (tolerance "
             f"{variant.max_score_error:g}), top-label agreement {checks['top1_agreement']:.3f} (min "
             f"{variant.min_agreement:g}); written because {checks['task_metric_name']} "
-            f"{checks['delta_pt']:+.2f} pt is within the {checks['max_loss_pt']:.1f} pt budget")
+            f"{checks['judged']['delta_pt']:+.2f} pt on the {checks['judged']['split']} split is within the "
+            f"{checks['max_loss_pt']:.1f} pt budget")
 
 
 def _tolerance_message(variant: Variant, checks: dict) -> str:

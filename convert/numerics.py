@@ -70,11 +70,16 @@ def compare(reference: np.ndarray, probabilities: np.ndarray, thresholds: np.nda
     error = np.abs(probabilities.astype(np.float64) - reference)
     decisions = (reference >= thresholds) == (probabilities >= thresholds)
     return {
-        "top1_agreement": float(np.mean(np.argmax(reference, 1) == np.argmax(probabilities, 1))),
+        "top1_agreement": top1_agreement(reference, probabilities),
         "decision_agreement": float(decisions.mean()),
         "max_score_error": float(error.max()),
         "mean_score_error": float(error.mean()),
     }
+
+
+def top1_agreement(reference: np.ndarray, probabilities: np.ndarray) -> float:
+    """Share of images ``[images, labels]`` whose top label is the same in both."""
+    return float(np.mean(np.argmax(reference, 1) == np.argmax(probabilities, 1)))
 
 
 def task_metrics(probabilities: np.ndarray, targets: np.ndarray, task: str) -> dict:

@@ -35,7 +35,8 @@ class VariantResult:
         model_size: Bytes of the image model flatbuffer alone.
         model_gzip_size: Bytes of the image model after ``gzip -9``.
         sparsity: Share of zeros in the model's conv/dense kernels.
-        numerics: The manifest's ``numerics`` (agreement, errors, task metrics).
+        numerics: The manifest's ``numerics`` (agreement, errors, task metrics on the test
+            split; ``judged``: the split the accuracy budget judged on, and its figures).
         runtimes: Runtime key -> whether it loads the bundle.
         ops: The image model's and text encoder's ops (``"CONV_2D v3"``).
         runtime_problems: Runtime key -> why it cannot load the bundle (only those that cannot).
@@ -88,7 +89,17 @@ def results_table(results: list[VariantResult]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     problems = [f"{r.variant}: {r.message}" for r in results if r.status != "ok"]
     warnings = [f"{r.variant}: warning: {w}" for r in results for w in r.warnings]
-    return "\n".join(lines + problems + warnings)
+    return "\n".join(lines + _budget_notes(results) + problems + warnings)
+
+
+def _budget_notes(results: list[VariantResult]) -> list[str]:
+    """One line saying which split judged the budget, when a row shows it beside the test figure."""
+    splits = sorted({r.numerics["judged"]["split"] for r in results if r.numerics.get("judged")})
+    notes = [f"metric: on the test split (pt against Keras); {_SHORT.get(s, s)}: the pt the accuracy budget "
+             f"judged, on the {s} split" for s in splits if s != "test"]
+    fallbacks = sorted({r.numerics["judged"]["fallback"] for r in results
+                        if (r.numerics.get("judged") or {}).get("fallback")})
+    return notes + [f"warning: {f}" for f in fallbacks]
 
 
 def _row(r: VariantResult) -> list[str]:
@@ -114,8 +125,14 @@ def _metric(numerics: dict) -> str:
     name, value = numerics.get("task_metric_name"), numerics.get("task_metric")
     if name is None or value is None:
         return "-"
-    delta = numerics.get("delta_pt")
-    return f"{name} {100 * value:.2f}" + ("" if delta is None else f" ({delta:+.2f})")
+    delta, judged = numerics.get("delta_pt"), numerics.get("judged") or {}
+    deltas = [] if delta is None else [f"{delta:+.2f}"]
+    if judged.get("split", "test") != "test" and judged.get("delta_pt") is not None:
+        deltas.append(f"{_SHORT.get(judged['split'], judged['split'])} {judged['delta_pt']:+.2f}")
+    return f"{name} {100 * value:.2f}" + (f" ({'; '.join(deltas)})" if deltas else "")
+
+
+_SHORT = {"validation": "val"}
 
 
 def exit_code(results: list[VariantResult], explicit: set[str]) -> int:

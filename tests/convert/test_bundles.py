@@ -94,7 +94,11 @@ def test_each_manifest_stores_its_numeric_check_and_task_metric(converted_tiny_r
     assert numerics["passed"] is True and numerics["samples"] > 0
     assert numerics["top1_agreement"] >= numerics["tolerance"]["min_agreement"]
     assert numerics["max_score_error"] <= numerics["tolerance"]["max_score_error"]
-    assert numerics["text_encoder_max_error"] < 1e-4
+    text = numerics["text_encoder"]
+    if text["precision"] == "float32":
+        assert numerics["text_encoder_max_error"] < 1e-4
+    else:  # int8 bundles carry an int8 (or float16) text encoder, judged by cosine with float
+        assert text["min_cosine"] >= 0.995
     assert 0.0 <= numerics["max_logit_error"] < (1e-3 if name == "fp32" else 10.0)
     assert 0.9 <= numerics["decision_agreement"] <= 1.0
     # The Keras reference goes through the same metric code as training: same number.
@@ -102,6 +106,10 @@ def test_each_manifest_stores_its_numeric_check_and_task_metric(converted_tiny_r
     assert numerics["keras_task_metric"] == pytest.approx(run_metrics["mAP"], abs=1e-6)
     assert numerics["keras_metrics"]["heldout_combo_ap"] == pytest.approx(run_metrics["heldout_combo_ap"], abs=1e-6)
     assert 0.0 <= numerics["task_metric"] <= 1.0
+    # the budget judged the validation split (issue 31); the figures above are the test split's
+    assert numerics["split"] == "test" and numerics["judged_on"] == "validation"
+    assert numerics["judged"]["split"] == "validation" and numerics["judged"]["samples"] > 0
+    assert numerics["judged"]["fallback"] is None and numerics["judged"]["delta_pt"] is not None
 
 
 def test_full_integer_bundles_take_raw_pixels_and_give_int8_embeddings(converted_tiny_run):
@@ -152,7 +160,10 @@ def test_pruned_bundle_reaches_the_sparsity_and_compresses_better(converted_tiny
     manifest = read_bundle(result.path).manifest
     pruning = manifest.provenance["compression"]
     assert pruning["method"] == "prune"
-    assert pruning["layers_sparsity"] == pytest.approx(0.75, abs=0.02)
+    # The sparsity the budget's search kept (0.9 down to 0.5), reached in the kernels.
+    chosen = manifest.numerics["sparsity_search"]["chosen"]
+    assert chosen in (0.9, 0.8, 0.7, 0.6, 0.5)
+    assert pruning["layers_sparsity"] == pytest.approx(chosen, abs=0.02)
     # Measured in the flatbuffer over every kernel, the dense stem, depthwise and small ones too.
     assert 0.3 < manifest.sparsity < pruning["layers_sparsity"]
     assert converted_tiny_run["int8"].sparsity < 0.1
@@ -199,7 +210,11 @@ def test_the_bundled_text_encoder_embeds_the_labels_like_keras(converted_tiny_ru
     bundle = read_bundle(converted_tiny_run["int8"].path)
     ids = bundle.tokenizer.encode_batch(list(bundle.manifest.labels))
     embeddings = tflite_embeddings(bundle.text_encoder_bytes, ids, num_threads=1)
-    assert np.abs(embeddings - bundle.label_embeddings).max() < 1e-5
+    # The int8 text encoder keeps each label's direction (cosine with the shipped
+    # float embeddings, which come from Keras), within the convert check's floor.
+    cosines = np.sum(embeddings * bundle.label_embeddings, axis=1) / (
+        np.linalg.norm(embeddings, axis=1) * np.linalg.norm(bundle.label_embeddings, axis=1))
+    assert cosines.min() >= 0.995
 
 
 @pytest.mark.parametrize("name", ["fp32", "int8"])

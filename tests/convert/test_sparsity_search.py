@@ -1,7 +1,8 @@
 """The accuracy budget drives pruning (issue 31): sparsity is searched from high to low.
 
 Without ``--sparsity`` a pruned variant is tried at 0.9, 0.8, ... and the first whose
-bundle loses no more than ``--max-loss`` is written; the manifest and
+bundle loses no more than ``--max-loss`` on the validation split is written (the test
+split never chooses, so its figure stays unbiased); the manifest and
 ``convert-report.json`` record the choice and every candidate tried.  The fine-tuning
 schedule scales with the training split, between a floor and a cap.
 """
@@ -45,7 +46,7 @@ def test_the_search_keeps_the_highest_sparsity_within_the_budget_and_records_eac
     assert search.chosen == 0.7 and search.outcome == "model at 0.7"
     assert calls == [0.9, 0.8, 0.7]  # stops at the first within the budget: lower ones cost time and zeros
     record = search.record()
-    assert record["chosen"] == 0.7 and record["pinned"] is False
+    assert record["chosen"] == 0.7 and record["pinned"] is False and record["judged_on"] == "validation"
     assert [(c["sparsity"], c["passed"], c["loss_pt"]) for c in record["candidates"]] == [
         (0.9, False, 3.1), (0.8, False, 1.4), (0.7, True, 0.6)]
 
@@ -100,7 +101,10 @@ def test_an_unpinned_pruned_variant_is_written_at_the_searched_sparsity_with_its
     manifest = read_bundle(result.path).manifest
     record = manifest.numerics["sparsity_search"]
     assert record["chosen"] == 0.9 and [c["sparsity"] for c in record["candidates"]] == [0.9]
-    assert record["candidates"][0]["loss_pt"] == pytest.approx(-manifest.numerics["delta_pt"], abs=1e-3)
+    # each candidate's loss is the one judged, on the validation split (not the test figure)
+    judged = manifest.numerics["judged"]
+    assert record["judged_on"] == judged["split"] == "validation"
+    assert record["candidates"][0]["loss_pt"] == pytest.approx(-judged["delta_pt"], abs=1e-3)
     compression = manifest.provenance["compression"]
     assert compression["target_sparsity"] == 0.9 and compression["search"] == record
 
@@ -123,3 +127,8 @@ def test_a_candidate_that_gains_accuracy_is_described_as_a_gain():
 
     assert _loss_text(-0.094) == "gained 0.09 pt" and _loss_text(0.31) == "lost 0.31 pt"
     assert _loss_text(None) == "no task metric"
+
+
+def test_the_search_records_the_split_it_judged_on():
+    search = search_sparsity((0.9, 0.8), _losses({0.9: 2.0, 0.8: 0.5}), judged_on="test")
+    assert search.chosen == 0.8 and search.record()["judged_on"] == "test"
