@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # A dead worker must stop the job within this many seconds: the dead-peer check runs
@@ -91,13 +92,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_workers(out: Path, scratch: Path, epochs: int, resume: bool = False) -> list[subprocess.Popen]:
+def _start_workers(out: Path, scratch: Path, epochs: int, resume: bool = False, extra: tuple[str, ...] = (),
+                   env: dict | None = None) -> list[subprocess.Popen]:
     """Two ``fuselite train`` workers on 127.0.0.1; their temporary folders go under ``scratch``."""
     workers = ",".join(f"127.0.0.1:{_free_port()}" for _ in range(2))
-    env = {**os.environ, "TMPDIR": str(scratch)}
+    env = {**os.environ, **(env or {}), "TMPDIR": str(scratch)}
     env.pop("TF_CONFIG", None)
     argv = [sys.executable, "-c", "from fuselite.cli import main; raise SystemExit(main())", "train", "--config", "scenes-tiny", "--epochs", str(epochs),
-            "--out", str(out), "--workers", workers, *(["--resume"] if resume else [])]
+            "--out", str(out), "--workers", workers, *(["--resume"] if resume else []), *extra]
     return [subprocess.Popen([*argv, "--worker-index", str(i)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(2)]
 
@@ -211,3 +213,24 @@ def test_worker_flag_mistakes_exit_2_with_one_line(argv, expected, tmp_path: Pat
     error = capsys.readouterr().err.strip()
     assert expected in error and len(error.splitlines()) == 1, error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_each_cache_the_backbone_features_of_their_own_shard(tmp_path: Path):
+    """A frozen backbone (random weights, no download): each worker computes half the training features."""
+    out, scratch, cache = tmp_path / "run", tmp_path / "scratch", tmp_path / "cache"
+    scratch.mkdir()
+    backbone = ("--backbone", "efficientnet-lite0", "--backbone-weights", "none", "--image-size", "160")
+    workers = _start_workers(out, scratch, 2, extra=backbone, env={"FUSELITE_CACHE_DIR": str(cache)})
+    try:
+        outputs = [p.communicate(timeout=400) for p in workers]
+    finally:
+        for process in workers:
+            process.kill()
+    assert [p.returncode for p in workers] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+    train_items = json.loads((out / "metrics.json").read_text())["train_items"]
+    shards = [sorted((cache / "features").glob(f"*-shard{i}of2.npy")) for i in range(2)]
+    assert [len(files) for files in shards] == [1, 1], sorted(p.name for p in (cache / "features").iterdir())
+    sizes = [len(np.load(files[0], mmap_mode="r")) for files in shards]
+    assert sizes == [(train_items + 1) // 2, train_items // 2]
+    assert len(json.loads((out / "history.json").read_text())) == 2
