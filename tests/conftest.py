@@ -54,6 +54,11 @@ def tiny_run(tmp_path_factory) -> Path:
 # Fine-tuning steps of pruned variants in tests: enough to reach the target sparsity
 # (it ramps over the first 70 %), far too few to recover accuracy.
 TEST_FINETUNE_STEPS = 40
+# Accuracy budget of the shared converter: the budget is judged on the tiny run's 120
+# validation images, where a compressed variant's mAP moves 1-2 pt on noise alone
+# (clustered-int8: -1.07 pt on validation, +1.56 pt on test).  The bundle tests check
+# what is written; the budget's own tests set theirs.
+TEST_MAX_LOSS = 3.0
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +67,8 @@ def tiny_converter(tiny_run, tmp_path_factory):
     from fuselite.convert.export import Converter, ConvertOptions
 
     out_dir = tmp_path_factory.mktemp("tiny-bundles")
-    return Converter.load(tiny_run, out_dir, ConvertOptions(finetune_steps=TEST_FINETUNE_STEPS))
+    return Converter.load(tiny_run, out_dir, ConvertOptions(finetune_steps=TEST_FINETUNE_STEPS,
+                                                                  max_loss=TEST_MAX_LOSS))
 
 
 @pytest.fixture(scope="session")
