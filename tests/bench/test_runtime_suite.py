@@ -53,7 +53,9 @@ def test_benchmark_measures_every_bundle_with_its_targets(
         for key in FIGURES:
             # On a busy machine the run may choose the sequential arrangement: then the
             # capture and outputs threads, and their CPU time, do not exist.
-            may_be_zero = key in ("rss_growth_mb", "e2e_capture_cpu_ms", "e2e_outputs_cpu_ms")
+            if key == "rss_growth_mb":
+                continue  # memory may shrink after warm-up
+            may_be_zero = key in ("e2e_capture_cpu_ms", "e2e_outputs_cpu_ms")
             assert case[key] > 0 or (may_be_zero and case[key] == 0), key
         for key in benchmark.THROUGHPUTS:
             assert len(case["rounds"][key]) == 2
