@@ -664,6 +664,13 @@ _REFERENCES = {
 }
 
 
+# Scores this close to the Keras model's cannot have lost accuracy: when the metric moves
+# anyway it moves on ties between near-equal scores (a weak model's near-constant
+# outputs: the runtime suite's one-epoch board model "lost" 1.68 pt mAP on validation at
+# a max score error of 3.8e-5 and 100% top-label agreement).
+SAME_SCORES_ERROR = 1e-3
+
+
 def judge(variant: Variant, checks: dict, max_loss: float) -> dict:
     """The verdict on a variant's checks: the accuracy budget decides, the score check only warns.
 
@@ -684,8 +691,18 @@ def judge(variant: Variant, checks: dict, max_loss: float) -> dict:
         return {**verdict, "gate": f"tolerance (no task metric on the {judged['split']} split)",
                 "passed": within_tolerance, "passed_by": "tolerance" if within_tolerance else None}
     # 1e-9: a float variant whose metric equals Keras' up to rounding loses nothing.
-    passed = -delta <= max_loss + 1e-9 and judged["top1_agreement"] >= BUDGET_MIN_AGREEMENT
-    return {**verdict, "gate": "accuracy budget", "passed": passed, "passed_by": "accuracy budget" if passed else None}
+    within_budget = -delta <= max_loss + 1e-9
+    passed = (within_budget or _same_scores(variant, checks)) and judged["top1_agreement"] >= BUDGET_MIN_AGREEMENT
+    passed_by = ("accuracy budget" if within_budget else "same scores as Keras") if passed else None
+    return {**verdict, "gate": "accuracy budget", "passed": passed, "passed_by": passed_by}
+
+
+def _same_scores(variant: Variant, checks: dict) -> bool:
+    """Whether ``variant`` scores like the original Keras model (:data:`SAME_SCORES_ERROR`);
+    a fine-tuned or mirror-averaged variant is compared with its own reference instead,
+    so its closeness says nothing of the original's accuracy."""
+    return (variant.compression == "none" and not variant.mirror
+            and checks["max_score_error"] <= SAME_SCORES_ERROR and checks["top1_agreement"] >= 0.99)
 
 
 def refusal_message(variant: Variant, checks: dict, options: ConvertOptions) -> str:

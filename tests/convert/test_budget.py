@@ -226,3 +226,13 @@ def test_without_validation_images_the_test_split_judges_and_says_so(tiny_conver
     assert judged["split"] == "test" and "no validation images" in judged["fallback"]
     assert judged["delta_pt"] == result.numerics["delta_pt"] and result.numerics["judged_on"] == "test"
     assert "warning: accuracy budget judged on the test split" in results_table([result])
+
+
+def test_a_metric_that_moves_on_ties_with_the_same_scores_as_keras_is_not_a_loss():
+    # The runtime suite's one-epoch board model: int8 scores within 3.8e-5 of Keras, every
+    # top label the same, and mAP "lost" 1.68 pt on validation from reordered ties.
+    verdict = judge(get_variant("int8"), _checks(1.0, 3.8e-5, -1.68), max_loss=1.0)
+    assert verdict["passed"] and verdict["passed_by"] == "same scores as Keras"
+    # Scores that really differ, or a fine-tuned variant compared with its own reference, stay refused.
+    assert judge(get_variant("int8"), _checks(1.0, 0.02, -1.68), max_loss=1.0)["passed"] is False
+    assert judge(get_variant("pruned-int8"), _checks(1.0, 3.8e-5, -1.68), max_loss=1.0)["passed"] is False
