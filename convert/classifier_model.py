@@ -26,6 +26,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 
+from fuselite.bundle import ZIP_ERRORS
 from fuselite.flatbuffer import ModelFormatError, Reader, builtin_name, read_graph
 
 METADATA_NAME = "TFLITE_METADATA"
@@ -141,7 +142,7 @@ def split_associated_files(data: bytes) -> tuple[bytes, dict[str, bytes]]:
         with zipfile.ZipFile(stream) as archive:
             infos = archive.infolist()
             files = {info.filename: _read_member(archive, info) for info in infos}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError):
+    except ZIP_ERRORS:
         return data, {}  # not a zip after all: bytes that happen to look like its end record
     start = min((info.header_offset for info in infos), default=len(data))
     if start < 8 or data[4:8] != b"TFL3":

@@ -139,7 +139,7 @@ _COUNT_LIMIT = 2**33  # element counts past this are far over every limit: stop 
 _EOCD, _EOCD_SIZE, _ZIP64_LOCATOR = b"PK\x05\x06", 22, b"PK\x06\x07"
 
 # Everything zipfile/zlib raise on damaged, encrypted or exotic archives.
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
                NotImplementedError)
 
 
@@ -328,7 +328,7 @@ def read_bundle(path: Path) -> Bundle:
     data = _read_file(path)
     try:
         members = _read_members(data)
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc}); re-run `fuselite convert`") from None
     manifest = _parse_member(path, lambda: _load_manifest(members[MANIFEST_MEMBER]))
     missing = [m for m in LABEL_SOURCE_MEMBERS[manifest.label_source] if m not in members]
@@ -487,7 +487,7 @@ def read_manifest(path: Path) -> Manifest:
     path = Path(path)
     try:
         members = _read_members(_read_file(path))
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         raise BundleError(f"{path}: not a fuselite bundle ({exc})") from None
     return _parse_member(path, lambda: _load_manifest(members[MANIFEST_MEMBER]))
 
