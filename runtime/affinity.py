@@ -299,18 +299,16 @@ def _pinned_pipeline(interpreter_threads: int, free: list[int], load: str, lock_
                         f"pinning needs {interpreter_threads + 1} idle cores")
     # Claim every free core first (to learn which ones others hold), then keep what is needed.
     probe = CoreClaim.take(free, len(free), lock_dir)
-    unheld = sorted(probe.cores)
+    unheld = probe.cores
     probe.release()
-    if len(unheld) <= interpreter_threads:
-        return Schedule(threaded=True, split=None, reason=f"pipeline, not pinned: {load}, "
-                        "but another fuselite process holds the idle cores")
-    claim = CoreClaim.take(unheld, interpreter_threads, lock_dir)
-    helpers = frozenset(unheld) - claim.cores
-    if len(claim.cores) < interpreter_threads or not helpers:  # lost a race with another start
+    held = f"pipeline, not pinned: {load}, but another fuselite process holds the idle cores"
+    split = split_cores(interpreter_threads, unheld)  # None: no unheld core left for capture
+    if split is None:
+        return Schedule(threaded=True, split=None, reason=held)
+    claim = CoreClaim.take(sorted(split.inference), interpreter_threads, lock_dir)
+    if claim.cores != split.inference:  # lost a race with another run starting
         claim.release()
-        return Schedule(threaded=True, split=None, reason=f"pipeline, not pinned: {load}, "
-                        "but another fuselite process holds the idle cores")
-    split = CoreSplit(claim.cores, helpers)
+        return Schedule(threaded=True, split=None, reason=held)
     return Schedule(threaded=True, split=split, claim=claim,
-                    reason=f"pipeline: {load}; inference pinned to core(s) {sorted(claim.cores)}, "
-                    f"capture and outputs to {sorted(helpers)}")
+                    reason=f"pipeline: {load}; inference pinned to core(s) {sorted(split.inference)}, "
+                    f"capture and outputs to {sorted(split.helpers)}")
