@@ -121,12 +121,17 @@ def _budget(options: RunOptions, load_invoke_s: float) -> tuple[float, str]:
 
 
 def _flush_before_exit(outputs: Outputs, stopped_by: str) -> None:
-    """What the watchdog runs before it ends the process: the frames already inferred
-    reach their sinks, the video is closed at its name, a final stats record says why."""
+    """What the watchdog runs before it ends the process: :func:`_flush`, then every sink closed."""
+    _flush(outputs, stopped_by)
+    outputs.close()
+
+
+def _flush(outputs: Outputs, stopped_by: str) -> dict:
+    """The frames already inferred reach their sinks, the video is closed at its name, and a
+    final stats record says why the run ended; returns that record."""
     outputs.drain()
     outputs.close_video()
-    outputs.write_stats(final=True, stopped_by=stopped_by)
-    outputs.close()
+    return outputs.write_stats(final=True, stopped_by=stopped_by)
 
 
 def _capture(options: RunOptions, interpreter_threads: int) -> Capture:
@@ -245,9 +250,7 @@ def _handle(frame: Frame, annotator: Annotator, outputs: Outputs, stats: RunStat
 
 
 def _finish(stats: RunStats, outputs: Outputs, stopped_by: str) -> RunSummary:
-    outputs.drain()
-    outputs.close_video()
-    record = outputs.write_stats(final=True, stopped_by=stopped_by)
+    record = _flush(outputs, stopped_by)
     return RunSummary(
         frames=stats.frames,
         dropped=record["dropped"],

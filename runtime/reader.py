@@ -257,7 +257,6 @@ class FrameSource:
     def _read_one(self) -> bool:
         """Reads and delivers one frame; False when the capture is lost or ended."""
         ok, frame = self._read_frame()
-        self.counters.cpu_s = time.thread_time()
         if frame is not None:
             frame = self._prepared(frame)
         if frame is not None:
