@@ -143,15 +143,16 @@ def test_cli_writes_a_variant_past_its_score_tolerance_within_budget_with_a_warn
 
 
 def test_cli_refuses_a_named_variant_over_budget_with_the_next_step_and_exit_1(tiny_run, tmp_path, capsys):
-    # The tiny run's tower pruned to 90% in 8 steps loses about 1.3 pt of mAP: far over a 0.1 pt budget.
+    # The tiny run's tower pruned to 99% in 8 steps has almost no weights left: far over a 0.1 pt
+    # budget whatever the fine-tune's noise (at 90% it lost 1.1-2.5 pt, and once within 0.1 pt).
     out = tmp_path / "out"
     code = main(["convert", str(tiny_run), "--out", str(out), "--variants", "fp32", "pruned-int8",
-                 "--sparsity", "0.9", "--max-loss", "0.1", "--finetune-steps", "8", "--quiet"])
+                 "--sparsity", "0.99", "--max-loss", "0.1", "--finetune-steps", "8", "--quiet"])
     stdout = capsys.readouterr().out
     assert code == 1
     assert (out / "fp32.tflite").exists() and not (out / "pruned-int8.tflite").exists()
     line = next(line for line in stdout.splitlines() if line.startswith("pruned-int8: "))
-    assert "pt mAP on the validation split (budget 0.1; test: " in line and "try --sparsity 0.65 (now 0.9)" in line
+    assert "pt mAP on the validation split (budget 0.1; test: " in line and "try --sparsity 0.74 (now 0.99)" in line
     assert "to accept it" in line
     report = json.loads((out / "convert-report.json").read_text())
     assert [v["status"] for v in report["variants"]] == ["ok", "failed"]
