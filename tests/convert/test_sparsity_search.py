@@ -120,6 +120,8 @@ def test_the_cli_reports_the_search_in_convert_report_json(tiny_run, tmp_path, c
     assert variant["status"] == "ok" and variant["numerics"]["sparsity_search"]["chosen"] == 0.9
     # kept sparse in the file: DENSIFY ops feed the pruned 1x1 kernels
     assert any(op.startswith("DENSIFY") for op in variant["ops"])
+    # and the sparsity column counts the zeros the sparse storage left out (it read 0%)
+    assert variant["sparsity"] > 0.5
 
 
 def test_a_candidate_that_gains_accuracy_is_described_as_a_gain():
