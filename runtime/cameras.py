@@ -229,6 +229,8 @@ def _camera(entry: Any, defaults: dict, index: int, threads: int, path: Path) ->
     unknown = sorted(set(merged) - set(CAMERA_KEYS) - {"name"})
     if unknown:
         raise where.error(unknown[0], f"unknown camera key; {_known_camera_keys()}")
+    if "allow" in merged and "deny" in merged:
+        raise where.error("allow", "use allow or deny, not both")
     for key in ("source", "bundle"):
         if key not in merged:
             raise where.error(
@@ -298,14 +300,19 @@ _FIELD_KEYS = {
 
 
 def _build(options_class, values: dict, where: _Where):
-    """``options_class(**values)``, its ValueError turned into one line naming the key."""
+    """``options_class(**values)``, its ValueError turned into one line naming the file's key."""
     try:
         return options_class(**values)
     except (ValueError, TypeError) as exc:
         message = str(exc)
-        field_name = message.split(" ", 1)[0]
-        key = _FIELD_KEYS.get(field_name, field_name)
-        raise where.error(key, message.split(" ", 1)[1] if " " in message else message) from None
+        named = [name for name in values if re.search(rf"\b{name}\b", message)]
+        if not named:
+            raise where.error("camera", message) from None
+        for name in named:  # the options' field names, as the file spells them
+            message = re.sub(rf"\b{name}\b", _FIELD_KEYS.get(name, name), message)
+        key = _FIELD_KEYS.get(named[0], named[0])
+        problem = message.split(" ", 1)[1] if message.startswith(key + " ") else message
+        raise where.error(key, problem) from None
 
 
 def _retention(table: dict, where: _Where) -> RetentionCap:
@@ -318,7 +325,9 @@ def _check_unique(cameras: tuple[CameraConfig, ...], where: _Where) -> None:
     seen: dict[str, str] = {}
     for camera in cameras:
         if camera.name in seen:
-            raise where.error("name", f"two cameras are named {camera.name!r}; names must differ")
+            raise _Where(where.path, camera.name).error(
+                "name", f"two cameras are named {camera.name!r}; names must differ"
+            )
         seen[camera.name] = camera.name
     outputs: dict[str, str] = {}
     for camera in cameras:
@@ -386,8 +395,8 @@ def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
             or value < low
             or (high is not None and value > high)
         ):
-            upper = f" to {high}" if high is not None else " or more"
-            raise ValueError(f"must be a whole number from {low}{upper}, not {value!r}")
+            span = f"from {low} to {high}" if high is not None else f"of {low} or more"
+            raise ValueError(f"must be a whole number {span}, not {value!r}")
         return value
 
     return check
