@@ -219,16 +219,19 @@ class RoundRobin:
         return None, (soonest - now if soonest is not None else STATS_WAKEUP_S)
 
 
-def run_cameras(config: CamerasConfig) -> dict[str, RunSummary]:
+def run_cameras(
+    config: CamerasConfig, stop: threading.Event | None = None
+) -> dict[str, RunSummary]:
     """Annotates every camera of ``config`` until each ends (files), reaches its
-    ``max_frames``, or a signal arrives; returns each camera's summary by name.
+    ``max_frames``, a signal arrives (main thread only) or ``stop`` is set; returns each
+    camera's summary by name.
 
     Raises:
         SetupError: a bundle, source or output of a camera is unusable (the message
             names the camera).
         InterpreterNotFoundError: no TFLite interpreter is installed.
     """
-    stop = threading.Event()
+    stop = stop or threading.Event()
     wake = threading.Event()
     names = [camera.name for camera in config.cameras]
     watchdog = RunWatchdog(f"{len(names)} cameras")
@@ -329,7 +332,8 @@ def _open_outputs(slot: CameraSlot, previews: CameraPreviews | None, stack) -> N
 
 
 def _start_sources(slots: list[CameraSlot], wake: threading.Event, stack) -> None:
-    """Starts every capture at once: a stream slow to answer delays no other camera."""
+    """Starts every capture at once, and waits for the files and folders only: a live
+    source that does not answer yet keeps trying on its own thread, delaying no other."""
     errors: dict[str, BaseException] = {}
 
     def start(slot: CameraSlot) -> None:
@@ -346,8 +350,9 @@ def _start_sources(slots: list[CameraSlot], wake: threading.Event, stack) -> Non
     ]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    for slot, thread in zip(slots, threads, strict=True):
+        if not slot.source.live:
+            thread.join()
     for slot in slots:  # in the file's order, so the first camera's error is the one shown
         if slot.name in errors:
             raise SetupError(f"camera {slot.name!r}: {_one_line(errors[slot.name])}")
@@ -385,6 +390,7 @@ def _annotate_cameras(
 
 def _annotate_one(slot: CameraSlot) -> None:
     """Runs the model on the camera's waiting frame and hands it to its outputs."""
+    picked_at = time.monotonic()
     frame = slot.source.next_frame(timeout=0)
     if frame is None:
         return
@@ -404,7 +410,10 @@ def _annotate_one(slot: CameraSlot) -> None:
         _finish(slot, reason)
         return
     if slot.period:
-        slot.next_due = max(slot.next_due + slot.period, time.monotonic())
+        # On time, the next frame is due one period after this one was; late by a period or
+        # more (no frame came), one period after now: the cap never allows a burst.
+        late = picked_at - slot.next_due >= slot.period
+        slot.next_due = (picked_at if late else slot.next_due) + slot.period
 
 
 def _finish(slot: CameraSlot, stopped_by: str) -> None:

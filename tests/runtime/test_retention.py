@@ -51,8 +51,9 @@ def test_the_newest_file_of_a_series_survives_any_cap(tmp_path):
 
 def test_an_open_file_is_never_deleted_even_when_it_is_the_oldest(tmp_path):
     ours = make_files(tmp_path, [f"ev-{n:04d}.jsonl" for n in range(1, 5)])
-    deleted = sweep([Series.beside(tmp_path / "ev.jsonl")], keep_gb=1 / GB, keep_days=None,
-                    open_paths=[ours[0]])
+    deleted = sweep(
+        [Series.beside(tmp_path / "ev.jsonl")], keep_gb=1 / GB, keep_days=None, open_paths=[ours[0]]
+    )
     assert ours[0].exists() and deleted == ours[1:3]
 
 
