@@ -197,7 +197,9 @@ class RunOptions:
         if self.jsonl_rotate_mb is not None and not (
             self.jsonl_rotate_mb > 0 and math.isfinite(self.jsonl_rotate_mb)
         ):
-            raise ValueError(f"jsonl_rotate_mb must be a positive number of MB, not {self.jsonl_rotate_mb}")
+            raise ValueError(
+                f"jsonl_rotate_mb must be a positive number of MB, not {self.jsonl_rotate_mb}"
+            )
         if self.display not in ("auto", "on", "off"):
             raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")
         if self.preview_port is not None and not 0 <= self.preview_port <= 65535:
