@@ -97,6 +97,9 @@ class CameraConfig:
         run: Where frames come from and where annotations go (``run.camera`` is ``name``).
         roi: ``(x, y, width, height)`` in pixels to crop before annotating, or ``None``.
         retention: This camera's own cap on its rotated files.
+        label_thresholds: ``(label, threshold)`` pairs overriding the thresholds of
+            those labels (``thresholds = {person = 0.7}``); checked against the labels
+            once the bundle is loaded.
     """
 
     name: str
@@ -104,6 +107,7 @@ class CameraConfig:
     run: RunOptions
     roi: tuple[int, int, int, int] | None = None
     retention: RetentionCap = field(default_factory=RetentionCap)
+    label_thresholds: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,8 @@ def _camera_options(name: str, values: dict, threads: int, where: _Where) -> Cam
             "this camera writes no rotated files: set video (segments) or "
             "jsonl with jsonl_rotate_mb",
         )
-    return CameraConfig(name, annotator, run, values.get("roi"), retention)
+    thresholds = tuple(values.get("thresholds", {}).items())
+    return CameraConfig(name, annotator, run, values.get("roi"), retention, thresholds)
 
 
 # The option fields named in the messages of AnnotatorOptions/RunOptions -> the file's keys.
@@ -387,6 +392,14 @@ def _probability(value: Any) -> float:
     return number
 
 
+def _label_thresholds(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict) or not value:
+        raise TypeError(
+            f"must be a table of label = threshold, e.g. {{person = 0.7}}, not {value!r}"
+        )
+    return {str(label): _probability(threshold) for label, threshold in value.items()}
+
+
 def _whole(low: int, high: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if (
@@ -463,6 +476,7 @@ CAMERA_KEYS: dict[str, Callable[[Any], Any]] = {
     "bundle": _path,
     "labels": _labels,
     "threshold": _probability,
+    "thresholds": _label_thresholds,
     "max_results": _whole(1),
     "allow": _labels,
     "deny": _labels,

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from fuselite.bundle import Bundle, read_bundle
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.cameras import CameraConfig, CamerasConfig
 from fuselite.runtime.interpreter import TfliteModel
-from fuselite.runtime.labels import bundle_labels, typed_labels
+from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.loop import (
     STATS_WAKEUP_S,
     RunSummary,
@@ -41,6 +41,7 @@ from fuselite.runtime.loop import (
     _setup_errors,
     _stop_on_signals,
 )
+from fuselite.runtime.options import AnnotatorOptions
 from fuselite.runtime.outputs import Outputs, OutputsFailed
 from fuselite.runtime.preview import CameraPreviews
 from fuselite.runtime.reader import FrameSource, capture_for
@@ -98,15 +99,42 @@ class SharedModels:
         self._loaded.clear()
 
 
-def shared_annotator(options, models: SharedModels) -> Annotator:
+def shared_annotator(
+    options: AnnotatorOptions,
+    models: SharedModels,
+    label_thresholds: tuple[tuple[str, float], ...] = (),
+) -> Annotator:
     """An annotator with ``options``' labels and thresholds around the shared image model of
-    its bundle (never close it: :meth:`SharedModels.close` releases the model)."""
+    its bundle (never close it: :meth:`SharedModels.close` releases the model).
+
+    ``label_thresholds`` overrides the threshold of the labels it names.
+
+    Raises:
+        ValueError: ``label_thresholds`` names a label this annotator does not score.
+    """
     bundle, model = models.get(options.bundle_path)
     if options.labels is None:
         label_set = bundle_labels(bundle)
     else:
         label_set = typed_labels(bundle, options.labels, num_threads=1)
+    if label_thresholds:
+        label_set = _with_thresholds(label_set, options.score_threshold, label_thresholds)
+        options = replace(options, score_threshold=None)  # folded into the label set
     return Annotator(options, bundle, model, label_set)
+
+
+def _with_thresholds(label_set: LabelSet, threshold: float | None, overrides) -> LabelSet:
+    thresholds = np.array(label_set.thresholds, dtype=np.float32)
+    if threshold is not None:
+        thresholds[:] = threshold
+    for label, value in overrides:
+        if label not in label_set.labels:
+            raise ValueError(
+                f"thresholds names {label!r}, which this camera does not score; "
+                f"its labels are: {', '.join(label_set.labels)}"
+            )
+        thresholds[label_set.labels.index(label)] = value
+    return replace(label_set, thresholds=thresholds)
 
 
 class RegionCapture:
@@ -294,7 +322,7 @@ def _camera_errors(camera: CameraConfig):
 def _camera_source(camera: CameraConfig, models: SharedModels, visual: bool) -> CameraSlot:
     """Loads (or shares) the camera's model and makes its source (started later)."""
     with _camera_errors(camera):
-        annotator = shared_annotator(camera.annotator, models)
+        annotator = shared_annotator(camera.annotator, models, camera.label_thresholds)
         decode_threads = camera.run.decode_threads
         capture = capture_for(
             camera.run.source,

@@ -77,6 +77,10 @@ BAD = {
         CAMERA + "roi = [0, 0, 10]\n",
         ["'door'", "'roi'", "[x, y, width, height]"],
     ),
+    "label thresholds as a list": (
+        CAMERA + "thresholds = [0.5]\n",
+        ["'door'", "'thresholds'", "label = threshold"],
+    ),
     "threshold above 1": (CAMERA + "threshold = 2\n", ["'door'", "'threshold'", "from 0 to 1"]),
     "labels as a number": (CAMERA + "labels = 3\n", ["'door'", "'labels'", "list of label texts"]),
     "allow and deny": (CAMERA + 'allow = ["a"]\ndeny = ["b"]\n', ["'door'", "'allow'", "not both"]),

@@ -88,12 +88,19 @@ def test_a_camera_over_its_fps_cap_waits_and_the_others_go_on(clips):
             slot.source.close()
 
 
+def toml_value(value) -> str:
+    """A TOML value: JSON's spelling, except tables, which TOML writes ``{key = value}``."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
 def camera_toml(name: str, source, bundle: Path, out: Path, **keys) -> str:
     lines = [
         f'[[camera]]\nname = "{name}"\nsource = "{source}"\nbundle = "{bundle}"',
         f'jsonl = "{out / name}.jsonl"',
     ]
-    lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in keys.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -257,3 +264,31 @@ def test_a_region_of_interest_is_what_the_model_sees(int8_bundle, tmp_path):
         assert {
             lab["label"] for e in events(tmp_path / f"{name}.jsonl") for lab in e["labels"]
         } == {label}
+
+
+def test_per_label_thresholds_decide_what_each_camera_reports(red_blue_clip, int8_bundle, tmp_path):
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        "threads = 1\nstats_interval = 0\n"
+        + camera_toml("usual", red_blue_clip, int8_bundle, tmp_path)
+        + camera_toml("strict", red_blue_clip, int8_bundle, tmp_path, thresholds={"red": 1.0})
+    )
+    run_cameras(load_cameras_config(config))
+    reported = {
+        name: {lab["label"] for e in events(tmp_path / f"{name}.jsonl") for lab in e["labels"]}
+        for name in ("usual", "strict")
+    }
+    assert reported == {"usual": {"red", "blue"}, "strict": {"blue"}}  # no score reaches 1.0
+
+
+def test_a_threshold_for_a_label_the_camera_does_not_score_is_one_line(
+    red_blue_clip, int8_bundle, tmp_path
+):
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        camera_toml("door", red_blue_clip, int8_bundle, tmp_path, thresholds={"purple": 0.5})
+    )
+    done = fuselite_run("--config", config, timeout=60)
+    assert done.returncode == 2
+    (line,) = error_lines(done.stderr)
+    assert "camera 'door'" in line and "thresholds names 'purple'" in line and "red" in line
