@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arguments(group) -> None:
-    group.add_argument("--bundle", type=Path, help="the bundle (.tflite written by fuselite convert) to run")
+    group.add_argument("--bundle", type=Path, help="the bundle (.tflite written by fuselite convert) to run (required without --config)")
     group.add_argument(
         "--threads",
         type=int,
@@ -242,6 +242,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options a cameras file sets per camera (or once): refused beside --config, not ignored.
+CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
+                       "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
+                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout")
+
+
 def run_config(args: argparse.Namespace) -> int:
     """Runs every camera of ``args.config`` in this process; returns 0 when they end or a
     signal stops them."""
@@ -250,9 +256,11 @@ def run_config(args: argparse.Namespace) -> int:
     from fuselite.runtime.loop import SetupError
     from fuselite.runtime.multicam import run_cameras
 
-    given = [f"--{name.replace('_', '-')}" for name in ("bundle", "source") if getattr(args, name)]
+    given = [f"--{name.replace('_', '-')}" for name in CAMERA_FILE_OPTIONS
+             if getattr(args, name, None) is not None]
     if given:
-        raise UserError(f"--config names the cameras' bundles and sources: drop {' and '.join(given)}")
+        raise UserError(f"with --config, the cameras file says what {', '.join(given)} would: "
+                        "drop them and set them in the file (docs/cameras.md)")
     try:
         config = load_cameras_config(args.config)
     except ValueError as exc:

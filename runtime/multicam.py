@@ -269,6 +269,8 @@ def run_cameras(
         previews = _previews(config, names, stack)
         slots = [_camera_source(camera, models, previews is not None) for camera in config.cameras]
         _start_sources(slots, wake, stack)
+        # Sinks shared by every camera (one per process, such as a broker connection made
+        # from config.mqtt) are created here, once, and handed to each camera's Outputs.
         for slot in slots:
             _open_outputs(slot, previews, stack)
         keeper = RetentionKeeper(
@@ -284,15 +286,10 @@ def run_cameras(
             config.threads,
             _retention_text(keeper),
         )
-        budget = config.invoke_timeout
+        budget, rule = config.invoke_timeout, "from invoke_timeout in the cameras file"
         if budget is None:
-            budget = invoke_budget(models.load_invoke_s)
-        watchdog.watch(
-            models,
-            budget,
-            lambda stopped_by: _flush_all(slots, stopped_by),
-            budget_rule(models.load_invoke_s),
-        )
+            budget, rule = invoke_budget(models.load_invoke_s), budget_rule(models.load_invoke_s)
+        watchdog.watch(models, budget, lambda stopped_by: _flush_all(slots, stopped_by), rule)
         keeper.start()
         _annotate_cameras(slots, stop, wake, config.stats_interval)
         return {slot.name: slot.summary for slot in slots}
@@ -349,8 +346,6 @@ def _open_outputs(slot: CameraSlot, previews: CameraPreviews | None, stack) -> N
     """Opens the camera's outputs, once its source is open (its frame rate is known)."""
     camera = slot.config
     with _camera_errors(camera):
-        # Sinks shared by every camera of the process (one broker connection, say) are
-        # made once in run_cameras and handed to each camera's Outputs here.
         channel = previews.channel(camera.name) if previews is not None else None
         slot.outputs = Outputs(
             camera.run, camera.run.fps_limit or slot.source.fps, slot.source.live, preview=channel
