@@ -247,10 +247,25 @@ class RotatingJsonlWriter:
         with self._lock:
             written = self._writer.write(record)
             if written and self._size() >= self.rotate_bytes:
-                self._writer.close()
-                self._number += 1
-                self._writer = JsonlWriter(self.current)
+                self._rotate()
             return written
+
+    def _rotate(self) -> None:
+        """Starts the next file; if it cannot be opened, the current one goes on (and the
+        next write tries again), so a failed rotation loses no event."""
+        following = self.series.path(self._number + 1)
+        try:
+            writer = JsonlWriter(following)
+        except OSError as exc:
+            log.warning(
+                "cannot start %s (%s); events go on into %s",
+                following,
+                exc.strerror or exc,
+                self.current,
+            )
+            return
+        self._writer.close()
+        self._writer, self._number = writer, self._number + 1
 
     def _size(self) -> int:
         try:
