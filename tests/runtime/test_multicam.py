@@ -117,7 +117,7 @@ def test_each_camera_keeps_its_own_fps_cap(clips, int8_bundle, tmp_path):
         final = events(tmp_path / f"{name}.jsonl", "stats")[-1]
         # N frames at F fps take (N - 1) / F seconds: 0.9 s and 0.96 s, not the 0.1 s a
         # file takes uncapped; a busy machine may add time, never remove it.
-        assert 0.85 <= final["elapsed_s"] < 3.0, final
+        assert 0.85 <= final["elapsed_s"] < 5.0, final
 
 
 class StallingCamera:
@@ -197,10 +197,11 @@ def test_a_stalled_camera_slows_no_other_and_every_camera_has_stats_and_a_previe
     assert not runner.is_alive()
     annotated = events(tmp_path / "file.jsonl")
     assert len(annotated) == 50
-    # 50 frames at its 20 fps cap take 2.45 s however long the other camera hangs
-    # (each stall lasts 0.5 s: waiting on it in turn would allow about 2 fps).
+    # 50 frames at its 20 fps cap take 2.45 s however long the other camera hangs; waiting
+    # on the stalled one in turn (0.5 s a stall) would allow about 2 fps: 25 s. The margin
+    # is for a busy CI machine.
     span = annotated[-1]["time"] - annotated[0]["time"]
-    assert span < 3.5, span
+    assert span < 6.0, span
     stalled = events(tmp_path / "stalls.jsonl", "stats")[-1]
     assert stalled["final"] and stalled["reconnects"] >= 1 and stalled["frames"] >= 1
     for name in ("stalls", "file"):
