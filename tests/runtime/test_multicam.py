@@ -293,3 +293,18 @@ def test_a_threshold_for_a_label_the_camera_does_not_score_is_one_line(
     assert done.returncode == 2
     (line,) = error_lines(done.stderr)
     assert "camera 'door'" in line and "thresholds names 'purple'" in line and "red" in line
+
+
+def test_a_missing_bundle_or_video_is_one_line_naming_the_camera(
+    red_blue_clip, int8_bundle, tmp_path
+):
+    for name, source, bundle, expected in (
+        ("door", red_blue_clip, tmp_path / "absent.tflite", "absent.tflite"),
+        ("yard", tmp_path / "absent.mp4", int8_bundle, "absent.mp4"),
+    ):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(camera_toml(name, source, bundle, tmp_path))
+        done = fuselite_run("--config", config, timeout=60)
+        assert done.returncode == 2, done.stderr
+        (line,) = error_lines(done.stderr)
+        assert f"camera '{name}'" in line and expected in line, line
