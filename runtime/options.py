@@ -6,6 +6,7 @@ A wrong value raises a :class:`ValueError` whose message says what to change.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,20 @@ def default_threads() -> int:
 def default_decode_threads(interpreter_threads: int) -> int:
     """Video decoder threads when none are given: the cores the interpreter leaves free, at least 1."""
     return max(1, usable_core_count() - interpreter_threads)
+
+
+def camera_name_for(source: str) -> str:
+    """A camera name made from a source: ``"0"`` -> ``camera0``, ``clip.mp4`` -> ``clip``,
+    ``rtsp://host/live`` -> ``host-live`` (letters, digits, ``-`` and ``_`` only)."""
+    text = source.strip()
+    if text.isdigit():
+        return f"camera{text}"
+    if "://" in text:
+        text = text.split("://", 1)[1].split("@")[-1]
+    else:
+        text = Path(text).stem or text
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_")
+    return name[:63] or "camera"
 
 
 def _as_tuple(value, name: str) -> tuple[str, ...]:
@@ -144,6 +159,11 @@ class RunOptions:
         invoke_timeout: Seconds one invoke may take before the run is ended (flushed,
             exit code 124: see ``watchdog.py``); ``None`` (auto) allows 50 times the
             invoke measured at load, at least 2 s; ``0`` turns the budget off.
+        camera: The camera's name (logs, records, topics); empty derives one from the
+            source (:func:`camera_name_for`).
+        jsonl_rotate_mb: Write the events to numbered files ``<stem>-0001.jsonl``...
+            beside ``jsonl``, starting the next one when a file reaches this many MB
+            (so a retention cap can delete old ones); ``None`` writes one file.
     """
 
     source: str
@@ -166,10 +186,20 @@ class RunOptions:
     decode_threads: int | None = None
     pin_threads: bool = True
     invoke_timeout: float | None = None
+    camera: str = ""
+    jsonl_rotate_mb: float | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
             raise ValueError("source must name a camera index, a file, a folder or a URL")
+        if not self.camera:
+            object.__setattr__(self, "camera", camera_name_for(str(self.source)))
+        if self.jsonl_rotate_mb is not None and not (
+            self.jsonl_rotate_mb > 0 and math.isfinite(self.jsonl_rotate_mb)
+        ):
+            raise ValueError(
+                f"jsonl_rotate_mb must be a positive number of MB, not {self.jsonl_rotate_mb}"
+            )
         if self.display not in ("auto", "on", "off"):
             raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")
         if self.preview_port is not None and not 0 <= self.preview_port <= 65535:

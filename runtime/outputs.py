@@ -113,6 +113,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_STDOUT_LOCK = threading.Lock()
+
+
 class JsonlWriter:
     """Writes one JSON object per line to a file or stdout (``"-"``), one write per line.
 
@@ -126,7 +129,8 @@ class JsonlWriter:
     def __init__(self, target: str | Path) -> None:
         self.target = str(target)
         self.closed = False
-        self._lock = threading.Lock()
+        # Cameras of one process may all write to stdout: their lines must not interleave.
+        self._lock = _STDOUT_LOCK if self.target == "-" else threading.Lock()
         self._fd: int | None = None
         self._stream: IO[str] | None = None
         self._mid_line = False
@@ -472,8 +476,19 @@ class Outputs:
     there, as is everything when no sink is open.
     """
 
-    def __init__(self, options: RunOptions, fps: float | None, live: bool = False) -> None:
+    def __init__(
+        self,
+        options: RunOptions,
+        fps: float | None,
+        live: bool = False,
+        preview: MjpegPreview | None = None,
+    ) -> None:
+        """Opens the sinks of ``options``; ``preview``, when given, is a channel of a preview
+        shared by several cameras (``preview.CameraPreviews``), used instead of a server
+        of its own."""
         self.jsonl = self.video = self.preview = self.display = None
+        # Set by the multi-camera runner: every record then carries the camera's name.
+        self.camera: str | None = None
         self._queue = LazyHandoff(maxsize=OUTPUT_QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -498,10 +513,12 @@ class Outputs:
                 )
                 self.health["video"] = SinkHealth(f"video {options.video_out}")
             if options.jsonl is not None:
-                self.jsonl = JsonlWriter(options.jsonl)
+                self.jsonl = _events_writer(options)
                 where = "stdout" if self.jsonl.target == "-" else self.jsonl.target
                 self.health["jsonl"] = SinkHealth(f"events to {where}")
-            if options.preview_port is not None:
+            if preview is not None:
+                self.preview = preview
+            elif options.preview_port is not None:
                 self.preview = MjpegPreview(
                     options.preview_bind,
                     options.preview_port,
@@ -624,7 +641,10 @@ class Outputs:
         stats = self._stats
         stats.record(total_ms, inference_ms)
         if self.jsonl is not None:
-            self._write_jsonl(event_record(frame, result, total_ms, self.all_scores))
+            record = event_record(frame, result, total_ms, self.all_scores)
+            if self.camera is not None:
+                record = {"camera": self.camera, **record}
+            self._write_jsonl(record)
         if not self.visual:
             return
         status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
@@ -677,6 +697,8 @@ class Outputs:
     def _publish_stats(self, record: dict) -> None:
         if self._failed is not None:
             return
+        if self.camera is not None:
+            record["camera"] = self.camera
         if self.health:
             record["sink_errors"] = {name: health.lost for name, health in self.health.items()}
         if self.preview is not None:
@@ -692,7 +714,28 @@ class Outputs:
 
     def _video_file_written(self, record: dict) -> None:
         if self.jsonl is not None:
+            if self.camera is not None:
+                record = {"camera": self.camera, **record}
             self._write_jsonl(record)
+
+    def open_paths(self) -> list[Path]:
+        """The files being written now (a retention cap must never delete them)."""
+        paths = []
+        current = getattr(self.jsonl, "current", None)  # a rotating events writer
+        if current is not None:
+            paths.append(Path(current))
+        elif self.jsonl is not None and self.jsonl.target != "-":
+            paths.append(Path(self.jsonl.target))
+        return paths
+
+
+def _events_writer(options: RunOptions):
+    """The JSONL writer of ``options``: numbered files with ``jsonl_rotate_mb``, else one file."""
+    if options.jsonl_rotate_mb is not None and str(options.jsonl) != "-":
+        from fuselite.runtime.retention import RotatingJsonlWriter  # imports this module
+
+        return RotatingJsonlWriter(options.jsonl, options.jsonl_rotate_mb)
+    return JsonlWriter(options.jsonl)
 
 
 def segment_seconds(options: RunOptions, live: bool) -> float | None:
