@@ -32,7 +32,7 @@ from fuselite.files import write_atomic
 from fuselite.metrics import mean_average_precision, top1_accuracy
 from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage
-from fuselite.train.configs import TrainConfig, resolve_backbone, resolve_image_size
+from fuselite.train.configs import TrainConfig, resolve_backbone, resolve_epochs, resolve_image_size
 from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
 from fuselite.train.distributed import (
     chief_output,
@@ -123,8 +123,9 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, strategy: Callable)
     keras.utils.set_random_seed(config.seed)
     started = time.monotonic()
     data = load_run_data(config, splits)
+    config, epochs_note = resolve_epochs(config, len(data.train)) if not resume else (config, "")
     labels = label_vocabulary(data.train)
-    log.info("%s", describe_run(config, data, labels, size_note))
+    log.info("%s", describe_run(config, data, labels, size_note, epochs_note))
     earlier = load_earlier_run(config.init_from) if config.init_from else None
     if earlier is None:
         tokenizer = fit_tokenizer(data, labels, config.max_text_length)
@@ -153,11 +154,13 @@ def _train(config: TrainConfig, run_dir: Path, resume: bool, strategy: Callable)
     return metrics
 
 
-def describe_run(config: TrainConfig, data: RunData, labels: list[str], size_note: str = "") -> str:
+def describe_run(config: TrainConfig, data: RunData, labels: list[str], size_note: str = "",
+                 epochs_note: str = "") -> str:
     """The block the log gives before training: what was loaded and what will train.
 
     Items used and skipped (with the first reasons), the split sizes, the labels, the
-    input size (and ``size_note``: why that size) and backbone, the schedule.  The time per epoch follows after the first
+    input size (and ``size_note``: why that size) and backbone, the schedule (and
+    ``epochs_note``: why that many epochs, when the data decided).  The time per epoch follows after the first
     epoch (:class:`EpochTimer`), then the progress bar's ETA.
     """
     used = len(data.train) + len(data.val) + len(data.test)
@@ -176,8 +179,9 @@ def describe_run(config: TrainConfig, data: RunData, labels: list[str], size_not
         f"  labels   {len(labels)} ({task}){'; captions too' if data.train.has_captions else ''}",
         f"  input    {config.image_size} px{f' ({size_note})' if size_note else ''}",
         f"  backbone {backbone}",
-        (f"  epochs   {config.epochs} of {steps} steps (batch {config.batch_size}); early stop "
-         f"possible after epoch {(3 * config.epochs) // 4} (patience {config.patience})"),
+        (f"  epochs   {config.epochs}{f' ({epochs_note})' if epochs_note else ''} of {steps} steps "
+         f"(batch {config.batch_size}); early stop possible after epoch {(3 * config.epochs) // 4} "
+         f"(patience {config.patience})"),
         "  ETA      measured on the first epoch, then on the progress bar",
     ]
     return "\n".join(lines)
