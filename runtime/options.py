@@ -8,8 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fuselite.runtime.affinity import usable_core_count
+from fuselite.runtime.mqtt import MqttSettings
 
 # Video segments of runs that may last for days (cameras and streams).
 DEFAULT_SEGMENT_MINUTES = 10.0
@@ -144,6 +146,10 @@ class RunOptions:
         invoke_timeout: Seconds one invoke may take before the run is ended (flushed,
             exit code 124: see ``watchdog.py``); ``None`` (auto) allows 50 times the
             invoke measured at load, at least 2 s; ``0`` turns the budget off.
+        camera: The camera's name in MQTT topics and Home Assistant; ``None`` derives one
+            from the source (:func:`camera_name`).
+        mqtt: Publish events, label states and Home Assistant discovery to this broker
+            (:class:`fuselite.runtime.mqtt.MqttSettings`), or ``None``.
     """
 
     source: str
@@ -166,6 +172,8 @@ class RunOptions:
     decode_threads: int | None = None
     pin_threads: bool = True
     invoke_timeout: float | None = None
+    camera: str | None = None
+    mqtt: MqttSettings | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
@@ -200,6 +208,8 @@ class RunOptions:
             raise ValueError(
                 f"invoke_timeout must be a number of seconds (0: off), not {self.invoke_timeout}"
             )
+        if self.camera is not None and not str(self.camera).strip():
+            raise ValueError("camera must be a name such as 'porch', not an empty text")
         if self.stream_timeout == 0:
             raise ValueError("stream_timeout must be more than 0 seconds")
         if self.decode_threads is not None and (
@@ -210,3 +220,22 @@ class RunOptions:
             raise ValueError(
                 f"decode_threads must be a whole number, 0 for FFmpeg's choice, not {self.decode_threads!r}"
             )
+
+
+def camera_name(options: RunOptions) -> str:
+    """The camera's name: ``options.camera``, else one derived from the source.
+
+    A video file or folder gives its name without suffix (``porch.mp4``: ``porch``), a
+    stream URL its host (``rtsp://cam1.local/live``: ``cam1.local``), a camera index
+    ``camera<N>``, and anything else ``camera``.
+    """
+    if options.camera is not None:
+        return str(options.camera).strip()
+    source = str(options.source).strip()
+    if source.isdigit():
+        return f"camera{source}"
+    if "://" in source:
+        return urlsplit(source).hostname or "camera"
+    if source.split(":")[0] in ("camera", "picamera2"):
+        return "camera"
+    return Path(source.rstrip("/")).stem or "camera"
