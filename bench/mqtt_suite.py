@@ -1,21 +1,25 @@
 """What MQTT costs ``fuselite run``, and what survives a broker outage, on a real Mosquitto.
 
-    python -m fuselite.bench.suite mqtt --bundle int8.tflite [--rate 1000] [--rounds 5] \\
-        [--frames 600] [--outage 30] [--threads 1]
+    python -m fuselite.bench.suite mqtt --bundle int8.tflite [--rate 1000] [--windows 40] \\
+        [--rounds 3] [--frames 3000] [--outage 30] [--threads 1]
 
-A local Mosquitto (Debian ``mosquitto``) is started on a free port of 127.0.0.1.
+A local Mosquitto (Debian ``mosquitto``) is started on a free port of 127.0.0.1, and a
+paho subscriber with a persistent session counts what arrives.
 
-* ``fps``: rounds of two fresh processes, in alternating order, each running
-  ``fuselite run`` on the same clip: ``off`` writes JSONL only; ``on`` adds ``--mqtt``
-  (one event per frame, label states, discovery) and, in the same process, a publisher
-  sending ``--rate`` more events per second (what other cameras of the board would
-  publish).  A subscriber counts what arrives.  The figure is the median over rounds
-  of ``on`` FPS / ``off`` FPS (target >= 0.95).
-* ``outage``: one process as in ``on``, looping the clip; after 5 s the broker is
-  killed (SIGKILL) for ``--outage`` seconds, then started again on the same port.  The
-  process must not crash, and every event of the ``--rate`` publisher must reach a
-  subscriber whose persistent session the restarted broker kept (target: none missing,
-  the queue being large enough for the outage).
+* ``cost``: a process that only publishes ``--rate`` events/s: CPU time per event and
+  the cores it takes (CPU time is what a busy machine cannot hide).
+* ``windows``: one process reads the clip, annotates every frame and formats its event;
+  windows of ``--window-s`` seconds alternate MQTT off and on (off, on, on, off, ...),
+  so the machine's changing load hits both alike.  "On" publishes each frame's event
+  and label states, and a second publisher in the process sends ``--rate`` more events/s
+  (what other cameras of the board would publish).  The figure is the median over
+  groups of four windows of FPS on / FPS off (target >= 0.95).
+* ``runs``: rounds of two fresh ``fuselite run`` processes on the clip, in alternating
+  order: ``off`` writes JSONL only; ``on`` adds ``--mqtt`` and the ``--rate`` publisher.
+* ``outage``: one ``on`` process looping the clip; after 5 s the broker is killed
+  (SIGKILL) for ``--outage`` seconds, then started again on the same port.  The process
+  must not crash, and every event of the ``--rate`` publisher must reach the subscriber,
+  whose session the restarted broker kept (the queue is sized for the outage).
 """
 
 from __future__ import annotations
@@ -83,6 +87,170 @@ finally:
             json.dump(stats, f)
 sys.exit(code)
 """
+
+
+# One process, one loop (read, annotate, event): windows of WINDOW_S seconds alternate
+# MQTT off and on (off/on/on/off...), so the machine's changing load hits both alike.
+# "on": each frame's event and label states go to the broker, and a second publisher
+# sends RATE more events/s.  Prints one JSON line: every window's FPS and CPU time.
+WINDOW_SCRIPT = """
+import json, sys, threading, time
+import cv2
+from fuselite.runtime import Annotator, AnnotatorOptions
+from fuselite.runtime.mqtt import MqttPublisher, MqttSettings
+bundle, video, url, rate, windows, window_s, threads = sys.argv[1:8]
+rate, windows, window_s = float(rate), int(windows), float(window_s)
+annotator = Annotator.create(AnnotatorOptions(bundle, num_threads=int(threads), smoothing=0.5,
+                                              hysteresis=0.05))
+runs = MqttPublisher(MqttSettings(url, client_id="bench-window-run")).start()
+load = MqttPublisher(MqttSettings(url, client_id="bench-window-load", discovery=False,
+                                  queue_size=10**6)).start()
+runs.set_labels("run", annotator.allowed_labels)
+load.set_labels("load", ["person"])
+on, stop, sent = threading.Event(), threading.Event(), [0]
+
+def generate():
+    start, owed = time.monotonic(), 0.0
+    last = start
+    while not stop.is_set():
+        now = time.monotonic()
+        if on.is_set():
+            owed += (now - last) * rate
+            while owed >= 1:
+                load.publish_record("load", {"type": "annotation", "seq": sent[0], "frame": sent[0],
+                    "timestamp_ms": sent[0] * 33.3, "time": time.time(),
+                    "labels": [{"label": "person", "score": 0.91}] if sent[0] % 50 < 25 else [],
+                    "latency_ms": {"capture": 0.1, "preprocess": 1.2, "inference": 8.5,
+                                   "postprocess": 0.3, "total": 10.4}})
+                sent[0] += 1
+                owed -= 1
+        last = now
+        time.sleep(0.005)
+
+capture = cv2.VideoCapture(video)
+def frame():
+    global capture
+    ok, image = capture.read()
+    if not ok:
+        capture.release()
+        capture = cv2.VideoCapture(video)
+        ok, image = capture.read()
+    return image
+
+generator = threading.Thread(target=generate, daemon=True)
+generator.start()
+for _ in range(30):
+    annotator.annotate(frame(), 0.0)  # warm up
+time.sleep(1.0)  # connected, discovery sent
+results, index = [], 0
+for w in range(windows):
+    mqtt = (w % 4) in (1, 2)
+    on.set() if mqtt else on.clear()
+    wall, cpu, n = time.perf_counter(), time.process_time(), 0
+    while time.perf_counter() - wall < window_s:
+        index += 1
+        result = annotator.annotate(frame(), index * 33.3)
+        record = {"type": "annotation", "frame": index, "timestamp_ms": index * 33.3,
+                  "time": time.time(),
+                  "labels": [{"label": c.label, "score": round(c.score, 4)} for c in result.categories],
+                  "latency_ms": {"preprocess": round(result.latency.preprocess_ms, 3),
+                                 "inference": round(result.latency.inference_ms, 3)}}
+        json.dumps(record)  # what the JSONL sink would cost, in both modes
+        if mqtt:
+            runs.publish_record("run", record)
+        n += 1
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    results.append({"mqtt": mqtt, "fps": n / wall, "cpu_ms": cpu * 1000 / n})
+on.clear()
+stop.set()
+generator.join()
+print(json.dumps({"windows": results, "run": runs.close(timeout=30), "load": load.close(timeout=30),
+                  "sent": sent[0]}))
+"""
+
+
+def measure_windows(args, broker: Mosquitto) -> dict[str, Any]:
+    """The ``windows`` measurement in a fresh process (see :data:`WINDOW_SCRIPT`)."""
+    command = [
+        sys.executable,
+        "-c",
+        WINDOW_SCRIPT,
+        str(args.bundle),
+        str(args.video),
+        broker.url,
+        str(args.rate),
+        str(args.windows),
+        str(args.window_s),
+        str(args.threads),
+    ]
+    out, _rss = _finish(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+    data = json.loads(out.splitlines()[-1])
+    off = [w["fps"] for w in data["windows"] if not w["mqtt"]]
+    on = [w["fps"] for w in data["windows"] if w["mqtt"]]
+    # Neighbouring windows share the machine's load: compare each "on" pair with the
+    # "off" pair next to it (windows come as off, on, on, off, off, on, on, off...).
+    pairs = [
+        (
+            statistics.mean(data["windows"][i + 1 + k]["fps"] for k in (0, 1)),
+            statistics.mean(data["windows"][i + 3 * k]["fps"] for k in (0, 1)),
+        )
+        for i in range(0, len(data["windows"]) - 3, 4)
+    ]
+    data["ratios"] = [on_fps / off_fps for on_fps, off_fps in pairs]
+    data["fps_off"], data["fps_on"] = statistics.median(off), statistics.median(on)
+    data["cpu_off"] = statistics.median(w["cpu_ms"] for w in data["windows"] if not w["mqtt"])
+    data["cpu_on"] = statistics.median(w["cpu_ms"] for w in data["windows"] if w["mqtt"])
+    print(
+        f"windows: FPS off {data['fps_off']:.1f}, on {data['fps_on']:.1f}; on/off per group "
+        f"median {statistics.median(data['ratios']):.3f}; load sent {data['sent']}, "
+        f"published {data['load']['published']}, run events published {data['run']['published']}",
+        flush=True,
+    )
+    return data
+
+
+# The CPU the publisher itself costs: RATE events/s for SECONDS, nothing else in the process.
+COST_SCRIPT = """
+import json, sys, time
+from fuselite.runtime.mqtt import MqttPublisher, MqttSettings
+url, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+publisher = MqttPublisher(MqttSettings(url, client_id="bench-cost", discovery=False)).start()
+publisher.set_labels("cost", ["person"])
+while not publisher.stats()["connected"]:
+    time.sleep(0.05)
+cpu, start, sent = time.process_time(), time.monotonic(), 0
+while time.monotonic() - start < seconds:
+    due = int((time.monotonic() - start) * rate)
+    while sent < due:
+        publisher.publish_record("cost", {"type": "annotation", "frame": sent, "time": time.time(),
+            "labels": [{"label": "person", "score": 0.91}] if sent % 50 < 25 else [],
+            "latency_ms": {"preprocess": 1.2, "inference": 8.5, "total": 10.4}})
+        sent += 1
+    time.sleep(0.005)
+while publisher.stats()["queued"]:
+    time.sleep(0.005)
+wall, cpu = time.monotonic() - start, time.process_time() - cpu
+stats = publisher.close()
+print(json.dumps({"sent": sent, "published": stats["published"], "us_per_event": cpu / sent * 1e6,
+                  "cores": cpu / wall, "rate": sent / wall}))
+"""
+
+
+def measure_cost(args, broker: Mosquitto) -> dict[str, Any]:
+    """CPU time per published event, in a fresh process publishing ``args.rate`` events/s."""
+    command = [sys.executable, "-c", COST_SCRIPT, broker.url, str(args.rate), "10"]
+    out, _rss = _finish(
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    )
+    cost = json.loads(out.splitlines()[-1])
+    print(
+        f"cost: {cost['us_per_event']:.0f} us CPU per event, {cost['cores']:.3f} cores at "
+        f"{cost['rate']:.0f} events/s ({cost['published']}/{cost['sent']} acknowledged)",
+        flush=True,
+    )
+    return cost
 
 
 class Counter:
@@ -258,37 +426,60 @@ def _spread(values: list[float], digits: int) -> tuple[str, str]:
 
 
 def markdown(
-    header: dict[str, Any], rounds: list[dict[str, Any]], out: dict[str, Any] | None
+    header: dict[str, Any],
+    cost: dict[str, Any],
+    windows: dict[str, Any],
+    rounds: list[dict[str, Any]],
+    out: dict[str, Any] | None,
 ) -> str:
     """The report for the docs."""
     rate = f"{header['rate']:.0f}"
+    on_windows = [w for w in windows["windows"] if w["mqtt"]]
+    off_windows = [w for w in windows["windows"] if not w["mqtt"]]
     rows = [
-        ("inference FPS without MQTT", _spread([r["off"]["fps"] for r in rounds], 1)),
+        ("publisher alone: CPU per event (us)", (f"{cost['us_per_event']:.0f}", "")),
+        (f"publisher alone: cores at {cost['rate']:.0f} events/s", (f"{cost['cores']:.3f}", "")),
+        ("windows: FPS without MQTT", _spread([w["fps"] for w in off_windows], 1)),
+        (f"windows: FPS with MQTT + {rate} events/s", _spread([w["fps"] for w in on_windows], 1)),
         (
-            f"inference FPS with MQTT + {rate} events/s",
+            f"windows: with / without, per group (target >= {TARGET_FPS_RATIO})",
+            _spread(windows["ratios"], 3),
+        ),
+        ("windows: CPU ms per frame without", _spread([w["cpu_ms"] for w in off_windows], 2)),
+        ("windows: CPU ms per frame with", _spread([w["cpu_ms"] for w in on_windows], 2)),
+    ]
+    rows += [
+        ("runs: inference FPS without MQTT", _spread([r["off"]["fps"] for r in rounds], 1)),
+        (
+            f"runs: inference FPS with MQTT + {rate} events/s",
             _spread([r["on"]["fps"] for r in rounds], 1),
         ),
         (
-            f"with / without (target >= {TARGET_FPS_RATIO})",
+            f"runs: with / without (target >= {TARGET_FPS_RATIO})",
             _spread([r["ratio"] for r in rounds], 3),
         ),
-        ("process CPU ms per frame without", _spread([r["off"]["cpu_ms"] for r in rounds], 2)),
-        ("process CPU ms per frame with", _spread([r["on"]["cpu_ms"] for r in rounds], 2)),
-        ("events/s sent by the load publisher", _spread([r["load_rate"] for r in rounds], 0)),
+        ("runs: CPU ms per frame without", _spread([r["off"]["cpu_ms"] for r in rounds], 2)),
+        ("runs: CPU ms per frame with", _spread([r["on"]["cpu_ms"] for r in rounds], 2)),
+        ("runs: events/s sent by the load publisher", _spread([r["load_rate"] for r in rounds], 0)),
     ]
     sent = sum(r["on"]["load"]["sent"] for r in rounds)
     machine = (
         f"{header['date']}, {header['cpu']}, {header['cpus']} cores (shared), load average "
-        f"before {header['load']}; {header['rounds']} rounds of {header['frames']} frames"
+        f"before {header['load']}; {header['windows']} windows of {header['window_s']} s in one "
+        f"process, then {header['rounds']} rounds of {header['frames']} frames in fresh processes"
     )
     lines = [
         machine,
         f"`{header['command']}`",
         "",
-        "| measure | median | min-max over rounds |",
+        "| measure | median | min-max |",
         "| --- | ---: | ---: |",
     ]
     lines += [f"| {name} | {median} | {spread} |" for name, (median, spread) in rows]
+    lines.append(
+        f"| windows: load events published / sent | {windows['load']['published']} / "
+        f"{windows['sent']} | |"
+    )
     received = sum(r["received"] for r in rounds)
     run_received = sum(r["run_received"] for r in rounds)
     lines += [
@@ -324,7 +515,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     parser.add_argument("--rate", type=float, default=1000.0, help="extra events/s (default 1000)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=40,
+        help="windows of the in-process measure, a multiple of 4 (default 40)",
+    )
+    parser.add_argument("--window-s", type=float, default=1.0, help="seconds a window (default 1)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of fresh processes (default 3)"
+    )
     parser.add_argument("--frames", type=int, default=3000, help="frames per run (default 3000)")
     parser.add_argument(
         "--outage",
@@ -347,6 +547,8 @@ def _header(args) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "rounds": args.rounds,
+        "windows": args.windows,
+        "window_s": args.window_s,
         "frames": args.frames,
         "rate": args.rate,
         "command": shlex.join(["python", "-m", "fuselite.bench.suite", "mqtt", *args.argv]),
@@ -369,16 +571,19 @@ def main(argv: list[str] | None = None) -> int:
         try:
             counter = Counter(broker.port, session="bench-counter")
             broker.save()  # the counter's session survives the outage's restart
+            cost = measure_cost(args, broker)
+            windows = measure_windows(args, broker)
+            counter.reset()
             rounds = fps_rounds(args, broker, counter, work)
             out = outage(args, broker, counter, work) if args.outage > 0 else None
             counter.close()
         finally:
             broker.kill()
-    print(markdown(header, rounds, out))
+    print(markdown(header, cost, windows, rounds, out))
     if args.json:
         from fuselite.files import write_atomic
 
-        data = {"header": header, "rounds": rounds, "outage": out}
+        data = {"header": header, "cost": cost, "windows": windows, "rounds": rounds, "outage": out}
         write_atomic(args.json, json.dumps(data, indent=1).encode())
     return 0
 
