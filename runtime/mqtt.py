@@ -58,7 +58,8 @@ MAX_UNACKED = 200
 SEND_BATCH = 100  # messages handed to paho at a time
 SEND_LINGER_S = 0.01  # pause after a batch, so events gather (up to 10,000 a second go out)
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
-CLOSE_FLUSH_S = 5.0  # at the end of a run, how long queued events may take to go out
+CLOSE_FLUSH_S = 2.0  # at the end of a run, how long queued events may take to go out (within
+# the 3 s a signalled run has to finish, see watchdog.STOP_GRACE_S)
 _TOPIC_WORD = re.compile(r"^[^#+/\x00]+$")
 
 
@@ -660,12 +661,21 @@ class MqttPublisher:
             was_connected, self._connected = self._connected, False
             if was_connected and not self._closing:
                 self._lost_at = time.monotonic()
+                self._connect_failures = 1  # this line says it: failed retries log at debug
+                # paho reports a dropped connection as "Unspecified error".
+                why = (
+                    ""
+                    if reason_code.is_failure and reason_code.value == 128
+                    else f" ({reason_code})"
+                )
                 log.warning(
-                    "MQTT: lost the broker %s (%s); events wait in a queue of %d and "
-                    "it is tried again",
+                    "MQTT: lost the broker %s%s; events wait in a queue of %d and it is "
+                    "tried again every %d-%d s",
                     self.settings.describe(),
-                    reason_code,
+                    why,
                     self.settings.queue_size,
+                    RECONNECT_MIN_S,
+                    RECONNECT_MAX_S,
                 )
             self._lock.notify_all()
 

@@ -358,6 +358,8 @@ def test_broker_killed_mid_run_queues_within_the_bound_and_counts_the_rest(
     log = caplog.text
     assert "lost the broker" in log and "is back after" in log
     assert "30 events dropped while it was away" in log
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2  # lost, then the queue is full: not one line per retry
 
 
 @needs_broker
