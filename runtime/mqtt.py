@@ -57,7 +57,7 @@ ONLINE, OFFLINE = "online", "offline"
 MAX_UNACKED = 200
 SEND_BATCH = 100  # messages handed to paho at a time
 SEND_LINGER_S = 0.01  # pause after a batch, so events gather (up to 10,000 a second go out)
-RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 30
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 10  # a restarted broker is found within 10 s
 CLOSE_FLUSH_S = 2.0  # at the end of a run, how long queued events may take to go out (within
 # the 3 s a signalled run has to finish, see watchdog.STOP_GRACE_S)
 _TOPIC_WORD = re.compile(r"^[^#+/\x00]+$")
