@@ -41,9 +41,18 @@ def port_open(port: int) -> bool:
 
 
 class Mosquitto:
-    """One broker process on ``127.0.0.1:port``; :meth:`start` again after :meth:`kill`."""
+    """One broker process on ``127.0.0.1:port``; :meth:`start` again after :meth:`kill`.
 
-    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False) -> None:
+    ``listener_options`` are config lines for the listener, e.g. ``certfile ...`` for TLS.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        persistence: bool = False,
+        listener_options: tuple[str, ...] = (),
+    ) -> None:
         if MOSQUITTO is None:
             raise FileNotFoundError(
                 "mosquitto is not installed (Debian: apt-get install mosquitto)"
@@ -54,7 +63,8 @@ class Mosquitto:
         self.persistence = persistence
         self.process: subprocess.Popen | None = None
         self.config = self.workdir / "mosquitto.conf"
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true"]
+        # Options after the listener line apply to it (e.g. cafile/certfile/keyfile for TLS).
+        lines = [f"listener {self.port} 127.0.0.1", *listener_options, "allow_anonymous true"]
         if os.geteuid() == 0:
             lines.append(
                 "user root"

@@ -193,6 +193,7 @@ def _mqtt_arguments(group) -> None:
     )
     group.add_argument(
         "--camera-name",
+        metavar="NAME",
         help="the camera's name in topics and in Home Assistant "
         "(default: from the source, e.g. porch.mp4 -> porch, camera index 0 -> camera0)",
     )

@@ -10,6 +10,8 @@ import argparse
 import json
 import logging
 import re
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -487,3 +489,90 @@ def test_a_bad_mqtt_flag_is_one_line_and_exit_code_2(int8_bundle, red_blue_clip,
 )
 def test_the_camera_name_comes_from_the_option_or_the_source(source, camera, expected):
     assert camera_name(RunOptions(source=source, camera=camera)) == expected
+
+
+def _tls_files(folder) -> dict[str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl CLI)."""
+    folder.mkdir()
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=fuselite test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    )
+    return {name: str(folder / f"{name}.pem") for name in ("ca", "server")} | {
+        "key": str(folder / "server.key")
+    }
+
+
+@needs_broker
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_mqtts_publishes_over_tls_checked_against_the_ca(tmp_path, caplog):
+    files = _tls_files(tmp_path / "tls")
+    options = (f"cafile {files['ca']}", f"certfile {files['server']}", f"keyfile {files['key']}")
+    with Mosquitto(tmp_path / "broker", listener_options=options) as broker:
+        watcher = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        watcher.tls_set(ca_certs=files["ca"])
+        received = []
+        watcher.on_message = lambda c, u, message: received.append(message.topic)
+        watcher.connect("127.0.0.1", broker.port)
+        watcher.subscribe("fuselite/+/events", qos=1)
+        watcher.loop_start()
+        url = f"mqtts://127.0.0.1:{broker.port}"
+        with MqttPublisher(MqttSettings(url, tls_ca=files["ca"])).start() as publisher:
+            publisher.set_labels("cam", ["person"])
+            publisher.publish_record("cam", annotation(0, "person"))
+            wait_until(lambda: received == ["fuselite/cam/events"])
+        # The system's CAs do not know this broker's: no connection, and nothing sent.
+        caplog.set_level(logging.WARNING, logger="fuselite.runtime.mqtt")
+        untrusted = MqttPublisher(MqttSettings(url)).start()
+        untrusted.publish_record("cam", annotation(1))
+        wait_until(lambda: "cannot reach it" in caplog.text)
+        assert untrusted.stats()["connected"] is False and untrusted.stats()["queued"] == 1
+        untrusted.close()
+        watcher.disconnect()
+        watcher.loop_stop()
+    assert received == ["fuselite/cam/events"]
