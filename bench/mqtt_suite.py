@@ -152,7 +152,8 @@ for w in range(windows):
         result = annotator.annotate(frame(), index * 33.3)
         record = {"type": "annotation", "frame": index, "timestamp_ms": index * 33.3,
                   "time": time.time(),
-                  "labels": [{"label": c.label, "score": round(c.score, 4)} for c in result.categories],
+                  "labels": [{"label": c.label, "score": round(c.score, 4)}
+                             for c in result.categories],
                   "latency_ms": {"preprocess": round(result.latency.preprocess_ms, 3),
                                  "inference": round(result.latency.inference_ms, 3)}}
         json.dumps(record)  # what the JSONL sink would cost, in both modes

@@ -315,7 +315,8 @@ def import_paho():
         import paho.mqtt.client as paho
     except ImportError:
         raise MqttError(
-            "MQTT needs paho-mqtt 2: pip install 'fuselite[mqtt]' (or pip install 'paho-mqtt>=2,<3')"
+            "MQTT needs paho-mqtt 2: pip install 'fuselite[mqtt]' "
+            "(or pip install 'paho-mqtt>=2,<3')"
         ) from None
     if not hasattr(paho, "CallbackAPIVersion"):
         raise MqttError("MQTT needs paho-mqtt 2 (1.x is installed): pip install 'paho-mqtt>=2,<3'")
@@ -350,13 +351,17 @@ class MqttPublisher:
         self.settings = settings
         self._paho = import_paho()
         self._lock = threading.Condition()
-        self._queue: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[str, str, bytes]] = (
+            collections.deque()
+        )  # camera, topic, payload
+        self._queued = collections.Counter()  # camera -> its events in the queue
         self._cameras: dict[str, _Camera] = {}
         self._dirty_states: set[tuple[str, str]] = set()
         self._dirty_configs: set[tuple[str, str]] = set()
-        self._unacked: dict[int, str] = {}  # mid -> "event" | "state" | "config"
+        self._unacked: dict[int, tuple[str, str | None]] = {}  # mid -> (kind, camera of an event)
         self._early_acks: set[int] = set()
         self._counts = collections.Counter()  # published, dropped, dropped_outage, reconnects
+        self._camera_counts: dict[str, collections.Counter] = {}  # camera -> published, dropped
         self._connected = False
         self._ever_connected = False
         self._lost_at: float | None = None
@@ -445,9 +450,11 @@ class MqttPublisher:
         with self._lock:
             topic = f"{self.settings.topic_prefix}/{self._camera(camera).slug}/events"
             if len(self._queue) >= self.settings.queue_size:
-                self._queue.popleft()
-                self._count_drop()
-            self._queue.append((topic, payload))
+                dropped_camera = self._queue.popleft()[0]
+                self._queued[dropped_camera] -= 1
+                self._count_drop(dropped_camera)
+            self._queue.append((camera, topic, payload))
+            self._queued[camera] += 1
             self._lock.notify_all()
 
     def publish_record(self, camera: str, record: dict[str, Any]) -> None:
@@ -456,16 +463,22 @@ class MqttPublisher:
         self.publish_event(camera, record)
         self.update_states(camera, [item["label"] for item in record.get("labels", ())])
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, camera: str | None = None) -> dict[str, Any]:
         """``{"published", "queued", "dropped", "connected", "reconnects"}``: events
         acknowledged by the broker, waiting (queued or unacknowledged), dropped because the
-        queue was full, whether the broker is connected, and reconnections."""
+        queue was full, whether the broker is connected, and reconnections; the events of
+        one ``camera``, or of all."""
         with self._lock:
-            waiting = len(self._queue) + sum(kind == "event" for kind in self._unacked.values())
+            unacked = [owner for kind, owner in self._unacked.values() if kind == "event"]
+            if camera is None:
+                counts, waiting = self._counts, len(self._queue) + len(unacked)
+            else:
+                counts = self._camera_counts.get(camera, collections.Counter())
+                waiting = self._queued[camera] + unacked.count(camera)
             return {
-                "published": self._counts["published"],
+                "published": counts["published"],
                 "queued": waiting,
-                "dropped": self._counts["dropped"],
+                "dropped": counts["dropped"],
                 "connected": self._connected,
                 "reconnects": self._counts["reconnects"],
             }
@@ -517,8 +530,9 @@ class MqttPublisher:
             entry = self._cameras[name] = _Camera(name, slug)
         return entry
 
-    def _count_drop(self) -> None:
+    def _count_drop(self, camera: str) -> None:
         self._counts["dropped"] += 1
+        self._camera_counts.setdefault(camera, collections.Counter())["dropped"] += 1
         if not self._connected:
             self._counts["dropped_outage"] += 1
             if self._counts["dropped_outage"] == 1:
@@ -531,20 +545,28 @@ class MqttPublisher:
     def _has_work(self) -> bool:
         return bool(self._queue or self._dirty_states or self._dirty_configs or self._unacked)
 
-    def _next_message(self) -> tuple[str, str, bytes | str, bool] | None:
-        """``(kind, topic, payload, retain)`` to send next: configs, then states, then events."""
+    def _next_message(self) -> tuple[str, str | None, str, bytes | str, bool] | None:
+        """``(kind, camera, topic, payload, retain)`` to send next: configs, then states,
+        then events (``camera`` only for events)."""
         if self._dirty_configs:
             camera, label = self._dirty_configs.pop()
             topic, config = discovery_config(self.settings, self._cameras[camera], label)
-            return "config", topic, _json_bytes(config), True
+            return "config", None, topic, _json_bytes(config), True
         if self._dirty_states:
             camera, label = self._dirty_states.pop()
             entry = self._cameras[camera]
             state = PAYLOAD_ON if entry.states.get(label) else PAYLOAD_OFF
-            return "state", state_topic(self.settings, entry.slug, entry.labels[label]), state, True
+            return (
+                "state",
+                None,
+                state_topic(self.settings, entry.slug, entry.labels[label]),
+                state,
+                True,
+            )
         if self._queue:
-            topic, payload = self._queue.popleft()
-            return "event", topic, payload, False
+            camera, topic, payload = self._queue.popleft()
+            self._queued[camera] -= 1
+            return "event", camera, topic, payload, False
         return None
 
     def _send_loop(self) -> None:
@@ -560,19 +582,19 @@ class MqttPublisher:
                     return
                 batch = self._next_batch()
             sent = [
-                (kind, self._client.publish(topic, payload, qos=1, retain=retain))
-                for kind, topic, payload, retain in batch
+                ((kind, camera), self._client.publish(topic, payload, qos=1, retain=retain))
+                for kind, camera, topic, payload, retain in batch
             ]
             with self._lock:
-                for kind, info in sent:
+                for owner, info in sent:
                     if info.mid in self._early_acks:
                         self._early_acks.discard(info.mid)
-                        self._acked(kind)
+                        self._acked(owner)
                     else:
-                        self._unacked[info.mid] = kind
+                        self._unacked[info.mid] = owner
             time.sleep(SEND_LINGER_S)
 
-    def _next_batch(self) -> list[tuple[str, str, bytes | str, bool]]:
+    def _next_batch(self) -> list[tuple[str, str | None, str, bytes | str, bool]]:
         """Up to :data:`SEND_BATCH` messages, as many as the unacknowledged bound allows."""
         room = min(SEND_BATCH, MAX_UNACKED - len(self._unacked))
         batch = []
@@ -583,9 +605,11 @@ class MqttPublisher:
     def _pending(self) -> bool:
         return bool(self._queue or self._dirty_states or self._dirty_configs)
 
-    def _acked(self, kind: str) -> None:
+    def _acked(self, owner: tuple[str, str | None]) -> None:
+        kind, camera = owner
         if kind == "event":
             self._counts["published"] += 1
+            self._camera_counts.setdefault(camera, collections.Counter())["published"] += 1
         self._lock.notify_all()
 
     # -- paho callbacks (paho's network thread) ---------------------------------------------
@@ -681,11 +705,11 @@ class MqttPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._lock:
-            kind = self._unacked.pop(mid, None)
-            if kind is None:  # acknowledged before the sender stored the id
+            owner = self._unacked.pop(mid, None)
+            if owner is None:  # acknowledged before the sender stored the id
                 self._early_acks.add(mid)
             else:
-                self._acked(kind)
+                self._acked(owner)
 
     def _on_message(self, client, userdata, message) -> None:
         # Home Assistant's birth message: it (re)started and needs the configs and states.

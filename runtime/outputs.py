@@ -710,7 +710,7 @@ class Outputs:
         if self.preview is not None:
             record["preview"] = self.preview.counts()
         if self.mqtt is not None:
-            record["mqtt"] = self.mqtt.stats()
+            record["mqtt"] = self.mqtt.stats(self.camera)
         log.info("%s%s", describe(record), _mqtt_text(record))
         if record.get("final") and any(health.lost for health in self.health.values()):
             # The events file may be what failed: the final record goes to the log too.

@@ -576,3 +576,22 @@ def test_mqtts_publishes_over_tls_checked_against_the_ca(tmp_path, caplog):
         watcher.disconnect()
         watcher.loop_stop()
     assert received == ["fuselite/cam/events"]
+
+
+def test_a_shared_publisher_counts_each_camera_apart():
+    # Nothing listens on this port: every event waits, then the oldest are dropped.
+    settings = MqttSettings(f"mqtt://127.0.0.1:{free_port()}", queue_size=4)
+    with MqttPublisher(settings).start() as publisher:
+        for camera in ("porch", "porch", "porch", "garage", "garage"):
+            publisher.publish_record(camera, annotation(0))
+        assert publisher.stats("porch") == {
+            "published": 0,
+            "queued": 2,
+            "dropped": 1,
+            "connected": False,
+            "reconnects": 0,
+        }
+        assert (
+            publisher.stats("garage")["queued"] == 2 and publisher.stats("garage")["dropped"] == 0
+        )
+        assert publisher.stats()["queued"] == 4 and publisher.stats()["dropped"] == 1
