@@ -176,7 +176,7 @@ def measure_runs(bundle: Path, video: Path, threads: int, frames: int, copies: i
 class Burner:
     """A process burning core 0 while the ``with`` block runs (``busy`` load)."""
 
-    def __enter__(self) -> Burner:
+    def __enter__(self) -> Burner:  # noqa: PYI034 (typing.Self needs Python 3.11; 3.10 is supported)
         self.process = subprocess.Popen([sys.executable, "-c", BURNER_SCRIPT])
         time.sleep(0.5)  # let it settle on its core
         return self
@@ -257,13 +257,13 @@ def _brief(figures: dict[str, dict[str, float]]) -> str:
 def markdown(cases: list[dict[str, Any]], header: dict[str, Any]) -> str:
     """The report: one row per case, medians with the min-max of the ratios."""
     lines = [
-        f"{header['date']}, {header['cpu']}, {header['cpus']} cores, load average before {header['load']}; "
-        f"{header['frames']} frames per process, {header['rounds']} rounds, fresh processes; "
-        f"peak RSS of importing numpy, OpenCV and the interpreter alone: {header['library_floor_mb']:.0f} MB",
+        (f"{header['date']}, {header['cpu']}, {header['cpus']} cores, load average before {header['load']}; "
+         f"{header['frames']} frames per process, {header['rounds']} rounds, fresh processes; "
+         f"peak RSS of importing numpy, OpenCV and the interpreter alone: {header['library_floor_mb']:.0f} MB"),
         f"`{header['command']}`",
         "",
-        "| bundle | threads | load | invoke FPS | sequential FPS | run FPS | run / sequential | "
-        "run / invoke | pair / run | CPU ms/frame run (seq) | cores run (seq) | peak RSS run (seq) |",
+        ("| bundle | threads | load | invoke FPS | sequential FPS | run FPS | run / sequential | "
+         "run / invoke | pair / run | CPU ms/frame run (seq) | cores run (seq) | peak RSS run (seq) |"),
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for case in cases:

@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "within --max-loss, each fine-tuned and checked)",
     )
     parser.add_argument(
+        "--clusters", type=int, default=None, metavar="N",
+        help="pin the shared values per kernel of clustered variants (default: the fewest of 8, 16, 32 "
+             "within --max-loss, each fine-tuned and checked)",
+    )
+    parser.add_argument(
         "--target", metavar="PROFILE",
         help="refuse variants this device profile's (or runtime's) interpreter cannot load",
     )
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from fuselite.convert.report import results_table, write_report
 
     options = ConvertOptions(
-        sparsity=args.sparsity, target=args.target, num_threads=args.threads,
+        sparsity=args.sparsity, clusters=args.clusters, target=args.target, num_threads=args.threads,
         calibration_samples=args.calibration_samples, eval_samples=args.eval_samples,
         finetune_steps=args.finetune_steps, max_loss=args.max_loss, progress=False if args.quiet else None,
         fixed_labels=args.fixed_labels,

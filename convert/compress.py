@@ -59,16 +59,18 @@ def finetune_steps(train_items: int, batch_size: int) -> int:
 
 
 @dataclass
-class SparsitySearch:
-    """The outcome of :func:`search_sparsity`.
+class CompressionSearch:
+    """The outcome of :func:`search_compression`.
 
     Attributes:
-        chosen: The sparsity whose attempt passed, or ``None`` if none did.
+        chosen: The setting (sparsity or cluster count) whose attempt passed, or ``None``
+            if none did.
         outcome: What the passing attempt returned (the last attempt's if none passed).
-        tried: One record per candidate tried, highest first: ``sparsity``, ``passed``,
-            ``loss_pt`` (points lost against Keras on the ``judged_on`` split, or ``None``)
-            and ``why`` (one line).
-        pinned: Whether ``--sparsity`` pinned the single candidate.
+        tried: One record per candidate tried, most compressed first: the setting under
+            the name ``knob`` (``sparsity`` or ``clusters``), ``passed``, ``loss_pt``
+            (points lost against Keras on the ``judged_on`` split, or ``None``) and
+            ``why`` (one line).
+        pinned: Whether ``--sparsity`` (``--clusters``) pinned the single candidate.
         judged_on: The split the candidates were judged on: ``"validation"``, so that the
             test split, never used to choose, still gives an unbiased figure for the one
             written (``"test"`` only when the run's validation split has no task metric).
@@ -79,6 +81,7 @@ class SparsitySearch:
     tried: list
     pinned: bool
     judged_on: str = "validation"
+    knob: str = "sparsity"
 
     def record(self) -> dict:
         """JSON-ready form for the manifest and ``convert-report.json``."""
@@ -86,25 +89,27 @@ class SparsitySearch:
                 "candidates": self.tried}
 
 
-def search_sparsity(candidates, attempt, pinned: bool = False, judged_on: str = "validation") -> SparsitySearch:
-    """Tries ``candidates`` (highest first) until one passes; keeps the highest that does.
+def search_compression(candidates, attempt, pinned: bool = False, judged_on: str = "validation",
+                       knob: str = "sparsity") -> CompressionSearch:
+    """Tries ``candidates`` (most compressed first) until one passes; keeps the first that does.
 
-    ``attempt(sparsity)`` prunes, fine-tunes, converts and judges one candidate on the
-    ``judged_on`` split and returns ``(passed, loss_pt, why, go_on, outcome)``: ``go_on``
-    is False when a lower sparsity cannot help (the converter failed, or the target
-    cannot load the ops).
+    ``candidates`` are sparsities, highest first, or cluster counts, fewest first (``knob``
+    names which).  ``attempt(setting)`` compresses, fine-tunes, converts and judges one
+    candidate on the ``judged_on`` split and returns ``(passed, loss_pt, why, go_on,
+    outcome)``: ``go_on`` is False when a milder setting cannot help (the converter failed,
+    or the target cannot load the ops).
     """
     tried, outcome = [], None
-    for sparsity in candidates:
-        passed, loss_pt, why, go_on, outcome = attempt(sparsity)
-        tried.append({"sparsity": sparsity, "passed": passed,
+    for setting in candidates:
+        passed, loss_pt, why, go_on, outcome = attempt(setting)
+        tried.append({knob: setting, "passed": passed,
                       "loss_pt": None if loss_pt is None else round(loss_pt, 3), "why": why})
-        log.info("sparsity %.2f (judged on %s): %s", sparsity, judged_on, why)
+        log.info("%s %g (judged on %s): %s", knob, setting, judged_on, why)
         if passed:
-            return SparsitySearch(sparsity, outcome, tried, pinned, judged_on)
+            return CompressionSearch(setting, outcome, tried, pinned, judged_on, knob)
         if not go_on:
             break
-    return SparsitySearch(None, outcome, tried, pinned, judged_on)
+    return CompressionSearch(None, outcome, tried, pinned, judged_on, knob)
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,9 @@ import numpy as np
 from fuselite import __version__
 from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle
 from fuselite.convert import modelinfo, numerics
-from fuselite.convert.compress import CompressSettings, finetune_steps, search_sparsity
+from fuselite.convert.compress import CompressSettings, finetune_steps, search_compression
 from fuselite.convert.report import VariantResult, gzip_size, progress_bar
-from fuselite.convert.variants import Variant
+from fuselite.convert.variants import SEARCH_RECORDS, Variant
 from fuselite.errors import UserError
 from fuselite.files import write_atomic
 from fuselite.interpreter import interpreter_version
@@ -53,6 +53,8 @@ class ConvertOptions:
         sparsity: ``--sparsity``: pins the sparsity of pruned variants; ``None`` searches
             their candidates (:meth:`Variant.sparsity_candidates`) from the highest down
             and writes the first within ``max_loss``.
+        clusters: ``--clusters``: pins the shared values per kernel of clustered variants;
+            ``None`` searches :meth:`Variant.cluster_candidates`, fewest first.
         target: ``--target``: a runtime key or board profile name, or ``None``.
         num_threads: Interpreter threads for the numeric checks.
         calibration_samples: Training images that calibrate full-integer variants.
@@ -75,6 +77,7 @@ class ConvertOptions:
     """
 
     sparsity: float | None = None
+    clusters: int | None = None
     target: str | None = None
     num_threads: int = 2
     calibration_samples: int = 200
@@ -88,6 +91,8 @@ class ConvertOptions:
     def __post_init__(self) -> None:
         if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
             raise UserError(f"--sparsity {self.sparsity} must be between 0 and 1 (e.g. 0.75)")
+        if self.clusters is not None and not 2 <= self.clusters <= 256:
+            raise UserError(f"--clusters {self.clusters} must be 2 to 256 (e.g. 16)")
         if self.num_threads < 1 or self.calibration_samples < 1 or self.eval_samples < 0:
             raise UserError("--threads and --calibration-samples must be >= 1, --eval-samples >= 0")
         if self.finetune_steps is not None and self.finetune_steps < 1:
@@ -215,8 +220,8 @@ class Converter:
     def convert(self, variant: Variant) -> VariantResult:
         """Converts, checks and (if good) writes one variant; never raises for a bad variant.
 
-        A pruned variant is tried at each of its sparsities, highest first, until one is
-        within the budget (:meth:`_search`).
+        A pruned (clustered) variant is tried at each of its sparsities, highest first (cluster
+        counts, fewest first), until one is within the budget (:meth:`_search`).
         """
         started = time.perf_counter()
         remove_stale_parts(self.out_dir, variant)
@@ -224,7 +229,7 @@ class Converter:
         if problem:
             log.error("%s: %s", variant.name, problem)
             return VariantResult(variant.name, "refused", problem, seconds=_since(started))
-        if variant.compression == "prune":
+        if variant.search_knob:
             result, model_bytes, extra = self._search(variant)
         else:
             result, model_bytes, extra = self._attempt(variant)
@@ -236,13 +241,14 @@ class Converter:
         log.info("%s: %s in %.1f s", variant.name, result.status, result.seconds)
         return result
 
-    def _attempt(self, variant: Variant, sparsity: float | None = None) -> tuple[VariantResult, bytes | None, dict]:
-        """Converts and checks ``variant`` (pruned to ``sparsity``): its result, flatbuffer and manifest extras."""
+    def _attempt(self, variant: Variant, setting: float | None = None) -> tuple[VariantResult, bytes | None, dict]:
+        """Converts and checks ``variant`` (pruned to sparsity ``setting``, or clustered to
+        ``setting`` values per kernel): its result, flatbuffer and manifest extras."""
         from fuselite.convert.tflite import ConversionError
         from fuselite.train.model import mirror_averaged
 
         try:
-            keras_model, extra = self._keras_model(variant, sparsity)
+            keras_model, extra = self._keras_model(variant, setting)
             model_bytes = self._convert_image_model(variant, keras_model)
             if variant.mirror:  # the Keras model the flatbuffer is checked against, and its thresholds
                 keras_model = mirror_averaged(keras_model)
@@ -252,33 +258,35 @@ class Converter:
             return VariantResult(variant.name, "failed", str(exc)), None, {}
 
     def _search(self, variant: Variant) -> tuple[VariantResult, bytes | None, dict]:
-        """:meth:`_attempt` at each sparsity candidate, highest first; the first within the budget wins.
+        """:meth:`_attempt` at each candidate, most compressed first; the first within the budget wins.
 
-        The search (chosen sparsity, and each candidate's loss) goes into the result's
-        numerics and the manifest's compression provenance.
+        The search (chosen sparsity or cluster count, and each candidate's loss) goes into
+        the result's numerics and the manifest's compression provenance.
         """
-        def attempt(sparsity: float):
-            result, model_bytes, extra = self._attempt(variant, sparsity)
+        def attempt(setting: float):
+            result, model_bytes, extra = self._attempt(variant, setting)
             checks = result.numerics
             judged = checks.get("judged", {})  # the budget's split, not the test split reported
             loss = None if judged.get("delta_pt") is None else -judged["delta_pt"]
-            over_budget = bool(checks) and not checks["passed"]  # a lower sparsity may pass
+            over_budget = bool(checks) and not checks["passed"]  # a milder setting may pass
             why = (f"within the {self.options.max_loss:g} pt budget ({_loss_text(loss)})" if result.status == "ok"
                    else result.message)
             return result.status == "ok", loss, why, over_budget, (result, model_bytes, extra)
 
-        pinned = self.options.sparsity is not None
-        search = search_sparsity(variant.sparsity_candidates(self.options.sparsity), attempt, pinned,
-                                 judged_on=self.judged_split.name)
+        knob = variant.search_knob
+        pin = self.options.sparsity if knob == "sparsity" else self.options.clusters
+        candidates = variant.sparsity_candidates(pin) if knob == "sparsity" else variant.cluster_candidates(pin)
+        search = search_compression(candidates, attempt, pin is not None, judged_on=self.judged_split.name,
+                                    knob=knob)
         result, model_bytes, extra = search.outcome
         record = search.record()
-        result.numerics = {**result.numerics, "sparsity_search": record}
+        result.numerics = {**result.numerics, SEARCH_RECORDS[knob]: record}
         if "compression" in extra:  # a copy: the fine-tuned tower's report is shared between variants
             extra = {**extra, "compression": {**extra["compression"], "search": record}}
         if search.chosen is None and len(search.tried) > 1:
-            tried = ", ".join(f"{t['sparsity']:g} ({_loss_text(t['loss_pt'])})" for t in search.tried)
-            result.message = f"no sparsity within the budget on the {self.judged_split.name} split " \
-                             f"(tried {tried}); at {search.tried[-1]['sparsity']:g}: " \
+            tried = ", ".join(f"{t[knob]:g} ({_loss_text(t['loss_pt'])})" for t in search.tried)
+            result.message = f"no {knob} within the budget on the {self.judged_split.name} split " \
+                             f"(tried {tried}); at {search.tried[-1][knob]:g}: " \
                              f"{result.message}"
         return result, model_bytes, extra
 
@@ -315,23 +323,25 @@ class Converter:
                     f"is a different picture to it; convert int8 instead of {variant.name}")
         return None
 
-    def _keras_model(self, variant: Variant, sparsity: float | None = None):
+    def _keras_model(self, variant: Variant, setting: float | None = None):
         """The Keras image tower to convert for ``variant`` and what it adds to the manifest.
 
-        A pruned (to ``sparsity``), clustered or QAT tower is fine-tuned once and shared
-        by the variants that use it.
+        A pruned (to sparsity ``setting``), clustered (to ``setting`` values per kernel) or
+        QAT tower is fine-tuned once and shared by the variants that use it.
         """
         method = variant.compression
         if method == "none":
             return self.run.image_encoder, {}
-        key = (method, sparsity if method == "prune" else None)
+        key = (method, setting)
         if key not in self._compressed:
             from fuselite.convert.compress import compress_image_encoder
 
             steps = self.options.finetune_steps or auto_finetune_steps(
                 len(self.data.train), self.run.config.batch_size
             )
-            settings = CompressSettings(sparsity=sparsity or CompressSettings.sparsity, steps=steps,
+            settings = CompressSettings(sparsity=setting if method == "prune" else CompressSettings.sparsity,
+                                        clusters=int(setting) if method == "cluster" else CompressSettings.clusters,
+                                        steps=steps,
                                         seed=self.options.seed, progress=self.options.progress)
             model, report = compress_image_encoder(method, self.run, self.data.train, self.label_embeddings, settings)
             self._compressed[key] = (model, {"compression": report, "thresholds": self._thresholds(model)})
@@ -753,8 +763,12 @@ def next_step(variant: Variant, options: ConvertOptions) -> str:
     if variant.compression == "prune":
         lower = max(0.1, round(options.sparsity - 0.25, 2))
         return f"try --sparsity {lower:g} (now {options.sparsity:g}) or more --finetune-steps"
+    if variant.compression == "cluster" and options.clusters is None:
+        most = variant.cluster_candidates()[-1]
+        return f"the search went up to {most} clusters; try --clusters {2 * most} or more --finetune-steps, " \
+               "or --variants qat-int8"
     if variant.compression == "cluster":
-        return "try more --finetune-steps, or --variants qat-int8"
+        return f"try --clusters {min(256, 2 * options.clusters)} (now {options.clusters}) or more --finetune-steps"
     if variant.compression == "qat":
         return "try more --finetune-steps, or --variants fp16"
     if variant.quantization == "int8" and not variant.per_channel:

@@ -76,8 +76,10 @@ def op_strings(ops: tuple[OpCode, ...]) -> list[str]:
 def kernel_sparsity(model_bytes: bytes) -> float:
     """Share of zeros among the stored weights of conv and fully-connected kernels.
 
-    Read from the flatbuffer itself, so rounding to int8 counts, and a float16
-    kernel is found behind its DEQUANTIZE op.  Shared buffers count once.
+    Read from the flatbuffer itself, so rounding to int8 counts, a float16 kernel is
+    found behind its DEQUANTIZE op, and a kernel stored sparse (``pruned-fp32``, behind
+    its DENSIFY op) counts every value its storage left out as a zero.  Shared buffers
+    count once.
     """
     graph = read_graph(model_bytes)
     zeros = total = 0
@@ -93,8 +95,10 @@ def kernel_sparsity(model_bytes: bytes) -> float:
                 continue
             seen.add(subgraph.buffers[tensor])
             values = _values(graph, subgraph, tensor)
-            zeros += int(np.count_nonzero(values == subgraph.zero_points[tensor]))
-            total += values.size
+            kept_zeros = int(np.count_nonzero(values == subgraph.zero_points[tensor]))
+            size = _dense_size(subgraph, tensor, values.size)
+            zeros += kept_zeros + size - values.size
+            total += size
     return zeros / total if total else 0.0
 
 
@@ -108,6 +112,14 @@ def _stored_tensor(graph: Graph, subgraph: Subgraph, producers: dict, index: int
         if len(graph.buffer_data[subgraph.buffers[source]]):
             return source
     return None
+
+
+def _dense_size(subgraph: Subgraph, tensor: int, stored: int) -> int:
+    """How many values the kernel has once densified: its shape's product when it is
+    stored sparse (the storage keeps only some of them), else what is stored."""
+    if not subgraph.sparse[tensor]:
+        return stored
+    return max(int(np.prod(subgraph.shapes[tensor], dtype=np.int64)), stored)
 
 
 def _values(graph: Graph, subgraph: Subgraph, tensor: int) -> np.ndarray:

@@ -37,6 +37,11 @@ COMPRESSIONS = ("none", "prune", "cluster", "qat")
 # Sparsities a pruned variant tries, highest first, when --sparsity does not pin one:
 # the first whose bundle stays within --max-loss is written (the budget drives the search).
 SPARSITY_CANDIDATES = (0.9, 0.8, 0.7, 0.6, 0.5)
+# Shared values per kernel a clustered variant tries, fewest (smallest gzip) first, when
+# --clusters does not pin one.  Past 32 an int8 kernel (256 levels) gains little from it.
+CLUSTER_CANDIDATES = (8, 16, 32)
+# The record each search leaves in the manifest's numerics and convert-report.json.
+SEARCH_RECORDS = {"sparsity": "sparsity_search", "clusters": "cluster_search"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,19 @@ class Variant:
             return (pinned,)
         return tuple(s for s in SPARSITY_CANDIDATES if s >= self.min_sparsity)
 
+    def cluster_candidates(self, pinned: int | None = None) -> tuple[int, ...]:
+        """Cluster counts to try, fewest first: ``(pinned,)`` if ``--clusters`` pins one, else
+        :data:`CLUSTER_CANDIDATES`; ``()`` for unclustered variants."""
+        if self.compression != "cluster":
+            return ()
+        return (pinned,) if pinned is not None else CLUSTER_CANDIDATES
+
+    @property
+    def search_knob(self) -> str | None:
+        """What the accuracy budget searches for this variant: ``"sparsity"`` (pruned),
+        ``"clusters"`` (clustered) or ``None`` (one attempt)."""
+        return {"prune": "sparsity", "cluster": "clusters"}.get(self.compression)
+
     @property
     def calibrated(self) -> bool:
         """Whether conversion needs a representative sample of training images."""
@@ -122,8 +140,8 @@ _TABLE = (
             "(or --sparsity), fine-tuned, stripped, then full int8", "int8", compression="prune"),
     Variant("int8-per-tensor", "full integer with one weight scale per tensor (smaller, less exact)",
             "int8", per_channel=False, default=False, min_agreement=0.8, max_score_error=0.4),
-    Variant("clustered-int8", "weights clustered to 16 shared values per kernel (TFMOT), fine-tuned, "
-            "stripped, then full int8", "int8", compression="cluster", default=False),
+    Variant("clustered-int8", "weights clustered (TFMOT) to the fewest of 8, 16, 32 shared values per kernel "
+            "within --max-loss (or --clusters), fine-tuned, stripped, then full int8", "int8", compression="cluster", default=False),
     Variant("int8-mirror", "full integer, each frame scored with its left-right mirror and averaged "
             "(twice the compute; runs trained with flips)", "int8", mirror=True, default=False),
     # Off by default: XNNPACK's sparse path does not engage on the fuselite towers (see

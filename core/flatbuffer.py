@@ -179,6 +179,8 @@ class Subgraph:
         shapes: The declared shape of each tensor.
         types: The ``TensorType`` of each tensor.
         zero_points: The first quantization zero point of each tensor (0 when none).
+        sparse: Whether each tensor is stored sparse (``Tensor.sparsity`` present): its
+            buffer then holds only the kept values, not ``prod(shape)`` of them.
         inputs: Tensor indices of the subgraph's inputs.
         outputs: Tensor indices of its outputs.
         operators: Its operators, in execution order.
@@ -189,6 +191,7 @@ class Subgraph:
     shapes: tuple[tuple[int, ...], ...]
     types: tuple[int, ...]
     zero_points: tuple[int, ...]
+    sparse: tuple[bool, ...]
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     operators: tuple[Operator, ...]
@@ -253,6 +256,7 @@ def _subgraph(reader: Reader, table: int) -> Subgraph:
         shapes=tuple(tuple(reader.ints(t, 0)) for t in tensors),  # Tensor.shape
         types=tuple(reader.scalar(t, 1, "<b", 0) for t in tensors),  # Tensor.type
         zero_points=tuple(_zero_point(reader, t) for t in tensors),
+        sparse=tuple(reader.field(t, 6) is not None for t in tensors),  # Tensor.sparsity
         inputs=tuple(reader.ints(table, 1)),
         outputs=tuple(reader.ints(table, 2)),
         operators=operators,

@@ -1,6 +1,6 @@
 """A board's setup files, rendered from its profile: install script, systemd unit, settings.
 
-Every board gets the same three files; only names and values from its profile JSON
+Every board gets the same files (two of them for several cameras); only names and values from its profile JSON
 differ.  So there is one template per file in ``templates/`` (``install.sh.in``,
 ``fuselite.service.in``, ``fuselite.env.in``) and :func:`render` fills it in from the
 profile.  Adding a board is one JSON file in ``profiles/``.
@@ -32,7 +32,14 @@ from fuselite.runtime.watchdog import FLUSH_BOUND_S, STOP_GRACE_S
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 # Setup file name -> its permission bits; the template is templates/<name>.in.
-SETUP_FILES = {"install.sh": 0o755, "fuselite.service": 0o644, "fuselite.env": 0o644}
+SETUP_FILES = {
+    "install.sh": 0o755,
+    "fuselite.service": 0o644,
+    "fuselite.env": 0o644,
+    # Several cameras in one process (docs/cameras.md): the unit and an example file.
+    "fuselite-cameras.service": 0o644,
+    "cameras.toml": 0o644,
+}
 COMMENT_WIDTH = 100
 # After SIGTERM, fuselite run ends within its grace period plus its bounded flush, even
 # mid-invoke; the unit's TimeoutStopSec leaves a margin above that before systemd's SIGKILL.
@@ -100,10 +107,10 @@ def template_values(profile: Profile) -> dict[str, str]:
 
 
 def write_setup_files(profile: Profile, out_dir: Path) -> list[Path]:
-    """Writes the three setup files of ``profile`` into ``out_dir``; returns their paths.
+    """Writes the setup files of ``profile`` into ``out_dir``; returns their paths.
 
     Each file is written under a temporary name beside its target and renamed into
-    place, so an interrupted run never leaves half a script.  All three are rendered
+    place, so an interrupted run never leaves half a script.  All are rendered
     before the first is written.
     """
     texts = {kind: render(profile, kind) for kind in SETUP_FILES}
@@ -122,7 +129,7 @@ def _one_line(text: str) -> str:
 
 
 def _comment(text: str) -> str:
-    """``text`` as ``#`` comment lines (kept line breaks, long lines wrapped), valid in all three files."""
+    """``text`` as ``#`` comment lines (kept line breaks, long lines wrapped), valid in every one of the files."""
     lines = []
     for line in text.splitlines():
         lines += textwrap.wrap(line, COMMENT_WIDTH, initial_indent="# ", subsequent_indent="# ") or ["#"]

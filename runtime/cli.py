@@ -18,6 +18,7 @@ EPILOG = """examples:
   fuselite run --bundle model.tflite --source 0 --preview 8080
   fuselite run --bundle model.tflite --source clip.mp4 --video-out out.mp4 --jsonl ev.jsonl
   fuselite run --bundle model.tflite --source rtsp://cam.local/stream --labels "red circle,cup"
+  fuselite run --config cameras.toml     # several cameras, one process (docs/cameras.md)
 """
 
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arguments(group) -> None:
-    group.add_argument("--bundle", type=Path, required=True, help="the bundle (.tflite written by fuselite convert) to run")
+    group.add_argument("--bundle", type=Path, help="the bundle (.tflite written by fuselite convert) to run (required without --config)")
     group.add_argument(
         "--threads",
         type=int,
@@ -82,8 +83,14 @@ def _seconds_or_auto(text: str) -> float | None:
 
 def _source_arguments(group) -> None:
     group.add_argument(
+        "--config",
+        type=Path,
+        metavar="CAMERAS.toml",
+        help="run every camera of this file in one process, instead of --bundle and --source "
+        "(see docs/cameras.md)",
+    )
+    group.add_argument(
         "--source",
-        required=True,
         help="camera index (0), video file, rtsp:// or http:// URL, image folder, "
         "'picamera2[:WxH]', or 'camera' (picamera2 if present, else camera 0)",
     )
@@ -271,6 +278,12 @@ def run(args: argparse.Namespace) -> int:
     from fuselite.runtime.loop import SetupError
     from fuselite.runtime.loop import run as run_loop
 
+    if args.config is not None:
+        return run_config(args)
+    if args.bundle is None or args.source is None:
+        missing = " and ".join(name for name, value in (("--bundle", args.bundle),
+                                                         ("--source", args.source)) if value is None)
+        raise UserError(f"fuselite run needs {missing} (or --config CAMERAS.toml for several cameras)")
     try:
         annotator_options, run_options = _build_options(args)
     except (ValueError, TypeError) as exc:
@@ -286,6 +299,40 @@ def run(args: argparse.Namespace) -> int:
         summary.seconds,
         summary.stopped_by,
     )
+    return 0
+
+
+# Options a cameras file sets per camera (or once): refused beside --config, not ignored.
+CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
+                       "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
+                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout")
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """Runs every camera of ``args.config`` in this process; returns 0 when they end or a
+    signal stops them."""
+    from fuselite.interpreter import InterpreterNotFoundError
+    from fuselite.runtime.cameras import load_cameras_config
+    from fuselite.runtime.loop import SetupError
+    from fuselite.runtime.multicam import run_cameras
+
+    given = [f"--{name.replace('_', '-')}" for name in CAMERA_FILE_OPTIONS
+             if getattr(args, name, None) is not None]
+    if given:
+        raise UserError(f"with --config, the cameras file says what {', '.join(given)} would: "
+                        "drop them and set them in the file (docs/cameras.md)")
+    try:
+        config = load_cameras_config(args.config)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    limit_malloc_arenas()
+    try:
+        summaries = run_cameras(config)
+    except (SetupError, InterpreterNotFoundError) as exc:
+        raise UserError(f"{args.config}: {exc}") from None
+    for name, summary in summaries.items():
+        log.info("%s: annotated %d frames in %.1f s (stopped by %s)", name, summary.frames,
+                 summary.seconds, summary.stopped_by)
     return 0
 
 
@@ -327,7 +374,7 @@ def _build_options(args: argparse.Namespace):
         decode_threads=args.decode_threads,
         pin_threads=args.pin_threads == "auto",
         invoke_timeout=args.invoke_timeout,
-        camera=args.camera_name,
+        camera=args.camera_name or "",
         mqtt=mqtt_settings_from_args(args),
     )
     return annotator_options, run_options

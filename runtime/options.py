@@ -6,9 +6,9 @@ A wrong value raises a :class:`ValueError` whose message says what to change.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from fuselite.runtime.affinity import usable_core_count
 from fuselite.runtime.mqtt import MqttSettings
@@ -25,6 +25,20 @@ def default_threads() -> int:
 def default_decode_threads(interpreter_threads: int) -> int:
     """Video decoder threads when none are given: the cores the interpreter leaves free, at least 1."""
     return max(1, usable_core_count() - interpreter_threads)
+
+
+def camera_name_for(source: str) -> str:
+    """A camera name made from a source: ``"0"`` -> ``camera0``, ``clip.mp4`` -> ``clip``,
+    ``rtsp://host/live`` -> ``host-live`` (letters, digits, ``-`` and ``_`` only)."""
+    text = source.strip()
+    if text.isdigit():
+        return f"camera{text}"
+    if "://" in text:
+        text = text.split("://", 1)[1].split("@")[-1]
+    else:
+        text = Path(text).stem or text
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_")
+    return name[:63] or "camera"
 
 
 def _as_tuple(value, name: str) -> tuple[str, ...]:
@@ -146,8 +160,11 @@ class RunOptions:
         invoke_timeout: Seconds one invoke may take before the run is ended (flushed,
             exit code 124: see ``watchdog.py``); ``None`` (auto) allows 50 times the
             invoke measured at load, at least 2 s; ``0`` turns the budget off.
-        camera: The camera's name in MQTT topics and Home Assistant; ``None`` derives one
-            from the source (:func:`camera_name`).
+        camera: The camera's name (logs, records, topics); empty derives one from the
+            source (:func:`camera_name_for`).
+        jsonl_rotate_mb: Write the events to numbered files ``<stem>-0001.jsonl``...
+            beside ``jsonl``, starting the next one when a file reaches this many MB
+            (so a retention cap can delete old ones); ``None`` writes one file.
         mqtt: Publish events, label states and Home Assistant discovery to this broker
             (:class:`fuselite.runtime.mqtt.MqttSettings`), or ``None``.
     """
@@ -172,12 +189,21 @@ class RunOptions:
     decode_threads: int | None = None
     pin_threads: bool = True
     invoke_timeout: float | None = None
-    camera: str | None = None
+    camera: str = ""
+    jsonl_rotate_mb: float | None = None
     mqtt: MqttSettings | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():
             raise ValueError("source must name a camera index, a file, a folder or a URL")
+        if not self.camera:
+            object.__setattr__(self, "camera", camera_name_for(str(self.source)))
+        if self.jsonl_rotate_mb is not None and not (
+            self.jsonl_rotate_mb > 0 and math.isfinite(self.jsonl_rotate_mb)
+        ):
+            raise ValueError(
+                f"jsonl_rotate_mb must be a positive number of MB, not {self.jsonl_rotate_mb}"
+            )
         if self.display not in ("auto", "on", "off"):
             raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")
         if self.preview_port is not None and not 0 <= self.preview_port <= 65535:
@@ -208,8 +234,6 @@ class RunOptions:
             raise ValueError(
                 f"invoke_timeout must be a number of seconds (0: off), not {self.invoke_timeout}"
             )
-        if self.camera is not None and not str(self.camera).strip():
-            raise ValueError("camera must be a name such as 'porch', not an empty text")
         if self.stream_timeout == 0:
             raise ValueError("stream_timeout must be more than 0 seconds")
         if self.decode_threads is not None and (
@@ -220,22 +244,3 @@ class RunOptions:
             raise ValueError(
                 f"decode_threads must be a whole number, 0 for FFmpeg's choice, not {self.decode_threads!r}"
             )
-
-
-def camera_name(options: RunOptions) -> str:
-    """The camera's name: ``options.camera``, else one derived from the source.
-
-    A video file or folder gives its name without suffix (``porch.mp4``: ``porch``), a
-    stream URL its host (``rtsp://cam1.local/live``: ``cam1.local``), a camera index
-    ``camera<N>``, and anything else ``camera``.
-    """
-    if options.camera is not None:
-        return str(options.camera).strip()
-    source = str(options.source).strip()
-    if source.isdigit():
-        return f"camera{source}"
-    if "://" in source:
-        return urlsplit(source).hostname or "camera"
-    if source.split(":")[0] in ("camera", "picamera2"):
-        return "camera"
-    return Path(source.rstrip("/")).stem or "camera"

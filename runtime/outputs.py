@@ -39,7 +39,7 @@ from fuselite.runtime.affinity import pin_thread
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.handoff import LazyHandoff
 from fuselite.runtime.mqtt import MqttPublisher
-from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions, camera_name
+from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
 from fuselite.runtime.overlay import draw_overlay
 from fuselite.runtime.preview import MjpegPreview
 from fuselite.runtime.reader import NO_PIXELS, Frame
@@ -114,6 +114,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_STDOUT_LOCK = threading.Lock()
+
+
 class JsonlWriter:
     """Writes one JSON object per line to a file or stdout (``"-"``), one write per line.
 
@@ -127,7 +130,8 @@ class JsonlWriter:
     def __init__(self, target: str | Path) -> None:
         self.target = str(target)
         self.closed = False
-        self._lock = threading.Lock()
+        # Cameras of one process may all write to stdout: their lines must not interleave.
+        self._lock = _STDOUT_LOCK if self.target == "-" else threading.Lock()
         self._fd: int | None = None
         self._stream: IO[str] | None = None
         self._mid_line = False
@@ -482,10 +486,16 @@ class Outputs:
         options: RunOptions,
         fps: float | None,
         live: bool = False,
+        preview: MjpegPreview | None = None,
         mqtt_publisher: MqttPublisher | None = None,
     ) -> None:
+        """Opens the sinks of ``options``; ``preview``, when given, is a channel of a preview
+        shared by several cameras (``preview.CameraPreviews``), used instead of a server
+        of its own; ``mqtt_publisher``, when given, is a broker connection they share."""
         self.jsonl = self.video = self.preview = self.display = None
-        self.camera = camera_name(options)
+        # Set by the multi-camera runner: every record then carries the camera's name.
+        self.camera: str | None = None
+        self._run_camera = options.camera  # the name in MQTT topics when camera is not set
         self.mqtt = mqtt_publisher
         self._owns_mqtt = False
         self._queue = LazyHandoff(maxsize=OUTPUT_QUEUE)
@@ -512,10 +522,12 @@ class Outputs:
                 )
                 self.health["video"] = SinkHealth(f"video {options.video_out}")
             if options.jsonl is not None:
-                self.jsonl = JsonlWriter(options.jsonl)
+                self.jsonl = _events_writer(options)
                 where = "stdout" if self.jsonl.target == "-" else self.jsonl.target
                 self.health["jsonl"] = SinkHealth(f"events to {where}")
-            if options.preview_port is not None:
+            if preview is not None:
+                self.preview = preview
+            elif options.preview_port is not None:
                 self.preview = MjpegPreview(
                     options.preview_bind,
                     options.preview_port,
@@ -530,6 +542,11 @@ class Outputs:
             raise
 
     @property
+    def mqtt_camera(self) -> str:
+        """The camera's name in MQTT topics: the runner's name for it, else the run's."""
+        return self.camera or self._run_camera
+
+    @property
     def visual(self) -> bool:
         """Whether any output shows pixels (so the overlay must be drawn)."""
         return bool(self.video or self.preview or self.display)
@@ -539,7 +556,7 @@ class Outputs:
         self._annotator, self._stats = annotator, stats
         if self.mqtt is not None:
             bundle = annotator.options.bundle_path.name
-            self.mqtt.set_labels(self.camera, annotator.allowed_labels, bundle=bundle)
+            self.mqtt.set_labels(self.mqtt_camera, annotator.allowed_labels, bundle=bundle)
         writes = self.jsonl or self.video or self.preview or self.mqtt
         if self.threaded and self.display is None and writes:
             self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
@@ -650,9 +667,11 @@ class Outputs:
         if self.jsonl is not None or self.mqtt is not None:
             record = event_record(frame, result, total_ms, self.all_scores)
             if self.jsonl is not None:
+                if self.camera is not None:
+                    record = {"camera": self.camera, **record}
                 self._write_jsonl(record)
             if self.mqtt is not None:  # never blocks: a bounded queue (see mqtt.py)
-                self.mqtt.publish_record(self.camera, record)
+                self.mqtt.publish_record(self.mqtt_camera, record)
         if not self.visual:
             return
         status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
@@ -705,12 +724,14 @@ class Outputs:
     def _publish_stats(self, record: dict) -> None:
         if self._failed is not None:
             return
+        if self.camera is not None:
+            record["camera"] = self.camera
         if self.health:
             record["sink_errors"] = {name: health.lost for name, health in self.health.items()}
         if self.preview is not None:
             record["preview"] = self.preview.counts()
         if self.mqtt is not None:
-            record["mqtt"] = self.mqtt.stats(self.camera)
+            record["mqtt"] = self.mqtt.stats(self.mqtt_camera)
         log.info("%s%s", describe(record), _mqtt_text(record))
         if record.get("final") and any(health.lost for health in self.health.values()):
             # The events file may be what failed: the final record goes to the log too.
@@ -722,7 +743,28 @@ class Outputs:
 
     def _video_file_written(self, record: dict) -> None:
         if self.jsonl is not None:
+            if self.camera is not None:
+                record = {"camera": self.camera, **record}
             self._write_jsonl(record)
+
+    def open_paths(self) -> list[Path]:
+        """The files being written now (a retention cap must never delete them)."""
+        paths = []
+        current = getattr(self.jsonl, "current", None)  # a rotating events writer
+        if current is not None:
+            paths.append(Path(current))
+        elif self.jsonl is not None and self.jsonl.target != "-":
+            paths.append(Path(self.jsonl.target))
+        return paths
+
+
+def _events_writer(options: RunOptions):
+    """The JSONL writer of ``options``: numbered files with ``jsonl_rotate_mb``, else one file."""
+    if options.jsonl_rotate_mb is not None and str(options.jsonl) != "-":
+        from fuselite.runtime.retention import RotatingJsonlWriter  # imports this module
+
+        return RotatingJsonlWriter(options.jsonl, options.jsonl_rotate_mb)
+    return JsonlWriter(options.jsonl)
 
 
 def _mqtt_text(record: dict) -> str:

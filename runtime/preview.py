@@ -271,7 +271,7 @@ def _refuse(request) -> None:
 
 
 def _handler_for(preview: MjpegPreview) -> type[BaseHTTPRequestHandler]:
-    class Handler(_PreviewHandler):
+    class Handler(getattr(preview, "handler_class", _PreviewHandler)):
         pass
 
     Handler.preview = preview
@@ -322,11 +322,7 @@ class _PreviewHandler(BaseHTTPRequestHandler):
         elif route == "/stream.mjpg":
             self._stream()
         elif route == "/snapshot.jpg":
-            frame = self.preview.wait_jpeg(-1, timeout=5.0)
-            if frame is None:
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
-            else:
-                self._send(HTTPStatus.OK, "image/jpeg", frame[1])
+            self._snapshot(self.preview)
         elif route == "/stats.json":
             self._send(HTTPStatus.OK, "application/json", self.preview.stats_json())
         else:
@@ -340,14 +336,22 @@ class _PreviewHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _stream(self) -> None:
+    def _snapshot(self, preview: MjpegPreview) -> None:
+        frame = preview.wait_jpeg(-1, timeout=5.0)
+        if frame is None:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
+        else:
+            self._send(HTTPStatus.OK, "image/jpeg", frame[1])
+
+    def _stream(self, preview: MjpegPreview | None = None) -> None:
+        preview = preview or self.preview
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
         version = -1
-        while not self.preview.closed:
-            frame = self.preview.wait_jpeg(version, timeout=1.0)
+        while not preview.closed:
+            frame = preview.wait_jpeg(version, timeout=1.0)
             if frame is None:
                 continue
             version, jpeg = frame
@@ -364,3 +368,109 @@ class _PreviewHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:
         log.debug("preview %s: " + format, self.client_address[0], *args)
+
+
+CAMERAS_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>fuselite cameras</title>
+<style>body{margin:0;background:#111;color:#ddd;font:14px sans-serif}
+main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:8px;padding:8px}
+figure{margin:0}img{width:100%;background:#000}figcaption{padding:2px 0}a{color:#8cf}
+p{margin:4px 8px}</style></head>
+<body><p>fuselite &middot; every camera &middot; <a href="/stats.json">stats</a></p>
+<main>@{figures}</main>
+<script>
+// Snapshots one after another: a browser opens at most 6 connections to a host, fewer
+// than the MJPEG streams of a board's cameras.
+const names = @{names};
+async function refresh() {
+  for (const name of names) {
+    const img = document.getElementById("img-" + name);
+    await new Promise(done => { img.onload = img.onerror = done;
+      img.src = "/camera/" + name + "/snapshot.jpg?" + Date.now(); });
+  }
+  setTimeout(refresh, 200);
+}
+async function stats() {
+  try {
+    const all = await (await fetch("/stats.json")).json();
+    for (const name of names) {
+      const s = all[name] || {}, p50 = s.latency_p50_ms;
+      document.getElementById("stats-" + name).textContent = s.type ? `${name}: ` +
+        `${s.inference_fps} fps | dropped ${s.dropped} | reconnects ${s.reconnects} | ` +
+        `latency p50 ${p50 == null ? "-" : p50.toFixed(1) + " ms"}` : `${name}: no stats yet`;
+    }
+  } catch (e) {}
+  setTimeout(stats, 2000);
+}
+refresh(); stats();
+</script></body></html>
+"""
+CAMERA_FIGURE = (
+    '<figure><a href="/camera/@{name}/stream.mjpg"><img id="img-@{name}" alt="@{name}"></a>'
+    '<figcaption id="stats-@{name}">@{name}</figcaption></figure>'
+)
+
+
+class CameraPreviews(MjpegPreview):
+    """One preview server for several cameras: a page showing them all, and each camera's
+    ``/camera/<name>/stream.mjpg``, ``/camera/<name>/snapshot.jpg``; ``/stats.json``
+    maps each camera's name to its latest stats record.
+
+    Each camera's outputs publish to :meth:`channel` (a preview without a server of its
+    own), so the limits on clients and sockets are those of this one server.
+
+    Example:
+        >>> previews = CameraPreviews(["door", "yard"], "127.0.0.1", 8080).start()
+        >>> previews.channel("door").publish(annotated_frame)
+    """
+
+    def __init__(self, names, bind: str = "127.0.0.1", port: int = 0,
+                 max_clients: int = DEFAULT_MAX_CLIENTS,
+                 socket_timeout: float = SOCKET_TIMEOUT_S) -> None:
+        super().__init__(bind, port, max_clients, socket_timeout)
+        self.channels = {name: MjpegPreview(bind, port, max_clients, socket_timeout)
+                         for name in names}
+
+    def channel(self, name: str) -> MjpegPreview:
+        """Where camera ``name`` publishes its frames and stats."""
+        return self.channels[name]
+
+    def page(self) -> bytes:
+        """The page showing every camera."""
+        figures = "".join(CAMERA_FIGURE.replace("@{name}", name) for name in self.channels)
+        page = CAMERAS_PAGE.replace("@{figures}", figures)
+        return page.replace("@{names}", json.dumps(list(self.channels))).encode()
+
+    def stats_json(self) -> bytes:
+        """Every camera's latest stats, by name."""
+        return json.dumps({name: channel._stats for name, channel in self.channels.items()}).encode()
+
+    def close(self) -> None:
+        """Ends every camera's streams and stops serving."""
+        for channel in self.channels.values():
+            channel.close()
+        super().close()
+
+
+class _CamerasHandler(_PreviewHandler):
+    preview: CameraPreviews
+
+    def _route(self, route: str) -> None:
+        parts = route.strip("/").split("/")
+        if route in ("/", "/index.html"):
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", self.preview.page())
+        elif route == "/stats.json":
+            self._send(HTTPStatus.OK, "application/json", self.preview.stats_json())
+        elif len(parts) == 3 and parts[0] == "camera" and parts[1] in self.preview.channels:
+            channel = self.preview.channels[parts[1]]
+            if parts[2] == "stream.mjpg":
+                self._stream(channel)
+            elif parts[2] == "snapshot.jpg":
+                self._snapshot(channel)
+            else:
+                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        else:
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+
+
+CameraPreviews.handler_class = _CamerasHandler

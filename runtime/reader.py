@@ -137,6 +137,9 @@ class FrameSource:
         self.keep_pixels = True
         # Cores the capture thread is confined to (None: any); set before start().
         self.helper_cores: frozenset[int] | None = None
+        # Called (on the capture thread) after each frame delivered and when the source
+        # ends: a consumer of several sources waits on one event instead of polling each.
+        self.on_frame: Callable[[], None] | None = None
         # > 0: the consumer is the bottleneck, so the capture thread preprocesses (the
         # starting assumption: inference is the slow stage on a board).
         self._balance = 1
@@ -182,6 +185,11 @@ class FrameSource:
         )
         self._thread.start()
         return self
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a frame is ready, so :meth:`next_frame` would return it at once."""
+        return bool(self._frames)
 
     @property
     def ended(self) -> bool:
@@ -253,6 +261,8 @@ class FrameSource:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+            if self.on_frame is not None:
+                self.on_frame()
 
     def _read_one(self) -> bool:
         """Reads and delivers one frame; False when the capture is lost or ended."""
@@ -332,6 +342,8 @@ class FrameSource:
                     wait = min(wait * 2, POLL_SECONDS)
             self._frames.append(frame)
             self._cond.notify_all()
+        if self.on_frame is not None:
+            self.on_frame()
 
     def _recover(self) -> bool:
         """After a failed read: reconnect a live source, rewind a looping file, or end."""

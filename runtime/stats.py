@@ -102,8 +102,9 @@ def describe(record: dict[str, Any]) -> str:
     """One human line for a stats record."""
     p50, p90 = record["latency_p50_ms"], record["latency_p90_ms"]
     latency = f"latency p50 {p50:.1f} ms p90 {p90:.1f} ms" if p50 is not None else "no frames"
+    camera = f"{record['camera']}: " if record.get("camera") else ""  # several cameras, one log
     return (
-        f"{record['frames']} frames | camera {record['camera_fps']:.1f} fps | "
+        f"{camera}{record['frames']} frames | camera {record['camera_fps']:.1f} fps | "
         f"inference {record['inference_fps']:.1f} fps | dropped {record['dropped']} | "
         f"skipped {record['skipped']} | reconnects {record['reconnects']} | {latency} | "
         f"{_cpu_text(record)} | rss {record['rss_mb']:.0f} MB"

@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "may be set instead (docs/distributed.md)")
     parser.add_argument("--worker-index", type=int, metavar="I",
                         help="with --workers: this worker's place in the list (0 on the chief)")
+    parser.add_argument("--distill-weight", type=float, metavar="W",
+                        help="with --teacher: share of the label loss given to the teachers' soft labels, "
+                        "0 to 1 (default 0.7; the rest goes to the true labels)")
     parser.add_argument("--teacher-views", choices=TEACHER_VIEWS,
                         help="what the teachers score: plain images once before training (the "
                         "default), or every augmented training batch (slower per step)")
@@ -90,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.teacher:
         config = config.with_overrides(teachers=tuple(str(_finished_run(t)) for t in args.teacher))
-    config = config.with_overrides(teacher_views=args.teacher_views)
+    config = config.with_overrides(teacher_views=args.teacher_views, distill_weight=args.distill_weight)
     if config.teacher_views == "augmented" and not config.teachers:
         raise UserError("--teacher-views augmented needs at least one --teacher RUN")
+    if args.distill_weight is not None and not config.teachers:
+        raise UserError("--distill-weight needs at least one --teacher RUN")
     if args.resume and not args.out.exists():
         raise UserError(f"--resume: {args.out} does not exist")
     from fuselite.train.trainer import train  # heavy: TensorFlow

@@ -39,7 +39,7 @@ AS_ROOT = pytest.mark.skipif(
 
 @pytest.fixture
 def files(tmp_path, name) -> dict[str, Path]:
-    """The three setup files of profile ``name`` (a test parameter), written into a temporary folder."""
+    """The setup files of profile ``name`` (a test parameter), written into a temporary folder."""
     paths = write_setup_files(get_profile(name), tmp_path / name)
     return {path.name: path for path in paths}
 

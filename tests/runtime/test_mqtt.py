@@ -30,7 +30,6 @@ from fuselite.runtime.mqtt import (
     slugify,
     unique_slugs,
 )
-from fuselite.runtime.options import RunOptions, camera_name
 
 paho = pytest.importorskip("paho.mqtt.client")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="needs mosquitto (Debian package)")
@@ -476,21 +475,6 @@ def test_a_bad_mqtt_flag_is_one_line_and_exit_code_2(int8_bundle, red_blue_clip,
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0] and "hunter2" not in lines[0]
-
-
-@pytest.mark.parametrize(
-    ("source", "camera", "expected"),
-    [
-        ("/videos/porch.mp4", None, "porch"),
-        ("rtsp://cam1.local:8554/live", None, "cam1.local"),
-        ("0", None, "camera0"),
-        ("picamera2:640x480", None, "camera"),
-        ("/photos/garden/", None, "garden"),
-        ("0", "  Front door ", "Front door"),
-    ],
-)
-def test_the_camera_name_comes_from_the_option_or_the_source(source, camera, expected):
-    assert camera_name(RunOptions(source=source, camera=camera)) == expected
 
 
 def _tls_files(folder) -> dict[str, str]:

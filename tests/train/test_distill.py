@@ -102,6 +102,13 @@ def test_teacher_views_without_a_teacher_is_refused_with_one_line(tmp_path: Path
     assert not (tmp_path / "s").exists()
 
 
+def test_a_distill_weight_without_a_teacher_is_refused_with_one_line(tmp_path: Path, capsys):
+    argv = ["train", "--config", "scenes-tiny", "--distill-weight", "0.9", "--out", str(tmp_path / "s")]
+    assert main(argv) == 2
+    assert "--distill-weight needs at least one --teacher RUN" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_unknown_teacher_views_are_refused():
     with pytest.raises(UserError, match="teacher_views 'sideways' is not one of: plain, augmented"):
         get_config("scenes-tiny").with_overrides(teacher_views="sideways")
