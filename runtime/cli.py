@@ -305,7 +305,9 @@ def run(args: argparse.Namespace) -> int:
 # Options a cameras file sets per camera (or once): refused beside --config, not ignored.
 CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
                        "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
-                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout")
+                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout",
+                       "camera_name", "mqtt", "mqtt_user", "mqtt_password_file", "mqtt_tls_ca",
+                       "mqtt_tls_cert", "mqtt_tls_key", "mqtt_client_id")
 
 
 def run_config(args: argparse.Namespace) -> int:
@@ -314,6 +316,7 @@ def run_config(args: argparse.Namespace) -> int:
     from fuselite.interpreter import InterpreterNotFoundError
     from fuselite.runtime.cameras import load_cameras_config
     from fuselite.runtime.loop import SetupError
+    from fuselite.runtime.mqtt import mqtt_settings_from_table
     from fuselite.runtime.multicam import run_cameras
 
     given = [f"--{name.replace('_', '-')}" for name in CAMERA_FILE_OPTIONS
@@ -323,6 +326,8 @@ def run_config(args: argparse.Namespace) -> int:
                         "drop them and set them in the file (docs/cameras.md)")
     try:
         config = load_cameras_config(args.config)
+        if config.mqtt is not None:  # checked before any model loads
+            mqtt_settings_from_table(config.mqtt, where=f"{args.config}: [mqtt]")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     limit_malloc_arenas()

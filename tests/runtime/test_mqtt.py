@@ -581,3 +581,50 @@ def test_a_shared_publisher_counts_each_camera_apart():
             publisher.stats("garage")["queued"] == 2 and publisher.stats("garage")["dropped"] == 0
         )
         assert publisher.stats()["queued"] == 4 and publisher.stats()["dropped"] == 1
+
+
+@needs_broker
+def test_fuselite_run_config_publishes_every_camera_over_one_connection(
+    int8_bundle, red_blue_clip, broker, subscribers, tmp_path
+):
+    watcher = subscribers(broker.port)
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        f'threads = 1\n[defaults]\nbundle = "{int8_bundle}"\n'
+        f'[[camera]]\nname = "front"\nsource = "{red_blue_clip}"\njsonl = "{tmp_path}/f.jsonl"\n'
+        f'[[camera]]\nname = "back"\nsource = "{red_blue_clip}"\nlabels = ["red", "blue"]\n'
+        f'jsonl = "{tmp_path}/b.jsonl"\n'
+        f'[mqtt]\nurl = "{broker.url}"\nclient_id = "multi"\n'
+    )
+    done = fuselite_run("--config", config, timeout=60)
+    assert done.returncode == 0, done.stderr
+    watcher.wait(lambda: len(watcher.on("/events")) == 80)
+    for camera in ("front", "back"):
+        frames = [json.loads(m.payload)["frame"] for m in watcher.on(f"fuselite/{camera}/events")]
+        assert frames == list(range(40))
+        assert watcher.latest()[f"fuselite/{camera}/blue/state"] == b"ON"
+        final = events(tmp_path / f"{camera[0]}.jsonl", "stats")[-1]["mqtt"]
+        assert final["published"] + final["queued"] == 40 and final["dropped"] == 0
+    configs = [json.loads(m.payload) for m in watcher.on("/config")]
+    names = sorted((c["device"]["name"], c["name"]) for c in configs)
+    assert names == [
+        ("back", "blue"),
+        ("back", "red"),
+        ("front", "blue"),
+        ("front", "gray"),
+        ("front", "green"),
+        ("front", "red"),
+    ]
+    assert done.stderr.count("MQTT: connected") == 1  # one connection for both cameras
+
+
+def test_a_bad_mqtt_table_in_a_cameras_file_is_one_line(int8_bundle, red_blue_clip, tmp_path):
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        f'[[camera]]\nname = "front"\nsource = "{red_blue_clip}"\nbundle = "{int8_bundle}"\n'
+        '[mqtt]\nurl = "mqtt://127.0.0.1"\nqueue = 5\n'
+    )
+    done = fuselite_run("--config", config)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1
+    assert "[mqtt]: unknown key 'queue'" in lines[0] and str(config) in lines[0]
