@@ -658,7 +658,10 @@ class MqttPublisher:
                 self._dirty_configs |= keys
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self._log_connect_problem("cannot reach it")
+        with self._lock:
+            first = self._connect_failures == 0
+        # paho does not say why; on the first failure only (it is logged), find out.
+        self._log_connect_problem(connect_problem(self.settings) if first else "cannot reach it")
 
     def _log_connect_problem(self, reason: str) -> None:
         with self._lock:
@@ -717,6 +720,26 @@ class MqttPublisher:
             with self._lock:
                 self._mark_all_dirty()
                 self._lock.notify_all()
+
+
+def connect_problem(settings: MqttSettings, timeout: float = 2.0) -> str:
+    """Why a connection failed, as far as a plain TCP connection tells: the name, the port,
+    or (when TCP gets through to an ``mqtts`` broker) the TLS handshake."""
+    try:
+        with socket.create_connection((settings.host, settings.port), timeout=timeout):
+            pass
+    except socket.gaierror:
+        return f"cannot reach it (no such host {settings.host!r})"
+    except TimeoutError:
+        return f"cannot reach it (no answer within {timeout:g} s)"
+    except OSError as exc:
+        return f"cannot reach it ({exc.strerror or type(exc).__name__})"
+    if settings.tls:
+        return (
+            "cannot reach it: the TLS handshake failed (check the broker's certificate "
+            "against tls_ca / --mqtt-tls-ca)"
+        )
+    return "cannot reach it (the port answers, the MQTT connection failed)"
 
 
 def state_topic(settings: MqttSettings, camera_slug: str, label_slug: str) -> str:
