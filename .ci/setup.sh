@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests and demo use: ffmpeg (RTSP test stream), the real
 # Fashion-MNIST files, headless Chromium (preview page test), qemu + debootstrap
 # (arm64 verification), WordNet (the zero-shot bundle's broader words) and the
-# openclipart PNGs (real pictures for the pretrained-backbone tests).
-SYSTEM_PACKAGES=(ffmpeg dataset-fashion-mnist chromium qemu-user-static debootstrap wordnet-base openclipart-png)
+# openclipart PNGs (real pictures for the pretrained-backbone tests) and mosquitto (the
+# real MQTT broker of the MQTT tests and benchmark).
+SYSTEM_PACKAGES=(ffmpeg dataset-fashion-mnist chromium qemu-user-static debootstrap wordnet-base openclipart-png mosquitto)
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do

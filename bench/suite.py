@@ -5,6 +5,7 @@
     python -m fuselite.bench.suite convert RUN [ARGS...]  # every variant's size, accuracy, numerics
     python -m fuselite.bench.suite train --config NAME --out DIR [ARGS...]  # a training target, from scratch
     python -m fuselite.bench.suite cameras --bundle B --video V [ARGS...]  # 4 and 8 cameras vs one
+    python -m fuselite.bench.suite mqtt --bundle B [ARGS...]  # MQTT's cost to inference; a broker outage
 
 ``python -m fuselite.bench.suite WHAT --help`` lists the arguments of each.  These
 are scripts, not tests: they take minutes and their figures go into the docs with
@@ -25,6 +26,8 @@ SUITES = {
     "pretrained": ("fuselite.bench.pretrained_suite",
                    "tiny vs EfficientNet-Lite0 vs distilled tiny on real clip art"),
     "cameras": ("fuselite.bench.cameras_suite", "4 and 8 cameras in one process against one camera"),
+    "mqtt": ("fuselite.bench.mqtt_suite",
+             "fuselite run with MQTT and 1,000 events/s vs without; a 30 s broker outage"),
 }
 
 

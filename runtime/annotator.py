@@ -104,6 +104,11 @@ class Annotator:
         return self._labels
 
     @property
+    def allowed_labels(self) -> tuple[str, ...]:
+        """The labels that may be reported (after the allow/deny lists), in order."""
+        return tuple(self._allowed_labels)
+
+    @property
     def thresholds(self) -> tuple[float, ...]:
         """The threshold of each label in :attr:`labels`."""
         return tuple(float(t) for t in self._thresholds)

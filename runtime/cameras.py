@@ -24,7 +24,7 @@ Example ``cameras.toml``::
     video_segment_minutes = 10
     keep_gb = 5                 # this camera's own cap
 
-    [mqtt]                      # read by the MQTT sink; kept here as it is
+    [mqtt]                      # the MQTT publisher's settings (runtime/mqtt.py)
 
 A mistake is a :class:`ConfigError`: one line naming the file, the camera and the key.
 """

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _model_arguments(parser.add_argument_group("model and labels"))
     _source_arguments(parser.add_argument_group("source"))
     _output_arguments(parser.add_argument_group("outputs"))
+    _mqtt_arguments(parser.add_argument_group("MQTT and Home Assistant (fuselite[mqtt])"))
 
 
 def _model_arguments(group) -> None:
@@ -189,6 +190,65 @@ def _output_arguments(group) -> None:
     )
 
 
+def _mqtt_arguments(group) -> None:
+    """``--mqtt`` and its companions (see docs/mqtt.md); the password never on the command line."""
+    group.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="publish events, label states and Home Assistant discovery to this broker, "
+        "mqtt://host:1883 or mqtts://host:8883 (TLS)",
+    )
+    group.add_argument(
+        "--camera-name",
+        metavar="NAME",
+        help="the camera's name in topics and in Home Assistant "
+        "(default: from the source, e.g. porch.mp4 -> porch, camera index 0 -> camera0)",
+    )
+    group.add_argument("--mqtt-user", metavar="NAME", help="user name for the broker")
+    group.add_argument(
+        "--mqtt-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file whose first line is the broker password (or set FUSELITE_MQTT_PASSWORD)",
+    )
+    group.add_argument("--mqtt-tls-ca", metavar="FILE", help="CA certificate of the broker (mqtts)")
+    group.add_argument("--mqtt-tls-cert", metavar="FILE", help="client certificate (mqtts)")
+    group.add_argument("--mqtt-tls-key", metavar="FILE", help="key of the client certificate")
+    group.add_argument(
+        "--mqtt-tls-insecure",
+        action="store_true",
+        help="do not check the broker's host name against its certificate",
+    )
+    group.add_argument(
+        "--mqtt-client-id", metavar="ID", help="MQTT client id (default fuselite-<host name>)"
+    )
+    group.add_argument(
+        "--mqtt-topic-prefix",
+        default="fuselite",
+        metavar="PREFIX",
+        help="first level of every topic (default fuselite: fuselite/<camera>/events)",
+    )
+    group.add_argument(
+        "--mqtt-queue",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="events kept while the broker is away; the oldest beyond N are dropped "
+        "and counted (default 10000)",
+    )
+    group.add_argument(
+        "--no-ha-discovery",
+        action="store_true",
+        help="do not publish Home Assistant discovery configs",
+    )
+    group.add_argument(
+        "--ha-discovery-prefix",
+        default="homeassistant",
+        metavar="PREFIX",
+        help="Home Assistant's discovery prefix (default homeassistant)",
+    )
+
+
 # glibc's mallopt parameter for the number of malloc arenas.
 M_ARENA_MAX = -8
 
@@ -245,7 +305,9 @@ def run(args: argparse.Namespace) -> int:
 # Options a cameras file sets per camera (or once): refused beside --config, not ignored.
 CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
                        "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
-                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout")
+                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout",
+                       "camera_name", "mqtt", "mqtt_user", "mqtt_password_file", "mqtt_tls_ca",
+                       "mqtt_tls_cert", "mqtt_tls_key", "mqtt_client_id")
 
 
 def run_config(args: argparse.Namespace) -> int:
@@ -254,6 +316,7 @@ def run_config(args: argparse.Namespace) -> int:
     from fuselite.interpreter import InterpreterNotFoundError
     from fuselite.runtime.cameras import load_cameras_config
     from fuselite.runtime.loop import SetupError
+    from fuselite.runtime.mqtt import mqtt_settings_from_table
     from fuselite.runtime.multicam import run_cameras
 
     given = [f"--{name.replace('_', '-')}" for name in CAMERA_FILE_OPTIONS
@@ -263,6 +326,8 @@ def run_config(args: argparse.Namespace) -> int:
                         "drop them and set them in the file (docs/cameras.md)")
     try:
         config = load_cameras_config(args.config)
+        if config.mqtt is not None:  # checked before any model loads
+            mqtt_settings_from_table(config.mqtt, where=f"{args.config}: [mqtt]")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     limit_malloc_arenas()
@@ -278,6 +343,7 @@ def run_config(args: argparse.Namespace) -> int:
 
 def _build_options(args: argparse.Namespace):
     from fuselite.runtime.labels import parse_label_text
+    from fuselite.runtime.mqtt import mqtt_settings_from_args
     from fuselite.runtime.options import AnnotatorOptions, RunOptions, default_threads
 
     temporal = not Path(args.source).is_dir()
@@ -313,5 +379,7 @@ def _build_options(args: argparse.Namespace):
         decode_threads=args.decode_threads,
         pin_threads=args.pin_threads == "auto",
         invoke_timeout=args.invoke_timeout,
+        camera=args.camera_name or "",
+        mqtt=mqtt_settings_from_args(args),
     )
     return annotator_options, run_options

@@ -41,6 +41,7 @@ from fuselite.runtime.loop import (
     _setup_errors,
     _stop_on_signals,
 )
+from fuselite.runtime.mqtt import MqttPublisher, mqtt_settings_from_table
 from fuselite.runtime.options import AnnotatorOptions
 from fuselite.runtime.outputs import Outputs, OutputsFailed
 from fuselite.runtime.preview import CameraPreviews
@@ -271,8 +272,9 @@ def run_cameras(
         _start_sources(slots, wake, stack)
         # Sinks shared by every camera (one per process, such as a broker connection made
         # from config.mqtt) are created here, once, and handed to each camera's Outputs.
+        publisher = _mqtt_publisher(config, stack)
         for slot in slots:
-            _open_outputs(slot, previews, stack)
+            _open_outputs(slot, previews, publisher, stack)
         keeper = RetentionKeeper(
             _retention_rules(config),
             config.retention_check_s,
@@ -342,13 +344,30 @@ def _camera_source(camera: CameraConfig, models: SharedModels, visual: bool) -> 
     return CameraSlot(camera, annotator, source, outputs=None, period=period)
 
 
-def _open_outputs(slot: CameraSlot, previews: CameraPreviews | None, stack) -> None:
+def _mqtt_publisher(config: CamerasConfig, stack) -> MqttPublisher | None:
+    """The one broker connection of every camera, from the file's ``[mqtt]`` table (closed
+    after every camera's outputs, so their last events go out), or ``None``."""
+    if config.mqtt is None:
+        return None
+    with _setup_errors():
+        publisher = MqttPublisher(mqtt_settings_from_table(config.mqtt)).start()
+    stack.callback(publisher.close)
+    return publisher
+
+
+def _open_outputs(
+    slot: CameraSlot, previews: CameraPreviews | None, publisher: MqttPublisher | None, stack
+) -> None:
     """Opens the camera's outputs, once its source is open (its frame rate is known)."""
     camera = slot.config
     with _camera_errors(camera):
         channel = previews.channel(camera.name) if previews is not None else None
         slot.outputs = Outputs(
-            camera.run, camera.run.fps_limit or slot.source.fps, slot.source.live, preview=channel
+            camera.run,
+            camera.run.fps_limit or slot.source.fps,
+            slot.source.live,
+            preview=channel,
+            mqtt_publisher=publisher,
         )
     slot.outputs.camera = camera.name
     stack.callback(slot.outputs.close)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fuselite.runtime.affinity import usable_core_count
+from fuselite.runtime.mqtt import MqttSettings
 
 # Video segments of runs that may last for days (cameras and streams).
 DEFAULT_SEGMENT_MINUTES = 10.0
@@ -164,6 +165,8 @@ class RunOptions:
         jsonl_rotate_mb: Write the events to numbered files ``<stem>-0001.jsonl``...
             beside ``jsonl``, starting the next one when a file reaches this many MB
             (so a retention cap can delete old ones); ``None`` writes one file.
+        mqtt: Publish events, label states and Home Assistant discovery to this broker
+            (:class:`fuselite.runtime.mqtt.MqttSettings`), or ``None``.
     """
 
     source: str
@@ -188,6 +191,7 @@ class RunOptions:
     invoke_timeout: float | None = None
     camera: str = ""
     jsonl_rotate_mb: float | None = None
+    mqtt: MqttSettings | None = None
 
     def __post_init__(self) -> None:
         if not str(self.source).strip():

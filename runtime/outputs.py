@@ -38,6 +38,7 @@ from fuselite.errors import UserError
 from fuselite.runtime.affinity import pin_thread
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.handoff import LazyHandoff
+from fuselite.runtime.mqtt import MqttPublisher
 from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
 from fuselite.runtime.overlay import draw_overlay
 from fuselite.runtime.preview import MjpegPreview
@@ -474,6 +475,10 @@ class Outputs:
     every inferred frame reaches every sink.  The on-screen window is the exception:
     GUI calls belong to the loop's thread, so with a window every frame is finished
     there, as is everything when no sink is open.
+
+    With MQTT settings in the options, events and label states also go to the broker
+    through a publisher made here; a process running several cameras passes one
+    shared ``mqtt_publisher`` instead (it is then the caller's to close).
     """
 
     def __init__(
@@ -482,13 +487,17 @@ class Outputs:
         fps: float | None,
         live: bool = False,
         preview: MjpegPreview | None = None,
+        mqtt_publisher: MqttPublisher | None = None,
     ) -> None:
         """Opens the sinks of ``options``; ``preview``, when given, is a channel of a preview
         shared by several cameras (``preview.CameraPreviews``), used instead of a server
-        of its own."""
+        of its own; ``mqtt_publisher``, when given, is a broker connection they share."""
         self.jsonl = self.video = self.preview = self.display = None
         # Set by the multi-camera runner: every record then carries the camera's name.
         self.camera: str | None = None
+        self._run_camera = options.camera  # the name in MQTT topics when camera is not set
+        self.mqtt = mqtt_publisher
+        self._owns_mqtt = False
         self._queue = LazyHandoff(maxsize=OUTPUT_QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -525,9 +534,17 @@ class Outputs:
                     max_clients=options.preview_max_clients,
                 ).start()
             self.display = Display.open(options.display)
+            if self.mqtt is None and options.mqtt is not None:
+                self.mqtt = MqttPublisher(options.mqtt).start()
+                self._owns_mqtt = True
         except BaseException:
             self.close()
             raise
+
+    @property
+    def mqtt_camera(self) -> str:
+        """The camera's name in MQTT topics: the runner's name for it, else the run's."""
+        return self.camera or self._run_camera
 
     @property
     def visual(self) -> bool:
@@ -537,7 +554,11 @@ class Outputs:
     def start(self, annotator: Annotator, stats: RunStats) -> None:
         """Starts the writer thread (when anything is written) for this annotator and stats."""
         self._annotator, self._stats = annotator, stats
-        if self.threaded and self.display is None and (self.jsonl or self.video or self.preview):
+        if self.mqtt is not None:
+            bundle = annotator.options.bundle_path.name
+            self.mqtt.set_labels(self.mqtt_camera, annotator.allowed_labels, bundle=bundle)
+        writes = self.jsonl or self.video or self.preview or self.mqtt
+        if self.threaded and self.display is None and writes:
             self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
             self._thread.start()
 
@@ -597,6 +618,9 @@ class Outputs:
                 sink.close()
             except Exception as exc:  # noqa: BLE001 - one line, the other sinks still close
                 log.warning("could not close %s cleanly: %s", type(sink).__name__, _reason(exc))
+        if self._owns_mqtt:
+            self._owns_mqtt = False
+            self.mqtt.close()
 
     def close_video(self) -> None:
         """Finishes the video file now (its JSONL record then precedes the final stats)."""
@@ -640,11 +664,14 @@ class Outputs:
         total_ms = (time.time() - frame.wall_time) * 1000.0
         stats = self._stats
         stats.record(total_ms, inference_ms)
-        if self.jsonl is not None:
+        if self.jsonl is not None or self.mqtt is not None:
             record = event_record(frame, result, total_ms, self.all_scores)
-            if self.camera is not None:
-                record = {"camera": self.camera, **record}
-            self._write_jsonl(record)
+            if self.jsonl is not None:
+                if self.camera is not None:
+                    record = {"camera": self.camera, **record}
+                self._write_jsonl(record)
+            if self.mqtt is not None:  # never blocks: a bounded queue (see mqtt.py)
+                self.mqtt.publish_record(self.mqtt_camera, record)
         if not self.visual:
             return
         status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
@@ -683,7 +710,7 @@ class Outputs:
 
     def _sink_failed(self, health: SinkHealth, exc: BaseException) -> None:
         """Counts a failure; raises :class:`OutputsFailed` when no output is left."""
-        alive = self.preview is not None or self.display is not None
+        alive = self.preview is not None or self.display is not None or self.mqtt is not None
         alive = alive or any(not other.down for other in self.health.values() if other is not health)
         health.failed(exc, log_it=alive)
         if not alive:
@@ -703,7 +730,9 @@ class Outputs:
             record["sink_errors"] = {name: health.lost for name, health in self.health.items()}
         if self.preview is not None:
             record["preview"] = self.preview.counts()
-        log.info("%s", describe(record))
+        if self.mqtt is not None:
+            record["mqtt"] = self.mqtt.stats(self.mqtt_camera)
+        log.info("%s%s", describe(record), _mqtt_text(record))
         if record.get("final") and any(health.lost for health in self.health.values()):
             # The events file may be what failed: the final record goes to the log too.
             log.warning("final stats: %s", to_json_line(record).strip())
@@ -736,6 +765,18 @@ def _events_writer(options: RunOptions):
 
         return RotatingJsonlWriter(options.jsonl, options.jsonl_rotate_mb)
     return JsonlWriter(options.jsonl)
+
+
+def _mqtt_text(record: dict) -> str:
+    """The MQTT part of the stats log line, or nothing without MQTT."""
+    counts = record.get("mqtt")
+    if not counts:
+        return ""
+    state = "connected" if counts["connected"] else "broker away"
+    return (
+        f" | mqtt {state}: {counts['published']} published, {counts['queued']} queued, "
+        f"{counts['dropped']} dropped"
+    )
 
 
 def segment_seconds(options: RunOptions, live: bool) -> float | None:

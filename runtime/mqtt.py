@@ -1,0 +1,793 @@
+"""Annotation events to an MQTT broker, and Home Assistant discovery of every camera x label.
+
+One :class:`MqttPublisher` serves every camera of a process (it is thread-safe).  It
+publishes, under the topic prefix (``fuselite`` by default):
+
+* ``<prefix>/<camera>/events``: each annotation event, the JSONL record plus ``camera``;
+* ``<prefix>/<camera>/<label>/state``: ``ON``/``OFF``, retained, following the labels the
+  runtime reports (after its smoothing and hysteresis), published on change and again
+  after every (re)connection;
+* ``<prefix>/status/<client id>``: ``online``/``offline``, retained; ``offline`` is also the
+  connection's last will, so a board that loses power shows as unavailable;
+* with discovery on, ``<discovery prefix>/binary_sensor/<client id>/<camera>_<label>/config``
+  (retained): Home Assistant then shows every camera x label as a ``binary_sensor``.
+
+The broker going away never blocks the caller: :meth:`MqttPublisher.publish_event` only
+appends to a bounded queue that a thread of the publisher drains while the broker is
+connected.  When the queue is full the oldest events are dropped and counted.  States and
+discovery configs are not queued: the publisher keeps the latest state of each label and
+sends it when it can, so a stale ``ON`` never overwrites a newer ``OFF``.
+
+paho-mqtt is imported only when a publisher is made: a board without it gets one line
+saying to install ``fuselite[mqtt]``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from fuselite import __version__
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+DEFAULT_QUEUE_SIZE = 10_000  # events waiting for the broker (about 400 bytes each)
+PASSWORD_ENV = "FUSELITE_MQTT_PASSWORD"
+PAYLOAD_ON, PAYLOAD_OFF = "ON", "OFF"
+ONLINE, OFFLINE = "online", "offline"
+# Messages handed to paho and not yet acknowledged by the broker; paho keeps them across a
+# reconnection and sends them again, so this bounds what sits outside the counted queue.
+MAX_UNACKED = 200
+SEND_BATCH = 100  # messages handed to paho at a time
+SEND_LINGER_S = 0.01  # pause after a batch, so events gather (up to 10,000 a second go out)
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 10  # a restarted broker is found within 10 s
+CLOSE_FLUSH_S = 2.0  # at the end of a run, how long queued events may take to go out (within
+# the 3 s a signalled run has to finish, see watchdog.STOP_GRACE_S)
+_TOPIC_WORD = re.compile(r"^[^#+/\x00]+$")
+
+
+class MqttError(ValueError):
+    """MQTT cannot be used as configured (a bad setting, or paho-mqtt is missing)."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """Where and how events are published.
+
+    Attributes:
+        url: The broker, ``mqtt://host[:port]`` (1883) or ``mqtts://host[:port]`` (TLS, 8883).
+            Credentials do not belong in it (a command line is visible to every user).
+        username: User name for the broker, or ``None``.
+        password: Password for the broker, or ``None`` (read it from a file or the
+            ``FUSELITE_MQTT_PASSWORD`` environment variable; see
+            :func:`mqtt_settings_from_args`).
+        tls_ca: CA certificate file that signs the broker's certificate (``mqtts``); ``None``
+            uses the system's trusted CAs.
+        tls_cert: Client certificate file, for brokers that ask for one.
+        tls_key: The client certificate's key file.
+        tls_insecure: Do not check the broker's host name against its certificate.
+        client_id: MQTT client id, also the node id of the discovery topics and the last
+            part of the availability topic; default ``fuselite-<host name>``.
+        topic_prefix: First level of every topic fuselite publishes.
+        discovery: Publish Home Assistant discovery configs.
+        discovery_prefix: Home Assistant's discovery prefix.
+        queue_size: Events kept while the broker is away; beyond it the oldest are dropped.
+    """
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+    client_id: str = field(default_factory=lambda: default_client_id())
+    topic_prefix: str = "fuselite"
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    queue_size: int = DEFAULT_QUEUE_SIZE
+
+    def __post_init__(self) -> None:
+        self._check_url()
+        for name in ("topic_prefix", "discovery_prefix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not all(map(_TOPIC_WORD.match, value.split("/"))):
+                raise MqttError(
+                    f"mqtt {name} {value!r} must be topic levels without '+', '#' or empty levels"
+                )
+        if not isinstance(self.client_id, str) or not slugify(self.client_id, ""):
+            raise MqttError(f"mqtt client_id {self.client_id!r} needs a letter or digit")
+        if (
+            isinstance(self.queue_size, bool)
+            or not isinstance(self.queue_size, int)
+            or self.queue_size < 1
+        ):
+            raise MqttError(
+                f"mqtt queue_size must be a whole number of at least 1, not {self.queue_size!r}"
+            )
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise MqttError(f"mqtt {name}: no such file {path}")
+        if self.tls_key is not None and self.tls_cert is None:
+            raise MqttError("mqtt tls_key needs tls_cert (the client certificate)")
+
+    def _check_url(self) -> None:
+        parts = urlsplit(str(self.url))
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise MqttError(
+                f"mqtt url {self.url!r} must look like mqtt://host:1883 or mqtts://host:8883"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise MqttError(
+                "put no user or password in the mqtt url (others can read it): use "
+                f"--mqtt-user and --mqtt-password-file or {PASSWORD_ENV} (config: username, "
+                "password_file)"
+            )
+        try:
+            parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        except ValueError:
+            raise MqttError(f"mqtt url {self.url!r} has a bad port") from None
+        if parts.path not in ("", "/") or parts.query:
+            raise MqttError(f"mqtt url {self.url!r} must have no path: mqtt://host:port")
+
+    @property
+    def host(self) -> str:
+        """The broker's host name or address."""
+        return urlsplit(self.url).hostname
+
+    @property
+    def port(self) -> int:
+        """The broker's port (1883 for ``mqtt``, 8883 for ``mqtts`` unless the URL says)."""
+        parts = urlsplit(self.url)
+        return parts.port or DEFAULT_PORTS[parts.scheme]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS (``mqtts://``)."""
+        return urlsplit(self.url).scheme == "mqtts"
+
+    @property
+    def node_id(self) -> str:
+        """The client id made safe for topic levels and discovery ids."""
+        return slugify(self.client_id, "fuselite")
+
+    @property
+    def availability_topic(self) -> str:
+        """Where ``online``/``offline`` (and the last will) go."""
+        return f"{self.topic_prefix}/status/{self.node_id}"
+
+    def describe(self) -> str:
+        """The broker as a user would name it, e.g. ``mqtt://127.0.0.1:1883``."""
+        return f"{urlsplit(self.url).scheme}://{self.host}:{self.port}"
+
+
+def default_client_id() -> str:
+    """``fuselite-<host name>``: unique per board, stable across restarts."""
+    return f"fuselite-{socket.gethostname() or 'board'}"
+
+
+def slugify(text: str, fallback: str = "label") -> str:
+    """``text`` as an id Home Assistant accepts (``[a-z0-9_]``) and as one topic level.
+
+    Runs of other characters become one ``_``; letters with accents lose them only as far
+    as ASCII allows (others are dropped).  Empty results become ``fallback``.
+
+    Example:
+        >>> slugify("Red car / left!")
+        'red_car_left'
+    """
+    ascii_text = str(text).encode("ascii", "ignore").decode().lower()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_text).strip("_")
+    return slug or fallback
+
+
+def unique_slugs(labels: list[str]) -> dict[str, str]:
+    """``{label: slug}`` with every slug distinct: labels that slugify alike, or to
+    nothing (e.g. in another script), get a short hash of their text appended."""
+    plain = {label: slugify(label) for label in labels}
+    counts = collections.Counter(plain.values())
+    out = {}
+    for label, slug in plain.items():
+        if counts[slug] > 1 or slug == "label":
+            slug = f"{slug}_{hashlib.sha1(label.encode()).hexdigest()[:6]}"
+        out[label] = slug
+    return out
+
+
+# -- settings from a config table or the command line ---------------------------------------
+
+_TABLE_KEYS = {
+    "url": str,
+    "username": str,
+    "password": str,
+    "password_file": str,
+    "tls_ca": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "tls_insecure": bool,
+    "client_id": str,
+    "topic_prefix": str,
+    "discovery": bool,
+    "discovery_prefix": str,
+    "queue_size": int,
+}
+
+
+def mqtt_settings_from_table(table: dict, where: str = "[mqtt]") -> MqttSettings:
+    """Settings from a TOML ``[mqtt]`` table (as :mod:`tomllib` reads it).
+
+    Keys: ``url`` (required), ``username``, ``password`` or ``password_file``, ``tls_ca``,
+    ``tls_cert``, ``tls_key``, ``tls_insecure``, ``client_id``, ``topic_prefix``,
+    ``discovery``, ``discovery_prefix``, ``queue_size``.
+
+    Raises:
+        MqttError: one line naming the key (and ``where``) that is wrong.
+    """
+    if not isinstance(table, dict):
+        raise MqttError(f"{where} must be a table of settings, not {type(table).__name__}")
+    for key, value in table.items():
+        expected = _TABLE_KEYS.get(key)
+        if expected is None:
+            raise MqttError(f"{where}: unknown key {key!r}; known keys: {', '.join(_TABLE_KEYS)}")
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise MqttError(f"{where}: {key} must be a {expected.__name__}, not {value!r}")
+    if "url" not in table:
+        raise MqttError(f'{where}: url is missing, e.g. url = "mqtt://192.168.1.10:1883"')
+    values = dict(table)
+    if "password_file" in values:
+        if "password" in values:
+            raise MqttError(f"{where}: give password or password_file, not both")
+        values["password"] = read_password_file(values.pop("password_file"))
+    try:
+        return MqttSettings(**values)
+    except MqttError as exc:
+        raise MqttError(f"{where}: {exc}") from None
+
+
+def read_password_file(path: str | Path) -> str:
+    """The first line of a password file (a trailing newline is not part of the password)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MqttError(f"cannot read the mqtt password file {path}: {exc.strerror}") from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise MqttError(f"the mqtt password file {path} is empty")
+    return password
+
+
+def mqtt_settings_from_args(
+    args: Any, environ: dict[str, str] | None = None
+) -> MqttSettings | None:
+    """Settings from ``fuselite run``'s ``--mqtt*`` flags, or ``None`` without ``--mqtt``.
+
+    The password never comes from the command line (``ps`` shows it to every user): it
+    is read from ``--mqtt-password-file`` or the ``FUSELITE_MQTT_PASSWORD`` variable.
+    """
+    if getattr(args, "mqtt", None) is None:
+        return None
+    environ = os.environ if environ is None else environ
+    password = None
+    if args.mqtt_password_file is not None:
+        password = read_password_file(args.mqtt_password_file)
+    elif environ.get(PASSWORD_ENV):
+        password = environ[PASSWORD_ENV]
+    values = {
+        "url": args.mqtt,
+        "username": args.mqtt_user,
+        "password": password,
+        "tls_ca": args.mqtt_tls_ca,
+        "tls_cert": args.mqtt_tls_cert,
+        "tls_key": args.mqtt_tls_key,
+        "tls_insecure": args.mqtt_tls_insecure,
+        "topic_prefix": args.mqtt_topic_prefix,
+        "discovery": not args.no_ha_discovery,
+        "discovery_prefix": args.ha_discovery_prefix,
+        "queue_size": args.mqtt_queue,
+    }
+    if args.mqtt_client_id is not None:
+        values["client_id"] = args.mqtt_client_id
+    known = {f.name for f in fields(MqttSettings)}
+    return MqttSettings(**{k: v for k, v in values.items() if k in known})
+
+
+def import_paho():
+    """The ``paho.mqtt.client`` module, or an :class:`MqttError` saying how to install it."""
+    try:
+        import paho.mqtt.client as paho
+    except ImportError:
+        raise MqttError(
+            "MQTT needs paho-mqtt 2: pip install 'fuselite[mqtt]' "
+            "(or pip install 'paho-mqtt>=2,<3')"
+        ) from None
+    if not hasattr(paho, "CallbackAPIVersion"):
+        raise MqttError("MQTT needs paho-mqtt 2 (1.x is installed): pip install 'paho-mqtt>=2,<3'")
+    return paho
+
+
+# -- the publisher ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Camera:
+    """What the publisher knows of one camera: its topic level, labels and their states."""
+
+    name: str
+    slug: str
+    labels: dict[str, str] = field(default_factory=dict)  # label -> slug
+    states: dict[str, bool] = field(default_factory=dict)  # label -> on
+    bundle: str | None = None
+
+
+class MqttPublisher:
+    """One connection to the broker, shared by every camera of the process.
+
+    Example:
+        >>> publisher = MqttPublisher(MqttSettings("mqtt://127.0.0.1:1883")).start()
+        >>> publisher.set_labels("porch", ["person", "cat"])
+        >>> publisher.publish_event("porch", {"type": "annotation", "labels": []})
+        >>> publisher.close()
+    """
+
+    def __init__(self, settings: MqttSettings) -> None:
+        self.settings = settings
+        self._paho = import_paho()
+        self._lock = threading.Condition()
+        self._queue: collections.deque[tuple[str, str, bytes]] = (
+            collections.deque()
+        )  # camera, topic, payload
+        self._queued = collections.Counter()  # camera -> its events in the queue
+        self._cameras: dict[str, _Camera] = {}
+        self._dirty_states: set[tuple[str, str]] = set()
+        self._dirty_configs: set[tuple[str, str]] = set()
+        self._unacked: dict[int, tuple[str, str | None]] = {}  # mid -> (kind, camera of an event)
+        self._early_acks: set[int] = set()
+        self._counts = collections.Counter()  # published, dropped, dropped_outage, reconnects
+        self._camera_counts: dict[str, collections.Counter] = {}  # camera -> published, dropped
+        self._connected = False
+        self._ever_connected = False
+        self._lost_at: float | None = None
+        self._closing = False
+        self._connect_failures = 0
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+
+    def _make_client(self):
+        paho, s = self._paho, self.settings
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=s.client_id)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=s.tls_ca, certfile=s.tls_cert, keyfile=s.tls_key)
+            except (OSError, ValueError) as exc:
+                raise MqttError(f"mqtt TLS files cannot be used: {exc}") from None
+            client.tls_insecure_set(s.tls_insecure)
+        client.will_set(s.availability_topic, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_inflight_messages_set(MAX_UNACKED)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> MqttPublisher:
+        """Starts connecting (in the background: an unreachable broker is tried again and
+        again, the run goes on) and the sender thread; returns ``self``."""
+        s = self.settings
+        try:
+            self._client.connect_async(s.host, s.port, keepalive=30)
+        except ValueError as exc:
+            raise MqttError(f"mqtt url {s.url!r}: {exc}") from None
+        self._client.loop_start()
+        self._thread.start()
+        log.info(
+            "MQTT: publishing to %s under %s/<camera>/ (Home Assistant discovery %s)",
+            s.describe(),
+            s.topic_prefix,
+            "on" if s.discovery else "off",
+        )
+        return self
+
+    # -- what cameras call ------------------------------------------------------------------
+
+    def set_labels(
+        self, camera: str, labels: list[str] | tuple[str, ...], bundle: str | None = None
+    ) -> None:
+        """Declares a camera's labels: each gets a retained ``OFF`` state and, with discovery
+        on, a ``binary_sensor`` config.  Call again when the labels change."""
+        with self._lock:
+            entry = self._camera(camera)
+            entry.labels = unique_slugs(list(dict.fromkeys(labels)))
+            entry.states = {label: entry.states.get(label, False) for label in entry.labels}
+            entry.bundle = bundle or entry.bundle
+            keys = {(camera, label) for label in entry.labels}
+            self._dirty_states |= keys
+            if self.settings.discovery:
+                self._dirty_configs |= keys
+            self._lock.notify_all()
+
+    def update_states(self, camera: str, present: list[str] | tuple[str, ...] | set[str]) -> None:
+        """Sets the camera's labels in ``present`` ON and the others OFF; only the labels
+        that changed are published."""
+        present = set(present)
+        with self._lock:
+            entry = self._camera(camera)
+            changed = False
+            for label in entry.labels:
+                on = label in present
+                if entry.states.get(label) != on:
+                    entry.states[label] = on
+                    self._dirty_states.add((camera, label))
+                    changed = True
+            if changed:
+                self._lock.notify_all()
+
+    def publish_event(self, camera: str, record: dict[str, Any]) -> None:
+        """Queues one event for ``<prefix>/<camera>/events`` (never blocks; when the queue
+        is full the oldest event is dropped and counted)."""
+        payload = _json_bytes({**record, "camera": camera})
+        with self._lock:
+            topic = f"{self.settings.topic_prefix}/{self._camera(camera).slug}/events"
+            if len(self._queue) >= self.settings.queue_size:
+                dropped_camera = self._queue.popleft()[0]
+                self._queued[dropped_camera] -= 1
+                self._count_drop(dropped_camera)
+            self._queue.append((camera, topic, payload))
+            self._queued[camera] += 1
+            self._lock.notify_all()
+
+    def publish_record(self, camera: str, record: dict[str, Any]) -> None:
+        """Sends a camera's event (``labels`` names the reported labels) and updates the
+        label states from it: what an annotated frame needs."""
+        self.publish_event(camera, record)
+        self.update_states(camera, [item["label"] for item in record.get("labels", ())])
+
+    def stats(self, camera: str | None = None) -> dict[str, Any]:
+        """``{"published", "queued", "dropped", "connected", "reconnects"}``: events
+        acknowledged by the broker, waiting (queued or unacknowledged), dropped because the
+        queue was full, whether the broker is connected, and reconnections; the events of
+        one ``camera``, or of all."""
+        with self._lock:
+            unacked = [owner for kind, owner in self._unacked.values() if kind == "event"]
+            if camera is None:
+                counts, waiting = self._counts, len(self._queue) + len(unacked)
+            else:
+                counts = self._camera_counts.get(camera, collections.Counter())
+                waiting = self._queued[camera] + unacked.count(camera)
+            return {
+                "published": counts["published"],
+                "queued": waiting,
+                "dropped": counts["dropped"],
+                "connected": self._connected,
+                "reconnects": self._counts["reconnects"],
+            }
+
+    def close(self, timeout: float = CLOSE_FLUSH_S) -> dict[str, Any]:
+        """Delivers what is queued (up to ``timeout`` seconds, while connected), marks the
+        node ``offline`` and disconnects; returns the final :meth:`stats`."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._connected and self._has_work() and time.monotonic() < deadline:
+                self._lock.wait(0.05)
+            self._closing = True
+            self._lock.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        final = self.stats()
+        if final["connected"]:
+            info = self._client.publish(
+                self.settings.availability_topic, OFFLINE, qos=1, retain=True
+            )
+            with contextlib.suppress(RuntimeError, ValueError):  # the broker left meanwhile
+                info.wait_for_publish(timeout=1.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+        if final["queued"]:
+            log.warning(
+                "MQTT: %d events were not delivered (broker %s unreachable at the end)",
+                final["queued"],
+                self.settings.describe(),
+            )
+        log.info("MQTT: %d events published, %d dropped", final["published"], final["dropped"])
+        return final
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- internals (the lock is never held while paho is called) ----------------------------
+
+    def _camera(self, name: str) -> _Camera:
+        entry = self._cameras.get(name)
+        if entry is None:
+            slug = slugify(name, "camera")
+            taken = {c.slug for c in self._cameras.values()}
+            if slug in taken:
+                slug = f"{slug}_{hashlib.sha1(name.encode()).hexdigest()[:6]}"
+            entry = self._cameras[name] = _Camera(name, slug)
+        return entry
+
+    def _count_drop(self, camera: str) -> None:
+        self._counts["dropped"] += 1
+        self._camera_counts.setdefault(camera, collections.Counter())["dropped"] += 1
+        if not self._connected:
+            self._counts["dropped_outage"] += 1
+            if self._counts["dropped_outage"] == 1:
+                log.warning(
+                    "MQTT: the queue of %d events is full; dropping the oldest until "
+                    "the broker is back (counted)",
+                    self.settings.queue_size,
+                )
+
+    def _has_work(self) -> bool:
+        return bool(self._queue or self._dirty_states or self._dirty_configs or self._unacked)
+
+    def _next_message(self) -> tuple[str, str | None, str, bytes | str, bool] | None:
+        """``(kind, camera, topic, payload, retain)`` to send next: configs, then states,
+        then events (``camera`` only for events)."""
+        if self._dirty_configs:
+            camera, label = self._dirty_configs.pop()
+            topic, config = discovery_config(self.settings, self._cameras[camera], label)
+            return "config", None, topic, _json_bytes(config), True
+        if self._dirty_states:
+            camera, label = self._dirty_states.pop()
+            entry = self._cameras[camera]
+            state = PAYLOAD_ON if entry.states.get(label) else PAYLOAD_OFF
+            return (
+                "state",
+                None,
+                state_topic(self.settings, entry.slug, entry.labels[label]),
+                state,
+                True,
+            )
+        if self._queue:
+            camera, topic, payload = self._queue.popleft()
+            self._queued[camera] -= 1
+            return "event", camera, topic, payload, False
+        return None
+
+    def _send_loop(self) -> None:
+        """Hands queued messages to paho in batches, then lingers a moment: one wakeup per
+        batch instead of one per event leaves the interpreter lock to the inference."""
+        while True:
+            with self._lock:
+                while not self._closing and not (
+                    self._connected and len(self._unacked) < MAX_UNACKED and self._pending()
+                ):
+                    self._lock.wait(0.5)
+                if self._closing:
+                    return
+                batch = self._next_batch()
+            sent = [
+                ((kind, camera), self._client.publish(topic, payload, qos=1, retain=retain))
+                for kind, camera, topic, payload, retain in batch
+            ]
+            with self._lock:
+                for owner, info in sent:
+                    if info.mid in self._early_acks:
+                        self._early_acks.discard(info.mid)
+                        self._acked(owner)
+                    else:
+                        self._unacked[info.mid] = owner
+            time.sleep(SEND_LINGER_S)
+
+    def _next_batch(self) -> list[tuple[str, str | None, str, bytes | str, bool]]:
+        """Up to :data:`SEND_BATCH` messages, as many as the unacknowledged bound allows."""
+        room = min(SEND_BATCH, MAX_UNACKED - len(self._unacked))
+        batch = []
+        while len(batch) < room and (message := self._next_message()) is not None:
+            batch.append(message)
+        return batch
+
+    def _pending(self) -> bool:
+        return bool(self._queue or self._dirty_states or self._dirty_configs)
+
+    def _acked(self, owner: tuple[str, str | None]) -> None:
+        kind, camera = owner
+        if kind == "event":
+            self._counts["published"] += 1
+            self._camera_counts.setdefault(camera, collections.Counter())["published"] += 1
+        self._lock.notify_all()
+
+    # -- paho callbacks (paho's network thread) ---------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        if reason_code.is_failure:
+            self._log_connect_problem(
+                f"the broker refused the connection: {reason_code}"
+                " (check the user name and password)"
+            )
+            return
+        client.publish(self.settings.availability_topic, ONLINE, qos=1, retain=True)
+        if self.settings.discovery:
+            client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
+        with self._lock:
+            self._connected = True
+            self._connect_failures = 0
+            self._mark_all_dirty()
+            self._log_connected()
+            self._lock.notify_all()
+
+    def _log_connected(self) -> None:
+        where = self.settings.describe()
+        if not self._ever_connected:
+            self._ever_connected = True
+            log.info("MQTT: connected to %s", where)
+            return
+        self._counts["reconnects"] += 1
+        away = time.monotonic() - self._lost_at if self._lost_at else 0.0
+        log.info(
+            "MQTT: broker %s is back after %.1f s; %d events dropped while it was away, "
+            "%d queued events now being delivered",
+            where,
+            away,
+            self._counts["dropped_outage"],
+            len(self._queue),
+        )
+        self._counts["dropped_outage"] = 0
+
+    def _mark_all_dirty(self) -> None:
+        """After a (re)connection: a restarted broker may have lost the retained messages."""
+        for name, entry in self._cameras.items():
+            keys = {(name, label) for label in entry.labels}
+            self._dirty_states |= keys
+            if self.settings.discovery:
+                self._dirty_configs |= keys
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        with self._lock:
+            first = self._connect_failures == 0
+        # paho does not say why; on the first failure only (it is logged), find out.
+        self._log_connect_problem(connect_problem(self.settings) if first else "cannot reach it")
+
+    def _log_connect_problem(self, reason: str) -> None:
+        with self._lock:
+            self._connect_failures += 1
+            first = self._connect_failures == 1
+        message = (
+            "MQTT: broker %s: %s; events wait in a queue of %d (oldest dropped beyond) "
+            "and it is tried again every %d-%d s"
+        )
+        args = (
+            self.settings.describe(),
+            reason,
+            self.settings.queue_size,
+            RECONNECT_MIN_S,
+            RECONNECT_MAX_S,
+        )
+        if first:
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        with self._lock:
+            was_connected, self._connected = self._connected, False
+            if was_connected and not self._closing:
+                self._lost_at = time.monotonic()
+                self._connect_failures = 1  # this line says it: failed retries log at debug
+                # paho reports a dropped connection as "Unspecified error".
+                why = (
+                    ""
+                    if reason_code.is_failure and reason_code.value == 128
+                    else f" ({reason_code})"
+                )
+                log.warning(
+                    "MQTT: lost the broker %s%s; events wait in a queue of %d and it is "
+                    "tried again every %d-%d s",
+                    self.settings.describe(),
+                    why,
+                    self.settings.queue_size,
+                    RECONNECT_MIN_S,
+                    RECONNECT_MAX_S,
+                )
+            self._lock.notify_all()
+
+    def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
+        with self._lock:
+            owner = self._unacked.pop(mid, None)
+            if owner is None:  # acknowledged before the sender stored the id
+                self._early_acks.add(mid)
+            else:
+                self._acked(owner)
+
+    def _on_message(self, client, userdata, message) -> None:
+        # Home Assistant's birth message: it (re)started and needs the configs and states.
+        if message.payload == ONLINE.encode():
+            with self._lock:
+                self._mark_all_dirty()
+                self._lock.notify_all()
+
+
+def connect_problem(settings: MqttSettings, timeout: float = 2.0) -> str:
+    """Why a connection failed, as far as a plain TCP connection tells: the name, the port,
+    or (when TCP gets through to an ``mqtts`` broker) the TLS handshake."""
+    try:
+        with socket.create_connection((settings.host, settings.port), timeout=timeout):
+            pass
+    except socket.gaierror:
+        return f"cannot reach it (no such host {settings.host!r})"
+    except TimeoutError:
+        return f"cannot reach it (no answer within {timeout:g} s)"
+    except OSError as exc:
+        return f"cannot reach it ({exc.strerror or type(exc).__name__})"
+    if settings.tls:
+        return (
+            "cannot reach it: the TLS handshake failed (check the broker's certificate "
+            "against tls_ca / --mqtt-tls-ca)"
+        )
+    return "cannot reach it (the port answers, the MQTT connection failed)"
+
+
+def state_topic(settings: MqttSettings, camera_slug: str, label_slug: str) -> str:
+    """The retained ON/OFF topic of one camera's label."""
+    return f"{settings.topic_prefix}/{camera_slug}/{label_slug}/state"
+
+
+def discovery_config(settings: MqttSettings, camera: _Camera, label: str) -> tuple[str, dict]:
+    """``(config topic, payload)`` making one camera's label a Home Assistant ``binary_sensor``."""
+    node, label_slug = settings.node_id, camera.labels[label]
+    object_id = f"{camera.slug}_{label_slug}"
+    unique_id = f"{node}_{object_id}"
+    payload = {
+        "name": label,
+        "unique_id": unique_id,
+        "state_topic": state_topic(settings, camera.slug, label_slug),
+        "payload_on": PAYLOAD_ON,
+        "payload_off": PAYLOAD_OFF,
+        "availability_topic": settings.availability_topic,
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "qos": 1,
+        "device": {
+            "identifiers": [f"{node}_{camera.slug}"],
+            "name": camera.name,
+            "manufacturer": "fuselite",
+            "model": camera.bundle or "fuselite camera",
+            "sw_version": __version__,
+        },
+        "origin": {"name": "fuselite", "sw_version": __version__},
+    }
+    topic = f"{settings.discovery_prefix}/binary_sensor/{node}/{object_id}/config"
+    return topic, payload
+
+
+def _json_bytes(record: dict[str, Any]) -> bytes:
+    """Compact JSON; a non-finite number (JSON has none) becomes ``null``."""
+    try:
+        return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError:
+        return json.dumps(_finite(record), separators=(",", ":")).encode()
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
