@@ -51,8 +51,9 @@ def test_train_command_is_the_fuselite_cli_with_backbone_teacher_and_epochs(tmp_
     assert command[command.index("--backbone") + 1] == "tiny"
     assert command[command.index("--teacher") + 1] == str(tmp_path / "lite0")
     assert command[command.index("--epochs") + 1] == "12"
+    assert command[command.index("--distill-weight") + 1] == "1"  # the teacher's soft labels alone
     plain = suite.train_command(suite.MODELS[1], tmp_path / "m.jsonl", tmp_path / "run")
-    assert "--teacher" not in plain and "--epochs" not in plain
+    assert "--teacher" not in plain and "--epochs" not in plain and "--distill-weight" not in plain
 
 
 def test_distilled_tiny_is_taught_by_the_lite0_run():
