@@ -483,6 +483,12 @@ class MqttPublisher:
                 "reconnects": self._counts["reconnects"],
             }
 
+    def delivered(self) -> bool:
+        """Whether everything handed over so far (events, label states, discovery configs)
+        has been acknowledged by the broker: nothing queued, nothing in flight."""
+        with self._lock:
+            return not self._has_work()
+
     def close(self, timeout: float = CLOSE_FLUSH_S) -> dict[str, Any]:
         """Delivers what is queued (up to ``timeout`` seconds, while connected), marks the
         node ``offline`` and disconnects; returns the final :meth:`stats`."""

@@ -263,7 +263,9 @@ def test_discovery_configs_are_what_home_assistant_reads(broker, subscribers):
     publisher.set_labels("porch", ["person", "red car", "Red-Car"], bundle="int8.tflite")
     publisher.set_labels("garage", ["person"])
     publisher.update_states("porch", ["red car"])
-    wait_until(lambda: publisher.stats()["connected"])
+    # Every config acknowledged before Home Assistant subscribes: then it can only get them as
+    # retained messages (a config still in flight would arrive live, with retain unset).
+    wait_until(lambda: publisher.stats()["connected"] and publisher.delivered())
     home_assistant = subscribers(broker.port)  # subscribes after: gets the retained configs
     home_assistant.wait(lambda: len(home_assistant.on("/config")) == 4)
     configs = {m.topic: json.loads(m.payload) for m in home_assistant.on("/config")}
