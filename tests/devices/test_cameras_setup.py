@@ -97,3 +97,25 @@ def test_systemd_analyze_verifies_the_cameras_unit(files, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert str(unit) not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", PROFILES[:1])
+def test_the_board_gets_mqtt_and_the_example_mqtt_table_is_valid_once_uncommented(files, name, tmp_path):
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    from fuselite.runtime.mqtt import mqtt_settings_from_table
+
+    # install.sh installs the [mqtt] extra's requirement as pyproject pins it
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    (paho,) = pyproject["project"]["optional-dependencies"]["mqtt"]
+    assert f'"$PREFIX/venv/bin/pip" install "{paho}"' in files["install.sh"].read_text()
+    # the commented [mqtt] table, uncommented, is a config the runtime accepts
+    text = files["cameras.toml"].read_text()
+    block = text[text.index("# [mqtt]"):]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines())
+    password = tmp_path / "mqtt.pw"
+    password.write_text("secret\n")
+    uncommented = uncommented.replace("/etc/fuselite/mqtt.pw", str(password))  # read at start
+    edited = tmp_path / "cameras.toml"
+    edited.write_text(text[: text.index("# [mqtt]")] + uncommented + "\n")
+    settings = mqtt_settings_from_table(load_cameras_config(edited).mqtt)
+    assert settings.url == "mqtt://192.168.1.10:1883" and settings.username == "fuselite"
