@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fuselite import __version__
-from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle
+from fuselite.bundle import LabelMaps, Manifest, Preprocessing, pack_bundle, read_bundle
 from fuselite.convert import modelinfo, numerics
 from fuselite.convert.compress import CompressSettings, finetune_steps, search_sparsity
 from fuselite.convert.report import VariantResult, gzip_size, progress_bar
@@ -40,6 +40,7 @@ from fuselite.convert.variants import Variant
 from fuselite.errors import UserError
 from fuselite.files import write_atomic
 from fuselite.interpreter import interpreter_version
+from fuselite.maps import grid_shape
 from fuselite.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -446,6 +447,7 @@ class Converter:
             sparsity=result.sparsity,
             provenance=self._provenance(variant, model_bytes, result, extra),
             numerics=result.numerics,
+            label_maps=self._label_maps(),
         )
         if self.options.fixed_labels:
             data = pack_bundle(model_bytes=model_bytes, manifest=manifest, label_embeddings=self.label_embeddings,
@@ -460,6 +462,12 @@ class Converter:
         os.chmod(path, 0o644)  # write_atomic's temp file is private (0600); a bundle is meant to be copied
         read_bundle(path)  # what the board will do first; fails loudly if anything is off
         result.path, result.file_size, result.gzip_size = path, len(data), gzip_size(data)
+
+    def _label_maps(self) -> LabelMaps | None:
+        """The grid of a regional tower's cells (each label's heatmap), or None for a pooled one."""
+        shape = self.run.image_encoder.output_shape
+        grid = grid_shape(int(shape[1])) if len(shape) == 3 else None
+        return None if grid is None else LabelMaps(grid=grid)
 
     def _preprocessing(self, io: dict) -> Preprocessing:
         from fuselite.train.backbones import get_backbone

@@ -170,6 +170,18 @@ class FrameScorer:
         logits += self.bias
         return sigmoid(logits)
 
+    def cell_probabilities(self, model_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Probabilities ``[len(labels), cells]`` of the labels at indices ``labels`` in each
+        cell of a regional output: their heatmaps, flattened (see :mod:`fuselite.maps`).
+
+        The same scale, bias and dequantization as :meth:`__call__`, so a label's frame
+        probability is the maximum of its row.
+        """
+        cells = self.embedding(model_output).reshape(-1, self.weights.shape[0])
+        logits = cells @ self.weights[:, labels]
+        logits += self.bias
+        return sigmoid(logits.T)
+
 
 # A label matrix this sparse (an imported classifier's identity rows, a zero-shot bundle's
 # multi-hot concepts over 1,000 classes) is scored by its non-zero entries: the dense

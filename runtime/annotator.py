@@ -6,18 +6,25 @@ Example:
     >>> with Annotator.create(options) as annotator:
     ...     result = annotator.annotate(frame_bgr, timestamp_ms=0)
     ...     print([(c.label, round(c.score, 2)) for c in result.categories])
+
+Each reported label also says *where* it fired (``Category.heatmap``, ``peak`` and
+``box``, from :mod:`fuselite.maps`) when the bundle has label maps: a regional
+bundle's output already holds one embedding per cell, so this scores only the
+reported labels once more per cell.  ``AnnotatorOptions(explain=False)`` skips it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError, Manifest, embedding_problem, read_bundle
-from fuselite.runtime.interpreter import TfliteModel
+from fuselite.maps import grid_shape, locate
+from fuselite.runtime.interpreter import TensorSpec, TfliteModel
 from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.options import AnnotatorOptions
 from fuselite.runtime.preprocess import Preprocessor, check_output, frame_problem
@@ -69,6 +76,7 @@ class Annotator:
         self._allowed = _allowed_indices(self._labels, options)
         self._allowed_labels = [self._labels[i] for i in self._allowed]
         self._last_timestamp_ms = -np.inf
+        self._grid = map_grid(manifest, model.output) if options.explain else None
 
     @classmethod
     def create(cls, options: AnnotatorOptions) -> Annotator:
@@ -112,6 +120,11 @@ class Annotator:
     def model(self) -> TfliteModel | None:
         """The loaded image model (``None`` once closed); a watchdog reads its invoke clock."""
         return self._model
+
+    @property
+    def map_grid(self) -> tuple[int, int] | None:
+        """``(rows, cols)`` of the label heatmaps, or ``None`` when results carry none."""
+        return self._grid
 
     @property
     def manifest(self) -> Manifest:
@@ -191,7 +204,7 @@ class Annotator:
         start = time.perf_counter()
         probabilities = self._scorer(output)
         scores, present = self._smoother.update(probabilities)
-        categories = self._categories(scores, present, probabilities)
+        categories = self._categories(scores, present, probabilities, output)
         all_scores = dict(zip(self._allowed_labels, scores[self._allowed].tolist()))
         latency = Latency(preprocess_ms, inference_ms, _ms_since(start))
         return AnnotationResult(timestamp_ms, categories, all_scores, latency)
@@ -214,7 +227,7 @@ class Annotator:
         self.close()
 
     def _categories(
-        self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray
+        self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray, output: np.ndarray
     ) -> tuple[Category, ...]:
         allowed = self._allowed
         if self._manifest.task == "single":
@@ -225,12 +238,47 @@ class Annotator:
             chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         if self._options.max_results is not None:
             chosen = chosen[: self._options.max_results]
-        return tuple(
+        categories = [
             Category(
                 int(i), self._labels[i], float(scores[i]), float(raw[i]), float(self._thresholds[i])
             )
             for i in chosen
-        )
+        ]
+        if self._grid is not None and len(chosen):
+            categories = self._located(categories, output, chosen)
+        return tuple(categories)
+
+    def _located(self, categories: list[Category], output: np.ndarray, chosen: np.ndarray) -> list[Category]:
+        """``categories`` with their heatmaps, peaks and boxes (see :mod:`fuselite.maps`)."""
+        heatmaps = self._scorer.cell_probabilities(output, chosen).reshape(len(chosen), *self._grid)
+        located = []
+        for category, heatmap in zip(categories, heatmaps):
+            where = locate(heatmap, category.threshold)
+            located.append(replace(category, heatmap=where.heatmap, peak=where.peak, box=where.box))
+        return located
+
+
+def map_grid(manifest: Manifest, output: TensorSpec) -> tuple[int, int] | None:
+    """``(rows, cols)`` of a bundle's label heatmaps, or ``None`` when it has none.
+
+    The manifest's ``label_maps`` grid must match the output's cells.  A bundle written
+    before ``label_maps`` existed gets the grid of its output when that output is a
+    regional one (``[1, cells, D]`` with a square number of cells, not a classifier's
+    probabilities), so older regional bundles explain too.
+
+    Raises:
+        BundleError: the manifest's grid does not match the model's output.
+    """
+    cells = output.shape[1] if len(output.shape) == 3 else None
+    maps = manifest.label_maps
+    if maps is not None:
+        if cells != maps.grid[0] * maps.grid[1]:
+            raise BundleError(f"manifest label_maps grid {list(maps.grid)} does not match the image model's "
+                              f"output {list(output.shape)}; re-run `fuselite convert`")
+        return maps.grid
+    if cells is None or cells < 2 or manifest.label_source == "concepts" or manifest.output_activation != "none":
+        return None
+    return grid_shape(cells)
 
 
 def _allowed_indices(labels: tuple[str, ...], options: AnnotatorOptions) -> np.ndarray:

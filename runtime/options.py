@@ -53,6 +53,10 @@ class AnnotatorOptions:
         hysteresis: A label turns on when its score reaches threshold + hysteresis and
             turns off only when it falls below threshold - hysteresis, so it does not
             flicker around its threshold. 0 turns this off.
+        explain: Give each reported label its heatmap, peak and box
+            (:class:`~fuselite.runtime.results.Category`) when the bundle has label maps
+            (regional bundles do; pooled ones, like imported classifiers, have none and
+            report labels without them).  Turn it off to save the per-label work.
     """
 
     bundle_path: str | Path
@@ -64,6 +68,7 @@ class AnnotatorOptions:
     labels: tuple[str, ...] | None = None
     smoothing: float = 0.0
     hysteresis: float = 0.0
+    explain: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_path", Path(self.bundle_path))
