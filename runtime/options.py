@@ -126,6 +126,10 @@ class RunOptions:
         preview_max_clients: Preview connections served at once; more get HTTP 503.
         all_scores: Write every label's score in each JSONL event (``"scores"``), not
             only the reported labels.
+        event_heatmaps: Write each reported label's heatmap grid in its JSONL entry
+            (its ``point`` and ``box`` are always there when the annotator explains).
+        draw_heatmaps: Tint the overlay (video, preview, window) with the heatmaps of
+            the top reported labels, each outlined.
         display: ``"auto"`` shows an on-screen window when a display and an OpenCV GUI
             exist, ``"on"`` insists on one, ``"off"`` never opens one.
         fps_limit: Annotate at most this many frames per second; ``None`` for no limit.
@@ -159,6 +163,8 @@ class RunOptions:
     preview_bind: str = "127.0.0.1"
     preview_max_clients: int = 16
     all_scores: bool = False
+    event_heatmaps: bool = False
+    draw_heatmaps: bool = False
     display: str = "auto"
     fps_limit: float | None = None
     max_frames: int | None = None
