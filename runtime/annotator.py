@@ -209,6 +209,25 @@ class Annotator:
         latency = Latency(preprocess_ms, inference_ms, _ms_since(start))
         return AnnotationResult(timestamp_ms, categories, all_scores, latency)
 
+    def explain(self, frame_bgr: np.ndarray) -> tuple[Category, ...]:
+        """Every allowed label of one frame, present or not, with its score and, when the
+        bundle has label maps, where it fired (heatmap, peak, box); in label order.
+
+        For pictures of what the model looks at (``fuselite explain``), not for streams:
+        it neither smooths nor applies thresholds, ``max_results`` or the task.
+
+        Raises:
+            FrameError: the model's output for this frame cannot be scored (e.g. NaN).
+            ValueError: the frame is not a usable image, or the annotator is closed.
+        """
+        output, _ = self.infer(self.preprocess(frame_bgr))
+        probabilities = self._scorer(output)
+        categories = [Category(int(i), self._labels[i], float(probabilities[i]), float(probabilities[i]),
+                               float(self._thresholds[i])) for i in self._allowed]
+        if self._grid is None:
+            return tuple(categories)
+        return tuple(self._located(categories, output, self._allowed))
+
     def reset(self) -> None:
         """Forgets the smoothing state, e.g. before an unrelated stream."""
         self._smoother.reset()
