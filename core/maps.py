@@ -180,25 +180,31 @@ def _one_hot(grid: tuple[int, int], row: int, col: int) -> np.ndarray:
 def pointing_game(cells: np.ndarray, label_embeddings: np.ndarray, labels: Sequence[str],
                   logit_scale: float, logit_bias: float,
                   objects: Sequence[Sequence[ObjectBox]]) -> dict:
-    """The pointing game over images with known objects, for the labels ``labels``.
+    """The pointing game of ``cells`` ``[images, cells, D]`` (a regional model's outputs)
+    for the labels ``labels``: :func:`pointing_game_of_heatmaps` of their heatmaps."""
+    heatmaps = [cell_probabilities(cells[start:start + 256], label_embeddings, logit_scale, logit_bias)
+                for start in range(0, len(cells), 256)]  # [batch, labels, rows, cols] stays small
+    return pointing_game_of_heatmaps(np.concatenate(heatmaps), labels, objects)
 
-    ``cells`` is ``[images, cells, D]`` (a regional model's outputs for the images),
-    ``objects`` the objects of each image.  Every (image, label) pair where some object
-    of the image carries the label counts once.  Returns ``pointing_game`` (the hit
-    rate), ``pointing_chance`` (the mean hit rate of a random peak on the same pairs),
-    ``pairs`` and ``per_label`` (hit rate of each label that occurs); ``pointing_game``
-    is None when no pair occurs.
+
+def pointing_game_of_heatmaps(heatmaps: np.ndarray, labels: Sequence[str],
+                              objects: Sequence[Sequence[ObjectBox]]) -> dict:
+    """The pointing game over images with known objects.
+
+    ``heatmaps`` is ``[images, labels, rows, cols]``, ``objects`` the objects of each
+    image.  Every (image, label) pair where some object of the image carries the label
+    counts once.  Returns ``pointing_game`` (the hit rate), ``pointing_chance`` (the
+    mean hit rate of a random peak on the same pairs), ``pairs`` and ``per_label``
+    (hit rate of each label that occurs); ``pointing_game`` is None when no pair occurs.
     """
     hits: dict[str, list[bool]] = {label: [] for label in labels}
     chance = []
-    for start in range(0, len(cells), 256):  # [batch, labels, rows, cols] stays small
-        heatmaps = cell_probabilities(cells[start:start + 256], label_embeddings, logit_scale, logit_bias)
-        for offset, image_maps in enumerate(heatmaps):
-            for j, label in enumerate(labels):
-                boxes = [o.box for o in objects[start + offset] if label in o.tags]
-                if boxes:
-                    hits[label].append(pointing_hit(image_maps[j], boxes))
-                    chance.append(pointing_chance(image_maps[j].shape, boxes))
+    for image_maps, image_objects in zip(heatmaps, objects):
+        for heatmap, label in zip(image_maps, labels):
+            boxes = [o.box for o in image_objects if label in o.tags]
+            if boxes:
+                hits[label].append(pointing_hit(heatmap, boxes))
+                chance.append(pointing_chance(heatmap.shape, boxes))
     every = [hit for label_hits in hits.values() for hit in label_hits]
     return {
         "pointing_game": float(np.mean(every)) if every else None,
