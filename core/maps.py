@@ -131,26 +131,48 @@ def region_box(heatmap: np.ndarray, threshold: float) -> Box:
     below ``threshold`` (a label reported by smoothing or a lower frame threshold),
     the peak cell alone.
     """
-    start = peak_cell(heatmap)
-    above = heatmap >= threshold
-    region, todo = {start}, [start]
-    while todo:
-        row, col = todo.pop()
-        for nr, nc in ((row - 1, col), (row + 1, col), (row, col - 1), (row, col + 1)):
-            if 0 <= nr < above.shape[0] and 0 <= nc < above.shape[1] and above[nr, nc] and (nr, nc) not in region:
-                region.add((nr, nc))
-                todo.append((nr, nc))
-    rows = [r for r, _ in region]
-    cols = [c for _, c in region]
-    top_left = cell_box(min(rows), min(cols), heatmap.shape)
-    bottom_right = cell_box(max(rows), max(cols), heatmap.shape)
-    return (top_left[0], top_left[1], bottom_right[2], bottom_right[3])
+    _, boxes = locate_many(np.asarray(heatmap)[np.newaxis], np.asarray([threshold]))
+    return tuple(boxes[0].tolist())
 
 
 def locate(heatmap: np.ndarray, threshold: float) -> LabelLocation:
     """The :class:`LabelLocation` of one label's ``[rows, cols]`` heatmap."""
     heatmap = np.asarray(heatmap, np.float32)
     return LabelLocation(heatmap, peak_point(heatmap), region_box(heatmap, threshold))
+
+
+def locate_many(heatmaps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peaks ``[k, 2]`` (x, y) and boxes ``[k, 4]`` of ``k`` heatmaps ``[k, rows, cols]`` at once.
+
+    The same answers as :func:`peak_point` and :func:`region_box` for each, in a few
+    array operations for all of them: the board locates every reported label of every
+    frame, and a Python loop per label and cell cost more than the invoke of a small model.
+    The region grows from the peak cell by 4-neighbour steps inside the cells at or
+    above the threshold until it stops changing.
+    """
+    count, rows, cols = heatmaps.shape
+    flat = heatmaps.reshape(count, -1).argmax(axis=1)
+    peak_rows, peak_cols = np.divmod(flat, cols)
+    above = heatmaps >= np.asarray(thresholds, heatmaps.dtype).reshape(-1, 1, 1)
+    region = np.zeros((count, rows, cols), bool)
+    region[np.arange(count), peak_rows, peak_cols] = True
+    while True:
+        grown = region.copy()
+        grown[:, 1:] |= region[:, :-1]
+        grown[:, :-1] |= region[:, 1:]
+        grown[:, :, 1:] |= region[:, :, :-1]
+        grown[:, :, :-1] |= region[:, :, 1:]
+        grown &= above
+        grown[np.arange(count), peak_rows, peak_cols] = True  # the peak cell even when below
+        if np.array_equal(grown, region):
+            break
+        region = grown
+    in_rows, in_cols = region.any(axis=2), region.any(axis=1)
+    top, bottom = in_rows.argmax(axis=1), rows - 1 - in_rows[:, ::-1].argmax(axis=1)
+    left, right = in_cols.argmax(axis=1), cols - 1 - in_cols[:, ::-1].argmax(axis=1)
+    peaks = np.stack([(peak_cols + 0.5) / cols, (peak_rows + 0.5) / rows], axis=1)
+    boxes = np.stack([left / cols, top / rows, (right + 1) / cols, (bottom + 1) / rows], axis=1)
+    return peaks, boxes
 
 
 def boxes_overlap(a: Box, b: Box) -> bool:

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError, Manifest, embedding_problem, read_bundle
-from fuselite.maps import grid_shape, locate
+from fuselite.maps import grid_shape, locate_many
 from fuselite.runtime.interpreter import TensorSpec, TfliteModel
 from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.options import AnnotatorOptions
@@ -222,11 +221,7 @@ class Annotator:
         """
         output, _ = self.infer(self.preprocess(frame_bgr))
         probabilities = self._scorer(output)
-        categories = [Category(int(i), self._labels[i], float(probabilities[i]), float(probabilities[i]),
-                               float(self._thresholds[i])) for i in self._allowed]
-        if self._grid is None:
-            return tuple(categories)
-        return tuple(self._located(categories, output, self._allowed))
+        return self._build(self._allowed, probabilities, probabilities, output)
 
     def reset(self) -> None:
         """Forgets the smoothing state, e.g. before an unrelated stream."""
@@ -257,24 +252,23 @@ class Annotator:
             chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         if self._options.max_results is not None:
             chosen = chosen[: self._options.max_results]
-        categories = [
-            Category(
-                int(i), self._labels[i], float(scores[i]), float(raw[i]), float(self._thresholds[i])
-            )
-            for i in chosen
-        ]
-        if self._grid is not None and len(chosen):
-            categories = self._located(categories, output, chosen)
-        return tuple(categories)
+        return self._build(chosen, scores, raw, output)
 
-    def _located(self, categories: list[Category], output: np.ndarray, chosen: np.ndarray) -> list[Category]:
-        """``categories`` with their heatmaps, peaks and boxes (see :mod:`fuselite.maps`)."""
+    def _build(self, chosen: np.ndarray, scores: np.ndarray, raw: np.ndarray,
+               output: np.ndarray) -> tuple[Category, ...]:
+        """The categories of the label indices ``chosen``, located when the bundle has maps."""
+        thresholds = self._thresholds
+        if self._grid is None or not len(chosen):
+            return tuple(Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(thresholds[i]))
+                         for i in chosen)
+        # One product, one peak search and one region growth for all of them (fuselite.maps).
         heatmaps = self._scorer.cell_probabilities(output, chosen).reshape(len(chosen), *self._grid)
-        located = []
-        for category, heatmap in zip(categories, heatmaps):
-            where = locate(heatmap, category.threshold)
-            located.append(replace(category, heatmap=where.heatmap, peak=where.peak, box=where.box))
-        return located
+        peaks, boxes = locate_many(heatmaps, np.asarray(thresholds, np.float32)[chosen])
+        return tuple(
+            Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(thresholds[i]),
+                     heatmap, tuple(peak.tolist()), tuple(box.tolist()))
+            for i, heatmap, peak, box in zip(chosen, heatmaps, peaks, boxes)
+        )
 
 
 def map_grid(manifest: Manifest, output: TensorSpec) -> tuple[int, int] | None:
