@@ -266,8 +266,8 @@ class Annotator:
         peaks, boxes = locate_many(heatmaps, np.asarray(thresholds, np.float32)[chosen])
         return tuple(
             Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(thresholds[i]),
-                     heatmap, tuple(peak.tolist()), tuple(box.tolist()))
-            for i, heatmap, peak, box in zip(chosen, heatmaps, peaks, boxes)
+                     heatmap, tuple(peak), tuple(box))
+            for i, heatmap, peak, box in zip(chosen.tolist(), heatmaps, peaks.tolist(), boxes.tolist())
         )
 
 
