@@ -95,7 +95,7 @@ def output_name(path: Path, number: int, paths: list[Path]) -> str:
 
 def write_png(path: Path, image_bgr: np.ndarray) -> None:
     """Encodes ``image_bgr`` as PNG and writes it atomically (never a partial file at ``path``)."""
-    ok, encoded = cv2.imencode(".png", image_bgr)
+    ok, encoded = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise UserError(f"{path}: OpenCV could not encode the picture as PNG")
     try:

@@ -71,16 +71,20 @@ def draw_heatmaps(image: np.ndarray, categories: tuple[Category, ...] | list[Cat
     """Tints ``image`` in place with the heatmaps of the first ``count`` categories that have one.
 
     Each label gets its own colour, as opaque as its probability in each place, an
-    outline around the part at or above its threshold, and a dot at its peak.
+    outline around the part at or above its threshold, and a dot at its peak with the
+    label's name beside it.
     Categories without a heatmap (a bundle without label maps) draw nothing.
     """
     located = [c for c in categories if c.heatmap is not None][:count]
+    scale = max(0.7, min(2.0, image.shape[0] / 480))
     for category, colour in zip(located, HEATMAP_COLOURS):
         tint_heatmap(image, category.heatmap, colour, category.threshold)
+    for category, colour in zip(located, HEATMAP_COLOURS):  # names on top of every tint
         if category.peak is not None:
-            x, y = category.peak
-            centre = (int(x * image.shape[1]), int(y * image.shape[0]))
-            cv2.circle(image, centre, max(3, image.shape[0] // 80), colour, cv2.FILLED, cv2.LINE_AA)
+            x, y = int(category.peak[0] * image.shape[1]), int(category.peak[1] * image.shape[0])
+            radius = max(3, image.shape[0] // 80)
+            cv2.circle(image, (x, y), radius, colour, cv2.FILLED, cv2.LINE_AA)
+            _text(image, category.label[:24], (x + 2 * radius, y + radius), scale, colour)
     return image
 
 
