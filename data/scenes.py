@@ -138,6 +138,8 @@ def object_box(obj: SceneObject, image_size: int) -> ObjectBox:
 
     The box bounds the drawn outline (the polygon's vertices, or the circle), so the
     pointing game of a thin star or cross is judged on the shape, not its circumcircle.
+    OpenCV puts pixel ``i``'s centre at coordinate ``i``, while a normalised box (like a
+    heatmap cell) gives pixel ``i`` the span ``[i, i + 1] / size``: hence the half pixel.
     """
     if obj.shape == "circle":
         x, y, r = obj.center[0], obj.center[1], obj.radius
@@ -145,7 +147,7 @@ def object_box(obj: SceneObject, image_size: int) -> ObjectBox:
     else:
         outline = _outline(obj)
         (x0, y0), (x1, y1) = outline.min(axis=0), outline.max(axis=0)
-    box = tuple(float(np.clip(v / image_size, 0.0, 1.0)) for v in (x0, y0, x1, y1))
+    box = tuple(float(np.clip((v + 0.5) / image_size, 0.0, 1.0)) for v in (x0, y0, x1, y1))
     return ObjectBox(object_tags(obj), box)
 
 

@@ -365,3 +365,22 @@ def test_compacting_changes_neither_weights_alignment_nor_results(tiny_converter
         interpreter.invoke()
         outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_int8_maps_peak_on_the_fp32_maps_cell_on_95_percent_of_images(converted_tiny_run, tiny_run):
+    """Each (test image, label it holds) pair: the int8 bundle's heatmap peaks on the same cell
+    as the fp32 bundle's, and both bundles name their grid in the manifest."""
+    from fuselite.bench.data import run_test_split
+    from fuselite.runtime import Annotator, AnnotatorOptions
+
+    test = run_test_split(tiny_run)
+    peaks = {}
+    for name in ("fp32", "int8"):
+        assert read_bundle(converted_tiny_run[name].path).manifest.label_maps.grid == (8, 8)
+        with Annotator.create(AnnotatorOptions(converted_tiny_run[name].path, num_threads=1)) as annotator:
+            peaks[name] = [{c.label: int(np.argmax(c.heatmap)) for c in annotator.explain(image[..., ::-1].copy())}
+                           for image in test.images]
+    pairs = [(i, label) for i, tags in enumerate(test.tags) for label in tags if label in peaks["fp32"][i]]
+    same = [peaks["fp32"][i][label] == peaks["int8"][i][label] for i, label in pairs]
+    assert len(pairs) > 500
+    assert np.mean(same) >= 0.95
