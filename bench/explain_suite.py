@@ -41,26 +41,43 @@ from fuselite.bundle import pack_bundle, read_bundle
 from fuselite.host import machine_description
 from fuselite.maps import pointing_game_of_heatmaps
 
-TARGETS = {"pointing_game": 0.95, "pointing_game_heldout": 0.85, "map_invoke_share": 0.10,
-           "map_size_share": 0.05}
+TARGETS = {
+    "pointing_game": 0.95,
+    "pointing_game_heldout": 0.85,
+    "map_invoke_share": 0.10,
+    "map_size_share": 0.05,
+}
 CAMERA_SIZE = (640, 480)  # width, height of the frames the latency is timed on
 
 
 def main(argv: list[str] | None = None) -> int:
     """Measures every bundle, prints a summary with the targets, writes ``--out`` JSON."""
-    parser = argparse.ArgumentParser(prog="python -m fuselite.bench.suite explain", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fuselite.bench.suite explain", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("run_dir", type=Path, help="the scenes run the bundles were converted from")
     parser.add_argument("bundles", type=Path, nargs="+", help="bundles to measure")
-    parser.add_argument("--reference", type=Path, help="bundle whose peaks the others are compared with (fp32)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved latency rounds (default 5)")
-    parser.add_argument("--frames", type=int, default=100, help="frames per latency round (default 100)")
+    parser.add_argument(
+        "--reference", type=Path, help="bundle whose peaks the others are compared with (fp32)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="interleaved latency rounds (default 5)"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=100, help="frames per latency round (default 100)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
     parser.add_argument("--out", type=Path, help="JSON file for the figures")
     args = parser.parse_args(argv)
     test, heldout = _run_data(args.run_dir)
-    record = {"machine": machine_description(), "load_average_before": [round(x, 2) for x in os.getloadavg()],
-              "started_utc": _now(), "command": " ".join(["python -m fuselite.bench.suite explain", *sys.argv[2:]]),
-              "threads": args.threads, "bundles": {}}
+    record = {
+        "machine": machine_description(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "started_utc": _now(),
+        "command": " ".join(["python -m fuselite.bench.suite explain", *sys.argv[2:]]),
+        "threads": args.threads,
+        "bundles": {},
+    }
     reference = _peaks(args.reference, test, args.threads) if args.reference else None
     for path in args.bundles:
         record["bundles"][path.name] = measure_bundle(path, test, heldout, args, reference)
@@ -79,9 +96,13 @@ def measure_bundle(path: Path, test, heldout, args, reference) -> dict:
     figures.update(_prefixed("pointing_game", _game(path, test, None, args.threads)))
     if heldout is not None:
         phrases = sorted(set(heldout.label_vocabulary()) - set(labels))
-        figures.update(_prefixed("pointing_game_heldout", _game(path, heldout, phrases, args.threads)))
+        figures.update(
+            _prefixed("pointing_game_heldout", _game(path, heldout, phrases, args.threads))
+        )
     if reference is not None:
-        figures["peak_agreement_with_reference"] = _agreement(_peaks(path, test, args.threads), reference)
+        figures["peak_agreement_with_reference"] = _agreement(
+            _peaks(path, test, args.threads), reference
+        )
     figures.update(map_latency(path, test.images, args.rounds, args.frames, args.threads))
     figures.update(map_size(path))
     return figures
@@ -100,13 +121,19 @@ def _run_data(run_dir: Path):
 def _annotator(path: Path, threads: int, labels=None, explain: bool = True):
     from fuselite.runtime import Annotator, AnnotatorOptions
 
-    return Annotator.create(AnnotatorOptions(path, num_threads=threads, labels=labels, explain=explain))
+    return Annotator.create(
+        AnnotatorOptions(path, num_threads=threads, labels=labels, explain=explain)
+    )
 
 
 def _heatmaps(annotator, images: np.ndarray) -> np.ndarray:
     """``[images, labels, rows, cols]`` through :meth:`Annotator.explain` (RGB images in)."""
-    return np.stack([np.stack([c.heatmap for c in annotator.explain(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))])
-                     for image in images])
+    return np.stack(
+        [
+            np.stack([c.heatmap for c in annotator.explain(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))])
+            for image in images
+        ]
+    )
 
 
 def _game(path: Path, data, labels: list[str] | None, threads: int) -> dict:
@@ -116,16 +143,25 @@ def _game(path: Path, data, labels: list[str] | None, threads: int) -> dict:
         names = list(annotator.labels)
     game = pointing_game_of_heatmaps(maps, names, data.objects)
     worst = sorted(game["per_label"].items(), key=lambda item: item[1])[:3]
-    return {"": game["pointing_game"], "chance": game["pointing_chance"], "pairs": game["pairs"],
-            "labels": len(names), "worst": dict(worst)}
+    return {
+        "": game["pointing_game"],
+        "chance": game["pointing_chance"],
+        "pairs": game["pairs"],
+        "labels": len(names),
+        "worst": dict(worst),
+    }
 
 
 def _peaks(path: Path, data, threads: int) -> dict[tuple[int, str], int]:
     """The peak cell of every (image, bundle label) pair whose label is in the image."""
     with _annotator(path, threads) as annotator:
         maps, names = _heatmaps(annotator, data.images), list(annotator.labels)
-    return {(i, label): int(np.argmax(maps[i, j]))
-            for i, tags in enumerate(data.tags) for j, label in enumerate(names) if label in tags}
+    return {
+        (i, label): int(np.argmax(maps[i, j]))
+        for i, tags in enumerate(data.tags)
+        for j, label in enumerate(names)
+        if label in tags
+    }
 
 
 def _agreement(peaks: dict, reference: dict) -> dict:
@@ -136,10 +172,17 @@ def _agreement(peaks: dict, reference: dict) -> dict:
 def map_latency(path: Path, images: np.ndarray, rounds: int, frames: int, threads: int) -> dict:
     """Median (and range over rounds) ms per frame of ``annotate`` with the maps on and off,
     and of the invoke alone, on camera-size frames; the rounds interleave the two."""
-    camera = [cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), CAMERA_SIZE, interpolation=cv2.INTER_NEAREST)
-              for image in images[:frames]]
+    camera = [
+        cv2.resize(
+            cv2.cvtColor(image, cv2.COLOR_RGB2BGR), CAMERA_SIZE, interpolation=cv2.INTER_NEAREST
+        )
+        for image in images[:frames]
+    ]
     timings = {"on": [], "off": [], "invoke": []}
-    with _annotator(path, threads, explain=True) as on, _annotator(path, threads, explain=False) as off:
+    with (
+        _annotator(path, threads, explain=True) as on,
+        _annotator(path, threads, explain=False) as off,
+    ):
         for annotator in (on, off):  # warm-up
             for frame in camera[:10]:
                 annotator.annotate(frame, 0.0)
@@ -150,10 +193,17 @@ def map_latency(path: Path, images: np.ndarray, rounds: int, frames: int, thread
                 timings["invoke"].append(invoke)
     added = [a - b for a, b in zip(timings["on"], timings["off"])]
     invoke = statistics.median(timings["invoke"])
-    return {"frame_ms_explain_on": _spread(timings["on"]), "frame_ms_explain_off": _spread(timings["off"]),
-            "invoke_ms": _spread(timings["invoke"]), "map_added_ms": _spread(added),
-            "map_invoke_share": statistics.median(added) / invoke,
-            "camera_frame": list(CAMERA_SIZE), "frames_per_round": len(camera), "rounds": rounds}
+    return {
+        "frame_ms_explain_on": _spread(timings["on"]),
+        "frame_ms_explain_off": _spread(timings["off"]),
+        "invoke_ms": _spread(timings["invoke"]),
+        "map_added_ms": _spread(added),
+        "map_invoke_share": statistics.median(added) / invoke,
+        "map_frame_share": statistics.median(added) / statistics.median(timings["off"]),
+        "camera_frame": list(CAMERA_SIZE),
+        "frames_per_round": len(camera),
+        "rounds": rounds,
+    }
 
 
 def _time_frames(annotator, frames) -> tuple[float, float]:
@@ -167,34 +217,58 @@ def _time_frames(annotator, frames) -> tuple[float, float]:
 def map_size(path: Path) -> dict:
     """The bundle's bytes with and without ``label_maps`` (the same image model both ways)."""
     bundle = read_bundle(path)
-    parts = {"tokenizer": bundle.tokenizer, "text_encoder_bytes": bundle.text_encoder_bytes} \
-        if bundle.manifest.label_source == "text_encoder" else {"fixed_labels": True}
-    without = pack_bundle(model_bytes=bundle.model_bytes, manifest=replace(bundle.manifest, label_maps=None),
-                          label_embeddings=bundle.label_embeddings, **parts)
+    parts = (
+        {"tokenizer": bundle.tokenizer, "text_encoder_bytes": bundle.text_encoder_bytes}
+        if bundle.manifest.label_source == "text_encoder"
+        else {"fixed_labels": True}
+    )
+    without = pack_bundle(
+        model_bytes=bundle.model_bytes,
+        manifest=replace(bundle.manifest, label_maps=None),
+        label_embeddings=bundle.label_embeddings,
+        **parts,
+    )
     size = path.stat().st_size
-    return {"bundle_bytes": size, "bundle_bytes_without_maps": len(without),
-            "map_size_share": (size - len(without)) / len(without)}
+    return {
+        "bundle_bytes": size,
+        "bundle_bytes_without_maps": len(without),
+        "map_size_share": (size - len(without)) / len(without),
+    }
 
 
 def summary(record: dict) -> str:
     """The figures as text, each target marked PASS or MISS."""
-    lines = [f"{record['machine']}; load average {record['load_average_before']} -> {record['load_average_after']}; "
-             f"{record['started_utc']} to {record['finished_utc']}; {record['threads']} thread(s)"]
+    lines = [
+        (
+            f"{record['machine']}; load average {record['load_average_before']} -> "
+            f"{record['load_average_after']}; {record['started_utc']} to {record['finished_utc']}; "
+            f"{record['threads']} thread(s)"
+        )
+    ]
     for name, figures in record["bundles"].items():
         lines.append(f"{name}:")
         for key in ("pointing_game", "pointing_game_heldout"):
             if figures.get(key) is not None:
-                lines.append(f"  {key}: {100 * figures[key]:.2f}% (random peak {100 * figures[key + '_chance']:.1f}%, "
-                             f"{figures[key + '_pairs']} pairs) {_verdict(key, figures[key])}")
+                lines.append(
+                    f"  {key}: {100 * figures[key]:.2f}% (random peak {100 * figures[key + '_chance']:.1f}%, "
+                    f"{figures[key + '_pairs']} pairs) {_verdict(key, figures[key])}"
+                )
         if "peak_agreement_with_reference" in figures:
             agree = figures["peak_agreement_with_reference"]
-            lines.append(f"  peak cell equal to the reference: {100 * agree['share']:.2f}% of {agree['pairs']} pairs")
-        lines.append(f"  ms/frame explain on {figures['frame_ms_explain_on']['median']:.3f}, off "
-                     f"{figures['frame_ms_explain_off']['median']:.3f}, invoke {figures['invoke_ms']['median']:.3f}; "
-                     f"map adds {figures['map_added_ms']['median']:.3f} ms = "
-                     f"{100 * figures['map_invoke_share']:.1f}% of invoke {_verdict('map_invoke_share', figures['map_invoke_share'])}")
-        lines.append(f"  bundle {figures['bundle_bytes']} bytes, {figures['bundle_bytes_without_maps']} without maps: "
-                     f"+{100 * figures['map_size_share']:.3f}% {_verdict('map_size_share', figures['map_size_share'])}")
+            lines.append(
+                f"  peak cell equal to the reference: {100 * agree['share']:.2f}% of {agree['pairs']} pairs"
+            )
+        lines.append(
+            f"  ms/frame explain on {figures['frame_ms_explain_on']['median']:.3f}, off "
+            f"{figures['frame_ms_explain_off']['median']:.3f}, invoke {figures['invoke_ms']['median']:.3f}; "
+            f"map adds {figures['map_added_ms']['median']:.3f} ms = "
+            f"{100 * figures['map_invoke_share']:.1f}% of invoke {_verdict('map_invoke_share', figures['map_invoke_share'])}, "
+            f"{100 * figures['map_frame_share']:.1f}% of the frame without maps"
+        )
+        lines.append(
+            f"  bundle {figures['bundle_bytes']} bytes, {figures['bundle_bytes_without_maps']} without maps: "
+            f"+{100 * figures['map_size_share']:.3f}% {_verdict('map_size_share', figures['map_size_share'])}"
+        )
     return "\n".join(lines)
 
 

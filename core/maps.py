@@ -82,15 +82,17 @@ def grid_shape(cells: int) -> tuple[int, int] | None:
     return (side, side) if side > 0 and side * side == cells else None
 
 
-def cell_logits(cells: np.ndarray, label_embeddings: np.ndarray, logit_scale: float,
-                logit_bias: float) -> np.ndarray:
+def cell_logits(
+    cells: np.ndarray, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float
+) -> np.ndarray:
     """Logits ``[..., labels, cells]`` of each label at each cell of ``cells`` ``[..., cells, D]``."""
     similarity = np.asarray(cells, np.float32) @ np.asarray(label_embeddings, np.float32).T
     return np.swapaxes(logit_scale * similarity + logit_bias, -1, -2)
 
 
-def cell_probabilities(cells: np.ndarray, label_embeddings: np.ndarray, logit_scale: float,
-                       logit_bias: float) -> np.ndarray:
+def cell_probabilities(
+    cells: np.ndarray, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float
+) -> np.ndarray:
     """Heatmaps ``[..., labels, rows, cols]``: each label's probability at each cell.
 
     ``cells`` is ``[..., cells, D]`` with a square number of cells (raises ValueError
@@ -155,14 +157,20 @@ def locate_many(heatmaps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarra
     count, rows, cols = heatmaps.shape
     peak_rows, peak_cols = np.divmod(heatmaps.reshape(count, -1).argmax(axis=1), cols)
     masks = np.zeros((rows, count, cols + 1), np.uint8)  # the empty last column keeps them apart
-    masks[:, :, :cols] = (heatmaps >= np.asarray(thresholds, heatmaps.dtype).reshape(-1, 1, 1)).transpose(1, 0, 2)
+    masks[:, :, :cols] = (
+        heatmaps >= np.asarray(thresholds, heatmaps.dtype).reshape(-1, 1, 1)
+    ).transpose(1, 0, 2)
     masks[peak_rows, np.arange(count), peak_cols] = 1  # the peak cell even when below the threshold
-    _, components, stats, _ = cv2.connectedComponentsWithStats(masks.reshape(rows, -1), connectivity=4)
+    _, components, stats, _ = cv2.connectedComponentsWithStats(
+        masks.reshape(rows, -1), connectivity=4
+    )
     offsets = np.arange(count) * (cols + 1)
     left, top, width, height = stats[components[peak_rows, offsets + peak_cols], :4].T
     left = left - offsets
     peaks = np.stack([(peak_cols + 0.5) / cols, (peak_rows + 0.5) / rows], axis=1)
-    boxes = np.stack([left / cols, top / rows, (left + width) / cols, (top + height) / rows], axis=1)
+    boxes = np.stack(
+        [left / cols, top / rows, (left + width) / cols, (top + height) / rows], axis=1
+    )
     return peaks, boxes
 
 
@@ -190,18 +198,26 @@ def _one_hot(grid: tuple[int, int], row: int, col: int) -> np.ndarray:
     return heatmap
 
 
-def pointing_game(cells: np.ndarray, label_embeddings: np.ndarray, labels: Sequence[str],
-                  logit_scale: float, logit_bias: float,
-                  objects: Sequence[Sequence[ObjectBox]]) -> dict:
+def pointing_game(
+    cells: np.ndarray,
+    label_embeddings: np.ndarray,
+    labels: Sequence[str],
+    logit_scale: float,
+    logit_bias: float,
+    objects: Sequence[Sequence[ObjectBox]],
+) -> dict:
     """The pointing game of ``cells`` ``[images, cells, D]`` (a regional model's outputs)
     for the labels ``labels``: :func:`pointing_game_of_heatmaps` of their heatmaps."""
-    heatmaps = [cell_probabilities(cells[start:start + 256], label_embeddings, logit_scale, logit_bias)
-                for start in range(0, len(cells), 256)]  # [batch, labels, rows, cols] stays small
+    heatmaps = [
+        cell_probabilities(cells[start : start + 256], label_embeddings, logit_scale, logit_bias)
+        for start in range(0, len(cells), 256)
+    ]  # [batch, labels, rows, cols] stays small
     return pointing_game_of_heatmaps(np.concatenate(heatmaps), labels, objects)
 
 
-def pointing_game_of_heatmaps(heatmaps: np.ndarray, labels: Sequence[str],
-                              objects: Sequence[Sequence[ObjectBox]]) -> dict:
+def pointing_game_of_heatmaps(
+    heatmaps: np.ndarray, labels: Sequence[str], objects: Sequence[Sequence[ObjectBox]]
+) -> dict:
     """The pointing game over images with known objects.
 
     ``heatmaps`` is ``[images, labels, rows, cols]``, ``objects`` the objects of each

@@ -37,13 +37,27 @@ WHITE, BLACK, BACKGROUND = (255, 255, 255), (0, 0, 0), (40, 40, 40)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``fuselite explain`` arguments."""
-    parser.add_argument("--bundle", type=Path, required=True, help="the bundle (.tflite written by fuselite convert)")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        required=True,
+        help="the bundle (.tflite written by fuselite convert)",
+    )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="pictures to explain")
-    parser.add_argument("--labels", help="comma-separated label texts, trained or not (\"red circle,green star\"); "
-                                         f"default: the {DEFAULT_TOP} best of the bundle's labels per image")
-    parser.add_argument("--top", type=int, default=DEFAULT_TOP,
-                        help=f"without --labels, how many of the best labels to show (default {DEFAULT_TOP})")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the PNGs (IMAGE-stem.explain.png)")
+    parser.add_argument(
+        "--labels",
+        help='comma-separated label texts, trained or not ("red circle,green star"); '
+        f"default: the {DEFAULT_TOP} best of the bundle's labels per image",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=DEFAULT_TOP,
+        help=f"without --labels, how many of the best labels to show (default {DEFAULT_TOP})",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for the PNGs (IMAGE-stem.explain.png)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="interpreter threads (default 1)")
 
 
@@ -58,14 +72,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top must be at least 1, not {args.top}")
     labels = parse_label_text(args.labels) if args.labels is not None else None
     try:
-        annotator = Annotator.create(AnnotatorOptions(args.bundle, num_threads=args.threads, labels=labels))
+        annotator = Annotator.create(
+            AnnotatorOptions(args.bundle, num_threads=args.threads, labels=labels)
+        )
     except (BundleError, ValueError) as exc:
         raise UserError(str(exc)) from None
     with annotator:
         if annotator.map_grid is None:
-            raise UserError(f"{args.bundle}: this bundle has no label maps (its image model pools the picture into "
-                            "one embedding, e.g. an imported classifier); explain needs a regional bundle "
-                            "(`fuselite train --scoring regional`)")
+            raise UserError(
+                f"{args.bundle}: this bundle has no label maps (its image model pools the picture into "
+                "one embedding, e.g. an imported classifier); explain needs a regional bundle "
+                "(`fuselite train --scoring regional`)"
+            )
         failed = 0
         for number, path in enumerate(args.images):
             image = read_image(path)
@@ -104,7 +122,9 @@ def write_png(path: Path, image_bgr: np.ndarray) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def explain_picture(image_bgr: np.ndarray, categories: tuple[Category, ...] | list[Category]) -> np.ndarray:
+def explain_picture(
+    image_bgr: np.ndarray, categories: tuple[Category, ...] | list[Category]
+) -> np.ndarray:
     """The picture, then one heatmap panel per category (titled label and score), side by side."""
     picture = _panel_picture(image_bgr)
     panels = [_titled(picture, "input")]
@@ -114,7 +134,7 @@ def explain_picture(image_bgr: np.ndarray, categories: tuple[Category, ...] | li
     sheet = np.full((height + 2 * GAP, width, 3), BACKGROUND, np.uint8)
     x = GAP
     for panel in panels:
-        sheet[GAP:GAP + panel.shape[0], x:x + panel.shape[1]] = panel
+        sheet[GAP : GAP + panel.shape[0], x : x + panel.shape[1]] = panel
         x += panel.shape[1] + GAP
     return sheet
 
@@ -123,16 +143,21 @@ def heatmap_panel(picture: np.ndarray, category: Category) -> np.ndarray:
     """``picture`` darkened under the category's heatmap in a colour map, outlined where it
     reaches the threshold, with a cross at the peak."""
     height, width = picture.shape[:2]
-    upsampled = cv2.resize(np.asarray(category.heatmap, np.float32), (width, height),
-                           interpolation=cv2.INTER_LINEAR)
-    colours = cv2.applyColorMap((np.clip(upsampled, 0.0, 1.0) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    upsampled = cv2.resize(
+        np.asarray(category.heatmap, np.float32), (width, height), interpolation=cv2.INTER_LINEAR
+    )
+    colours = cv2.applyColorMap(
+        (np.clip(upsampled, 0.0, 1.0) * 255).astype(np.uint8), cv2.COLORMAP_JET
+    )
     grey = cv2.cvtColor(cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     panel = cv2.addWeighted(grey, 1.0 - HEATMAP_WEIGHT, colours, HEATMAP_WEIGHT, 0.0)
     mask = (upsampled >= category.threshold).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(panel, contours, -1, WHITE, 2, cv2.LINE_AA)
     x, y = category.peak
-    cv2.drawMarker(panel, (int(x * width), int(y * height)), WHITE, cv2.MARKER_CROSS, 16, 2, cv2.LINE_AA)
+    cv2.drawMarker(
+        panel, (int(x * width), int(y * height)), WHITE, cv2.MARKER_CROSS, 16, 2, cv2.LINE_AA
+    )
     return panel
 
 
@@ -148,9 +173,14 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
     """``panel`` under a strip holding ``title`` (shortened to fit)."""
     strip = np.full((TITLE_HEIGHT, panel.shape[1], 3), BACKGROUND, np.uint8)
     text = title
-    while len(text) > 4 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)[0][0] > panel.shape[1] - 8:
+    while (
+        len(text) > 4
+        and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)[0][0] > panel.shape[1] - 8
+    ):
         text = text[:-2]
     if text != title:
         text = text[:-1] + "~"
-    cv2.putText(strip, text, (4, TITLE_HEIGHT - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.55, WHITE, 1, cv2.LINE_AA)
+    cv2.putText(
+        strip, text, (4, TITLE_HEIGHT - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.55, WHITE, 1, cv2.LINE_AA
+    )
     return np.vstack([strip, panel])

@@ -24,7 +24,9 @@ def test_a_labels_frame_score_is_the_maximum_of_its_heatmap():
     labels = rng.normal(size=(5, 8)).astype(np.float32)
     maps = cell_probabilities(cells, labels, 12.0, -4.0)
     assert maps.shape == (3, 5, 4, 4)
-    np.testing.assert_allclose(maps.max(axis=(2, 3)), label_probabilities(cells, labels, 12.0, -4.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        maps.max(axis=(2, 3)), label_probabilities(cells, labels, 12.0, -4.0), rtol=1e-6
+    )
 
 
 def test_cells_that_are_not_a_square_grid_are_refused():
@@ -34,10 +36,15 @@ def test_cells_that_are_not_a_square_grid_are_refused():
 
 
 def test_the_box_covers_the_peaks_region_only():
-    heatmap = np.array([[0.9, 0.8, 0.1, 0.0],
-                        [0.7, 0.2, 0.1, 0.6],   # 0.6 is above the threshold but not connected to the peak
-                        [0.1, 0.1, 0.1, 0.7],
-                        [0.0, 0.0, 0.0, 0.0]], np.float32)
+    heatmap = np.array(
+        [
+            [0.9, 0.8, 0.1, 0.0],
+            [0.7, 0.2, 0.1, 0.6],  # 0.6 is above the threshold but not connected to the peak
+            [0.1, 0.1, 0.1, 0.7],
+            [0.0, 0.0, 0.0, 0.0],
+        ],
+        np.float32,
+    )
     where = locate(heatmap, threshold=0.5)
     assert where.peak == (0.125, 0.125)
     assert where.box == (0.0, 0.0, 0.5, 0.5)
@@ -72,8 +79,10 @@ def test_the_pointing_game_counts_a_peak_cell_that_overlaps_the_objects_box():
 def test_the_pointing_game_scores_only_labels_an_image_holds():
     maps = np.zeros((2, 2, 2, 2), np.float32)
     maps[0, 0, 0, 0] = maps[1, 0, 1, 1] = maps[0, 1, 1, 1] = 1.0
-    objects = [[ObjectBox(("red", "circle"), (0.0, 0.0, 0.4, 0.4))],
-               [ObjectBox(("red",), (0.0, 0.0, 0.4, 0.4))]]
+    objects = [
+        [ObjectBox(("red", "circle"), (0.0, 0.0, 0.4, 0.4))],
+        [ObjectBox(("red",), (0.0, 0.0, 0.4, 0.4))],
+    ]
     game = pointing_game_of_heatmaps(maps, ["red", "circle"], objects)
     assert game["pairs"] == 3  # red twice, circle once
     assert game["per_label"] == {"red": 0.5, "circle": 0.0}
