@@ -162,15 +162,22 @@ def score_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = S
 def map_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = SILENT) -> np.ndarray | None:
     """float32 ``[N, labels, rows, cols]``: every label's heatmap on every frame
     (:mod:`fuselite.maps`), or ``None`` when the bundle has no label maps."""
-    from fuselite.maps import cell_probabilities
+    from fuselite.maps import cam_cells, cell_probabilities
     from fuselite.runtime.annotator import map_grid
 
-    if map_grid(loaded.bundle.manifest, loaded.model.output) is None:
+    manifest, model = loaded.bundle.manifest, loaded.model
+    if map_grid(manifest, model.output, model.map_output) is None:
         return None
     heartbeat.phase("mapping the labels")
-    manifest, maps = loaded.bundle.manifest, []
+    maps = []
     for frame in frames:
         cells = loaded.embedding(np.ascontiguousarray(frame))[0]
+        if model.map_output is not None:  # a pooled model's class activation map
+            label_map = model.label_map().astype(np.float32)
+            if manifest.label_maps.output_quant is not None:
+                scale, zero_point = manifest.label_maps.output_quant
+                label_map = (label_map - zero_point) * scale
+            cells = cam_cells(label_map[0])
         maps.append(cell_probabilities(cells, loaded.bundle.label_embeddings, manifest.logit_scale,
                                        manifest.logit_bias))
         heartbeat.beat()

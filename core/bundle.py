@@ -37,9 +37,10 @@ Label maps (``label_maps`` in the manifest, :class:`LabelMaps`): a regional imag
 model's output holds one embedding per cell, and scored per cell they are each label's
 heatmap (:mod:`fuselite.maps`).  ``convert`` records the grid; the field is optional,
 so bundles written before it still load, and the runtime derives the same grid from
-a regional output's shape when the field is absent.  A bundle with a pooled (global)
-output, such as an imported classifier, has no maps.  An older runtime ignores the
-field, so it needs no new schema version.
+a regional output's shape when the field is absent.  A pooled model without that
+second output, such as an imported classifier, has no maps.  An older runtime ignores
+the field (and refuses a two-output model in one line), so it needs no new schema
+version.
 
 This module imports nothing heavier than numpy, and reading never executes or
 unpickles anything: it validates sizes, member names, types and ranges, and the
@@ -122,7 +123,9 @@ LABEL_SOURCE_VERSIONS = {
     "fixed": (FIXED_LABELS_SCHEMA_VERSION,),
 }
 OUTPUT_ACTIVATIONS = ("none", "softmax")
-MAP_SOURCES = ("cells",)  # where label maps come from: the embedding output's cells
+# Where label maps come from: the embedding output's cells (regional), or a second output
+# holding a pooled tower's class activation map (global).
+MAP_SOURCES = ("cells", "cam")
 MAX_MAP_SIDE = 64
 KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER)
 
@@ -193,11 +196,16 @@ class LabelMaps:
     Attributes:
         grid: ``(rows, cols)`` of the cells, row-major, covering the whole input image.
         source: ``"cells"``: the embedding output ``[1, rows * cols, D]`` holds one
-            embedding per cell (regional scoring), so the maps cost no extra invoke.
+            embedding per cell (regional scoring), so the maps cost no extra invoke;
+            ``"cam"``: a pooled (global) model's second output ``[1, rows * cols, D]``
+            holds its class activation map, the projection head applied to each cell
+            before pooling (:func:`fuselite.maps.cam_cells`).
+        output_quant: ``(scale, zero_point)`` of a quantized ``"cam"`` output, or ``None``.
     """
 
     grid: tuple[int, int]
     source: str = "cells"
+    output_quant: tuple[float, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -731,7 +739,8 @@ def _label_maps(value: Any) -> LabelMaps | None:
     source = value.get("source", "cells")
     if source not in MAP_SOURCES:
         raise BundleError(f"manifest label_maps.source must be one of {', '.join(MAP_SOURCES)}, not {source!r}")
-    return LabelMaps(grid=(grid[0], grid[1]), source=source)
+    quant = _quant(value.get("output_quant"), "label_maps.output_quant")
+    return LabelMaps(grid=(grid[0], grid[1]), source=source, output_quant=quant)
 
 
 def _field(data: dict, name: str, kind) -> Any:

@@ -82,6 +82,36 @@ def grid_shape(cells: int) -> tuple[int, int] | None:
     return (side, side) if side > 0 and side * side == cells else None
 
 
+def split_outputs(details: Sequence[dict]) -> tuple[dict, dict | None]:
+    """``(embedding output, label map output or None)`` of an image model's output details.
+
+    A pooled (global) image model may carry its class activation map as a second
+    output: ``[1, cells, D]`` beside the ``[1, D]`` embedding, told apart by rank
+    because converters do not keep output names.  Raises ValueError for any other
+    number or shape of outputs.
+    """
+    if len(details) == 1:
+        return details[0], None
+    ranks = sorted(len(d["shape"]) for d in details)
+    if len(details) != 2 or ranks != [2, 3]:
+        raise ValueError(f"has {len(details)} outputs; the runtime reads one embedding, or an embedding "
+                         "[1, D] and a label map [1, cells, D]")
+    embedding, label_map = sorted(details, key=lambda d: len(d["shape"]))
+    return embedding, label_map
+
+
+def cam_cells(label_map: np.ndarray) -> np.ndarray:
+    """The class activation map's cells ``[cells, D]`` on the scale of the pooled embedding.
+
+    A pooling-then-linear head makes the embedding ``normalise(mean_c(W f_c + b))``; its
+    label map holds ``u_c = W f_c + b`` per cell.  Dividing every ``u_c`` by the length of
+    their mean makes the mean of the per-cell logits equal the frame's logit exactly,
+    so the heatmap and the score tell the same story.
+    """
+    cells = np.asarray(label_map, np.float32).reshape(-1, label_map.shape[-1])
+    return cells / max(float(np.linalg.norm(cells.mean(axis=0))), 1e-12)
+
+
 def cell_logits(
     cells: np.ndarray, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float
 ) -> np.ndarray:

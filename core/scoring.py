@@ -177,7 +177,11 @@ class FrameScorer:
         The same scale, bias and dequantization as :meth:`__call__`, so a label's frame
         probability is the maximum of its row.
         """
-        cells = self.embedding(model_output).reshape(-1, self.weights.shape[0])
+        return self.cells_probabilities(self.embedding(model_output).reshape(-1, self.weights.shape[0]), labels)
+
+    def cells_probabilities(self, cells: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Probabilities ``[len(labels), cells]`` of float32 cell embeddings ``[cells, D]``
+        (e.g. a class activation map's, :func:`fuselite.maps.cam_cells`)."""
         logits = cells @ self.weights[:, labels]
         logits += self.bias
         return sigmoid(logits.T)

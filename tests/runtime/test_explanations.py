@@ -111,12 +111,15 @@ def test_a_regional_bundle_written_before_label_maps_still_explains(
     assert red.box == pytest.approx((0.0, 0.5, 0.5, 1.0))
 
 
-def test_a_grid_that_does_not_match_the_model_is_refused(regional_colour_bundles, tmp_path):
-    wrong = repack(
-        regional_colour_bundles["fp32"], tmp_path / "wrong.tflite", label_maps=LabelMaps((3, 3))
-    )
-    with pytest.raises(BundleError, match=r"label_maps grid \[3, 3\] does not match"):
+@pytest.mark.parametrize("maps", [LabelMaps((3, 3)), LabelMaps((4, 4), source="cam")])
+def test_label_maps_that_do_not_match_the_model_are_refused(
+    regional_colour_bundles, tmp_path, maps
+):
+    wrong = repack(regional_colour_bundles["fp32"], tmp_path / "wrong.tflite", label_maps=maps)
+    with pytest.raises(BundleError, match=r"label_maps grid \[\d, \d\] does not match"):
         Annotator.create(AnnotatorOptions(wrong, num_threads=1))
+    with Annotator.create(AnnotatorOptions(wrong, num_threads=1, explain=False)) as annotator:
+        assert annotator.map_grid is None  # without explanations the bundle still annotates
 
 
 def test_run_events_carry_a_normalised_point_and_box_inside_the_frame(
@@ -253,5 +256,9 @@ def test_explain_refuses_a_bundle_without_maps_in_one_line(fp32_bundle, tmp_path
 
 def test_manifest_label_maps_round_trip_through_json(regional_colour_bundles):
     manifest = read_bundle(regional_colour_bundles["int8"]).manifest
-    assert json.loads(manifest.to_json())["label_maps"] == {"grid": [4, 4], "source": "cells"}
+    assert json.loads(manifest.to_json())["label_maps"] == {
+        "grid": [4, 4],
+        "source": "cells",
+        "output_quant": None,
+    }
     assert manifest.label_maps == LabelMaps((4, 4))

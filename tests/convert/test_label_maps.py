@@ -1,0 +1,73 @@
+"""A pooled (global) tower's bundles carry its class activation map as a second output,
+and the runtime turns it into heatmaps that point at the objects, in fp32 and int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fuselite.bundle import read_bundle
+from fuselite.maps import pointing_game_of_heatmaps
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ("fp32", "int8")
+
+
+@pytest.fixture(scope="module")
+def global_bundles(tmp_path_factory) -> dict:
+    """fp32 and int8 bundles of a few epochs of ``scenes-tiny`` with global scoring, and its run."""
+    from fuselite.convert.export import Converter, ConvertOptions
+    from fuselite.convert.variants import get_variant
+    from fuselite.train.configs import get_config
+    from fuselite.train.trainer import train
+
+    run_dir = tmp_path_factory.mktemp("global-run") / "run"
+    train(get_config("scenes-tiny").with_overrides(scoring="global", epochs=5), run_dir)
+    options = ConvertOptions(max_loss=5.0, eval_samples=60, calibration_samples=60)
+    converter = Converter.load(run_dir, tmp_path_factory.mktemp("global-bundles"), options)
+    results = {name: converter.convert(get_variant(name)) for name in VARIANTS}
+    assert all(r.status == "ok" for r in results.values()), {
+        n: r.message for n, r in results.items()
+    }
+    return {"run": run_dir, **{name: r.path for name, r in results.items()}}
+
+
+def _explained(path, images):
+    from fuselite.runtime import Annotator, AnnotatorOptions
+
+    with Annotator.create(AnnotatorOptions(path, num_threads=1)) as annotator:
+        assert annotator.map_grid == (8, 8)
+        return list(annotator.labels), [
+            annotator.explain(image[..., ::-1].copy()) for image in images
+        ]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_a_global_bundle_names_its_class_activation_map(global_bundles, name):
+    from ai_edge_litert.interpreter import Interpreter
+
+    maps = read_bundle(global_bundles[name]).manifest.label_maps
+    assert maps.source == "cam" and maps.grid == (8, 8)
+    assert (maps.output_quant is not None) == (name == "int8")  # the int8 map's own scale is read
+    outputs = Interpreter(
+        model_content=read_bundle(global_bundles[name]).model_bytes
+    ).get_output_details()
+    assert sorted(len(o["shape"]) for o in outputs) == [2, 3]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_global_maps_point_at_the_objects_and_average_to_the_score(global_bundles, name):
+    from fuselite.bench.data import run_test_split
+
+    test = run_test_split(global_bundles["run"])
+    labels, explained = _explained(global_bundles[name], test.images)
+    heatmaps = np.stack([np.stack([c.heatmap for c in categories]) for categories in explained])
+    game = pointing_game_of_heatmaps(heatmaps, labels, test.objects)
+    assert game["pairs"] > 500
+    assert game["pointing_game"] >= game["pointing_chance"] + 0.2
+    # The frame's logit is the mean of the cells' logits (a class activation map is exact).
+    category = explained[0][0]
+    cell_logits = np.log(category.heatmap / (1 - category.heatmap))
+    frame_logit = np.log(category.raw_score / (1 - category.raw_score))
+    assert cell_logits.mean() == pytest.approx(frame_logit, abs=0.05 if name == "int8" else 1e-3)
