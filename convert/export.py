@@ -285,15 +285,15 @@ class Converter:
 
     def _with_label_map(self, variant: Variant, keras_model):
         """``keras_model`` with its class activation map as a second output when it pools
-        (:mod:`fuselite.convert.label_maps`), so the bundle can say where labels fired.
+        (:func:`fuselite.train.model.with_label_map`), so the bundle can say where labels fired.
 
         Not for mirror variants (their mirrored map would need flipping back inside the
         graph) or towers without a pooling-then-linear head; those convert as they are.
         """
-        from fuselite.convert.label_maps import with_label_map
+        from fuselite.train.model import with_label_map
 
         mapped = None if variant.mirror else with_label_map(keras_model)
-        return keras_model if mapped is None else mapped[0]
+        return keras_model if mapped is None else mapped
 
     def _convert_image_model(self, variant: Variant, keras_model) -> bytes:
         """The flatbuffer of ``keras_model``, with a bar over the calibration images of int8 variants."""
@@ -478,13 +478,13 @@ class Converter:
     def _label_maps(self, io: dict) -> LabelMaps | None:
         """Where the bundle's heatmaps come from: a regional tower's cells, a pooled tower's
         class activation map (its second output), or nowhere (None)."""
-        from fuselite.convert.label_maps import map_grid
+        from fuselite.train.model import label_map_grid
 
         shape = self.run.image_encoder.output_shape
         if len(shape) == 3:
             grid = grid_shape(int(shape[1]))
             return None if grid is None else LabelMaps(grid=grid)
-        grid = map_grid(self.run.image_encoder) if io["has_map"] else None
+        grid = label_map_grid(self.run.image_encoder) if io["has_map"] else None
         return None if grid is None else LabelMaps(grid=grid, source="cam", output_quant=io["map_quant"])
 
     def _preprocessing(self, io: dict) -> Preprocessing:

@@ -3,6 +3,8 @@ and the runtime turns it into heatmaps that point at the objects, in fp32 and in
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,8 @@ def test_global_maps_point_at_the_objects_and_average_to_the_score(global_bundle
     game = pointing_game_of_heatmaps(heatmaps, labels, test.objects)
     assert game["pairs"] > 500
     assert game["pointing_game"] >= game["pointing_chance"] + 0.2
+    metrics = json.loads((global_bundles["run"] / "metrics.json").read_text())  # training's own figure
+    assert metrics["pointing_game"] >= metrics["pointing_game_chance"] + 0.2
     # The frame's logit is the mean of the cells' logits (a class activation map is exact).
     category = explained[0][0]
     cell_logits = np.log(category.heatmap / (1 - category.heatmap))
