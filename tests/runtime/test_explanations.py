@@ -133,8 +133,8 @@ def test_run_events_carry_a_normalised_point_and_box_inside_the_frame(
         cv2.imwrite(
             str(folder / f"{i}.png"), patch_frame((RED, BLUE)[i % 2], x, y, x + 0.3, y + 0.3, i)
         )
-    plain, grids = tmp_path / "plain.jsonl", tmp_path / "grids.jsonl"
-    for jsonl, extra in ((plain, ()), (grids, ("--event-heatmaps",))):
+    plain, grids, off = (tmp_path / f"{name}.jsonl" for name in ("plain", "grids", "off"))
+    for jsonl, extra in ((plain, ()), (grids, ("--event-heatmaps",)), (off, ("--no-explain",))):
         done = fuselite_run(
             "--bundle",
             regional_colour_bundles["int8"],
@@ -162,6 +162,10 @@ def test_run_events_carry_a_normalised_point_and_box_inside_the_frame(
     with_grids = [entry for record in events(grids) for entry in record["labels"]]
     assert all(np.asarray(entry["heatmap"]).shape == (4, 4) for entry in with_grids)
     assert all(0.0 <= v <= 1.0 for entry in with_grids for row in entry["heatmap"] for v in row)
+    without = [entry for record in events(off) for entry in record["labels"]]
+    assert len(without) == len(entries) and all(
+        set(entry) == {"label", "score"} for entry in without
+    )
 
 
 def test_the_overlay_tints_where_the_label_fired(regional_colour_bundles):
