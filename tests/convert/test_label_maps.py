@@ -82,9 +82,13 @@ def test_global_maps_point_at_the_objects_and_average_to_the_score(global_bundle
         if quant is None
         else manifest.logit_scale * quant[0] / 2 * np.sqrt(manifest.embedding_dim)
     )
+    checked = 0
     for categories in explained[:20]:
         for category in categories:
-            cells = np.clip(category.heatmap.astype(np.float64), 1e-7, 1 - 1e-7)
-            frame = np.clip(category.raw_score, 1e-7, 1 - 1e-7)
+            cells, frame = category.heatmap.astype(np.float64), category.raw_score
+            if min(cells.min(), frame) < 1e-5 or max(cells.max(), frame) > 1 - 1e-5:
+                continue  # float32 sigmoids this close to 0 or 1 no longer carry their logit
             mean_cell_logit = np.log(cells / (1 - cells)).mean()
             assert mean_cell_logit == pytest.approx(np.log(frame / (1 - frame)), abs=tolerance)
+            checked += 1
+    assert checked > 50
