@@ -23,6 +23,7 @@ import numpy as np
 from fuselite.errors import UserError
 from fuselite.files import write_atomic
 from fuselite.images import read_image
+from fuselite.runtime.overlay import outline_above, upsample_heatmap
 from fuselite.runtime.results import Category
 
 log = logging.getLogger(__name__)
@@ -143,17 +144,13 @@ def heatmap_panel(picture: np.ndarray, category: Category) -> np.ndarray:
     """``picture`` darkened under the category's heatmap in a colour map, outlined where it
     reaches the threshold, with a cross at the peak."""
     height, width = picture.shape[:2]
-    upsampled = cv2.resize(
-        np.asarray(category.heatmap, np.float32), (width, height), interpolation=cv2.INTER_LINEAR
-    )
+    upsampled = upsample_heatmap(category.heatmap, width, height)
     colours = cv2.applyColorMap(
         (np.clip(upsampled, 0.0, 1.0) * 255).astype(np.uint8), cv2.COLORMAP_JET
     )
     grey = cv2.cvtColor(cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     panel = cv2.addWeighted(grey, 1.0 - HEATMAP_WEIGHT, colours, HEATMAP_WEIGHT, 0.0)
-    mask = (upsampled >= category.threshold).astype(np.uint8)
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(panel, contours, -1, WHITE, 2, cv2.LINE_AA)
+    outline_above(panel, upsampled, category.threshold, WHITE, 2)
     x, y = category.peak
     cv2.drawMarker(
         panel, (int(x * width), int(y * height)), WHITE, cv2.MARKER_CROSS, 16, 2, cv2.LINE_AA

@@ -97,11 +97,21 @@ def tint_heatmap(image: np.ndarray, heatmap: np.ndarray, colour: tuple[int, int,
     stretched to the frame with bilinear interpolation between cell centres.
     """
     height, width = image.shape[:2]
-    upsampled = cv2.resize(np.asarray(heatmap, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    upsampled = upsample_heatmap(heatmap, width, height)
     alpha = (np.clip(upsampled, 0.0, 1.0) * HEATMAP_OPACITY)[..., np.newaxis]
     blended = image * (1.0 - alpha) + np.asarray(colour, np.float32) * alpha
     image[:] = blended.astype(np.uint8)
+    outline_above(image, upsampled, threshold, colour, max(1, height // 240))
+    return image
+
+
+def upsample_heatmap(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A ``[rows, cols]`` heatmap stretched to ``height x width`` pixels (bilinear between cell centres)."""
+    return cv2.resize(np.asarray(heatmap, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def outline_above(image: np.ndarray, upsampled: np.ndarray, threshold: float, colour, thickness: int) -> None:
+    """Draws onto ``image`` the outline of where ``upsampled`` is at or above ``threshold``."""
     mask = (upsampled >= threshold).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(image, contours, -1, colour, max(1, height // 240), cv2.LINE_AA)
-    return image
+    cv2.drawContours(image, contours, -1, colour, thickness, cv2.LINE_AA)
