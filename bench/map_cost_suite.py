@@ -135,7 +135,7 @@ def summary(record: dict) -> str:
         lo, hi = v["invoke_share_range"]
         lines.append(
             f"{name}: invoke {v['invoke_ms_without_map']:.3f} -> {v['invoke_ms_with_map']:.3f} ms, "
-            f"+{100 * v['invoke_share']:.1f}% (rounds {100 * lo:+.1f}..{100 * hi:+.1f}%) "
+            f"{100 * v['invoke_share']:+.1f}% (rounds {100 * lo:+.1f}..{100 * hi:+.1f}%) "
             f"[<= 10%: {'PASS' if v['invoke_share'] <= 0.10 else 'MISS'}]; size {v['bytes_without_map']} -> "
             f"{v['bytes_with_map']} bytes, +{100 * v['size_share']:.2f}% "
             f"[<= 5%: {'PASS' if v['size_share'] <= 0.05 else 'MISS'}]"
