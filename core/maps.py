@@ -94,8 +94,10 @@ def split_outputs(details: Sequence[dict]) -> tuple[dict, dict | None]:
         return details[0], None
     ranks = sorted(len(d["shape"]) for d in details)
     if len(details) != 2 or ranks != [2, 3]:
-        raise ValueError(f"has {len(details)} outputs; the runtime reads one embedding, or an embedding "
-                         "[1, D] and a label map [1, cells, D]")
+        raise ValueError(
+            f"has {len(details)} outputs; the runtime reads one embedding, or an embedding "
+            "[1, D] and a label map [1, cells, D]"
+        )
     embedding, label_map = sorted(details, key=lambda d: len(d["shape"]))
     return embedding, label_map
 
