@@ -92,3 +92,23 @@ def test_global_maps_point_at_the_objects_and_average_to_the_score(global_bundle
             assert mean_cell_logit == pytest.approx(np.log(frame / (1 - frame)), abs=tolerance)
             checked += 1
     assert checked > 50
+
+
+def test_bench_gives_global_bundles_a_pointing_game(global_bundles):
+    """``fuselite bench`` reads the class activation map in its measuring child too."""
+    from fuselite.bench.runner import run_bench
+
+    folder = global_bundles["fp32"].parent
+    report = run_bench(
+        folder,
+        global_bundles["run"],
+        None,
+        threads=1,
+        warmup=0,
+        runs=2,
+        sustain_s=0,
+        reference=False,
+    )
+    for row in report.rows:
+        assert row.status == "ok", row.message
+        assert row.metrics["pointing_game"] >= row.metrics["pointing_chance"] + 0.2
