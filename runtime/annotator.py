@@ -9,8 +9,9 @@ Example:
 
 Each reported label also says *where* it fired (``Category.heatmap``, ``peak`` and
 ``box``, from :mod:`fuselite.maps`) when the bundle has label maps: a regional
-bundle's output already holds one embedding per cell, so this scores only the
-reported labels once more per cell.  ``AnnotatorOptions(explain=False)`` skips it.
+bundle's output already holds one embedding per cell, and a pooled bundle's second
+output its class activation map, so this scores only the reported labels once more
+per cell.  ``AnnotatorOptions(explain=False)`` skips it.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Annotator:
         self._last_timestamp_ms = -np.inf
         self._grid = map_grid(manifest, model.output, model.map_output) if options.explain else None
         # A pooled model's map is its second output, read after each invoke.
-        self._cam = self._grid is not None and manifest.label_maps is not None and manifest.label_maps.source == "cam"
+        self._cam = self._grid is not None and model.map_output is not None
 
     @classmethod
     def create(cls, options: AnnotatorOptions) -> Annotator:
@@ -196,11 +197,10 @@ class Annotator:
         if model is None:
             raise ValueError("the annotator is closed; create a new one")
         start = time.perf_counter()
-        output = model.run(model_input)
-        if self._cam:
-            output = MappedOutput(output, model.label_map())
+        embedding = model.run(model_input)
+        output = MappedOutput(embedding, model.label_map()) if self._cam else embedding
         inference_ms = _ms_since(start)
-        problem = self._scorer.problem(output[0] if self._cam else output)  # no NaN score reaches a sink
+        problem = self._scorer.problem(embedding)  # checked here, so no NaN score reaches a sink
         if problem:
             raise FrameError(problem)
         return output, inference_ms
