@@ -39,7 +39,7 @@ import numpy as np
 
 from fuselite.bundle import pack_bundle, read_bundle
 from fuselite.host import machine_description
-from fuselite.maps import pointing_game_of_heatmaps
+from fuselite.maps import cell_of, pointing_game_of_heatmaps
 
 TARGETS = {
     "pointing_game": 0.95,
@@ -127,13 +127,18 @@ def _annotator(path: Path, threads: int, labels=None, explain: bool = True):
 
 
 def _heatmaps(annotator, images: np.ndarray) -> np.ndarray:
-    """``[images, labels, rows, cols]`` through :meth:`Annotator.explain` (RGB images in)."""
-    return np.stack(
-        [
-            np.stack([c.heatmap for c in annotator.explain(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))])
-            for image in images
-        ]
-    )
+    """``[images, labels, rows, cols]`` marking each label's peak through
+    :meth:`Annotator.explain` (RGB images in): 1 at ``Category.peak``'s cell, else 0.
+
+    The runtime's peak, found on logits; the probabilities in ``Category.heatmap`` tie
+    at 1.0 on strong cells, so their first maximum is not always the peak.
+    """
+    rows, cols = annotator.map_grid
+    maps = np.zeros((len(images), len(annotator.labels), rows, cols), np.float32)
+    for i, image in enumerate(images):
+        for j, category in enumerate(annotator.explain(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))):
+            maps[i, j][cell_of(category.peak, (rows, cols))] = 1.0
+    return maps
 
 
 def _game(path: Path, data, labels: list[str] | None, threads: int) -> dict:

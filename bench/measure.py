@@ -160,9 +160,10 @@ def score_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = S
 
 
 def map_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = SILENT) -> np.ndarray | None:
-    """float32 ``[N, labels, rows, cols]``: every label's heatmap on every frame
-    (:mod:`fuselite.maps`), or ``None`` when the bundle has no label maps."""
-    from fuselite.maps import cam_cells, cell_probabilities
+    """float32 ``[N, labels, rows, cols]``: every label's map of logits on every frame
+    (:func:`fuselite.maps.logit_maps`; logits, so strong cells do not tie at probability
+    1.0), or ``None`` when the bundle has no label maps."""
+    from fuselite.maps import cam_cells, logit_maps
     from fuselite.runtime.annotator import map_grid
 
     manifest, model = loaded.bundle.manifest, loaded.model
@@ -178,7 +179,7 @@ def map_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = SIL
                 scale, zero_point = manifest.label_maps.output_quant
                 label_map = (label_map - zero_point) * scale
             cells = cam_cells(label_map[0])
-        maps.append(cell_probabilities(cells, loaded.bundle.label_embeddings, manifest.logit_scale,
+        maps.append(logit_maps(cells, loaded.bundle.label_embeddings, manifest.logit_scale,
                                        manifest.logit_bias))
         heartbeat.beat()
     return np.stack(maps)

@@ -129,20 +129,40 @@ def cell_probabilities(
 
     ``cells`` is ``[..., cells, D]`` with a square number of cells (raises ValueError
     otherwise).  The same formula as :func:`fuselite.scoring.label_probabilities`, so
-    a label's frame score is its heatmap's maximum.
+    a label's frame score is its heatmap's maximum.  Find peaks on
+    :func:`logit_maps` instead: strong cells' float32 probabilities tie at 1.0.
     """
+    return sigmoid(logit_maps(cells, label_embeddings, logit_scale, logit_bias)).astype(np.float32)
+
+
+def logit_maps(
+    cells: np.ndarray, label_embeddings: np.ndarray, logit_scale: float, logit_bias: float
+) -> np.ndarray:
+    """:func:`cell_probabilities` before the sigmoid: ``[..., labels, rows, cols]`` logits."""
     cells = np.asarray(cells)
     grid = grid_shape(cells.shape[-2])
     if grid is None:
         raise ValueError(f"{cells.shape[-2]} cells do not form a square grid")
-    probabilities = sigmoid(cell_logits(cells, label_embeddings, logit_scale, logit_bias))
-    return probabilities.reshape(*probabilities.shape[:-1], *grid).astype(np.float32)
+    logits = cell_logits(cells, label_embeddings, logit_scale, logit_bias)
+    return logits.reshape(*logits.shape[:-1], *grid)
+
+
+def logit(probability) -> np.ndarray:
+    """The logit of probabilities (clipped to float32's open interval), e.g. of thresholds."""
+    p = np.clip(np.asarray(probability, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def peak_cell(heatmap: np.ndarray) -> tuple[int, int]:
     """``(row, col)`` of the heatmap's maximum (the first one on ties, row-major)."""
     row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
     return int(row), int(col)
+
+
+def cell_of(point: tuple[float, float], grid: tuple[int, int]) -> tuple[int, int]:
+    """``(row, col)`` of the cell holding a normalised ``(x, y)`` point (e.g. a ``peak``)."""
+    rows, cols = grid
+    return min(int(point[1] * rows), rows - 1), min(int(point[0] * cols), cols - 1)
 
 
 def cell_box(row: int, col: int, grid: tuple[int, int]) -> Box:
@@ -178,6 +198,10 @@ def locate(heatmap: np.ndarray, threshold: float) -> LabelLocation:
 
 def locate_many(heatmaps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Peaks ``[k, 2]`` (x, y) and boxes ``[k, 4]`` of ``k`` heatmaps ``[k, rows, cols]`` at once.
+
+    Any increasing function of the probability serves, with ``thresholds`` on the same
+    scale: the runtime passes logits and the thresholds' logits, because strong cells'
+    float32 probabilities tie at 1.0 and the peak among them would be the first cell.
 
     The board locates every reported label of every frame, so this is one OpenCV call
     for all of them: the ``k`` masks (cells at or above each threshold, plus the peak
@@ -240,8 +264,8 @@ def pointing_game(
 ) -> dict:
     """The pointing game of ``cells`` ``[images, cells, D]`` (a regional model's outputs)
     for the labels ``labels``: :func:`pointing_game_of_heatmaps` of their heatmaps."""
-    heatmaps = [
-        cell_probabilities(cells[start : start + 256], label_embeddings, logit_scale, logit_bias)
+    heatmaps = [  # logits: the peaks of saturated probabilities would tie
+        logit_maps(cells[start : start + 256], label_embeddings, logit_scale, logit_bias)
         for start in range(0, len(cells), 256)
     ]  # [batch, labels, rows, cols] stays small
     return pointing_game_of_heatmaps(np.concatenate(heatmaps), labels, objects)
@@ -252,8 +276,8 @@ def pointing_game_of_heatmaps(
 ) -> dict:
     """The pointing game over images with known objects.
 
-    ``heatmaps`` is ``[images, labels, rows, cols]``, ``objects`` the objects of each
-    image.  Every (image, label) pair where some object of the image carries the label
+    ``heatmaps`` is ``[images, labels, rows, cols]`` of any score whose maximum is the
+    peak (logits are best: they do not saturate), ``objects`` the objects of each image.  Every (image, label) pair where some object of the image carries the label
     counts once.  Returns ``pointing_game`` (the hit rate), ``pointing_chance`` (the
     mean hit rate of a random peak on the same pairs), ``pairs`` and ``per_label``
     (hit rate of each label that occurs); ``pointing_game`` is None when no pair occurs.

@@ -170,21 +170,25 @@ class FrameScorer:
         logits += self.bias
         return sigmoid(logits)
 
-    def cell_probabilities(self, model_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Probabilities ``[len(labels), cells]`` of the labels at indices ``labels`` in each
-        cell of a regional output: their heatmaps, flattened (see :mod:`fuselite.maps`).
+    def cell_logits(self, model_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Logits ``[len(labels), cells]`` of the labels at indices ``labels`` in each cell of a
+        regional output; their sigmoid is the labels' heatmaps (see :mod:`fuselite.maps`).
 
         The same scale, bias and dequantization as :meth:`__call__`, so a label's frame
-        probability is the maximum of its row.
+        logit is the maximum of its row.
         """
-        return self.cells_probabilities(self.embedding(model_output).reshape(-1, self.weights.shape[0]), labels)
+        return self.cells_logits(self.embedding(model_output).reshape(-1, self.weights.shape[0]), labels)
 
-    def cells_probabilities(self, cells: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Probabilities ``[len(labels), cells]`` of float32 cell embeddings ``[cells, D]``
-        (e.g. a class activation map's, :func:`fuselite.maps.cam_cells`)."""
+    def cells_logits(self, cells: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Logits ``[len(labels), cells]`` of float32 cell embeddings ``[cells, D]`` (e.g. a
+        class activation map's, :func:`fuselite.maps.cam_cells`).
+
+        Logits, not probabilities: float32 sigmoids of strong cells all round to 1.0, and a
+        peak among equal ones would be the first cell, not the strongest.
+        """
         logits = cells @ self.weights[:, labels]
         logits += self.bias
-        return sigmoid(logits.T)
+        return logits.T
 
 
 # A label matrix this sparse (an imported classifier's identity rows, a zero-shot bundle's

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError, Manifest, embedding_problem, read_bundle
-from fuselite.maps import cam_cells, grid_shape, locate_many
+from fuselite.maps import cam_cells, grid_shape, locate_many, logit
 from fuselite.runtime.interpreter import TensorSpec, TfliteModel
 from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.options import AnnotatorOptions
 from fuselite.runtime.preprocess import Preprocessor, check_output, frame_problem, quant_equal
 from fuselite.runtime.results import AnnotationResult, Category, Latency
 from fuselite.runtime.smoothing import ScoreSmoother
-from fuselite.scoring import FrameScorer
+from fuselite.scoring import FrameScorer, sigmoid
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -280,11 +280,13 @@ class Annotator:
         # One product, one peak search and one region growth for all of them (fuselite.maps).
         if self._cam:
             cells = cam_cells(_dequantized(output.label_map, self._manifest.label_maps.output_quant))
-            heatmaps = self._scorer.cells_probabilities(cells, chosen)
+            logits = self._scorer.cells_logits(cells, chosen)
         else:
-            heatmaps = self._scorer.cell_probabilities(output, chosen)
-        heatmaps = heatmaps.reshape(len(chosen), *self._grid)
-        peaks, boxes = locate_many(heatmaps, np.asarray(thresholds, np.float32)[chosen])
+            logits = self._scorer.cell_logits(output, chosen)
+        logits = logits.reshape(len(chosen), *self._grid)
+        # Peaks and regions on logits: strong cells' float32 probabilities all round to 1.0.
+        peaks, boxes = locate_many(logits, logit(np.asarray(thresholds)[chosen]).astype(np.float32))
+        heatmaps = sigmoid(logits)
         return tuple(
             Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(thresholds[i]),
                      heatmap, tuple(peak), tuple(box))

@@ -11,6 +11,8 @@ from fuselite.maps import (
     grid_shape,
     locate,
     locate_many,
+    logit,
+    logit_maps,
     pointing_chance,
     pointing_game_of_heatmaps,
     pointing_hit,
@@ -88,3 +90,13 @@ def test_the_pointing_game_scores_only_labels_an_image_holds():
     assert game["per_label"] == {"red": 0.5, "circle": 0.0}
     assert game["pointing_game"] == pytest.approx(1 / 3)
     assert game["pointing_chance"] == pytest.approx(0.25)
+
+
+def test_peaks_are_found_on_logits_where_probabilities_saturate():
+    cells = np.zeros((4, 2), np.float32)
+    cells[1, 0], cells[3, 0] = 2.0, 3.0  # logits 20 and 30: both probabilities round to 1.0
+    label = np.array([[1.0, 0.0]], np.float32)
+    probabilities = cell_probabilities(cells, label, 10.0, 0.0)[0]
+    assert probabilities[0, 1] == probabilities[1, 1] == 1.0  # a tie: the first cell would win
+    peaks, _ = locate_many(logit_maps(cells, label, 10.0, 0.0), np.array([logit(0.5)]))
+    assert tuple(peaks[0]) == (0.75, 0.75)  # the stronger cell, bottom right
