@@ -47,6 +47,9 @@ class EvalData:
         run_dir: The training run the images come from, if any.
         groups: Tag groups (name -> labels) scored as top-1 (:mod:`fuselite.bench.groups`):
             the manifest's ``{"groups": ...}`` line, then ``--group``.
+        objects: Per image, where its objects are (:class:`fuselite.maps.ObjectBox`), for
+            the pointing game of bundles with label maps; ``None`` when the data do not say
+            (synthetic scenes do).
     """
 
     images: np.ndarray
@@ -55,6 +58,7 @@ class EvalData:
     description: str
     run_dir: Path | None = None
     groups: dict = field(default_factory=dict)
+    objects: list | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -79,7 +83,8 @@ class EvalData:
         if not n or n >= len(self):
             return self
         return replace(self, images=self.images[:n], tags=self.tags[:n],
-                       description=f"{self.description}, first {n}")
+                       description=f"{self.description}, first {n}",
+                       objects=None if self.objects is None else self.objects[:n])
 
     def with_groups(self, groups: dict | None) -> EvalData:
         """These items with ``groups`` added (a name given again replaces the manifest's)."""
@@ -132,7 +137,7 @@ def run_test_split(run_dir: Path) -> EvalData:
     test = source.subset(splits.test)
     description = f"test split of run {run_dir} ({config.name}, {len(test)} images)"
     return EvalData(test.images, list(test.tags), test.task, description, Path(run_dir),
-                    groups=_source_groups(config.data))
+                    groups=_source_groups(config.data), objects=test.objects)
 
 
 def _source_groups(source: str) -> dict:
@@ -155,7 +160,7 @@ def _fresh_scenes(count: int, image_size: int, seed: int) -> EvalData:
 
     scenes = generate_scenes(count, SceneSpec(image_size=image_size), seed=seed)
     return EvalData(scenes.images, list(scenes.tags), scenes.task,
-                    f"{count} fresh synthetic scenes (seed {seed})")
+                    f"{count} fresh synthetic scenes (seed {seed})", objects=scenes.objects)
 
 
 def _fashion_mnist_test(root: Path | None, image_size: int) -> EvalData:

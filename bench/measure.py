@@ -159,6 +159,32 @@ def score_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = S
     return scores
 
 
+def map_all(loaded: LoadedBundle, frames: np.ndarray, heartbeat: Heartbeat = SILENT) -> np.ndarray | None:
+    """float32 ``[N, labels, rows, cols]``: every label's map of logits on every frame
+    (:func:`fuselite.maps.logit_maps`; logits, so strong cells do not tie at probability
+    1.0), or ``None`` when the bundle has no label maps."""
+    from fuselite.maps import cam_cells, logit_maps
+    from fuselite.runtime.annotator import map_grid
+
+    manifest, model = loaded.bundle.manifest, loaded.model
+    if map_grid(manifest, model.output, model.map_output) is None:
+        return None
+    heartbeat.phase("mapping the labels")
+    maps = []
+    for frame in frames:
+        cells = loaded.embedding(np.ascontiguousarray(frame))[0]
+        if model.map_output is not None:  # a pooled model's class activation map
+            label_map = model.label_map().astype(np.float32)
+            if manifest.label_maps.output_quant is not None:
+                scale, zero_point = manifest.label_maps.output_quant
+                label_map = (label_map - zero_point) * scale
+            cells = cam_cells(label_map[0])
+        maps.append(logit_maps(cells, loaded.bundle.label_embeddings, manifest.logit_scale,
+                                       manifest.logit_bias))
+        heartbeat.beat()
+    return np.stack(maps)
+
+
 def open_annotator(path: Path, num_threads: int):
     """``fuselite run``'s Annotator on the bundle: ``(annotator, "")`` or ``(None, why it cannot load)``."""
     from fuselite.runtime.annotator import Annotator
@@ -228,10 +254,12 @@ def peak_memory_mb() -> float:
 
 def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs: int,
             sustain_s: float = 0.0, heartbeat: Heartbeat = SILENT,
-            camera: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
+            camera: np.ndarray | None = None, maps_path: Path | None = None) -> tuple[dict, np.ndarray | None]:
     """Everything the child measures; returns the summary and the scores (``None`` if it failed to load).
 
-    ``camera`` holds the frames of the sustained loop (default: the first data frames).
+    ``camera`` holds the frames of the sustained loop (default: the first data frames);
+    with ``maps_path``, a bundle with label maps saves every label's heatmaps there
+    (:func:`map_all`), for the pointing game.
     """
     from fuselite.interpreter import interpreter_name
 
@@ -247,7 +275,10 @@ def measure(path: Path, frames: np.ndarray, num_threads: int, warmup: int, runs:
     summary.update(time_frames(loaded, timing_frames, warmup, runs, heartbeat))
     summary["peak_memory_mb"] = peak_memory_mb()
     scores = score_all(loaded, frames, heartbeat)
+    maps = map_all(loaded, frames, heartbeat) if maps_path is not None else None
     loaded.model.close()
+    if maps is not None:
+        np.save(maps_path, maps)
     summary["status"] = "measured"
     if not np.all(np.isfinite(scores)):
         return summary, scores  # the parent refuses it: nothing the runtime does with it counts
@@ -284,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--sustain", type=float, default=0.0, help="seconds of fuselite run's loop (0: none)")
     parser.add_argument("--sustain-frames", type=Path, help=".npy of BGR frames for that loop (default: --frames)")
+    parser.add_argument("--maps", type=Path, help=".npy for every label's heatmaps (bundles with label maps)")
     args = parser.parse_args(argv)
     import cv2  # noqa: F401 - imported before the baseline memory reading, as the runtime imports it
 
@@ -292,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         camera = np.load(args.sustain_frames) if args.sustain_frames else None
         summary, scores = measure(args.bundle, frames, args.threads, args.warmup, args.runs, args.sustain,
-                                  heartbeat, camera)
+                                  heartbeat, camera, args.maps)
     except Exception as exc:  # noqa: BLE001 - the runtime refusing this bundle is the finding, not a traceback
         summary = {"status": "failed", "message": f"{type(exc).__name__} while {heartbeat.current}: {exc}"}
         scores = None

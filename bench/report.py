@@ -21,11 +21,11 @@ from fuselite.files import write_atomic
 
 OK, CHECK_FAILED, LOAD_FAILED = "ok", "check_failed", "load_failed"
 STATUS_ICONS = {OK: "✅", CHECK_FAILED: "❎", LOAD_FAILED: "❌"}
-METRIC_TITLES = {"top1": "top-1", "mAP": "mAP", "micro_f1": "micro-F1"}
+METRIC_TITLES = {"top1": "top-1", "mAP": "mAP", "micro_f1": "micro-F1", "pointing_game": "pointing game"}
 REPORT_FILES = ("report.json", "report.csv", "report.md")
 CSV_COLUMNS = (
     "name", "kind", "variant", "file", "status", "message", "size_bytes", "gzip_bytes", "model_bytes",
-    "sparsity", "task", "metric_name", "metric", "top1", "mAP", "micro_f1", "delta_pt",
+    "sparsity", "task", "metric_name", "metric", "top1", "mAP", "micro_f1", "pointing_game", "delta_pt",
     "latency_p50_ms", "latency_p90_ms", "invoke_p50_ms", "fps", "sustained_fps", "cpu_ms_per_frame",
     "cores_used", "load_ms", "peak_memory_mb",
     "model_memory_mb", "pareto_size", "pareto_latency", "fits", "recommended",
@@ -295,7 +295,7 @@ def to_csv(report: Report) -> str:
     writer.writeheader()
     for row in report.rows:
         data = row.to_dict()
-        data.update({k: data["metrics"].get(k) for k in ("top1", "mAP", "micro_f1")})
+        data.update({k: data["metrics"].get(k) for k in ("top1", "mAP", "micro_f1", "pointing_game")})
         data["fits"] = "" if row.fits is None else ("yes" if not row.fits else "; ".join(row.fits))
         writer.writerow({k: "" if data.get(k) is None else data[k] for k in CSV_COLUMNS})
     return buffer.getvalue()

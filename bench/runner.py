@@ -298,6 +298,7 @@ def _measure_into(row: Row, path: Path, data: EvalData, frames: Path, settings: 
         return _fail(row, problem)
     _timings(row, summary)
     _evaluate(row, scores, data, bundle.manifest)
+    pointing_game(row, work_dir / f"{path.stem}.maps.npy", data, bundle.manifest)
     problems = _check_problems(bundle, summary, settings)
     if problems:
         row.status = CHECK_FAILED
@@ -353,13 +354,14 @@ def _describe(row: Row, bundle: Bundle) -> None:
 def _run_child(path: Path, frames: Path, settings: BenchSettings, work_dir: Path) -> tuple[dict, np.ndarray | None]:
     """Runs :mod:`fuselite.bench.measure` on one bundle; a crash or a hang becomes a summary."""
     summary_path, scores_path = work_dir / f"{path.stem}.json", work_dir / f"{path.stem}.npy"
-    errors_path = work_dir / f"{path.stem}.stderr"
-    for stale in (summary_path, scores_path):
+    errors_path, maps_path = work_dir / f"{path.stem}.stderr", work_dir / f"{path.stem}.maps.npy"
+    for stale in (summary_path, scores_path, maps_path):
         stale.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "fuselite.bench.measure", str(path), "--frames", str(frames),
         "--summary", str(summary_path), "--scores", str(scores_path), "--threads", str(settings.threads),
         "--warmup", str(settings.warmup), "--runs", str(settings.runs), "--sustain", str(settings.sustain_s),
+        "--maps", str(maps_path),
     ]
     camera = work_dir / "camera.npy"
     if camera.is_file():
@@ -444,6 +446,18 @@ def _evaluate(row: Row, scores: np.ndarray, data: EvalData, manifest: Manifest) 
     if not row.metrics:
         row.message = "the data has none of this bundle's labels: no metric"
     score_groups(row, scores, data, manifest.labels)
+
+
+def pointing_game(row: Row, maps_path: Path, data: EvalData, manifest: Manifest) -> None:
+    """Adds ``pointing_game`` (and its random-peak baseline) to ``row.metrics`` when the child
+    saved the bundle's label maps and the data know where objects are (:mod:`fuselite.maps`)."""
+    from fuselite.maps import pointing_game_of_heatmaps
+
+    if data.objects is None or not maps_path.is_file():
+        return
+    game = pointing_game_of_heatmaps(np.load(maps_path), manifest.labels, data.objects)
+    if game["pointing_game"] is not None:
+        row.metrics.update(pointing_game=game["pointing_game"], pointing_chance=game["pointing_chance"])
 
 
 def score_groups(row: Row, scores: np.ndarray, data: EvalData, labels) -> None:

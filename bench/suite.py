@@ -6,6 +6,8 @@
     python -m fuselite.bench.suite train --config NAME --out DIR [ARGS...]  # a training target, from scratch
     python -m fuselite.bench.suite cameras --bundle B --video V [ARGS...]  # 4 and 8 cameras vs one
     python -m fuselite.bench.suite mqtt --bundle B [ARGS...]  # MQTT's cost to inference; a broker outage
+    python -m fuselite.bench.suite explain RUN BUNDLE... [ARGS...]  # label heatmaps: pointing game and cost
+    python -m fuselite.bench.suite map-cost RUN [ARGS...]  # a pooled tower's map: invoke and size cost
 
 ``python -m fuselite.bench.suite WHAT --help`` lists the arguments of each.  These
 are scripts, not tests: they take minutes and their figures go into the docs with
@@ -23,6 +25,8 @@ SUITES = {
     "convert": ("fuselite.bench.convert_suite", "every variant of a run: size, accuracy, numerics"),
     "train": ("fuselite.bench.train_suite", "a training target, from scratch, as a docs row"),
     "busy": ("fuselite.bench.busy_suite", "fuselite run vs the naive loop with one core busy, fresh processes"),
+    "explain": ("fuselite.bench.explain_suite", "label heatmaps: pointing game, int8 vs fp32 peaks, their cost"),
+    "map-cost": ("fuselite.bench.map_cost_suite", "a pooled tower with and without its class activation map"),
     "pretrained": ("fuselite.bench.pretrained_suite",
                    "tiny vs EfficientNet-Lite0 vs distilled tiny on real clip art"),
     "cameras": ("fuselite.bench.cameras_suite", "4 and 8 cameras in one process against one camera"),

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fuselite import __version__
-from fuselite.bundle import Manifest, Preprocessing, pack_bundle, read_bundle
+from fuselite.bundle import LabelMaps, Manifest, Preprocessing, pack_bundle, read_bundle
 from fuselite.convert import modelinfo, numerics
 from fuselite.convert.compress import CompressSettings, finetune_steps, search_compression
 from fuselite.convert.report import VariantResult, gzip_size, progress_bar
@@ -40,6 +40,7 @@ from fuselite.convert.variants import SEARCH_RECORDS, Variant
 from fuselite.errors import UserError
 from fuselite.files import write_atomic
 from fuselite.interpreter import interpreter_version
+from fuselite.maps import grid_shape
 from fuselite.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class Converter:
 
         try:
             keras_model, extra = self._keras_model(variant, setting)
-            model_bytes = self._convert_image_model(variant, keras_model)
+            model_bytes = self._convert_image_model(variant, self._with_label_map(variant, keras_model))
             if variant.mirror:  # the Keras model the flatbuffer is checked against, and its thresholds
                 keras_model = mirror_averaged(keras_model)
                 extra = {**extra, "thresholds": self._thresholds(keras_model)}
@@ -289,6 +290,18 @@ class Converter:
                              f"(tried {tried}); at {search.tried[-1][knob]:g}: " \
                              f"{result.message}"
         return result, model_bytes, extra
+
+    def _with_label_map(self, variant: Variant, keras_model):
+        """``keras_model`` with its class activation map as a second output when it pools
+        (:func:`fuselite.train.model.with_label_map`), so the bundle can say where labels fired.
+
+        Not for mirror variants (their mirrored map would need flipping back inside the
+        graph) or towers without a pooling-then-linear head; those convert as they are.
+        """
+        from fuselite.train.model import with_label_map
+
+        mapped = None if variant.mirror else with_label_map(keras_model)
+        return keras_model if mapped is None else mapped
 
     def _convert_image_model(self, variant: Variant, keras_model) -> bytes:
         """The flatbuffer of ``keras_model``, with a bar over the calibration images of int8 variants."""
@@ -456,6 +469,7 @@ class Converter:
             sparsity=result.sparsity,
             provenance=self._provenance(variant, model_bytes, result, extra),
             numerics=result.numerics,
+            label_maps=self._label_maps(io),
         )
         if self.options.fixed_labels:
             data = pack_bundle(model_bytes=model_bytes, manifest=manifest, label_embeddings=self.label_embeddings,
@@ -470,6 +484,18 @@ class Converter:
         os.chmod(path, 0o644)  # write_atomic's temp file is private (0600); a bundle is meant to be copied
         read_bundle(path)  # what the board will do first; fails loudly if anything is off
         result.path, result.file_size, result.gzip_size = path, len(data), gzip_size(data)
+
+    def _label_maps(self, io: dict) -> LabelMaps | None:
+        """Where the bundle's heatmaps come from: a regional tower's cells, a pooled tower's
+        class activation map (its second output), or nowhere (None)."""
+        from fuselite.train.model import label_map_grid
+
+        shape = self.run.image_encoder.output_shape
+        if len(shape) == 3:
+            grid = grid_shape(int(shape[1]))
+            return None if grid is None else LabelMaps(grid=grid)
+        grid = label_map_grid(self.run.image_encoder) if io["has_map"] else None
+        return None if grid is None else LabelMaps(grid=grid, source="cam", output_quant=io["map_quant"])
 
     def _preprocessing(self, io: dict) -> Preprocessing:
         from fuselite.train.backbones import get_backbone

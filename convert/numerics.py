@@ -15,6 +15,7 @@ import numpy as np
 
 from fuselite import metrics as m
 from fuselite.interpreter import interpreter_class, interpreter_name, tensor_quantization
+from fuselite.maps import split_outputs
 
 
 class InterpreterError(RuntimeError):
@@ -38,7 +39,7 @@ def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, 
             interpreter.resize_tensor_input(index, [len(batch), *batch.shape[1:]])
             interpreter.allocate_tensors()
             size = len(batch)
-        detail, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        detail, (out, _) = interpreter.get_input_details()[0], split_outputs(interpreter.get_output_details())
         interpreter.set_tensor(index, quantize_input(batch, detail))
         interpreter.invoke()
         outputs.append(_dequantize(interpreter.get_tensor(out["index"]), out))
@@ -48,13 +49,16 @@ def tflite_embeddings(model_bytes: bytes, inputs: np.ndarray, num_threads: int, 
 
 
 def io_details(model_bytes: bytes) -> dict:
-    """Input dtype and ``(scale, zero_point)`` of the input and output (``None`` if float)."""
+    """Input dtype and ``(scale, zero_point)`` of the input and the embedding output (``None``
+    if float), and of a label map output (``map_quant``; ``has_map`` says whether there is one)."""
     interpreter = _interpreter(model_bytes, num_threads=1)
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    inp, (out, label_map) = interpreter.get_input_details()[0], split_outputs(interpreter.get_output_details())
     return {
         "input_dtype": np.dtype(inp["dtype"]).name,
         "input_quant": tensor_quantization(inp),
         "output_quant": tensor_quantization(out),
+        "has_map": label_map is not None,
+        "map_quant": None if label_map is None else tensor_quantization(label_map),
     }
 
 

@@ -33,6 +33,15 @@ The image model maps a ``[1, H, W, 3]`` RGB image to L2-normalised embeddings:
 the last feature map).  The manifest's ``logit_scale`` and ``logit_bias`` turn
 them into label probabilities with the shared scorer, :mod:`fuselite.scoring`.
 
+Label maps (``label_maps`` in the manifest, :class:`LabelMaps`): a regional image
+model's output holds one embedding per cell, and scored per cell they are each label's
+heatmap (:mod:`fuselite.maps`).  ``convert`` records the grid; the field is optional,
+so bundles written before it still load, and the runtime derives the same grid from
+a regional output's shape when the field is absent.  A pooled model without that
+second output, such as an imported classifier, has no maps.  An older runtime ignores
+the field (and refuses a two-output model in one line), so it needs no new schema
+version.
+
 This module imports nothing heavier than numpy, and reading never executes or
 unpickles anything: it validates sizes, member names, types and ranges, and the
 sha256 of the model bytes, before any byte reaches an interpreter.
@@ -114,6 +123,10 @@ LABEL_SOURCE_VERSIONS = {
     "fixed": (FIXED_LABELS_SCHEMA_VERSION,),
 }
 OUTPUT_ACTIVATIONS = ("none", "softmax")
+# Where label maps come from: the embedding output's cells (regional), or a second output
+# holding a pooled tower's class activation map (global).
+MAP_SOURCES = ("cells", "cam")
+MAX_MAP_SIDE = 64
 KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER)
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
@@ -177,6 +190,25 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class LabelMaps:
+    """Where the image model keeps its per-cell label evidence (see :mod:`fuselite.maps`).
+
+    Attributes:
+        grid: ``(rows, cols)`` of the cells, row-major, covering the whole input image.
+        source: ``"cells"``: the embedding output ``[1, rows * cols, D]`` holds one
+            embedding per cell (regional scoring), so the maps cost no extra invoke;
+            ``"cam"``: a pooled (global) model's second output ``[1, rows * cols, D]``
+            holds its class activation map, the projection head applied to each cell
+            before pooling (:func:`fuselite.maps.cam_cells`).
+        output_quant: ``(scale, zero_point)`` of a quantized ``"cam"`` output, or ``None``.
+    """
+
+    grid: tuple[int, int]
+    source: str = "cells"
+    output_quant: tuple[float, int] | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs besides the weights.
 
@@ -203,6 +235,8 @@ class Manifest:
             or ``"fixed"`` (only the default labels' embeddings; schema 4).
         output_activation: What the board applies to the image model's output before
             scoring: ``"none"``, or ``"softmax"`` (class logits -> probabilities; schema 2 only).
+        label_maps: Where per-label heatmaps come from (:class:`LabelMaps`), or ``None``
+            (absent in bundles written before it, and in bundles without cells).
     """
 
     variant: str
@@ -223,6 +257,7 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     label_source: str = "text_encoder"
     output_activation: str = "none"
+    label_maps: LabelMaps | None = None
 
     def to_json(self) -> str:
         """Serialises the manifest as JSON text."""
@@ -687,7 +722,25 @@ def _manifest_from_dict(data: Any) -> Manifest:
         schema_version=version,
         label_source=label_source,
         output_activation=activation,
+        label_maps=_label_maps(data.get("label_maps")),
     )
+
+
+def _label_maps(value: Any) -> LabelMaps | None:
+    """The optional ``label_maps`` field (absent or null: no maps)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BundleError("manifest label_maps must be an object with 'grid' and 'source'")
+    grid = value.get("grid")
+    if (not isinstance(grid, list) or len(grid) != 2
+            or not all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= MAX_MAP_SIDE for g in grid)):
+        raise BundleError(f"manifest label_maps.grid must be [rows, cols] from 1 to {MAX_MAP_SIDE}")
+    source = value.get("source", "cells")
+    if source not in MAP_SOURCES:
+        raise BundleError(f"manifest label_maps.source must be one of {', '.join(MAP_SOURCES)}, not {source!r}")
+    quant = _quant(value.get("output_quant"), "label_maps.output_quant")
+    return LabelMaps(grid=(grid[0], grid[1]), source=source, output_quant=quant)
 
 
 def _field(data: dict, name: str, kind) -> Any:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("fuselite.convert.importer", "wrap any TFLite image classifier as a fixed-label bundle"),
     "bench": ("fuselite.bench.cli", "measure bundles: size vs accuracy vs latency"),
     "run": ("fuselite.runtime.cli", "annotate a camera, video, stream or image folder"),
+    "explain": ("fuselite.runtime.explain", "draw where a bundle sees each label in pictures (heatmap per label)"),
     "devices": ("fuselite.devices.cli", "board profiles, setup files and arm64 verification"),
     "demo": ("fuselite.demo", "run the whole chain on the embedded synthetic scenes"),
 }

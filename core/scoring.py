@@ -170,6 +170,26 @@ class FrameScorer:
         logits += self.bias
         return sigmoid(logits)
 
+    def cell_logits(self, model_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Logits ``[len(labels), cells]`` of the labels at indices ``labels`` in each cell of a
+        regional output; their sigmoid is the labels' heatmaps (see :mod:`fuselite.maps`).
+
+        The same scale, bias and dequantization as :meth:`__call__`, so a label's frame
+        logit is the maximum of its row.
+        """
+        return self.cells_logits(self.embedding(model_output).reshape(-1, self.weights.shape[0]), labels)
+
+    def cells_logits(self, cells: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Logits ``[len(labels), cells]`` of float32 cell embeddings ``[cells, D]`` (e.g. a
+        class activation map's, :func:`fuselite.maps.cam_cells`).
+
+        Logits, not probabilities: float32 sigmoids of strong cells all round to 1.0, and a
+        peak among equal ones would be the first cell, not the strongest.
+        """
+        logits = cells @ self.weights[:, labels]
+        logits += self.bias
+        return logits.T
+
 
 # A label matrix this sparse (an imported classifier's identity rows, a zero-shot bundle's
 # multi-hot concepts over 1,000 classes) is scored by its non-zero entries: the dense

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fuselite.maps import ObjectBox
+
 log = logging.getLogger(__name__)
 
 TASKS = ("single", "multi")
@@ -32,6 +34,9 @@ class ImageTextData:
         task: ``"single"`` (exactly one label per image, scored by top-1) or ``"multi"``.
         name: Where the data came from, for logs and metrics.
         skipped: ``(item, reason)`` for every item that was unusable and left out.
+        objects: Per image, where its objects are and which tags each carries
+            (:class:`fuselite.maps.ObjectBox`), for the pointing game; ``None`` when the
+            source does not know (the synthetic scenes do).
     """
 
     images: np.ndarray
@@ -41,11 +46,14 @@ class ImageTextData:
     task: str = "multi"
     name: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    objects: list[list[ObjectBox]] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if not (len(self.tags) == len(self.captions) == len(self.ids) == n):
             raise ValueError("images, tags, captions and ids must have the same length")
+        if self.objects is not None and len(self.objects) != n:
+            raise ValueError("objects must hold one list per image")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
         if n and (self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3):
@@ -73,6 +81,7 @@ class ImageTextData:
             ids=[self.ids[i] for i in idx],
             task=self.task,
             name=self.name,
+            objects=None if self.objects is None else [self.objects[i] for i in idx],
         )
 
     def multi_hot(self, labels: Sequence[str]) -> np.ndarray:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from fuselite.data.dataset import ImageTextData
+from fuselite.maps import ObjectBox
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,31 @@ def scene_tags(objects: Sequence[SceneObject]) -> list[str]:
     """Sorted unique label texts of a scene: colour, shape, colour+shape, size, size+shape."""
     tags: set[str] = set()
     for obj in objects:
-        tags.update(
-            (obj.color, obj.shape, f"{obj.color} {obj.shape}", obj.size, f"{obj.size} {obj.shape}")
-        )
+        tags.update(object_tags(obj))
     return sorted(tags)
+
+
+def object_tags(obj: SceneObject) -> tuple[str, ...]:
+    """The label texts one object carries: colour, shape, colour+shape, size, size+shape."""
+    return (obj.color, obj.shape, f"{obj.color} {obj.shape}", obj.size, f"{obj.size} {obj.shape}")
+
+
+def object_box(obj: SceneObject, image_size: int) -> ObjectBox:
+    """Where ``obj`` is drawn: its tags and its bounding box, normalised by ``image_size``.
+
+    The box bounds the drawn outline (the polygon's vertices, or the circle), so the
+    pointing game of a thin star or cross is judged on the shape, not its circumcircle.
+    OpenCV puts pixel ``i``'s centre at coordinate ``i``, while a normalised box (like a
+    heatmap cell) gives pixel ``i`` the span ``[i, i + 1] / size``: hence the half pixel.
+    """
+    if obj.shape == "circle":
+        x, y, r = obj.center[0], obj.center[1], obj.radius
+        x0, y0, x1, y1 = x - r, y - r, x + r, y + r
+    else:
+        outline = _outline(obj)
+        (x0, y0), (x1, y1) = outline.min(axis=0), outline.max(axis=0)
+    box = tuple(float(np.clip((v + 0.5) / image_size, 0.0, 1.0)) for v in (x0, y0, x1, y1))
+    return ObjectBox(object_tags(obj), box)
 
 
 def scene_caption(objects: Sequence[SceneObject]) -> str:
@@ -318,6 +340,7 @@ def generate_scenes(
 
     With ``heldout`` False (the training pool) no scene contains a held-out combo; with
     True every scene contains at least one, so its tags include e.g. ``"green star"``.
+    Each scene's objects are recorded with their boxes (``objects``), for the pointing game.
     """
     # The heldout flag is part of the seed so both pools with the same seed still differ.
     rng = np.random.default_rng([seed, int(heldout)])
@@ -325,13 +348,15 @@ def generate_scenes(
     images = np.empty((n, spec.image_size, spec.image_size, 3), dtype=np.uint8)
     tags: list[list[str]] = []
     captions: list[str] = []
+    boxes: list[list[ObjectBox]] = []
     for i in range(n):
         objects = random_objects(rng, spec, allow_heldout=heldout)
         images[i] = render_scene(objects, spec.image_size, rng, spec)
         tags.append(scene_tags(objects))
         captions.append(scene_caption(objects))
+        boxes.append([object_box(obj, spec.image_size) for obj in objects])
     ids = [f"{prefix}-{seed}-{i}" for i in range(n)]
     log.debug("generated %d %s scenes at %d px", n, prefix, spec.image_size)
     return ImageTextData(
-        images=images, tags=tags, captions=captions, ids=ids, task="multi", name="scenes"
+        images=images, tags=tags, captions=captions, ids=ids, task="multi", name="scenes", objects=boxes
     )

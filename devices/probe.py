@@ -27,6 +27,7 @@ import numpy as np
 
 from fuselite.bundle import Bundle, read_bundle
 from fuselite.interpreter import interpreter_class, interpreter_version, tensor_quantization
+from fuselite.maps import split_outputs
 
 IMAGE_OUTPUT = "image_embeddings.npy"
 TEXT_OUTPUT = "text_embeddings.npy"
@@ -44,7 +45,7 @@ class _DirectModel:
         self._interpreter = interpreter_class()(model_content=model_bytes, num_threads=num_threads)
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._output = split_outputs(self._interpreter.get_output_details())[0]  # the embedding
         self.input_dtype = np.dtype(self._input["dtype"])
         self.input_quant = tensor_quantization(self._input)
 

@@ -6,30 +6,49 @@ Example:
     >>> with Annotator.create(options) as annotator:
     ...     result = annotator.annotate(frame_bgr, timestamp_ms=0)
     ...     print([(c.label, round(c.score, 2)) for c in result.categories])
+
+Each reported label also says *where* it fired (``Category.heatmap``, ``peak`` and
+``box``, from :mod:`fuselite.maps`) when the bundle has label maps: a regional
+bundle's output already holds one embedding per cell, and a pooled bundle's second
+output its class activation map, so this scores only the reported labels once more
+per cell.  ``AnnotatorOptions(explain=False)`` skips it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from fuselite.bundle import Bundle, BundleError, Manifest, embedding_problem, read_bundle
-from fuselite.runtime.interpreter import TfliteModel
+from fuselite.maps import cam_cells, grid_shape, locate_many, logit
+from fuselite.runtime.interpreter import TensorSpec, TfliteModel
 from fuselite.runtime.labels import LabelSet, bundle_labels, typed_labels
 from fuselite.runtime.options import AnnotatorOptions
-from fuselite.runtime.preprocess import Preprocessor, check_output, frame_problem
+from fuselite.runtime.preprocess import Preprocessor, check_output, frame_problem, quant_equal
 from fuselite.runtime.results import AnnotationResult, Category, Latency
 from fuselite.runtime.smoothing import ScoreSmoother
-from fuselite.scoring import FrameScorer
+from fuselite.scoring import FrameScorer, sigmoid
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 FRAME_ERROR_LOG_EVERY = 100  # after the first, every this many frame errors get a log line
+
+
+class MappedOutput(NamedTuple):
+    """What :meth:`Annotator.infer` returns for a pooled model with a label map output.
+
+    Attributes:
+        embedding: The embedding output, as a single-output model's :meth:`infer` gives it.
+        label_map: The class activation map output ``[1, cells, D]``, raw.
+    """
+
+    embedding: np.ndarray
+    label_map: np.ndarray
 
 
 class FrameError(ValueError):
@@ -69,6 +88,9 @@ class Annotator:
         self._allowed = _allowed_indices(self._labels, options)
         self._allowed_labels = [self._labels[i] for i in self._allowed]
         self._last_timestamp_ms = -np.inf
+        self._grid = map_grid(manifest, model.output, model.map_output) if options.explain else None
+        # A pooled model's map is its second output, read after each invoke.
+        self._cam = self._grid is not None and model.map_output is not None
 
     @classmethod
     def create(cls, options: AnnotatorOptions) -> Annotator:
@@ -117,6 +139,11 @@ class Annotator:
     def model(self) -> TfliteModel | None:
         """The loaded image model (``None`` once closed); a watchdog reads its invoke clock."""
         return self._model
+
+    @property
+    def map_grid(self) -> tuple[int, int] | None:
+        """``(rows, cols)`` of the label heatmaps, or ``None`` when results carry none."""
+        return self._grid
 
     @property
     def manifest(self) -> Manifest:
@@ -175,9 +202,10 @@ class Annotator:
         if model is None:
             raise ValueError("the annotator is closed; create a new one")
         start = time.perf_counter()
-        output = model.run(model_input)
+        embedding = model.run(model_input)
+        output = MappedOutput(embedding, model.label_map()) if self._cam else embedding
         inference_ms = _ms_since(start)
-        problem = self._scorer.problem(output)  # checked here, so no NaN score reaches a sink
+        problem = self._scorer.problem(embedding)  # checked here, so no NaN score reaches a sink
         if problem:
             raise FrameError(problem)
         return output, inference_ms
@@ -194,12 +222,27 @@ class Annotator:
             self._smoother.reset()
         self._last_timestamp_ms = timestamp_ms
         start = time.perf_counter()
-        probabilities = self._scorer(output)
+        probabilities = self._scorer(output.embedding if self._cam else output)
         scores, present = self._smoother.update(probabilities)
-        categories = self._categories(scores, present, probabilities)
+        categories = self._categories(scores, present, probabilities, output)
         all_scores = dict(zip(self._allowed_labels, scores[self._allowed].tolist()))
         latency = Latency(preprocess_ms, inference_ms, _ms_since(start))
         return AnnotationResult(timestamp_ms, categories, all_scores, latency)
+
+    def explain(self, frame_bgr: np.ndarray) -> tuple[Category, ...]:
+        """Every allowed label of one frame, present or not, with its score and, when the
+        bundle has label maps, where it fired (heatmap, peak, box); in label order.
+
+        For pictures of what the model looks at (``fuselite explain``), not for streams:
+        it neither smooths nor applies thresholds, ``max_results`` or the task.
+
+        Raises:
+            FrameError: the model's output for this frame cannot be scored (e.g. NaN).
+            ValueError: the frame is not a usable image, or the annotator is closed.
+        """
+        output, _ = self.infer(self.preprocess(frame_bgr))
+        probabilities = self._scorer(output.embedding if self._cam else output)
+        return self._build(self._allowed, probabilities, probabilities, output)
 
     def reset(self) -> None:
         """Forgets the smoothing state, e.g. before an unrelated stream."""
@@ -219,7 +262,7 @@ class Annotator:
         self.close()
 
     def _categories(
-        self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray
+        self, scores: np.ndarray, present: np.ndarray, raw: np.ndarray, output: np.ndarray
     ) -> tuple[Category, ...]:
         allowed = self._allowed
         if self._manifest.task == "single":
@@ -230,12 +273,82 @@ class Annotator:
             chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         if self._options.max_results is not None:
             chosen = chosen[: self._options.max_results]
+        return self._build(chosen, scores, raw, output)
+
+    def _build(self, chosen: np.ndarray, scores: np.ndarray, raw: np.ndarray,
+               output: np.ndarray) -> tuple[Category, ...]:
+        """The categories of the label indices ``chosen``, located when the bundle has maps."""
+        thresholds = self._thresholds
+        if self._grid is None or not len(chosen):
+            return tuple(Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(thresholds[i]))
+                         for i in chosen)
+        # One product, one peak search and one region growth for all of them (fuselite.maps).
+        if self._cam:
+            cells = cam_cells(_dequantized(output.label_map, self._manifest.label_maps.output_quant))
+            logits = self._scorer.cells_logits(cells, chosen)
+        else:
+            logits = self._scorer.cell_logits(output, chosen)
+        logits = logits.reshape(len(chosen), *self._grid)
+        # Peaks and regions on logits: strong cells' float32 probabilities all round to 1.0.
+        peaks, boxes = locate_many(logits, logit(np.asarray(thresholds)[chosen]).astype(np.float32))
+        heatmaps = sigmoid(logits)
         return tuple(
-            Category(
-                int(i), self._labels[i], float(scores[i]), float(raw[i]), float(self._thresholds[i])
-            )
-            for i in chosen
+            Category(int(i), self._labels[i], float(scores[i]), float(raw[i]), float(thresholds[i]),
+                     heatmap, tuple(peak), tuple(box))
+            for i, heatmap, peak, box in zip(chosen.tolist(), heatmaps, peaks.tolist(), boxes.tolist())
         )
+
+
+def map_grid(manifest: Manifest, output: TensorSpec, map_output: TensorSpec | None = None) -> tuple[int, int] | None:
+    """``(rows, cols)`` of a bundle's label heatmaps, or ``None`` when it has none.
+
+    The manifest's ``label_maps`` grid must match the cells of the output it names (the
+    embedding output's, or the label map output's for ``"cam"``).  A bundle written
+    before ``label_maps`` existed gets the grid of its output when that output is a
+    regional one (``[1, cells, D]`` with a square number of cells, not a classifier's
+    probabilities), so older regional bundles explain too.
+
+    Raises:
+        BundleError: the manifest's grid or quantization does not match the model.
+    """
+    maps = manifest.label_maps
+    if maps is not None and maps.source == "cam":
+        return _cam_grid(maps, map_output)
+    if map_output is not None:
+        raise BundleError("the image model has a label map output, but the manifest's label_maps does not "
+                          "name it; re-run `fuselite convert`")
+    cells = output.shape[1] if len(output.shape) == 3 else None
+    if maps is not None:
+        if cells != maps.grid[0] * maps.grid[1]:
+            raise BundleError(f"manifest label_maps grid {list(maps.grid)} does not match the image model's "
+                              f"output {list(output.shape)}; re-run `fuselite convert`")
+        return maps.grid
+    if cells is None or cells < 2 or manifest.label_source == "concepts" or manifest.output_activation != "none":
+        return None
+    return grid_shape(cells)
+
+
+def _cam_grid(maps, map_output: TensorSpec | None) -> tuple[int, int]:
+    """The grid of a ``"cam"`` bundle, checked against the model's label map output."""
+    if map_output is None or map_output.shape[1] != maps.grid[0] * maps.grid[1]:
+        shape = "no label map output" if map_output is None else f"a label map output {list(map_output.shape)}"
+        raise BundleError(f"manifest label_maps grid {list(maps.grid)} does not match the image model's "
+                          f"{shape}; re-run `fuselite convert`")
+    declared, actual = maps.output_quant, map_output.quantization
+    if (map_output.dtype.kind in "iu") != (declared is not None) or (
+            declared is not None and actual is not None and not quant_equal(declared, actual)):
+        raise BundleError(f"manifest label_maps.output_quant {declared} does not match the image model's label "
+                          f"map output ({map_output.dtype.name}, {actual}); re-run `fuselite convert`")
+    return maps.grid
+
+
+def _dequantized(values: np.ndarray, quant: tuple[float, int] | None) -> np.ndarray:
+    """``values`` as float32, dequantized with ``(scale, zero_point)`` when given."""
+    values = values.astype(np.float32)
+    if quant is not None:
+        values -= quant[1]
+        values *= quant[0]
+    return values
 
 
 def _allowed_indices(labels: tuple[str, ...], options: AnnotatorOptions) -> np.ndarray:

@@ -51,6 +51,12 @@ def _model_arguments(group) -> None:
         help="one score threshold for every label (default: the bundle's calibrated thresholds)",
     )
     group.add_argument("--max-results", type=int, help="report at most this many labels per frame")
+    group.add_argument(
+        "--no-explain",
+        dest="explain",
+        action="store_false",
+        help="skip where each label fired (heatmap, point, box); bundles without label maps never have them",
+    )
     group.add_argument("--allow", help="comma-separated labels to report (all others are hidden)")
     group.add_argument("--deny", help="comma-separated labels never to report")
     group.add_argument(
@@ -144,6 +150,16 @@ def _output_arguments(group) -> None:
         "--jsonl",
         default="-",
         help="file for the JSONL events, '-' for stdout (default), 'none' for none",
+    )
+    group.add_argument(
+        "--event-heatmaps",
+        action="store_true",
+        help="write each reported label's heatmap grid in its JSONL entry (point and box are always there)",
+    )
+    group.add_argument(
+        "--draw-heatmaps",
+        action="store_true",
+        help="tint the video, preview and window with the top labels' heatmaps",
     )
     group.add_argument(
         "--all-scores",
@@ -357,6 +373,7 @@ def _build_options(args: argparse.Namespace):
         labels=parse_label_text(args.labels) if args.labels is not None else None,
         smoothing=args.smoothing if args.smoothing is not None else (0.5 if temporal else 0.0),
         hysteresis=args.hysteresis if args.hysteresis is not None else (0.05 if temporal else 0.0),
+        explain=args.explain,
     )
     run_options = RunOptions(
         source=args.source,
@@ -367,6 +384,8 @@ def _build_options(args: argparse.Namespace):
         preview_bind=args.bind,
         preview_max_clients=args.preview_max_clients,
         all_scores=args.all_scores,
+        event_heatmaps=args.event_heatmaps,
+        draw_heatmaps=args.draw_heatmaps,
         display=args.display,
         fps_limit=args.fps_limit,
         max_frames=args.max_frames,

@@ -3,7 +3,8 @@
 The interpreter itself (ai_edge_litert, else tflite_runtime) comes from
 :mod:`fuselite.interpreter`, the one module that imports it.
 
-:class:`TfliteModel` wraps one single-input, single-output model loaded from
+:class:`TfliteModel` wraps one single-input model with one output (or an embedding
+and a label map, :func:`fuselite.maps.split_outputs`) loaded from
 bytes that :func:`fuselite.bundle.read_bundle` has already verified.  A bundle can be
 re-signed, so verified bytes may still hold a model that crashes the interpreter;
 before this process runs any of it, the model passes, in order: the flatbuffer
@@ -30,6 +31,7 @@ from fuselite.interpreter import (
     interpreter_name,
     tensor_quantization,
 )
+from fuselite.maps import split_outputs
 from fuselite.runtime.childprobe import probe_load
 from fuselite.runtime.graphcheck import check_graph
 
@@ -54,7 +56,10 @@ class TensorSpec:
 
 
 class TfliteModel:
-    """A loaded single-input, single-output TFLite model.
+    """A loaded single-input TFLite model: one output, or an embedding and a label map.
+
+    ``output`` is the embedding (what :meth:`run` returns); ``map_output`` the label map
+    of a pooled image model that carries one (:meth:`label_map` reads it), else ``None``.
 
     Example:
         >>> model = TfliteModel(bundle.model_bytes, num_threads=2, name="image model")
@@ -71,7 +76,7 @@ class TfliteModel:
         probe_load(model_bytes, interpreter_name(), num_threads, name)
         self._interpreter = _load(model_bytes, num_threads, name)
         self.input = _single_tensor(self._interpreter.get_input_details(), name, "input")
-        self.output = _single_tensor(self._interpreter.get_output_details(), name, "output")
+        self.output, self.map_output = _output_tensors(self._interpreter.get_output_details(), name)
         # When the invoke in progress started (time.monotonic(); 0.0: none runs), for the
         # run's watchdog (runtime/watchdog.py), which cannot interrupt an invoke but can see one.
         self.invoke_started = 0.0
@@ -98,6 +103,10 @@ class TfliteModel:
         finally:
             self.invoke_started = 0.0
         return interpreter.get_tensor(self.output.index)
+
+    def label_map(self) -> np.ndarray:
+        """A copy of the label map output of the last :meth:`run` (models with ``map_output``)."""
+        return self._interpreter.get_tensor(self.map_output.index)
 
     def invoke(self) -> None:
         """Invokes the model on whatever its input tensor holds (benchmarks call it alone).
@@ -178,7 +187,19 @@ def _load(model_bytes: bytes, num_threads: int, name: str) -> Any:
 def _single_tensor(details: list[dict], name: str, kind: str) -> TensorSpec:
     if len(details) != 1:
         raise BundleError(f"{name} has {len(details)} {kind}s; the runtime needs exactly one")
-    detail = details[0]
+    return _spec(details[0])
+
+
+def _output_tensors(details: list[dict], name: str) -> tuple[TensorSpec, TensorSpec | None]:
+    """The embedding output and the label map output (``None`` when there is none)."""
+    try:
+        embedding, label_map = split_outputs(details)
+    except ValueError as exc:
+        raise BundleError(f"{name} {exc}") from None
+    return _spec(embedding), None if label_map is None else _spec(label_map)
+
+
+def _spec(detail: dict) -> TensorSpec:
     return TensorSpec(
         index=int(detail["index"]),
         shape=tuple(int(s) for s in detail["shape"]),

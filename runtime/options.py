@@ -69,6 +69,10 @@ class AnnotatorOptions:
         hysteresis: A label turns on when its score reaches threshold + hysteresis and
             turns off only when it falls below threshold - hysteresis, so it does not
             flicker around its threshold. 0 turns this off.
+        explain: Give each reported label its heatmap, peak and box
+            (:class:`~fuselite.runtime.results.Category`) when the bundle has label maps
+            (regional bundles do; pooled ones, like imported classifiers, have none and
+            report labels without them).  Turn it off to save the per-label work.
     """
 
     bundle_path: str | Path
@@ -80,6 +84,7 @@ class AnnotatorOptions:
     labels: tuple[str, ...] | None = None
     smoothing: float = 0.0
     hysteresis: float = 0.0
+    explain: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bundle_path", Path(self.bundle_path))
@@ -137,6 +142,10 @@ class RunOptions:
         preview_max_clients: Preview connections served at once; more get HTTP 503.
         all_scores: Write every label's score in each JSONL event (``"scores"``), not
             only the reported labels.
+        event_heatmaps: Write each reported label's heatmap grid in its JSONL entry
+            (its ``point`` and ``box`` are always there when the annotator explains).
+        draw_heatmaps: Tint the overlay (video, preview, window) with the heatmaps of
+            the top reported labels, each outlined.
         display: ``"auto"`` shows an on-screen window when a display and an OpenCV GUI
             exist, ``"on"`` insists on one, ``"off"`` never opens one.
         fps_limit: Annotate at most this many frames per second; ``None`` for no limit.
@@ -177,6 +186,8 @@ class RunOptions:
     preview_bind: str = "127.0.0.1"
     preview_max_clients: int = 16
     all_scores: bool = False
+    event_heatmaps: bool = False
+    draw_heatmaps: bool = False
     display: str = "auto"
     fps_limit: float | None = None
     max_frames: int | None = None

@@ -43,7 +43,7 @@ from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
 from fuselite.runtime.overlay import draw_overlay
 from fuselite.runtime.preview import MjpegPreview
 from fuselite.runtime.reader import NO_PIXELS, Frame
-from fuselite.runtime.results import AnnotationResult
+from fuselite.runtime.results import AnnotationResult, Category
 from fuselite.runtime.stats import RunStats, describe
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,15 @@ def _score(value: float) -> float | None:
 
 
 def event_record(
-    frame: Frame, result: AnnotationResult, total_ms: float, all_scores: bool = False
+    frame: Frame, result: AnnotationResult, total_ms: float, all_scores: bool = False,
+    heatmaps: bool = False,
 ) -> dict[str, Any]:
     """The JSONL event for one annotated frame.
 
-    ``labels`` holds the reported labels; ``all_scores`` adds ``scores``, every
-    allowed label's score (formatting 50 of them per frame costs CPU, so it is opt-in).
+    ``labels`` holds the reported labels, each with ``point`` and ``box`` when the
+    annotator located it (:func:`label_entry`); ``heatmaps`` adds each one's grid.
+    ``all_scores`` adds ``scores``, every allowed label's score (formatting 50 of them
+    per frame costs CPU, so it is opt-in).
     """
     latency = result.latency
     record = {
@@ -78,7 +81,7 @@ def event_record(
         "frame": frame.index,
         "timestamp_ms": round(frame.timestamp_ms, 3),
         "time": round(frame.wall_time, 3),
-        "labels": [{"label": c.label, "score": _score(c.score)} for c in result.categories],
+        "labels": [label_entry(c, heatmaps) for c in result.categories],
     }
     if all_scores:
         record["scores"] = {label: _score(score) for label, score in result.scores.items()}
@@ -94,6 +97,22 @@ def event_record(
     if frame.name is not None:
         record["name"] = frame.name
     return record
+
+
+def label_entry(category: Category, heatmap: bool = False) -> dict[str, Any]:
+    """One reported label of an event: ``label``, ``score``, and where it fired.
+
+    ``point`` (normalised ``[x, y]``) and ``box`` (normalised ``[x0, y0, x1, y1]``)
+    to 4 decimals (a tenth of a pixel on a 1080p frame), when the annotator gave
+    them; ``heatmap`` adds the grid of probabilities, rows first, to 3 decimals.
+    """
+    entry: dict[str, Any] = {"label": category.label, "score": _score(category.score)}
+    if category.peak is not None:
+        entry["point"] = [round(v, 4) for v in category.peak]
+        entry["box"] = [round(v, 4) for v in category.box]
+    if heatmap and category.heatmap is not None:
+        entry["heatmap"] = np.round(category.heatmap.astype(np.float64), 3).tolist()
+    return entry
 
 
 def to_json_line(record: dict[str, Any]) -> str:
@@ -510,6 +529,8 @@ class Outputs:
         # busy board, see affinity.py), set before start().
         self.threaded = True
         self.all_scores = options.all_scores
+        self.event_heatmaps = options.event_heatmaps
+        self.draw_heatmaps = options.draw_heatmaps
         self.health: dict[str, SinkHealth] = {}
         self._failed: OutputsFailed | None = None
         try:
@@ -665,7 +686,7 @@ class Outputs:
         stats = self._stats
         stats.record(total_ms, inference_ms)
         if self.jsonl is not None or self.mqtt is not None:
-            record = event_record(frame, result, total_ms, self.all_scores)
+            record = event_record(frame, result, total_ms, self.all_scores, self.event_heatmaps)
             if self.jsonl is not None:
                 if self.camera is not None:
                     record = {"camera": self.camera, **record}
@@ -675,7 +696,7 @@ class Outputs:
         if not self.visual:
             return
         status = f"{stats.inference_fps:.1f} fps  dropped {stats.counters.dropped}"
-        image = draw_overlay(frame.image, result, status)
+        image = draw_overlay(frame.image, result, status, heatmaps=self.draw_heatmaps)
         if self.display is not None and not self.display.show(image):
             self.stop_reason = "window"
         if self.video is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Category:
@@ -16,6 +18,13 @@ class Category:
             smoothing is off).
         raw_score: This frame's probability alone.
         threshold: The threshold the label was judged against.
+        heatmap: float32 ``[rows, cols]``: this frame's probability of the label in each
+            cell of the model's grid, or ``None`` (the bundle has no label maps, or
+            ``AnnotatorOptions.explain`` is off).
+        peak: Normalised ``(x, y)`` in the frame of the heatmap's best cell (0..1, left
+            and top are 0), or ``None`` without a heatmap.
+        box: Normalised ``(x0, y0, x1, y1)`` around the cells at or above ``threshold``
+            that touch the peak cell (the peak cell alone when none is), or ``None``.
     """
 
     index: int
@@ -23,6 +32,9 @@ class Category:
     score: float
     raw_score: float
     threshold: float
+    heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
+    peak: tuple[float, float] | None = None
+    box: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,18 @@ def int8_bundle(colour_bundles) -> Path:
 
 
 @pytest.fixture(scope="session")
+def regional_colour_bundles(tmp_path_factory) -> dict[str, Path]:
+    """``{variant: path}``: fp32 and int8 colour bundles whose image model outputs one
+    embedding per 8x8 cell (``[1, 16, 8]``, a 4x4 grid named in ``label_maps``).
+
+    A coloured patch lights up its label in the cells it covers, so heatmaps have a
+    known answer.  Treat the files as read-only.
+    """
+    return build_colour_bundles(tmp_path_factory.mktemp("regional-colour"), variants=("fp32", "int8"),
+                                regional=True)
+
+
+@pytest.fixture(scope="session")
 def red_blue_clip(tmp_path_factory) -> Path:
     """20 red frames then 20 blue frames, 160x120 at 25 fps."""
     return write_clip(tmp_path_factory.mktemp("clips") / "red_blue.mp4", [RED, BLUE], frames_each=20)

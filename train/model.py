@@ -248,6 +248,61 @@ def _regional_head(features, config: TrainConfig):
     return keras.layers.UnitNormalization(axis=-1, name="embedding")(x)
 
 
+# --- class activation map of a pooled tower -------------------------------------------
+# A global tower ends ``features -> pool (average) -> project (dense) -> embedding``.  The
+# projection is linear and the pool an average, so the projection applied to each cell of
+# the feature map, ``u_c = W f_c + b``, averages to the pooled projection: the tower's
+# class activation map, one matrix product on cells the backbone already computed.
+# ``fuselite convert`` exports it as the image model's second output; the board scores
+# each cell against a label (fuselite.maps.cam_cells).  A regional tower needs none of
+# this: its cells are its output.
+LABEL_MAP_OUTPUT = "label_map"
+
+
+def label_map_grid(encoder: keras.Model) -> tuple[int, int] | None:
+    """``(rows, cols)`` of the class activation map :func:`with_label_map` adds, or None.
+
+    None when the tower has no pooling-then-linear head to project per cell: a regional
+    tower (its output is already per cell), the tiny tower's ``avgmax`` pooling (the
+    maximum is not linear), or a tower whose head layers are wrapped (quantization-aware
+    training renames them).
+    """
+    head = _pooled_head(encoder)
+    if head is None:
+        return None
+    features = head[0].get_input_at(0)
+    return int(features.shape[1]), int(features.shape[2])
+
+
+def with_label_map(encoder: keras.Model) -> keras.Model | None:
+    """A model sharing ``encoder``'s layers that outputs ``[embedding [D], label map
+    [cells, D]]``, or None when :func:`label_map_grid` finds no head to project per cell."""
+    grid = label_map_grid(encoder)
+    if grid is None:
+        return None
+    pool, project = _pooled_head(encoder)
+    cells = project(pool.get_input_at(0))  # Dense acts on the last axis: one projection per cell
+    cells = keras.layers.Reshape((grid[0] * grid[1], int(project.units)), name=LABEL_MAP_OUTPUT)(cells)
+    return keras.Model(encoder.inputs, [encoder.output, cells], name=f"{encoder.name}_with_map")
+
+
+def _pooled_head(encoder: keras.Model):
+    """``(pool, project)`` layers of a pooling-then-linear head, or None."""
+    if len(encoder.output_shape) != 2:
+        return None
+    try:
+        pool, project = encoder.get_layer("pool"), encoder.get_layer("project")
+    except ValueError:
+        return None
+    if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or not isinstance(project, keras.layers.Dense):
+        return None
+    # The first node is the tower's own (later ones are maps made by with_label_map); with
+    # avgmax the average and the maximum are concatenated before the projection.
+    if project.get_input_at(0) is not pool.get_output_at(0):
+        return None
+    return pool, project
+
+
 def mirror_averaged(encoder: keras.Model) -> keras.Model:
     """``encoder`` run on an image and on its left-right mirror, the two embeddings averaged.
 

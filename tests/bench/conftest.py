@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.bundles import build_colour_bundles, build_dynamic_colour_bundle, repack
+from support.bundles import build_dynamic_colour_bundle, repack
 from support.frames import write_colour_dataset
 
 from fuselite.bench.runner import run_bench
@@ -63,8 +63,6 @@ def good_bundles(tmp_path, bundle_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def regional_dir(tmp_path_factory) -> Path:
+def regional_dir(regional_colour_bundles) -> Path:
     """fp32 and int8 multi-label colour bundles whose image model outputs ``[1, 16, 8]`` (one per cell)."""
-    folder = tmp_path_factory.mktemp("regional")
-    build_colour_bundles(folder, variants=("fp32", "int8"), regional=True)
-    return folder
+    return regional_colour_bundles["fp32"].parent

@@ -148,3 +148,17 @@ def test_a_run_that_does_not_load_is_a_failed_reference_row(good_bundles, colour
     assert (reference.kind, reference.status) == ("reference", "load_failed")
     assert "missing" in reference.message
     assert [r.status for r in report.bundles] == ["ok", "ok"]
+
+
+def test_regional_bundles_get_a_pointing_game_on_scenes_whose_objects_are_known(regional_dir):
+    """The colour bundles' "red", "green" and "blue" cells light up on the scenes' objects of
+    that colour: the pointing game column must be there and far above a random peak's rate."""
+    from fuselite.bench.report import format_table
+    from fuselite.bench.runner import run_bench
+
+    report = run_bench(regional_dir, "scenes", None, threads=1, warmup=0, runs=2, sustain_s=0, samples=60,
+                       reference=False)
+    for row in report.rows:
+        assert row.status == "ok", row.message
+        assert row.metrics["pointing_game"] >= row.metrics["pointing_chance"] + 0.3
+    assert "pointing game %" in format_table(report)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuselite.bundle import Manifest, Preprocessing, read_bundle, write_bundle
+from fuselite.bundle import LabelMaps, Manifest, Preprocessing, read_bundle, write_bundle
 from fuselite.tokenizer import Tokenizer
 
 # --- colour bundles ----------------------------------------------------------------
@@ -205,16 +205,21 @@ def colour_text_parts() -> dict:
 
 def build_colour_bundles(out_dir: Path, variants=tuple(COLOUR_VARIANTS), input_size=INPUT_SIZE, width=0,
                          regional=False, task="multi") -> dict[str, Path]:
-    """Writes ``<variant>.tflite`` for each of ``variants`` into ``out_dir``; returns their paths."""
+    """Writes ``<variant>.tflite`` for each of ``variants`` into ``out_dir``; returns their paths.
+
+    A ``regional`` bundle's manifest names its grid of cells (``label_maps``), as
+    ``fuselite convert`` writes it.
+    """
     out_dir = Path(out_dir)
     text = colour_text_parts()
     image_model = colour_image_model(input_size, width=width, regional=regional)
+    maps = LabelMaps(grid=(input_size[0] // REGION, input_size[1] // REGION)) if regional else None
     paths = {}
     for variant in variants:
         io_type = COLOUR_VARIANTS[variant]
         model_bytes = to_tflite(image_model, "int8" if io_type else None,
                                 colour_frames(image_model.inputs[0].shape), io_type)
-        manifest = colour_manifest(variant, model_bytes, input_size, task=task)
+        manifest = colour_manifest(variant, model_bytes, input_size, task=task, label_maps=maps)
         paths[variant] = write_bundle(out_dir / f"{variant}.tflite", model_bytes=model_bytes,
                                       manifest=manifest, **text)
     return paths

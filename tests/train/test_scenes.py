@@ -10,6 +10,7 @@ from fuselite.data.scenes import (
     SceneObject,
     SceneSpec,
     generate_scenes,
+    object_box,
     random_objects,
     render_scene,
     scene_caption,
@@ -124,6 +125,28 @@ def test_object_centre_has_its_nominal_colour(color, shape):
     x, y = round(obj.center[0]), round(obj.center[1])
     centre = image[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).mean(axis=0)
     assert np.abs(centre - np.array(COLOR_RGB[color])).max() < 30
+
+
+@pytest.mark.parametrize("shape", SPEC.shapes)
+def test_each_objects_box_holds_exactly_its_drawn_pixels(shape):
+    """The recorded box (the pointing game's ground truth) bounds the object's pixels tightly."""
+    spec = SceneSpec(noise=0.0, clutter=0)
+    obj = SceneObject("red", shape, "large", (27.4, 35.2), 0.22 * 64, angle=17.0)
+    image = render_scene([obj], 64, np.random.default_rng(0), spec)
+    ys, xs = np.nonzero(image[..., 0].astype(int) - image[..., 2] > 100)  # red where the object is
+    x0, y0, x1, y1 = (v * 64 for v in object_box(obj, 64).box)  # pixel i spans [i, i + 1]
+    drawn = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    # Equal within the anti-aliased pixel that the outline partly covers on each side.
+    assert np.abs(np.subtract(drawn, (x0, y0, x1, y1))).max() <= 1.1
+    assert object_box(obj, 64).tags == ("red", shape, f"red {shape}", "large", f"large {shape}")
+
+
+def test_generated_scenes_record_one_box_per_object_with_its_tags():
+    data = generate_scenes(20, SPEC, seed=3)
+    for tags, objects in zip(data.tags, data.objects):
+        assert {t for o in objects for t in o.tags} == set(tags)
+        assert all(0.0 <= o.box[0] < o.box[2] <= 1.0 and 0.0 <= o.box[1] < o.box[3] <= 1.0 for o in objects)
+    assert data.subset([4, 2]).objects == [data.objects[4], data.objects[2]]
 
 
 def test_spec_rejects_unknown_colour_and_heldout_outside_the_spec():

@@ -70,6 +70,15 @@ def test_single_label_run_with_shortcuts_learns_and_reports_calibrated_probabili
 
 
 @pytest.mark.slow
+def test_tiny_run_maps_point_at_the_drawn_objects_well_above_chance(tiny_run: Path):
+    """The pointing game in metrics.json: each label's heatmap peaks on an object carrying it."""
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics["pointing_game_pairs"] > 500 and metrics["pointing_game_heldout_pairs"] > 50
+    assert 0.15 < metrics["pointing_game_chance"] < 0.5  # an 8x8 grid, objects of 10-26 % of the side
+    assert metrics["pointing_game"] >= metrics["pointing_game_chance"] + 0.3
+    assert metrics["pointing_game_heldout"] >= metrics["pointing_game_heldout_chance"] + 0.2
+
+
 def test_heldout_phrases_are_never_training_labels(tiny_run: Path):
     labels = set(json.loads((tiny_run / "labels.json").read_text())["labels"])
     phrases = json.loads((tiny_run / "metrics.json").read_text())["heldout_combo_ap_per_phrase"]
