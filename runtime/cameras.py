@@ -258,6 +258,7 @@ def _camera_options(name: str, values: dict, threads: int, where: _Where) -> Cam
         "labels": values.get("labels"),
         "smoothing": values.get("smoothing", 0.5 if temporal else 0.0),
         "hysteresis": values.get("hysteresis", 0.05 if temporal else 0.0),
+        "explain": values.get("explain", True),
     }
     run_values = {
         "source": values["source"],
@@ -267,6 +268,8 @@ def _camera_options(name: str, values: dict, threads: int, where: _Where) -> Cam
         "video_out": values.get("video"),
         "video_segment_minutes": values.get("video_segment_minutes"),
         "all_scores": values.get("all_scores", False),
+        "event_heatmaps": values.get("event_heatmaps", False),
+        "draw_heatmaps": values.get("draw_heatmaps", False),
         "display": "off",
         "fps_limit": values.get("fps"),
         "max_frames": values.get("max_frames"),
@@ -490,6 +493,9 @@ CAMERA_KEYS: dict[str, Callable[[Any], Any]] = {
     "jsonl": _path,
     "jsonl_rotate_mb": _positive,
     "all_scores": _flag,
+    "explain": _flag,
+    "event_heatmaps": _flag,
+    "draw_heatmaps": _flag,
     "video": _path,
     "video_segment_minutes": _seconds,
     "keep_gb": _positive,

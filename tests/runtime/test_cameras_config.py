@@ -37,6 +37,8 @@ source = 0
 bundle = "/etc/fuselite/yard.tflite"
 fps = 2
 allow = ["dog"]
+explain = false
+draw_heatmaps = true
 
 [mqtt]
 url = "mqtt://broker:1883"
@@ -66,6 +68,9 @@ def test_a_good_cameras_file_gives_each_camera_its_options_and_keeps_the_mqtt_ta
     assert (config.retention.keep_gb, config.preview_port, config.threads) == (20.0, 8080, 2)
     assert config.mqtt == {"url": "mqtt://broker:1883", "username": "fuselite"}  # as written
     assert door.annotator.num_threads == yard.annotator.num_threads == 2
+    # where labels fired: on by default, per camera
+    assert door.annotator.explain and not yard.annotator.explain
+    assert yard.run.draw_heatmaps and not door.run.draw_heatmaps and not door.run.event_heatmaps
 
 
 CAMERA = '[[camera]]\nname = "door"\nsource = "clip.mp4"\nbundle = "m.tflite"\n'
