@@ -1,6 +1,6 @@
 """The tiny tower trains long enough on a small split (issue 32: sensible defaults).
 
-On 1,164 clip-art pictures the custom config's 40 epochs stopped the tiny tower while its
+On 1,663 clip-art training pictures the custom config's 40 epochs stopped the tiny tower while its
 validation score was still rising; the custom config now trains it at least 1,500 steps.
 """
 
