@@ -782,11 +782,20 @@ def discovery_config(settings: MqttSettings, camera: _Camera, label: str) -> tup
 
 
 def _json_bytes(record: dict[str, Any]) -> bytes:
-    """Compact JSON; a non-finite number (JSON has none) becomes ``null``."""
+    """:func:`compact_json` as UTF-8 bytes, an MQTT payload."""
+    return compact_json(record).encode()
+
+
+def compact_json(record: dict[str, Any]) -> str:
+    """Compact JSON text; a non-finite number anywhere (JSON has none) becomes ``null``.
+
+    Shared by the JSONL writer (:func:`fuselite.runtime.outputs.to_json_line`) and the
+    MQTT payloads, so an event reads the same in both.
+    """
     try:
-        return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+        return json.dumps(record, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(record), separators=(",", ":")).encode()
+        return json.dumps(_finite(record), separators=(",", ":"))
 
 
 def _finite(value: Any) -> Any:

@@ -17,7 +17,6 @@ with one line (:class:`OutputsFailed`).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from fuselite.errors import UserError
 from fuselite.runtime.affinity import pin_thread
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.handoff import LazyHandoff
-from fuselite.runtime.mqtt import MqttPublisher
+from fuselite.runtime.mqtt import MqttPublisher, compact_json
 from fuselite.runtime.options import DEFAULT_SEGMENT_MINUTES, RunOptions
 from fuselite.runtime.overlay import draw_overlay
 from fuselite.runtime.preview import MjpegPreview
@@ -117,20 +116,7 @@ def label_entry(category: Category, heatmap: bool = False) -> dict[str, Any]:
 
 def to_json_line(record: dict[str, Any]) -> str:
     """One compact JSON line; a non-finite number anywhere becomes ``null``."""
-    try:
-        return json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n"
-    except ValueError:
-        return json.dumps(_finite(record), separators=(",", ":")) + "\n"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    return value
+    return compact_json(record) + "\n"
 
 
 _STDOUT_LOCK = threading.Lock()

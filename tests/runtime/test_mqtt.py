@@ -47,6 +47,7 @@ class Subscriber:
     def __init__(self, port: int, session: str | None = None) -> None:
         self.messages: list = []
         self._lock = threading.Lock()
+        self.subscribed = threading.Event()  # the broker acknowledged the subscription
         self.client = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=session or "",
@@ -54,6 +55,7 @@ class Subscriber:
         )
         self.client.reconnect_delay_set(0.1, 0.2)
         self.client.on_connect = lambda c, *a: c.subscribe("#", qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -105,6 +107,9 @@ def subscribers():
 
     def make(port: int, session: str | None = None) -> Subscriber:
         made.append(Subscriber(port, session))
+        # Subscribed before the test publishes: events are not retained, so one published
+        # before the broker acknowledged the subscription would never reach it.
+        assert made[-1].subscribed.wait(15.0), "the test subscriber never got its subscription"
         return made[-1]
 
     yield make
