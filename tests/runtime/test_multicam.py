@@ -308,3 +308,28 @@ def test_a_missing_bundle_or_video_is_one_line_naming_the_camera(
         assert done.returncode == 2, done.stderr
         (line,) = error_lines(done.stderr)
         assert f"camera '{name}'" in line and expected in line, line
+
+
+def test_each_camera_says_where_its_labels_fired_and_can_turn_it_off(regional_colour_bundles, tmp_path):
+    """A regional bundle in a cameras file: events carry each label's point and box, as a
+    single-camera run's do, unless the camera says ``explain = false``."""
+    import cv2
+
+    frame = np.concatenate([solid(RED), solid(BLUE)], axis=1)  # red left, blue right
+    clip = tmp_path / "halves.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25, frame.shape[1::-1])
+    for _ in range(6):
+        writer.write(frame)
+    writer.release()
+    bundle = regional_colour_bundles["int8"]
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        "threads = 1\nstats_interval = 0\n"
+        + camera_toml("where", clip, bundle, tmp_path, labels=["red", "blue"])
+        + camera_toml("quiet", clip, bundle, tmp_path, labels=["red", "blue"], explain=False)
+    )
+    run_cameras(load_cameras_config(config))
+    located = {lab["label"]: lab for lab in events(tmp_path / "where.jsonl")[-1]["labels"]}
+    assert located["red"]["point"][0] < 0.5 < located["blue"]["point"][0]
+    assert all(0 <= v <= 1 for lab in located.values() for v in lab["box"])
+    assert not [lab for e in events(tmp_path / "quiet.jsonl") for lab in e["labels"] if "point" in lab]
