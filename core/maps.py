@@ -21,7 +21,9 @@ From a heatmap this module derives what an event or a picture needs:
   the label's object boxes; :func:`pointing_chance` gives the hit rate of a peak
   drawn at random, the baseline to read it against.
 
-This module imports numpy and OpenCV (its connected components), no TensorFlow.
+This module imports numpy, and OpenCV (its connected components) only when it locates:
+``fuselite devices verify``'s probe imports it on board environments without OpenCV.
+No TensorFlow.
 
 Example:
     >>> maps = cell_probabilities(cells, label_embeddings, 12.0, -4.0)   # [labels, rows, cols]
@@ -35,7 +37,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from fuselite.scoring import sigmoid
@@ -210,6 +211,8 @@ def locate_many(heatmaps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarra
     cell cost more than the invoke of a small model (0.12 ms for 9 labels on a 4x4 grid
     against 0.04 ms this way).
     """
+    import cv2  # here, not at the top: the device probe reads outputs without OpenCV
+
     count, rows, cols = heatmaps.shape
     peak_rows, peak_cols = np.divmod(heatmaps.reshape(count, -1).argmax(axis=1), cols)
     masks = np.zeros((rows, count, cols + 1), np.uint8)  # the empty last column keeps them apart

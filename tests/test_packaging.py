@@ -51,3 +51,15 @@ def test_device_side_never_imports_tensorflow(module: str):
     )
     printed = subprocess.check_output([sys.executable, "-c", code], text=True, cwd="/")
     assert printed.strip() == "[]", f"{module} imports {printed.strip()}"
+
+
+def test_the_device_probe_imports_without_opencv():
+    """`fuselite devices verify` runs the probe where only numpy and the interpreter are
+    installed (tflite-runtime boards): nothing it imports may need OpenCV at import time."""
+    code = (
+        "import sys\n"
+        "sys.modules['cv2'] = None  # an import of cv2 now raises ImportError\n"
+        "import fuselite.devices.probe\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], text=True, capture_output=True, cwd="/")
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1]
