@@ -296,10 +296,18 @@ def test_the_default_tolerance_refuses_a_badly_calibrated_int8_conversion(tiny_c
     # for real images: the kind of broken conversion the gate exists for.
     grey = np.full_like(tiny_converter.calibration, 127)
     monkeypatch.setattr(tiny_converter, "calibration", grey)
+    # The product's budget (1 pt), not the shared test converter's 3 pt: training is not
+    # bit-reproducible, and in one CI run the grey-calibrated bundle kept 0.767 of the top
+    # labels (over the 0.75 floor) at -1.27 pt, written under 3 pt. It must be refused either
+    # as a broken conversion (agreement under 0.75) or by the budget.
+    monkeypatch.setattr(tiny_converter, "options", replace(tiny_converter.options, max_loss=1.0))
     broken = replace(get_variant("int8"), name="int8-grey")
     result = tiny_converter.convert(broken)
-    assert result.status == "failed" and "broken conversion" in result.message
-    assert "--calibration-samples" in result.message
+    assert result.status == "failed", result.message
+    if "broken conversion" in result.message:
+        assert "--calibration-samples" in result.message
+    else:
+        assert result.message.startswith("lost ") and "--max-loss" in result.message
     assert not (tiny_converter.out_dir / "int8-grey.tflite").exists()
 
 
