@@ -322,6 +322,11 @@ def resolve_image_size(config: TrainConfig) -> tuple[TrainConfig, str]:
     return config.with_overrides(image_size=size), f"chosen from the data: {why}; --image-size N sets it"
 
 
+def steps_per_epoch(config: TrainConfig, train_items: int) -> int:
+    """Optimizer steps in one epoch over ``train_items`` items (a last partial batch is dropped)."""
+    return max(1, train_items // config.batch_size)
+
+
 def resolve_epochs(config: TrainConfig, train_items: int) -> tuple[TrainConfig, str]:
     """The config with ``epochs`` settled for ``train_items`` training items, and why (for the log).
 
@@ -333,8 +338,7 @@ def resolve_epochs(config: TrainConfig, train_items: int) -> tuple[TrainConfig, 
     if not config.epochs_from_data:
         return config, ""
     settled = config.with_overrides(epochs_from_data=False)
-    steps = max(1, train_items // config.batch_size)
-    needed = min(MAX_DATA_EPOCHS, -(-MIN_TINY_STEPS // steps))
+    needed = min(MAX_DATA_EPOCHS, -(-MIN_TINY_STEPS // steps_per_epoch(config, train_items)))
     if config.pretrained or needed <= config.epochs:
         return settled, ""
     why = f"raised from {config.epochs} for at least {MIN_TINY_STEPS} steps on {train_items} training items"

@@ -32,7 +32,13 @@ from fuselite.files import write_atomic
 from fuselite.metrics import mean_average_precision, top1_accuracy
 from fuselite.train.backend import keras, tf
 from fuselite.train.callbacks import CheckpointAndStop, ProgressBar, WeightAverage
-from fuselite.train.configs import TrainConfig, resolve_backbone, resolve_epochs, resolve_image_size
+from fuselite.train.configs import (
+    TrainConfig,
+    resolve_backbone,
+    resolve_epochs,
+    resolve_image_size,
+    steps_per_epoch,
+)
 from fuselite.train.distill import TeacherEnsemble, agreement, teacher_soft_labels
 from fuselite.train.distributed import (
     chief_output,
@@ -171,7 +177,7 @@ def describe_run(config: TrainConfig, data: RunData, labels: list[str], size_not
             else "several per image, scored by mAP")
     backbone = ("tiny (trained from scratch)" if not config.pretrained
                 else f"{config.backbone} (ImageNet-pretrained, frozen)")
-    steps = max(1, len(data.train) // config.batch_size)
+    steps = steps_per_epoch(config, len(data.train))
     lines = [
         f"data: {config.data or config.name}",
         f"  items    {used} used{skipped}",
@@ -275,7 +281,7 @@ def _fit(config: TrainConfig, run_dir: Path, data: RunData, labels, tokenizer, r
          strategy=None):
     strategy = strategy or distribution_strategy()
     soft_train, soft_val = _teacher_soft_labels(config, data, labels)
-    steps = max(1, len(data.train) // config.batch_size)
+    steps = steps_per_epoch(config, len(data.train))
     with strategy.scope():
         model, optimizer = _build_model(config, data, labels, tokenizer, steps)
     if earlier is not None and not resume:  # a resumed run restores its own checkpoint
@@ -355,7 +361,7 @@ def _fine_tune(model: FusedModel, config: TrainConfig, data: RunData, labels, to
     before = validation_score(model, data.val, labels)
     kept = model.get_weights()
     unfrozen = unfreeze_top_blocks(model.image_encoder, config.unfreeze)
-    steps = max(1, len(data.train) // config.batch_size)
+    steps = steps_per_epoch(config, len(data.train))
     train_ds = make_dataset(data.train, labels, tokenizer, config, training=True, soft_labels=soft_train)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate * FINE_TUNE_RATE, config.unfreeze_epochs * steps)
