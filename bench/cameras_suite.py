@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from fuselite.bench.measure import vm_hwm_kib
+
 TOTAL_RATIO_TARGET = 0.9
 SPREAD_TARGET = 0.10
 RSS_TARGET_MB = 200.0
@@ -172,13 +174,8 @@ def child_peak_rss_mb(pid: int) -> float:
     before ``exec``, a fork of this benchmark (146 MB here against the 83 MB
     ``/usr/bin/time -v`` gives for the same run).
     """
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
+    kib = vm_hwm_kib(pid)
+    return 0.0 if kib is None else kib / 1024
 
 
 def measure(name: str, sources: list, args, round_number: int) -> dict:

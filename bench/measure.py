@@ -235,6 +235,20 @@ def sustained(annotator, frames: np.ndarray, seconds: float, heartbeat: Heartbea
             "sustained_cpu_s": time.process_time() - cpu_start}
 
 
+def vm_hwm_kib(pid: int | str = "self") -> int | None:
+    """A process's ``VmHWM``: its peak resident memory since its last ``exec``, in KiB.
+
+    ``None`` where ``/proc`` does not say (not Linux, or the process is gone).
+    """
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_memory_mb() -> float:
     """Peak resident memory of this process so far, in MB (10^6 bytes).
 
@@ -242,12 +256,9 @@ def peak_memory_mb() -> float:
     fallback elsewhere, but it keeps the high-water mark of the parent from before
     ``exec`` (a parent holding TensorFlow would show up in every child).
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e6
-    except (OSError, ValueError, IndexError):
-        pass
+    kib = vm_hwm_kib()
+    if kib is not None:
+        return kib * 1024 / 1e6
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak * (1 if sys.platform == "darwin" else 1024) / 1e6
 
