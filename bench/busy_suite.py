@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fuselite.bench.measure import vm_hwm_kib
+
 SEQUENTIAL_SCRIPT = """
 import json, sys, time
 import cv2, numpy as np
@@ -101,9 +103,15 @@ def _start(command: list[str]) -> subprocess.Popen:
 
 
 def _finish(process: subprocess.Popen, timeout: float = 900.0) -> tuple[str, float]:
-    """Waits for ``process``; its stdout and its peak RSS in MB (``ru_maxrss``)."""
+    """Waits for ``process``; its stdout and its peak RSS in MiB.
+
+    The peak is the child's own ``VmHWM``, read while it runs: ``wait4``'s ``ru_maxrss``
+    keeps the high-water mark this benchmark had when it forked, before ``exec``.
+    """
     deadline = time.monotonic() + timeout
+    peak_kib = 0
     while True:
+        peak_kib = max(peak_kib, vm_hwm_kib(process.pid) or 0)
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
@@ -115,7 +123,7 @@ def _finish(process: subprocess.Popen, timeout: float = 900.0) -> tuple[str, flo
     out, err = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"exit {process.returncode}: {err.strip()[-400:]}")
-    return out, usage.ru_maxrss / 1024
+    return out, (peak_kib or usage.ru_maxrss) / 1024  # ru_maxrss only where /proc is silent
 
 
 def _python(script: str, *args: object) -> list[str]:

@@ -158,6 +158,16 @@ class FrameScorer:
 
     def __call__(self, model_output: np.ndarray) -> np.ndarray:
         """Returns float32 probabilities, one per label."""
+        return self.scores_and_cells(model_output)[0]
+
+    def scores_and_cells(self, model_output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(probabilities, cell logits)``: what :meth:`__call__` returns and, for a
+        regional output, every label's logit in every cell ``[labels, cells]`` (None for
+        a pooled one).
+
+        The runtime locates labels from the cell logits it scored the frame with, instead
+        of dequantizing and multiplying the cells a second time (:meth:`cell_logits`).
+        """
         embedding = self.embedding(model_output)
         if self._sparse is not None and embedding.ndim == 1:
             rows, labels, values = self._sparse
@@ -165,10 +175,10 @@ class FrameScorer:
             logits = logits.astype(np.float32)
         else:
             logits = embedding @ self.weights
-        if logits.ndim == 2:  # regional: the best cell per label (logit_scale > 0)
-            logits = logits.max(axis=0)
         logits += self.bias
-        return sigmoid(logits)
+        if logits.ndim == 2:  # regional: the best cell per label (logit_scale > 0)
+            return sigmoid(logits.max(axis=0)), logits.T  # rows of labels, picked cheaply
+        return sigmoid(logits), None
 
     def cell_logits(self, model_output: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Logits ``[len(labels), cells]`` of the labels at indices ``labels`` in each cell of a

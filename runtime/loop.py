@@ -79,6 +79,7 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
         InterpreterNotFoundError: no TFLite interpreter is installed.
     """
     stop = threading.Event()
+    annotator_options = located_only_if_read(annotator_options, options)
     load = LoadSample()  # over the model's loading: what other programs leave free
     watchdog = RunWatchdog(annotator_options.bundle_path.name)
     with _stop_on_signals(stop), watchdog, contextlib.ExitStack() as stack:
@@ -109,6 +110,20 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
         with pinned(schedule.split.inference if schedule.split else None):
             return _annotate_stream(source, annotator, outputs, options, stop)
 
+
+
+def located_only_if_read(
+    annotator_options: AnnotatorOptions, options: RunOptions, mqtt: bool = False
+) -> AnnotatorOptions:
+    """``annotator_options`` with explanations off when no output of the run reads them.
+
+    Locating every reported label costs CPU on each frame (see docs/explanations.md);
+    a run that only shows a preview or records video without heatmaps never uses it.
+    """
+    if annotator_options.explain and not options.reads_locations(mqtt):
+        log.debug("explanations off: no output of this run uses where labels fired")
+        return replace(annotator_options, explain=False)
+    return annotator_options
 
 def _budget(options: RunOptions, load_invoke_s: float) -> tuple[float, str]:
     """``(seconds one invoke may take, where that came from)``: the option, else the rule

@@ -40,6 +40,7 @@ from fuselite.runtime.loop import (
     _one_line,
     _setup_errors,
     _stop_on_signals,
+    located_only_if_read,
 )
 from fuselite.runtime.mqtt import MqttPublisher, mqtt_settings_from_table
 from fuselite.runtime.options import AnnotatorOptions
@@ -268,7 +269,10 @@ def run_cameras(
         models = SharedModels(config.threads)
         stack.callback(models.close)
         previews = _previews(config, names, stack)
-        slots = [_camera_source(camera, models, previews is not None) for camera in config.cameras]
+        slots = [
+            _camera_source(camera, models, previews is not None, config.mqtt is not None)
+            for camera in config.cameras
+        ]
         _start_sources(slots, wake, stack)
         # Sinks shared by every camera (one per process, such as a broker connection made
         # from config.mqtt) are created here, once, and handed to each camera's Outputs.
@@ -318,10 +322,13 @@ def _camera_errors(camera: CameraConfig):
         raise SetupError(f"camera {camera.name!r}: {exc}") from None
 
 
-def _camera_source(camera: CameraConfig, models: SharedModels, visual: bool) -> CameraSlot:
+def _camera_source(
+    camera: CameraConfig, models: SharedModels, visual: bool, mqtt: bool
+) -> CameraSlot:
     """Loads (or shares) the camera's model and makes its source (started later)."""
     with _camera_errors(camera):
-        annotator = shared_annotator(camera.annotator, models, camera.label_thresholds)
+        annotator_options = located_only_if_read(camera.annotator, camera.run, mqtt)
+        annotator = shared_annotator(annotator_options, models, camera.label_thresholds)
         decode_threads = camera.run.decode_threads
         capture = capture_for(
             camera.run.source,

@@ -204,6 +204,12 @@ class RunOptions:
     jsonl_rotate_mb: float | None = None
     mqtt: MqttSettings | None = None
 
+    def reads_locations(self, mqtt: bool = False) -> bool:
+        """Whether an output of this run uses where labels fired: events (JSONL, or MQTT
+        when ``mqtt`` or :attr:`mqtt` is set) carry each label's point and box, and
+        ``draw_heatmaps`` tints the pictures.  A run without one skips locating."""
+        return bool(self.jsonl is not None or mqtt or self.mqtt is not None or self.draw_heatmaps)
+
     def __post_init__(self) -> None:
         if not str(self.source).strip():
             raise ValueError("source must name a camera index, a file, a folder or a URL")

@@ -106,9 +106,9 @@ def label_entry(category: Category, heatmap: bool = False) -> dict[str, Any]:
     them; ``heatmap`` adds the grid of probabilities, rows first, to 3 decimals.
     """
     entry: dict[str, Any] = {"label": category.label, "score": _score(category.score)}
-    if category.peak is not None:
-        entry["point"] = [round(v, 4) for v in category.peak]
-        entry["box"] = [round(v, 4) for v in category.box]
+    if category.peak is not None:  # the annotator rounds them to 4 decimals
+        entry["point"] = list(category.peak)
+        entry["box"] = list(category.box)
     if heatmap and category.heatmap is not None:
         entry["heatmap"] = np.round(category.heatmap.astype(np.float64), 3).tolist()
     return entry

@@ -22,9 +22,10 @@ class Category:
             cell of the model's grid, or ``None`` (the bundle has no label maps, or
             ``AnnotatorOptions.explain`` is off).
         peak: Normalised ``(x, y)`` in the frame of the heatmap's best cell (0..1, left
-            and top are 0), or ``None`` without a heatmap.
+            and top are 0, to 4 decimals), or ``None`` without a heatmap.
         box: Normalised ``(x0, y0, x1, y1)`` around the cells at or above ``threshold``
-            that touch the peak cell (the peak cell alone when none is), or ``None``.
+            that touch the peak cell (the peak cell alone when none is; to 4 decimals),
+            or ``None``.
     """
 
     index: int

@@ -266,3 +266,26 @@ def test_manifest_label_maps_round_trip_through_json(regional_colour_bundles):
         "output_quant": None,
     }
     assert manifest.label_maps == LabelMaps((4, 4))
+
+
+@pytest.mark.parametrize(
+    ("outputs", "located"),
+    [
+        ({"jsonl": "events.jsonl"}, True),  # events carry each label's point and box
+        ({"jsonl": None, "draw_heatmaps": True}, True),
+        ({"jsonl": None, "video_out": "out.mp4"}, False),  # pictures without heatmaps
+        ({"jsonl": None, "preview_port": 0}, False),
+    ],
+)
+def test_a_run_locates_labels_only_when_an_output_uses_where_they_fired(
+    regional_colour_bundles, outputs, located
+):
+    from fuselite.runtime.loop import located_only_if_read
+    from fuselite.runtime.options import RunOptions
+
+    asked = AnnotatorOptions(regional_colour_bundles["int8"], num_threads=1)
+    options = located_only_if_read(asked, RunOptions(source="clip.mp4", **outputs))
+    assert options.explain is located
+    assert located_only_if_read(asked, RunOptions(source="clip.mp4", jsonl=None), mqtt=True).explain
+    refused = AnnotatorOptions(regional_colour_bundles["int8"], explain=False)
+    assert not located_only_if_read(refused, RunOptions(source="clip.mp4")).explain
