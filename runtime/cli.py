@@ -125,6 +125,13 @@ def _source_arguments(group) -> None:
         "interpreter leaves free, at least 1; 0: FFmpeg's choice)",
     )
     group.add_argument(
+        "--decode-resize",
+        choices=("auto", "ffmpeg", "off"),
+        help="auto (default): when no output needs whole frames (no video, preview or window), let "
+        "FFmpeg decode files and streams straight to the model's size, which costs far less "
+        "CPU; ffmpeg: insist on it; off: decode whole frames with OpenCV",
+    )
+    group.add_argument(
         "--pin-threads",
         choices=("auto", "off"),
         default="auto",
@@ -321,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
 # Options a cameras file sets per camera (or once): refused beside --config, not ignored.
 CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
                        "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
-                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout",
+                       "video_segment_minutes", "preview", "decode_threads", "decode_resize", "invoke_timeout",
                        "camera_name", "mqtt", "mqtt_user", "mqtt_password_file", "mqtt_tls_ca",
                        "mqtt_tls_cert", "mqtt_tls_key", "mqtt_client_id")
 
@@ -396,6 +403,7 @@ def _build_options(args: argparse.Namespace):
         reconnect_max_delay=args.reconnect_max_delay,
         stream_timeout=args.stream_timeout,
         decode_threads=args.decode_threads,
+        decode_resize=args.decode_resize or "auto",
         pin_threads=args.pin_threads == "auto",
         invoke_timeout=args.invoke_timeout,
         camera=args.camera_name or "",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -32,6 +33,8 @@ from fuselite.runtime.reader import (
     FrameSource,
     capture_for,
 )
+from fuselite.runtime.scaled import ScaledCapture, decode_scaling, decode_size
+from fuselite.runtime.sources import STREAM_SCHEMES, SourceError
 from fuselite.runtime.stats import RunStats
 from fuselite.runtime.watchdog import RunWatchdog, budget_rule, invoke_budget
 
@@ -85,7 +88,7 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
     with _stop_on_signals(stop), watchdog, contextlib.ExitStack() as stack:
         with _setup_errors():
             annotator = stack.enter_context(Annotator.create(annotator_options))
-            capture = _capture(options, annotator_options.num_threads)
+            capture = _capture(options, annotator_options.num_threads, annotator)
             schedule = plan_schedule(annotator_options.num_threads, capture.live, options.pin_threads,
                                      load.idle_shares())
             stack.callback(schedule.release)
@@ -149,12 +152,36 @@ def _flush(outputs: Outputs, stopped_by: str) -> dict:
     return outputs.write_stats(final=True, stopped_by=stopped_by)
 
 
-def _capture(options: RunOptions, interpreter_threads: int) -> Capture:
-    """The run's capture, not opened yet, with its decoder threads."""
+def _capture(options: RunOptions, interpreter_threads: int, annotator: Annotator) -> Capture:
+    """The run's capture, not opened yet, with its decoder threads: FFmpeg decoding to
+    the model's size when the run allows it (``decode_resize``), else a whole-frame one."""
     decode_threads = options.decode_threads
     if decode_threads is None:
         decode_threads = default_decode_threads(interpreter_threads)
-    return capture_for(options.source, options.stream_timeout, decode_threads)
+    source = str(options.source)
+    size = decode_size(annotator.manifest)
+    reason = decode_scaling(options.decode_resize, source, _whole_frame_output(options), size.resize)
+    if reason is None:
+        log.info("%s: FFmpeg decodes it straight to the model's %s (--decode-resize off: whole "
+                 "frames through OpenCV)", source, size.text)
+        live = source.lower().startswith(STREAM_SCHEMES)
+        return ScaledCapture(source, live, size, options.stream_timeout, decode_threads)
+    if options.decode_resize == "ffmpeg":
+        raise SourceError(f"--decode-resize ffmpeg: {reason}")
+    log.debug("%s: decoding whole frames: %s", source, reason)
+    return capture_for(source, options.stream_timeout, decode_threads)
+
+
+def _whole_frame_output(options: RunOptions) -> str | None:
+    """The output of the run that needs whole frames (``--video-out``...), or None."""
+    if options.video_out is not None:
+        return "--video-out"
+    if options.preview_port is not None:
+        return "--preview"
+    window = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if options.display == "on" or (options.display == "auto" and window):
+        return "the window (--display off if you do not need it)"
+    return None
 
 
 def _frame_source(

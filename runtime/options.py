@@ -22,6 +22,9 @@ def default_threads() -> int:
     return min(4, usable_core_count())
 
 
+DECODE_RESIZE_MODES = ("auto", "ffmpeg", "off")
+
+
 def default_decode_threads(interpreter_threads: int) -> int:
     """Video decoder threads when none are given: the cores the interpreter leaves free, at least 1."""
     return max(1, usable_core_count() - interpreter_threads)
@@ -163,6 +166,11 @@ class RunOptions:
         decode_threads: FFmpeg decoder threads for files and streams; ``None`` (auto)
             uses the cores the interpreter leaves free, at least 1
             (:func:`default_decode_threads`); ``0`` lets FFmpeg choose (one per core).
+        decode_resize: ``"auto"``: when no output needs whole frames (no video,
+            preview or window) and ``ffmpeg`` is installed, a file or stream is decoded
+            by FFmpeg straight to the model's size (:mod:`fuselite.runtime.scaled`);
+            ``"ffmpeg"`` insists on it (an error when it cannot); ``"off"`` decodes
+            whole frames with OpenCV.
         pin_threads: When the process may use more cores than the interpreter has
             threads, confine the inference thread to ``num_threads`` cores and the
             capture and outputs threads to the others (Linux; see ``affinity.py``).
@@ -198,6 +206,7 @@ class RunOptions:
     reconnect_max_delay: float = 10.0
     stream_timeout: float = 5.0
     decode_threads: int | None = None
+    decode_resize: str = "auto"
     pin_threads: bool = True
     invoke_timeout: float | None = None
     camera: str = ""
@@ -220,6 +229,10 @@ class RunOptions:
         ):
             raise ValueError(
                 f"jsonl_rotate_mb must be a positive number of MB, not {self.jsonl_rotate_mb}"
+            )
+        if self.decode_resize not in DECODE_RESIZE_MODES:
+            raise ValueError(
+                f"decode_resize must be one of {', '.join(DECODE_RESIZE_MODES)}, not {self.decode_resize!r}"
             )
         if self.display not in ("auto", "on", "off"):
             raise ValueError(f"display must be 'auto', 'on' or 'off', not {self.display!r}")

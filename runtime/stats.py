@@ -27,6 +27,42 @@ def resident_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def process_cpu_s() -> float:
+    """CPU seconds of this process and of the programs it started: every thread, and
+    the ``ffmpeg`` that decodes for a :class:`~fuselite.runtime.scaled.ScaledCapture`
+    (running ones read from ``/proc``, ended ones from ``getrusage``).  A board pays
+    for both, so CPU per frame counts both."""
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ended.ru_utime + ended.ru_stime + _running_children_cpu_s()
+
+
+def _running_children_cpu_s() -> float:
+    """CPU seconds of this process's children that still run (Linux; 0 elsewhere)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total = 0
+    for children in _glob_children():
+        for pid in children.split():
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            except (OSError, ValueError, IndexError):
+                continue  # it ended in between: getrusage counts it once reaped
+    return total / ticks
+
+
+def _glob_children() -> list[str]:
+    """The ``children`` lists of every thread of this process (each names child pids)."""
+    lists = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                lists.append(f.read())
+    except OSError:
+        pass
+    return lists
+
+
 class RunStats:
     """Counts annotated frames and keeps recent latencies; :meth:`snapshot` summarises them.
 
@@ -40,9 +76,10 @@ class RunStats:
         self.skipped = 0
         self.frame_errors = 0  # frames whose model output could not be scored (annotator.FrameError)
         self.started = time.monotonic()
-        # Process CPU time (every thread, the interpreter's and the decoder's too): CPU
-        # per frame is what a board pays for each annotation, whatever runs where.
-        self.cpu_started = time.process_time()
+        # Process CPU time (every thread, the interpreter's and the decoder's too, and an
+        # FFmpeg child's): CPU per frame is what a board pays for each annotation,
+        # whatever runs where.
+        self.cpu_started = process_cpu_s()
         self._latency = collections.deque(maxlen=LATENCY_WINDOW)
         self._inference = collections.deque(maxlen=LATENCY_WINDOW)
         self._mark = (self.started, 0, 0, self.cpu_started)
@@ -62,7 +99,7 @@ class RunStats:
     def snapshot(self, final: bool = False) -> dict[str, Any]:
         """A stats record for the interval since the last snapshot (or the run, if ``final``)."""
         now = time.monotonic()
-        cpu_now = time.process_time()
+        cpu_now = process_cpu_s()
         start = (self.started, 0, 0, self.cpu_started)
         since, frames_then, read_then, cpu_then = start if final else self._mark
         elapsed = max(now - since, 1e-9)
