@@ -105,13 +105,16 @@ def _start(command: list[str]) -> subprocess.Popen:
 def _finish(process: subprocess.Popen, timeout: float = 900.0) -> tuple[str, float]:
     """Waits for ``process``; its stdout and its peak RSS in MiB.
 
-    The peak is the child's own ``VmHWM``, read while it runs: ``wait4``'s ``ru_maxrss``
-    keeps the high-water mark this benchmark had when it forked, before ``exec``.
+    The peak is the child's own ``VmHWM``, read while it runs, plus that of the programs
+    it started (the ``ffmpeg`` decoding for ``fuselite run``): a board holds both.
+    ``wait4``'s ``ru_maxrss`` would keep the high-water mark this benchmark had when it
+    forked, before ``exec``.
     """
     deadline = time.monotonic() + timeout
     peak_kib = 0
     while True:
-        peak_kib = max(peak_kib, vm_hwm_kib(process.pid) or 0)
+        tree = [process.pid, *child_pids(process.pid)]
+        peak_kib = max(peak_kib, sum(vm_hwm_kib(pid) or 0 for pid in tree))
         pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
             break
@@ -124,6 +127,18 @@ def _finish(process: subprocess.Popen, timeout: float = 900.0) -> tuple[str, flo
     if process.returncode != 0:
         raise RuntimeError(f"exit {process.returncode}: {err.strip()[-400:]}")
     return out, (peak_kib or usage.ru_maxrss) / 1024  # ru_maxrss only where /proc is silent
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started that still run (Linux's ``/proc/PID/task/*/children``)."""
+    pids = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                pids += [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    return pids
 
 
 def _python(script: str, *args: object) -> list[str]:

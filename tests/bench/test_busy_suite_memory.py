@@ -23,3 +23,14 @@ def test_a_small_child_reports_its_own_peak_not_the_forking_benchmarks():
 def test_a_child_that_holds_memory_reports_it():
     held = python_child("import time; block = bytearray(120 * 2**20); time.sleep(0.5)")
     assert 120 <= held < 200
+
+
+def test_the_programs_a_child_starts_count_in_its_peak():
+    # fuselite run's ffmpeg decoder is memory the board pays for too.
+    script = (
+        "import subprocess, sys, time\n"
+        "grandchild = subprocess.Popen([sys.executable, '-c', "
+        "'import time; block = b\"x\" * (80 * 2**20); time.sleep(1.0)'])\n"
+        "time.sleep(0.8); grandchild.wait()\n"
+    )
+    assert python_child(script) >= 80
