@@ -65,17 +65,17 @@ def firing_bound(words: frozenset[str], trained: Sequence[str], fired: np.ndarra
 
 
 def threshold_for(scores: np.ndarray, threshold: float, allowed: int) -> float:
-    """The lowest threshold, not below ``threshold``, at which at most ``allowed`` of
-    ``scores`` reach it (a label fires when its score is at least its threshold)."""
+    """A threshold, not below ``threshold``, at which at most ``allowed`` of ``scores``
+    reach it (a label fires when its score is at least its threshold): midway between
+    the last score kept and the first left out, so neither sits on the edge."""
     ranked = np.sort(np.asarray(scores, np.float32))[::-1]
+    allowed = max(int(allowed), 0)
     if allowed >= len(ranked) or ranked[allowed] < threshold:
         return float(threshold)
-    above, below = ranked[allowed - 1], ranked[allowed]  # the last image kept, the first left out
-    raised = (
-        (above + below) / np.float32(2) if above > below else np.nextafter(below, np.float32(2))
-    )
-    if raised <= below:  # two neighbouring float32 values: no number lies between them
-        raised = np.nextafter(below, np.float32(2))
+    first_out = ranked[allowed]
+    raised = np.nextafter(first_out, np.float32(2))  # just above it: ties leave with it
+    if allowed > 0 and ranked[allowed - 1] > raised:
+        raised = (ranked[allowed - 1] + first_out) / np.float32(2)
     return float(min(max(raised, np.float32(threshold)), np.float32(1.0)))
 
 

@@ -33,6 +33,7 @@ def test_the_threshold_is_never_lowered():
     assert threshold_for(scores, 0.4, allowed=3) == pytest.approx(0.4)  # within the bound already
     assert threshold_for(scores, 0.95, allowed=1) == pytest.approx(0.95)  # fires on none
     assert threshold_for(np.full(4, 0.6, np.float32), 0.5, allowed=2) > 0.6  # ties: all of them go
+    assert threshold_for(scores, 0.4, allowed=0) > 0.9  # none allowed: above the best
 
 
 def test_the_bound_is_the_rarest_trained_label_among_the_words_else_the_most_frequent():
