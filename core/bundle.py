@@ -137,7 +137,11 @@ MAP_SOURCES = ("cells", "cam")
 MAX_MAP_SIDE = 64
 KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER,
                  REFERENCE_MEMBER)
-MAX_REFERENCE_IMAGES = 1024  # a bundle carries 128; the board scores every typed label on each
+# Reference images (real: 128 images of 1 or 2 cells, 8,192 int8 values): the board scores
+# every trained and typed label on each image's cells, so their count is bounded as well.
+MAX_REFERENCE_IMAGES = 1024
+MAX_REFERENCE_EMBEDDINGS = 4096  # images x cells
+MAX_REFERENCE_VALUES = 1024 * 1024  # images x cells x embedding_dim: 4 MB as float32
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -402,15 +406,25 @@ def quantize_reference(embeddings: np.ndarray, embedding_dim: int) -> tuple[np.n
         ValueError: the array has the wrong shape, too many images, or a value that is not finite.
     """
     values = np.asarray(embeddings, np.float32)
-    if values.ndim != 3 or values.shape[2] != embedding_dim or not 1 <= len(values) <= MAX_REFERENCE_IMAGES:
-        raise ValueError(f"reference embeddings must be [1..{MAX_REFERENCE_IMAGES} images, cells, "
-                         f"{embedding_dim}], not {list(values.shape)}")
-    if not 1 <= values.shape[1] <= MAX_MAP_SIDE**2 or not np.all(np.isfinite(values)):
-        raise ValueError("reference embeddings need 1 to 4096 finite cells per image")
+    if values.ndim != 3 or values.shape[2] != embedding_dim:
+        raise ValueError(f"reference embeddings must be [images, cells, {embedding_dim}], not {list(values.shape)}")
+    problem = reference_problem(values.shape[0], values.shape[1], embedding_dim)
+    if problem or not np.all(np.isfinite(values)):
+        raise ValueError(problem or "reference embeddings must be finite")
     peak = float(np.abs(values).max())
     scale = peak / 127 if peak > 0 else 1.0
     quantized = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
     return quantized, ReferenceSet(scale=scale, images=len(values), cells=int(values.shape[1]))
+
+
+def reference_problem(images: int, cells: int, embedding_dim: int) -> str | None:
+    """Why reference embeddings of this shape are refused (too many for a board), or None."""
+    if not 1 <= images <= MAX_REFERENCE_IMAGES or not 1 <= cells <= MAX_MAP_SIDE**2:
+        return f"reference images must be 1 to {MAX_REFERENCE_IMAGES}, of 1 to {MAX_MAP_SIDE**2} cells each"
+    if images * cells > MAX_REFERENCE_EMBEDDINGS or images * cells * embedding_dim > MAX_REFERENCE_VALUES:
+        return (f"reference images hold {images} x {cells} embeddings of {embedding_dim}: over "
+                f"{MAX_REFERENCE_EMBEDDINGS} embeddings or {MAX_REFERENCE_VALUES} values")
+    return None
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -820,11 +834,11 @@ def _manifest_from_dict(data: Any) -> Manifest:
         label_source=label_source,
         output_activation=activation,
         label_maps=_label_maps(data.get("label_maps")),
-        reference=_reference(data.get("reference"), label_source),
+        reference=_reference(data.get("reference"), label_source, dim),
     )
 
 
-def _reference(value: Any, label_source: str) -> ReferenceSet | None:
+def _reference(value: Any, label_source: str, embedding_dim: int) -> ReferenceSet | None:
     """The optional ``reference`` field (absent or null: no reference embeddings)."""
     if value is None:
         return None
@@ -839,6 +853,9 @@ def _reference(value: Any, label_source: str) -> ReferenceSet | None:
     for name, count in counts.items():
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= limits[name]:
             raise BundleError(f"manifest reference.{name} must be a whole number from 1 to {limits[name]}")
+    problem = reference_problem(counts["images"], counts["cells"], embedding_dim)
+    if problem:
+        raise BundleError(f"manifest reference: {problem}")
     return ReferenceSet(scale=float(scale), **counts)
 
 

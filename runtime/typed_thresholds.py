@@ -30,6 +30,7 @@ from fuselite.scoring import label_probabilities
 from fuselite.tokenizer import split_words
 
 log = logging.getLogger(__name__)
+SCORE_CHUNK = 1 << 20  # similarities computed at once (4 MB): a bundle may have 10,000 labels
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,7 @@ def bounded_thresholds(
     if reference is None or not len(wordings):
         return thresholds
     manifest = bundle.manifest
-    trained = label_probabilities(
-        reference, bundle.label_embeddings, manifest.logit_scale, manifest.logit_bias
-    )
-    fired = (trained >= np.asarray(manifest.thresholds, np.float32)).sum(axis=0)
+    fired = firing_counts(reference, bundle.label_embeddings, manifest)
     typed = label_probabilities(reference, embeddings, manifest.logit_scale, manifest.logit_bias)
     for j, wording in enumerate(wordings):
         bound = firing_bound(label_words(wording), manifest.labels, fired)
@@ -111,6 +109,22 @@ def bounded_thresholds(
             )
             thresholds[j] = raised
     return thresholds
+
+
+def firing_counts(reference: np.ndarray, label_embeddings: np.ndarray, manifest) -> np.ndarray:
+    """How many of the ``reference`` images each trained label fires on at its calibrated
+    threshold, scored a few images at a time."""
+    images, cells = reference.shape[:2]
+    step = max(1, SCORE_CHUNK // max(cells * len(label_embeddings), 1))
+    thresholds = np.asarray(manifest.thresholds, np.float32)
+    counts = np.zeros(len(label_embeddings), np.int64)
+    for start in range(0, images, step):
+        chunk = reference[start : start + step]
+        scores = label_probabilities(
+            chunk, label_embeddings, manifest.logit_scale, manifest.logit_bias
+        )
+        counts += (scores >= thresholds).sum(axis=0)
+    return counts
 
 
 def _log_raise(

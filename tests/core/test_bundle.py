@@ -592,6 +592,7 @@ def test_reference_images_that_do_not_match_the_manifest_are_refused(tmp_path, a
     ({"scale": 0.01, "images": 0, "cells": 2}, "reference.images"),
     ({"scale": 0.01, "images": 6, "cells": 5000}, "reference.cells"),
     ({"scale": 0.01, "images": 6, "cells": True}, "reference.cells"),
+    ({"scale": 0.01, "images": 1024, "cells": 64}, "over 4096 embeddings"),  # 65,536 cells to score
     ([0.01, 6, 2], "reference must be an object"),
 ])
 def test_a_malformed_reference_field_is_refused_naming_it(value, name):
@@ -599,6 +600,11 @@ def test_a_malformed_reference_field_is_refused_naming_it(value, name):
     data["reference"] = value
     with pytest.raises(BundleError, match=name):
         Manifest.from_json(json.dumps(data))
+
+
+def test_reference_images_a_board_could_not_score_quickly_are_not_packed():
+    with pytest.raises(ValueError, match="over 4096 embeddings"):
+        pack_bundle(**_parts(), reference_embeddings=np.zeros((512, 16, 4), np.float32))
 
 
 def test_only_a_bundle_with_a_text_encoder_takes_reference_images():

@@ -13,10 +13,16 @@ import pytest
 from support.bundles import repack
 
 from fuselite.bundle import read_bundle
+from fuselite.runtime import typed_thresholds
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.interpreter import TfliteModel
 from fuselite.runtime.labels import typed_labels
-from fuselite.runtime.typed_thresholds import firing_bound, label_words, threshold_for
+from fuselite.runtime.typed_thresholds import (
+    firing_bound,
+    firing_counts,
+    label_words,
+    threshold_for,
+)
 from fuselite.scoring import label_probabilities
 
 RED_RGB, GRAY_RGB = (220, 30, 30), (128, 128, 128)
@@ -118,6 +124,19 @@ def test_a_phrase_within_its_bound_and_the_bundle_labels_keep_their_thresholds(
         [bundle.manifest.thresholds[3], bundle.manifest.thresholds[0]]
     )
     assert "threshold" not in caplog.text
+
+
+def test_trained_labels_are_counted_alike_a_few_images_at_a_time(
+    mostly_gray_reference, monkeypatch
+):
+    bundle = read_bundle(mostly_gray_reference)
+    m = bundle.manifest
+    whole = firing_counts(bundle.reference_embeddings, bundle.label_embeddings, m)
+    monkeypatch.setattr(typed_thresholds, "SCORE_CHUNK", 7)  # one image at a time
+    assert list(firing_counts(bundle.reference_embeddings, bundle.label_embeddings, m)) == list(
+        whole
+    )
+    assert list(whole) == [2, 0, 0, 28]  # red, green, blue, gray
 
 
 def test_a_bundle_without_reference_images_keeps_the_default_threshold(fp32_bundle, caplog):
