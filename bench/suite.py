@@ -8,6 +8,7 @@
     python -m fuselite.bench.suite mqtt --bundle B [ARGS...]  # MQTT's cost to inference; a broker outage
     python -m fuselite.bench.suite explain RUN BUNDLE... [ARGS...]  # label heatmaps: pointing game and cost
     python -m fuselite.bench.suite map-cost RUN [ARGS...]  # a pooled tower's map: invoke and size cost
+    python -m fuselite.bench.suite phrases RUN BUNDLE... [ARGS...]  # typed phrases: false firing, recall
 
 ``python -m fuselite.bench.suite WHAT --help`` lists the arguments of each.  These
 are scripts, not tests: they take minutes and their figures go into the docs with
@@ -27,6 +28,8 @@ SUITES = {
     "busy": ("fuselite.bench.busy_suite", "fuselite run vs the naive loop with one core busy, fresh processes"),
     "explain": ("fuselite.bench.explain_suite", "label heatmaps: pointing game, int8 vs fp32 peaks, their cost"),
     "map-cost": ("fuselite.bench.map_cost_suite", "a pooled tower with and without its class activation map"),
+    "phrases": ("fuselite.bench.phrases_suite",
+                "typed phrases on a scenes run: false firing and recall, default vs bounded thresholds"),
     "pretrained": ("fuselite.bench.pretrained_suite",
                    "tiny vs EfficientNet-Lite0 vs distilled tiny on real clip art"),
     "cameras": ("fuselite.bench.cameras_suite", "4 and 8 cameras in one process against one camera"),

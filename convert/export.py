@@ -35,6 +35,7 @@ from fuselite import __version__
 from fuselite.bundle import LabelMaps, Manifest, Preprocessing, pack_bundle, read_bundle
 from fuselite.convert import modelinfo, numerics
 from fuselite.convert.compress import CompressSettings, finetune_steps, search_compression
+from fuselite.convert.reference import reference_embeddings, reference_image_count
 from fuselite.convert.report import VariantResult, gzip_size, progress_bar
 from fuselite.convert.variants import SEARCH_RECORDS, Variant
 from fuselite.errors import UserError
@@ -478,12 +479,28 @@ class Converter:
             data = pack_bundle(
                 model_bytes=model_bytes, manifest=manifest, tokenizer=self.run.tokenizer,
                 label_embeddings=self.label_embeddings, text_encoder_bytes=self.text_encoder_for(variant)[0],
+                reference_embeddings=self._reference_embeddings(variant, model_bytes),
             )
         path = self.out_dir / variant.filename
         write_atomic(path, data)
         os.chmod(path, 0o644)  # write_atomic's temp file is private (0600); a bundle is meant to be copied
         read_bundle(path)  # what the board will do first; fails loudly if anything is off
         result.path, result.file_size, result.gzip_size = path, len(data), gzip_size(data)
+
+    def _reference_embeddings(self, variant: Variant, model_bytes: bytes) -> np.ndarray | None:
+        """This variant's embeddings of the first validation images, for labels typed on the
+        board (:mod:`fuselite.convert.reference`); None when the run has no validation images."""
+        count = reference_image_count(len(self.data.val), int(self.label_embeddings.shape[1]))
+        if count == 0:
+            log.warning("%s: no validation images, so the bundle carries no reference images; labels "
+                        "typed on the board keep the default threshold", variant.name)
+            return None
+        outputs = numerics.tflite_embeddings(model_bytes, self.data.val.images[:count], self.options.num_threads)
+        reference = reference_embeddings(outputs, self.label_embeddings)
+        cells = outputs.shape[1] if outputs.ndim == 3 else 1
+        log.info("%s: %d validation images (%d of %d cells each) as reference for typed labels, %d bytes",
+                 variant.name, len(reference), reference.shape[1], cells, reference.size)
+        return reference
 
     def _label_maps(self, io: dict) -> LabelMaps | None:
         """Where the bundle's heatmaps come from: a regional tower's cells, a pooled tower's

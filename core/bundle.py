@@ -11,7 +11,14 @@ the zip.  The zip holds:
 * ``label_embeddings.npy`` - float32 ``[len(labels), embedding_dim]``, the text
   tower's embeddings of the default labels, computed in advance;
 * ``text_encoder.tflite``  - the text tower, so a board can embed labels the user
-  types without the host.
+  types without the host;
+* ``reference_embeddings.npy`` (optional) - int8 ``[images, cells, embedding_dim]``,
+  the bundle's own image model's embeddings of up to 128 validation images (each
+  image's best-scoring cells), with the scale in the manifest's ``reference``
+  (:class:`ReferenceSet`).  The board measures how often a typed label would fire on
+  them and raises its threshold when it would fire more often than the trained labels
+  allow (:mod:`fuselite.runtime.typed_thresholds`).  Bundles written before it load
+  without it, and a runtime that predates it ignores the member and the field.
 
 A *zero-shot* bundle (``label_source == "concepts"``, schema version 2; written by
 ``fuselite convert --pretrained``) has no tokenizer and no text tower: its image
@@ -110,6 +117,7 @@ TOKENIZER_MEMBER = "tokenizer.json"
 EMBEDDINGS_MEMBER = "label_embeddings.npy"
 TEXT_ENCODER_MEMBER = "text_encoder.tflite"
 CONCEPTS_MEMBER = "concepts.json"
+REFERENCE_MEMBER = "reference_embeddings.npy"
 # What each way of turning label text into embeddings needs besides the manifest.
 LABEL_SOURCE_MEMBERS = {
     "text_encoder": (TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER),
@@ -127,7 +135,13 @@ OUTPUT_ACTIVATIONS = ("none", "softmax")
 # holding a pooled tower's class activation map (global).
 MAP_SOURCES = ("cells", "cam")
 MAX_MAP_SIDE = 64
-KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER)
+KNOWN_MEMBERS = (MANIFEST_MEMBER, TOKENIZER_MEMBER, EMBEDDINGS_MEMBER, TEXT_ENCODER_MEMBER, CONCEPTS_MEMBER,
+                 REFERENCE_MEMBER)
+# Reference images (real: 128 images of 1 or 2 cells, 8,192 int8 values): the board scores
+# every trained and typed label on each image's cells, so their count is bounded as well.
+MAX_REFERENCE_IMAGES = 1024
+MAX_REFERENCE_EMBEDDINGS = 4096  # images x cells
+MAX_REFERENCE_VALUES = 1024 * 1024  # images x cells x embedding_dim: 4 MB as float32
 
 MAX_BUNDLE_BYTES = 512 * 1024 * 1024
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -209,6 +223,22 @@ class LabelMaps:
 
 
 @dataclass(frozen=True)
+class ReferenceSet:
+    """What ``reference_embeddings.npy`` holds: validation images as the image model sees them.
+
+    Attributes:
+        scale: One int8 step: an embedding value is ``int8 * scale``.
+        images: Rows of the member (validation images).
+        cells: Embeddings kept per image: a regional model's best-scoring cells (the
+            cells where a trained label scores highest), 1 for a pooled model.
+    """
+
+    scale: float
+    images: int
+    cells: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime needs besides the weights.
 
@@ -237,6 +267,8 @@ class Manifest:
             scoring: ``"none"``, or ``"softmax"`` (class logits -> probabilities; schema 2 only).
         label_maps: Where per-label heatmaps come from (:class:`LabelMaps`), or ``None``
             (absent in bundles written before it, and in bundles without cells).
+        reference: The reference images' embeddings (:class:`ReferenceSet`), or ``None``
+            (absent in bundles written before it, and in bundles without a text encoder).
     """
 
     variant: str
@@ -258,6 +290,7 @@ class Manifest:
     label_source: str = "text_encoder"
     output_activation: str = "none"
     label_maps: LabelMaps | None = None
+    reference: ReferenceSet | None = None
 
     def to_json(self) -> str:
         """Serialises the manifest as JSON text."""
@@ -289,6 +322,8 @@ class Bundle:
         text_encoder_bytes: The text tower flatbuffer (empty in a zero-shot or
             fixed-labels bundle).
         concepts: The concept index of a zero-shot bundle, else None.
+        reference_embeddings: float32 ``[images, cells, embedding_dim]``, the reference
+            images' embeddings (:class:`ReferenceSet`), else None.
     """
 
     path: Path
@@ -298,6 +333,7 @@ class Bundle:
     label_embeddings: np.ndarray
     text_encoder_bytes: bytes
     concepts: ConceptIndex | None = None
+    reference_embeddings: np.ndarray | None = None
 
 
 def sha256(data: bytes) -> str:
@@ -313,6 +349,7 @@ def pack_bundle(
     text_encoder_bytes: bytes = b"",
     concepts: ConceptIndex | None = None,
     fixed_labels: bool = False,
+    reference_embeddings: np.ndarray | None = None,
 ) -> bytes:
     """Returns the bundle bytes: the flatbuffer, then a zip of the associated files.
 
@@ -320,6 +357,8 @@ def pack_bundle(
     ``concepts`` (a zero-shot bundle), or ``fixed_labels=True`` and neither (a bundle
     that scores only its own labels).  ``model_sha256``, ``model_size``,
     ``text_encoder_sha256``, ``label_source`` and ``schema_version`` are filled in here.
+    ``reference_embeddings`` (float ``[images, cells, embedding_dim]``, with a text
+    encoder only) are stored as int8; the manifest's ``reference`` records their scale.
     """
     sources = [name for name, given in (("text_encoder", tokenizer is not None),
                                         ("concepts", concepts is not None), ("fixed", fixed_labels)) if given]
@@ -335,7 +374,14 @@ def pack_bundle(
         text_encoder_sha256=sha256(text_encoder_bytes) if source == "text_encoder" else "",
         label_source=source,
         schema_version=_schema_version(manifest, source),
+        reference=None,
     )
+    reference = None
+    if reference_embeddings is not None:
+        if source != "text_encoder":
+            raise ValueError("reference embeddings serve typed labels: only a bundle with a text encoder has them")
+        reference, reference_set = quantize_reference(reference_embeddings, manifest.embedding_dim)
+        manifest = replace(manifest, reference=reference_set)
     _validate_embeddings(embeddings, manifest)
     npy = io.BytesIO()
     np.save(npy, embeddings, allow_pickle=False)
@@ -346,9 +392,45 @@ def pack_bundle(
         if source == "text_encoder":
             zf.writestr(TOKENIZER_MEMBER, json.dumps(tokenizer.to_dict()))
             zf.writestr(TEXT_ENCODER_MEMBER, text_encoder_bytes)
+            if reference is not None:
+                zf.writestr(REFERENCE_MEMBER, _npy_bytes(reference))
         elif source == "concepts":
             zf.writestr(CONCEPTS_MEMBER, concepts.to_json())
     return model_bytes + archive.getvalue()
+
+
+def quantize_reference(embeddings: np.ndarray, embedding_dim: int) -> tuple[np.ndarray, ReferenceSet]:
+    """int8 ``[images, cells, embedding_dim]`` and its :class:`ReferenceSet` (one scale for all).
+
+    Raises:
+        ValueError: the array has the wrong shape, too many images, or a value that is not finite.
+    """
+    values = np.asarray(embeddings, np.float32)
+    if values.ndim != 3 or values.shape[2] != embedding_dim:
+        raise ValueError(f"reference embeddings must be [images, cells, {embedding_dim}], not {list(values.shape)}")
+    problem = reference_problem(values.shape[0], values.shape[1], embedding_dim)
+    if problem or not np.all(np.isfinite(values)):
+        raise ValueError(problem or "reference embeddings must be finite")
+    peak = float(np.abs(values).max())
+    scale = peak / 127 if peak > 0 else 1.0
+    quantized = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+    return quantized, ReferenceSet(scale=scale, images=len(values), cells=int(values.shape[1]))
+
+
+def reference_problem(images: int, cells: int, embedding_dim: int) -> str | None:
+    """Why reference embeddings of this shape are refused (too many for a board), or None."""
+    if not 1 <= images <= MAX_REFERENCE_IMAGES or not 1 <= cells <= MAX_MAP_SIDE**2:
+        return f"reference images must be 1 to {MAX_REFERENCE_IMAGES}, of 1 to {MAX_MAP_SIDE**2} cells each"
+    if images * cells > MAX_REFERENCE_EMBEDDINGS or images * cells * embedding_dim > MAX_REFERENCE_VALUES:
+        return (f"reference images hold {images} x {cells} embeddings of {embedding_dim}: over "
+                f"{MAX_REFERENCE_EMBEDDINGS} embeddings or {MAX_REFERENCE_VALUES} values")
+    return None
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    np.save(stream, array, allow_pickle=False)
+    return stream.getvalue()
 
 
 def write_bundle(path: Path, **parts: Any) -> Path:
@@ -386,7 +468,14 @@ def read_bundle(path: Path) -> Bundle:
     text_encoder = members[TEXT_ENCODER_MEMBER]
     if sha256(text_encoder) != manifest.text_encoder_sha256:
         raise BundleError(f"{path}: text encoder does not match the manifest's sha256 (file altered)")
-    return Bundle(path, manifest, model_bytes, tokenizer, embeddings, text_encoder)
+    reference = None
+    if manifest.reference is not None:
+        if REFERENCE_MEMBER not in members:
+            raise BundleError(f"{path}: the manifest names reference embeddings but {REFERENCE_MEMBER} is "
+                              "missing; re-run `fuselite convert`")
+        reference = _parse_member(path, lambda: _load_reference(members[REFERENCE_MEMBER], manifest))
+    return Bundle(path, manifest, model_bytes, tokenizer, embeddings, text_encoder,
+                  reference_embeddings=reference)
 
 
 def check_bundle(path: Path, ram_bytes: int | None = None) -> Bundle:
@@ -631,6 +720,28 @@ def _load_embeddings(raw: bytes, manifest: Manifest) -> np.ndarray:
     return embeddings
 
 
+def _load_reference(raw: bytes, manifest: Manifest) -> np.ndarray:
+    """The reference embeddings as float32, from an int8 .npy whose header must match
+    the manifest's ``reference`` (checked before the body is read)."""
+    reference = manifest.reference
+    expected = (reference.images, reference.cells, manifest.embedding_dim)
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(stream)
+    except Exception as exc:  # noqa: BLE001 - numpy parses the untrusted header with ast/tokenize
+        raise BundleError(f"reference embeddings are not a valid .npy array ({type(exc).__name__})") from None
+    if dtype != np.dtype("i1") or fortran or not isinstance(shape, tuple) or tuple(shape) != expected:
+        raise BundleError(f"reference embeddings must be int8 {expected} as the manifest says, "
+                          f"not {dtype} {shape}")
+    body = raw[stream.tell():]
+    if len(body) != math.prod(expected):
+        raise BundleError("reference embeddings hold the wrong number of bytes for their shape")
+    return np.frombuffer(body, dtype=np.int8).reshape(expected).astype(np.float32) * np.float32(reference.scale)
+
+
 def _validate_embeddings(embeddings: np.ndarray, manifest: Manifest) -> None:
     expected = (len(manifest.labels), manifest.embedding_dim)
     if embeddings.shape != expected:
@@ -723,7 +834,29 @@ def _manifest_from_dict(data: Any) -> Manifest:
         label_source=label_source,
         output_activation=activation,
         label_maps=_label_maps(data.get("label_maps")),
+        reference=_reference(data.get("reference"), label_source, dim),
     )
+
+
+def _reference(value: Any, label_source: str, embedding_dim: int) -> ReferenceSet | None:
+    """The optional ``reference`` field (absent or null: no reference embeddings)."""
+    if value is None:
+        return None
+    if label_source != "text_encoder" or not isinstance(value, dict):
+        raise BundleError("manifest reference must be an object with 'scale', 'images' and 'cells', "
+                          "in a bundle with a text encoder")
+    scale = value.get("scale")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not _finite32(scale) or not 0 < scale <= 1e6:
+        raise BundleError("manifest reference.scale must be a positive finite number")
+    limits = {"images": MAX_REFERENCE_IMAGES, "cells": MAX_MAP_SIDE**2}
+    counts = {name: value.get(name) for name in limits}
+    for name, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= limits[name]:
+            raise BundleError(f"manifest reference.{name} must be a whole number from 1 to {limits[name]}")
+    problem = reference_problem(counts["images"], counts["cells"], embedding_dim)
+    if problem:
+        raise BundleError(f"manifest reference: {problem}")
+    return ReferenceSet(scale=float(scale), **counts)
 
 
 def _label_maps(value: Any) -> LabelMaps | None:

@@ -3,7 +3,9 @@
 Typed labels are embedded by the bundle's text encoder on the board itself, so a
 user can ask for ``"red circle,blue star,cup"`` without retraining and without a
 host.  A typed label that is also one of the bundle's labels keeps its
-precomputed embedding and calibrated threshold.  A fixed-labels bundle
+precomputed embedding and calibrated threshold; any other starts at the manifest's
+``default_threshold``, raised where the bundle's reference images show it would fire
+more often than the trained labels allow (:mod:`fuselite.runtime.typed_thresholds`).  A fixed-labels bundle
 (``fuselite convert --fixed-labels``) has no text encoder: it scores any of its own
 labels, and names them when asked for another.
 """
@@ -21,6 +23,7 @@ from fuselite.bundle import Bundle, BundleError
 from fuselite.concepts import normalise_label, word_variants
 from fuselite.errors import UserError
 from fuselite.runtime.interpreter import TfliteModel
+from fuselite.runtime.typed_thresholds import bounded_thresholds
 from fuselite.tokenizer import Tokenizer, split_words
 
 log = logging.getLogger(__name__)
@@ -79,8 +82,9 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
             "none of the labels uses a word the bundle knows; its labels are: "
             + ", ".join(bundle.manifest.labels[:20])
         )
-    new = [read_as[t] for t in texts if read_as[t] not in known]
+    new = list(dict.fromkeys(read_as[t] for t in texts if read_as[t] not in known))
     new_embeddings = embed_texts(bundle, new, num_threads) if new else {}
+    new_thresholds = _typed_thresholds(bundle, new, new_embeddings)
     embeddings, thresholds = [], []
     for text in texts:
         wording = read_as[text]
@@ -89,10 +93,20 @@ def typed_labels(bundle: Bundle, texts: Sequence[str], num_threads: int = 1) -> 
             thresholds.append(bundle.manifest.thresholds[known[wording]])
         else:
             embeddings.append(new_embeddings[wording])
-            thresholds.append(bundle.manifest.default_threshold)
+            thresholds.append(new_thresholds[wording])
     return LabelSet(
         texts, np.stack(embeddings).astype(np.float32), np.asarray(thresholds, np.float32)
     )
+
+
+def _typed_thresholds(bundle: Bundle, wordings: list[str], embeddings: dict[str, np.ndarray]) -> dict[str, float]:
+    """The default threshold of each new label, raised where the bundle's reference images
+    show it would fire too often (:func:`fuselite.runtime.typed_thresholds.bounded_thresholds`)."""
+    if not wordings:
+        return {}
+    matrix = np.stack([embeddings[wording] for wording in wordings])
+    start = np.full(len(wordings), bundle.manifest.default_threshold, np.float32)
+    return dict(zip(wordings, bounded_thresholds(bundle, wordings, matrix, start)))
 
 
 def bundle_wording(bundle: Bundle, text: str) -> str:

@@ -20,6 +20,7 @@ from fuselite.bundle import (
     EMBEDDINGS_MEMBER,
     MANIFEST_MEMBER,
     MAX_JSON_VALUES,
+    REFERENCE_MEMBER,
     SCHEMA_VERSION,
     TEXT_ENCODER_MEMBER,
     TOKENIZER_MEMBER,
@@ -535,3 +536,77 @@ def test_a_fixed_labels_bundle_without_its_embeddings_is_refused_in_one_line(tmp
     del members[EMBEDDINGS_MEMBER]
     _repack(path, members)
     assert "missing label_embeddings.npy" in _read_error(path)
+
+
+# --- reference images (labels typed on the board) --------------------------------
+
+
+def _reference(images: int = 6, cells: int = 2) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.normal(0.0, 0.3, (images, cells, 4)).astype(np.float32)
+
+
+def test_reference_embeddings_round_trip_as_int8_within_half_a_step(tmp_path):
+    reference = _reference()
+    path = write_bundle(tmp_path / "r.tflite", **_parts(), reference_embeddings=reference)
+    bundle = read_bundle(path)
+    assert bundle.manifest.reference.images == 6 and bundle.manifest.reference.cells == 2
+    assert bundle.reference_embeddings.dtype == np.float32 and bundle.reference_embeddings.shape == (6, 2, 4)
+    step = bundle.manifest.reference.scale
+    assert np.abs(bundle.reference_embeddings - reference).max() <= step / 2 + 1e-7
+    assert len(_members(path)[REFERENCE_MEMBER]) < 6 * 2 * 4 + 200  # one byte a value, and the .npy header
+
+
+def test_a_bundle_written_before_reference_images_loads_without_them(bundle_path):
+    members = _members(bundle_path)
+    manifest = json.loads(members[MANIFEST_MEMBER])
+    del manifest["reference"]  # the field did not exist then
+    members[MANIFEST_MEMBER] = json.dumps(manifest).encode()
+    _repack(bundle_path, members)
+    bundle = read_bundle(bundle_path)
+    assert bundle.manifest.reference is None and bundle.reference_embeddings is None
+
+
+def test_a_manifest_naming_reference_images_the_zip_lacks_is_refused_in_one_line(tmp_path):
+    path = write_bundle(tmp_path / "r.tflite", **_parts(), reference_embeddings=_reference())
+    members = _members(path)
+    del members[REFERENCE_MEMBER]
+    _repack(path, members)
+    message = _read_error(path)
+    assert "reference_embeddings.npy is missing" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("array", [np.zeros((6, 2, 4), np.float32), np.zeros((5, 2, 4), np.int8),
+                                   np.zeros((6, 2, 3), np.int8)])
+def test_reference_images_that_do_not_match_the_manifest_are_refused(tmp_path, array):
+    path = write_bundle(tmp_path / "r.tflite", **_parts(), reference_embeddings=_reference())
+    stream = io.BytesIO()
+    np.save(stream, array)
+    _with_member(path, REFERENCE_MEMBER, stream.getvalue())
+    assert "reference embeddings must be int8 (6, 2, 4)" in _read_error(path)
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    ({"scale": 0.0, "images": 6, "cells": 2}, "reference.scale"),
+    ({"scale": float("nan"), "images": 6, "cells": 2}, "reference.scale"),
+    ({"scale": 0.01, "images": 0, "cells": 2}, "reference.images"),
+    ({"scale": 0.01, "images": 6, "cells": 5000}, "reference.cells"),
+    ({"scale": 0.01, "images": 6, "cells": True}, "reference.cells"),
+    ({"scale": 0.01, "images": 1024, "cells": 64}, "over 4096 embeddings"),  # 65,536 cells to score
+    ([0.01, 6, 2], "reference must be an object"),
+])
+def test_a_malformed_reference_field_is_refused_naming_it(value, name):
+    data = json.loads(_manifest().to_json())
+    data["reference"] = value
+    with pytest.raises(BundleError, match=name):
+        Manifest.from_json(json.dumps(data))
+
+
+def test_reference_images_a_board_could_not_score_quickly_are_not_packed():
+    with pytest.raises(ValueError, match="over 4096 embeddings"):
+        pack_bundle(**_parts(), reference_embeddings=np.zeros((512, 16, 4), np.float32))
+
+
+def test_only_a_bundle_with_a_text_encoder_takes_reference_images():
+    with pytest.raises(ValueError, match="text encoder"):
+        pack_bundle(**_fixed_parts(), reference_embeddings=_reference())

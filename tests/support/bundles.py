@@ -239,8 +239,12 @@ def build_dynamic_colour_bundle(path: Path) -> Path:
                         task="single"), **text)
 
 
-def repack(source: Path, target: Path, model_bytes=None, label_embeddings=None, **changes) -> Path:
-    """Re-packs ``source`` into ``target`` with parts or manifest fields replaced (no TensorFlow)."""
+def repack(source: Path, target: Path, model_bytes=None, label_embeddings=None, reference_embeddings=None,
+           **changes) -> Path:
+    """Re-packs ``source`` into ``target`` with parts or manifest fields replaced (no TensorFlow).
+
+    Its reference images are kept unless ``reference_embeddings`` replaces them.
+    """
     bundle = read_bundle(source)
     return write_bundle(
         target,
@@ -249,6 +253,7 @@ def repack(source: Path, target: Path, model_bytes=None, label_embeddings=None, 
         tokenizer=bundle.tokenizer,
         label_embeddings=bundle.label_embeddings if label_embeddings is None else label_embeddings,
         text_encoder_bytes=bundle.text_encoder_bytes,
+        reference_embeddings=bundle.reference_embeddings if reference_embeddings is None else reference_embeddings,
     )
 
 
