@@ -119,3 +119,10 @@ def test_the_board_gets_mqtt_and_the_example_mqtt_table_is_valid_once_uncommente
     edited.write_text(text[: text.index("# [mqtt]")] + uncommented + "\n")
     settings = mqtt_settings_from_table(load_cameras_config(edited).mqtt)
     assert settings.url == "mqtt://192.168.1.10:1883" and settings.username == "fuselite"
+
+
+@pytest.mark.parametrize("name", PROFILES[:1])
+def test_the_board_gets_ffmpeg_for_decoding_at_the_models_size(files, name):
+    # A headless unit's files and streams are decoded by ffmpeg (fuselite run --decode-resize auto).
+    lines = files["install.sh"].read_text().splitlines()
+    assert "command -v ffmpeg >/dev/null 2>&1 || apt-get install -y --no-install-recommends ffmpeg" in lines
