@@ -253,7 +253,7 @@ def test_manifest_values_of_a_wrong_type_range_or_size_are_refused(colour_bundle
     verdicts = {c.name: in_process_verdict(c, tmp_path / f"{i}") for i, c in enumerate(cases)}
     assert not [n for n, (v, _) in verdicts.items() if v == "bug"]
     # Fields added after schema 1 default when missing, so bundles written before them load.
-    optional = ("label_source", "output_activation", "label_maps")
+    optional = ("label_source", "output_activation", "label_maps", "reference")
     checked = [k for k in seed.manifest if k not in ("provenance", "numerics", "variant")]
     for key in checked:
         if key not in optional:
