@@ -10,7 +10,8 @@ of TFLite's quantized L2 normalisation, so a float output would add nothing.
 A ``mirror`` variant wraps the tower (after that copy) in
 :func:`fuselite.train.model.mirror_averaged`: the flatbuffer runs the same weights on
 the image and its mirror and outputs the averaged embedding, so the runtime needs no
-change and benchmarks see the doubled compute.
+change and benchmarks see the doubled compute.  A pooled tower's class activation map
+(``label_map=True``) is averaged the same way, the mirror's flipped back first.
 
 The text tower is float32, or, inside int8 bundles, full integer (int32 token ids
 in, float32 embedding out, so the runtime and older boards see the same signature)
@@ -41,7 +42,7 @@ import numpy as np
 from fuselite.convert.variants import Variant
 from fuselite.errors import UserError
 from fuselite.train.backend import keras, tf
-from fuselite.train.model import mirror_averaged
+from fuselite.train.model import mirror_averaged, with_label_map
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,21 @@ class ConversionError(UserError):
 
 
 def convert_image_model(model: keras.Model, variant: Variant, calibration: np.ndarray | None = None,
-                        progress=None) -> bytes:
+                        progress=None, label_map: bool = False) -> bytes:
     """Converts the image tower as ``variant`` says; ``calibration`` is uint8 images for int8.
 
     ``progress``, if given, is called with 1 for each calibration image the converter takes.
+    ``label_map`` adds a pooled tower's class activation map as a second output
+    (:func:`fuselite.train.model.with_label_map`; towers without a pooling-then-linear head
+    convert as they are).  It is added after the float-input copy: a quantization-aware
+    tower's map layer uses the wrappers' own variables and cannot be cloned.
     """
     if variant.calibrated:
         if calibration is None or not len(calibration):
             raise ValueError(f"{variant.name} needs calibration images")
         model = float_input_copy(model)
+    if label_map:
+        model = with_label_map(model) or model
     if variant.mirror:
         model = mirror_averaged(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
