@@ -315,9 +315,10 @@ class QuantizedCellProjection(keras.layers.Layer):
     the range it learnt on pooled embeddings, which a single cell's projection exceeds
     (the map would be clipped).  This layer computes ``W_q f_c + b`` with the wrapper's
     own variables, ``W_q`` being its kernel fake-quantized exactly as the wrapper does,
-    and leaves the output to the converter's calibration.  The converter stores a second
-    int8 copy of the kernel for it (``channels x units`` bytes).  Built for conversion
-    only: it is never saved, so it has no config to be rebuilt from.
+    and leaves the output to the converter's calibration.  The converter quantizes the
+    kernel again for it; ``fuselite.convert.tflite.compact_flatbuffer`` stores the two
+    copies once.  Built for conversion only: it is never saved, so it has no config to be
+    rebuilt from.
     """
 
     def __init__(self, wrapper, **kwargs):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fuselite.bundle import read_bundle
+from fuselite.flatbuffer import builtin_name, read_graph
 from fuselite.maps import cell_of, pointing_game_of_heatmaps
 
 pytestmark = pytest.mark.slow
@@ -95,6 +96,16 @@ def test_a_global_bundle_names_its_class_activation_map(pooled, name):
         assert maps.output_quant is None
     else:  # the int8 map's own scale and zero point are the ones the model has
         assert maps.output_quant == pytest.approx(label_map["quantization"])
+    # The embedding and the map read the projection's kernel from one buffer (a QAT tower's
+    # two int8 copies of it are stored once), so the map adds no weights to the file.
+    graph = read_graph(bundle.model_bytes)
+    main = graph.subgraphs[0]
+    kernels = [
+        main.buffers[op.inputs[1]]
+        for op in main.operators
+        if builtin_name(graph.opcodes[op.opcode].code) == "FULLY_CONNECTED"
+    ]
+    assert len(kernels) == 2 and len(set(kernels)) == 1, kernels
     # Every supported runtime loads its ops at their versions, tflite-runtime 2.14 included.
     runtimes = bundle.manifest.provenance["runtimes"]
     assert "tflite-runtime-2.14" in runtimes and all(runtimes.values()), runtimes
