@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from fuselite.convert.tflite import convert_image_model
     from fuselite.convert.variants import get_variant
-    from fuselite.train.model import label_map_grid, with_label_map
+    from fuselite.train.model import label_map_grid
     from fuselite.train.run import load_run
 
     run = load_run(args.run_dir)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         variant = get_variant(name)
         plain = convert_image_model(tower, variant, images if variant.calibrated else None)
         mapped = convert_image_model(
-            with_label_map(tower), variant, images if variant.calibrated else None
+            tower, variant, images if variant.calibrated else None, label_map=True
         )
         record["variants"][name] = {
             **_timings(plain, mapped, images, args),

@@ -251,7 +251,7 @@ class Converter:
 
         try:
             keras_model, extra = self._keras_model(variant, setting)
-            model_bytes = self._convert_image_model(variant, self._with_label_map(variant, keras_model))
+            model_bytes = self._convert_image_model(variant, keras_model)
             if variant.mirror:  # the Keras model the flatbuffer is checked against, and its thresholds
                 keras_model = mirror_averaged(keras_model)
                 extra = {**extra, "thresholds": self._thresholds(keras_model)}
@@ -292,27 +292,20 @@ class Converter:
                              f"{result.message}"
         return result, model_bytes, extra
 
-    def _with_label_map(self, variant: Variant, keras_model):
-        """``keras_model`` with its class activation map as a second output when it pools
-        (:func:`fuselite.train.model.with_label_map`), so the bundle can say where labels fired.
-
-        Not for mirror variants (their mirrored map would need flipping back inside the
-        graph) or towers without a pooling-then-linear head; those convert as they are.
-        """
-        from fuselite.train.model import with_label_map
-
-        mapped = None if variant.mirror else with_label_map(keras_model)
-        return keras_model if mapped is None else mapped
-
     def _convert_image_model(self, variant: Variant, keras_model) -> bytes:
-        """The flatbuffer of ``keras_model``, with a bar over the calibration images of int8 variants."""
+        """The flatbuffer of ``keras_model``, with a bar over the calibration images of int8 variants.
+
+        A pooled tower gets its class activation map as a second output, in every variant
+        (mirror-averaged in a mirror variant, from the fake-quantized head in a QAT one), so
+        the bundle can say where labels fired; see :func:`fuselite.train.model.with_label_map`.
+        """
         from fuselite.convert.tflite import convert_image_model
 
         if not variant.calibrated:
-            return convert_image_model(keras_model, variant)
+            return convert_image_model(keras_model, variant, label_map=True)
         with progress_bar(len(self.calibration), f"{variant.name}: calibration", self.options.progress,
                           unit="image") as bar:
-            return convert_image_model(keras_model, variant, self.calibration, progress=bar.update)
+            return convert_image_model(keras_model, variant, self.calibration, progress=bar.update, label_map=True)
 
     def default_variants(self, variants: list[Variant]) -> list[Variant]:
         """``variants`` less those that are too slow to make by default for this run.
@@ -539,7 +532,8 @@ class Converter:
             "tensorflow": tf.__version__,
             "converter": f"tf.lite.TFLiteConverter.from_keras_model (TensorFlow {tf.__version__})",
             "quantization": {"mode": variant.quantization, "per_channel": variant.per_channel},
-            "views": "the frame and its left-right mirror, embeddings averaged" if variant.mirror else "the frame",
+            "views": "the frame and its left-right mirror, embeddings (and label maps, flipped back) averaged"
+            if variant.mirror else "the frame",
             "calibration_samples": len(self.calibration) if variant.calibrated else 0,
             "ops": modelinfo.op_strings(modelinfo.model_ops(model_bytes)),
             "text_encoder_ops": modelinfo.op_strings(modelinfo.model_ops(*filter(None, [text_bytes]))),

@@ -10,7 +10,8 @@ of TFLite's quantized L2 normalisation, so a float output would add nothing.
 A ``mirror`` variant wraps the tower (after that copy) in
 :func:`fuselite.train.model.mirror_averaged`: the flatbuffer runs the same weights on
 the image and its mirror and outputs the averaged embedding, so the runtime needs no
-change and benchmarks see the doubled compute.
+change and benchmarks see the doubled compute.  A pooled tower's class activation map
+(``label_map=True``) is averaged the same way, the mirror's flipped back first.
 
 The text tower is float32, or, inside int8 bundles, full integer (int32 token ids
 in, float32 embedding out, so the runtime and older boards see the same signature)
@@ -26,7 +27,10 @@ Every flatbuffer leaves compacted, with the same tensors, ops and weights:
 - one copy of each zero-point vector.  Per-channel int8 gives every kernel and bias
   an int64 zero point per output channel, all 0: 16 B per channel, 15 % of a
   small int8 model.  Flatbuffer tables may share a vector, so tensors with the
-  same channel count point at one copy.
+  same channel count point at one copy;
+- one copy of a quantization-aware projection's int8 kernel, which the converter
+  stores once for the embedding and once for the class activation map (the two differ
+  by one rounding step in a few values).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 from fuselite.convert.variants import Variant
 from fuselite.errors import UserError
 from fuselite.train.backend import keras, tf
-from fuselite.train.model import mirror_averaged
+from fuselite.train.model import mirror_averaged, with_label_map
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +55,21 @@ class ConversionError(UserError):
 
 
 def convert_image_model(model: keras.Model, variant: Variant, calibration: np.ndarray | None = None,
-                        progress=None) -> bytes:
+                        progress=None, label_map: bool = False) -> bytes:
     """Converts the image tower as ``variant`` says; ``calibration`` is uint8 images for int8.
 
     ``progress``, if given, is called with 1 for each calibration image the converter takes.
+    ``label_map`` adds a pooled tower's class activation map as a second output
+    (:func:`fuselite.train.model.with_label_map`; towers without a pooling-then-linear head
+    convert as they are).  It is added after the float-input copy: a quantization-aware
+    tower's map layer uses the wrappers' own variables and cannot be cloned.
     """
     if variant.calibrated:
         if calibration is None or not len(calibration):
             raise ValueError(f"{variant.name} needs calibration images")
         model = float_input_copy(model)
+    if label_map:
+        model = with_label_map(model) or model
     if variant.mirror:
         model = mirror_averaged(model)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -189,9 +199,70 @@ def compact_flatbuffer(flatbuffer: bytes) -> bytes:
         for index, tensor in enumerate(subgraph.tensors):
             if index not in keep:
                 tensor.name = f"t{index}".encode()
+    _share_twin_kernels(model)
     builder = _ZeroPointSharingBuilder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _share_twin_kernels(model) -> None:
+    """Stores once the int8 kernels of FULLY_CONNECTED ops that are the same kernel quantized twice.
+
+    A quantization-aware tower's projection serves the embedding and, per cell, its class
+    activation map (:class:`fuselite.train.model.QuantizedCellProjection`); the converter
+    quantizes the one fake-quantized kernel once for each, with the same scales, and
+    rounding leaves a handful of values one step apart (4 of 4,096 in the tiny tower).
+    Twins (same shape and quantization, no value more than one step apart, at most 1% of
+    values apart at all) are pointed at the first one's buffer, so the map uses exactly
+    the embedding's kernel and the file holds it once.
+    """
+    fully_connected = {i for i, code in enumerate(model.operatorCodes)
+                       if max(code.builtinCode, code.deprecatedBuiltinCode) == _FULLY_CONNECTED}
+    dropped = set()
+    for subgraph in model.subgraphs:
+        kept: list = []
+        for op in subgraph.operators:
+            if op.opcodeIndex not in fully_connected or len(op.inputs) < 2 or op.inputs[1] < 0:
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            twin = next((k for k in kept if _twins(model, k, tensor)), None)
+            if twin is None:
+                kept.append(tensor)
+            elif twin.buffer != tensor.buffer:
+                dropped.add(tensor.buffer)
+                tensor.buffer = twin.buffer
+    used = {t.buffer for subgraph in model.subgraphs for t in subgraph.tensors}
+    used |= {entry.buffer for entry in model.metadata or []}
+    for index in dropped - used:
+        model.buffers[index].data = None
+
+
+_FULLY_CONNECTED = 9  # BuiltinOperator.FULLY_CONNECTED
+
+
+def _twins(model, a, b) -> bool:
+    """Whether int8 constant tensors ``a`` and ``b`` hold the same kernel quantized twice."""
+    if a.type != _INT8 or b.type != _INT8 or a.buffer == 0 or b.buffer == 0:
+        return False
+    if not np.array_equal(a.shape, b.shape) or _quantization_key(a) != _quantization_key(b):
+        return False
+    data_a, data_b = model.buffers[a.buffer].data, model.buffers[b.buffer].data
+    if data_a is None or data_b is None or len(data_a) != len(data_b) or not len(data_a):
+        return False
+    steps = np.abs(np.asarray(data_a, np.uint8).view(np.int8).astype(np.int16)
+                   - np.asarray(data_b, np.uint8).view(np.int8).astype(np.int16))
+    return int(steps.max()) <= 1 and float(np.mean(steps > 0)) <= 0.01
+
+
+_INT8 = 9  # TensorType.INT8
+
+
+def _quantization_key(tensor) -> tuple:
+    """A tensor's scales, zero points and quantized dimension, comparable with ``==``."""
+    q = tensor.quantization
+    if q is None or q.scale is None:
+        return ()
+    return (np.asarray(q.scale).tobytes(), np.asarray(q.zeroPoint).tobytes(), q.quantizedDimension)
 
 
 class _ZeroPointSharingBuilder(flatbuffers.Builder):

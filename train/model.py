@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -262,45 +263,128 @@ LABEL_MAP_OUTPUT = "label_map"
 def label_map_grid(encoder: keras.Model) -> tuple[int, int] | None:
     """``(rows, cols)`` of the class activation map :func:`with_label_map` adds, or None.
 
-    None when the tower has no pooling-then-linear head to project per cell: a regional
-    tower (its output is already per cell), the tiny tower's ``avgmax`` pooling (the
-    maximum is not linear), or a tower whose head layers are wrapped (quantization-aware
-    training renames them).
+    None when the tower has no pooling-then-linear head to project per cell (a regional
+    tower: its output is already per cell).  The tiny tower's ``avgmax`` pooling counts,
+    and so does a quantization-aware tower: its layers are found inside their TFMOT
+    wrappers.
     """
     head = _pooled_head(encoder)
     if head is None:
         return None
-    features = head[0].get_input_at(0)
+    features = head.pool.get_input_at(0)
     return int(features.shape[1]), int(features.shape[2])
 
 
 def with_label_map(encoder: keras.Model) -> keras.Model | None:
     """A model sharing ``encoder``'s layers that outputs ``[embedding [D], label map
-    [cells, D]]``, or None when :func:`label_map_grid` finds no head to project per cell."""
-    grid = label_map_grid(encoder)
-    if grid is None:
+    [cells, D]]``, or None when :func:`label_map_grid` finds no head to project per cell.
+
+    Each cell ``c`` of the feature map gets the projection's input the pooled features
+    would have if the map were that cell alone: ``f_c`` for an average pool, and with
+    ``avgmax`` ``[f_c, max(f)]``, the maximum being the image's (a maximum has no share
+    per cell; spreading it evenly keeps the cells' mean equal to the pooled projection,
+    so the map says where the *average* half of the evidence is).  A quantization-aware
+    tower's wrapped projection is applied with its own fake-quantized kernel
+    (:class:`QuantizedCellProjection`).
+    """
+    head = _pooled_head(encoder)
+    if head is None:
         return None
-    pool, project = _pooled_head(encoder)
-    cells = project(pool.get_input_at(0))  # Dense acts on the last axis: one projection per cell
-    cells = keras.layers.Reshape((grid[0] * grid[1], int(project.units)), name=LABEL_MAP_OUTPUT)(cells)
+    features = head.pool.get_input_at(0)
+    rows, cols, channels = (int(n) for n in features.shape[1:])
+    # Every cell of every image as one row, so the projection is a plain matrix product
+    # (FULLY_CONNECTED); a Dense on the 4-D map would add shape arithmetic ops to the graph.
+    cells = tf.reshape(features, (-1, channels))
+    if head.max_pool is not None:
+        peak = tf.tile(tf.expand_dims(head.max_pool.get_output_at(0), 1), (1, rows * cols, 1))
+        cells = tf.concat([cells, tf.reshape(peak, (-1, channels))], axis=-1)
+    if _quantize_wrapper(head.project):
+        cells = QuantizedCellProjection(head.project, name="label_map_cells")(cells)
+    else:
+        cells = head.project(cells)
+    units = int(_inner(head.project).units)
+    cells = tf.reshape(cells, (-1, rows * cols, units))
+    cells = keras.layers.Activation("linear", name=LABEL_MAP_OUTPUT)(cells)  # names the output; no op
     return keras.Model(encoder.inputs, [encoder.output, cells], name=f"{encoder.name}_with_map")
 
 
-def _pooled_head(encoder: keras.Model):
-    """``(pool, project)`` layers of a pooling-then-linear head, or None."""
+class QuantizedCellProjection(keras.layers.Layer):
+    """A quantization-aware tower's projection applied to each cell of the feature map.
+
+    TFMOT's wrapper cannot be called on the cells: it fake-quantizes its *output* with
+    the range it learnt on pooled embeddings, which a single cell's projection exceeds
+    (the map would be clipped).  This layer computes ``W_q f_c + b`` with the wrapper's
+    own variables, ``W_q`` being its kernel fake-quantized exactly as the wrapper does,
+    and leaves the output to the converter's calibration.  The converter quantizes the
+    kernel again for it; ``fuselite.convert.tflite.compact_flatbuffer`` stores the two
+    copies once.  Built for conversion only: it is never saved, so it has no config to be
+    rebuilt from.
+    """
+
+    def __init__(self, wrapper, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.wrapper = wrapper
+
+    def call(self, cells):
+        """``[cells, units]``: the projection of each row of ``cells`` ``[cells, channels]``."""
+        return tf.matmul(cells, self.quantized_kernel(training=False)) + self.wrapper.layer.bias
+
+    def quantized_kernel(self, training=False):
+        """The wrapper's kernel variable through its own weight quantizer (TFMOT 0.8's
+        ``_weight_vars``: ``(weight, quantizer, quantizer variables)`` per quantized weight)."""
+        for weight, quantizer, quantizer_vars in self.wrapper._weight_vars:
+            if weight.name.endswith("kernel:0"):
+                return quantizer(weight, training, weights=quantizer_vars)
+        return self.wrapper.layer.kernel  # a wrapper that leaves the kernel in float
+
+
+class _PooledHead(NamedTuple):
+    """The layers of a pooling-then-linear head (each possibly inside a quantize wrapper)."""
+
+    pool: keras.layers.Layer
+    project: keras.layers.Layer
+    max_pool: keras.layers.Layer | None  # avgmax: the maximum concatenated after the average
+
+
+def _pooled_head(encoder: keras.Model) -> _PooledHead | None:
+    """The pooling-then-linear head of ``encoder`` (TFMOT-wrapped or not), or None."""
     if len(encoder.output_shape) != 2:
         return None
-    try:
-        pool, project = encoder.get_layer("pool"), encoder.get_layer("project")
-    except ValueError:
+    pool, project = _head_layer(encoder, "pool"), _head_layer(encoder, "project")
+    if pool is None or project is None:
         return None
-    if not isinstance(pool, keras.layers.GlobalAveragePooling2D) or not isinstance(project, keras.layers.Dense):
+    if not isinstance(_inner(pool), keras.layers.GlobalAveragePooling2D) or not isinstance(
+        _inner(project), keras.layers.Dense
+    ):
         return None
-    # The first node is the tower's own (later ones are maps made by with_label_map); with
-    # avgmax the average and the maximum are concatenated before the projection.
-    if project.get_input_at(0) is not pool.get_output_at(0):
+    # The first node is the tower's own (later ones are maps made by with_label_map).
+    if project.get_input_at(0) is pool.get_output_at(0):
+        return _PooledHead(pool, project, None)
+    concat, max_pool = _head_layer(encoder, "pool_concat"), _head_layer(encoder, "max_pool")
+    if concat is None or max_pool is None or project.get_input_at(0) is not concat.get_output_at(0):
         return None
-    return pool, project
+    joined = concat.get_input_at(0)
+    if len(joined) != 2 or joined[0] is not pool.get_output_at(0) or joined[1] is not max_pool.get_output_at(0):
+        return None
+    return _PooledHead(pool, project, max_pool)
+
+
+def _head_layer(encoder: keras.Model, name: str):
+    """The layer called ``name``, or the quantize wrapper around it (``quant_<name>``), or None."""
+    for layer in encoder.layers:
+        if layer.name == name or (_quantize_wrapper(layer) and layer.layer.name == name):
+            return layer
+    return None
+
+
+def _quantize_wrapper(layer) -> bool:
+    """Whether ``layer`` is TFMOT's quantize wrapper (told by its attributes: no TFMOT import)."""
+    return isinstance(getattr(layer, "layer", None), keras.layers.Layer) and hasattr(layer, "quantize_config")
+
+
+def _inner(layer):
+    """The layer a quantize wrapper wraps, or ``layer`` itself."""
+    return layer.layer if _quantize_wrapper(layer) else layer
 
 
 def mirror_averaged(encoder: keras.Model) -> keras.Model:
@@ -317,13 +401,36 @@ def mirror_averaged(encoder: keras.Model) -> keras.Model:
     pixels = keras.Input(encoder.input_shape[1:], dtype=encoder.inputs[0].dtype, name=encoder.input_names[0])
     width = int(pixels.shape[2])
     views = tf.concat([pixels, tf.gather(pixels, _mirror_order(1, width), axis=2)], axis=0)
-    plain, mirrored = tf.split(encoder(views), 2, axis=0)
+    outputs = encoder(views)
+    label_map = None
+    if isinstance(outputs, (list, tuple)):  # a with_label_map tower: [embedding, class activation map]
+        outputs, label_map = outputs
+    plain, mirrored = tf.split(outputs, 2, axis=0)
     if len(plain.shape) == 3:  # regional: [cells, D], the cells of a square grid in row-major order
         side = math.isqrt(int(plain.shape[1]))
         mirrored = tf.gather(mirrored, _mirror_order(side, side), axis=1)
     total = keras.layers.Add(name="mirror_sum")([plain, mirrored])
     embedding = keras.layers.UnitNormalization(axis=-1, name="mirror_embedding")(total)
-    return keras.Model(pixels, embedding, name="mirror_averaged")
+    if label_map is None:
+        return keras.Model(pixels, embedding, name="mirror_averaged")
+    return keras.Model(pixels, [embedding, _mirror_averaged_map(label_map)], name="mirror_averaged_with_map")
+
+
+def _mirror_averaged_map(label_map):
+    """The class activation map of a mirror-averaged tower, in the frame's coordinates.
+
+    ``label_map`` holds both views' maps ``[2 * batch, cells, D]``; the mirror's grid is
+    flipped back (GATHER along the cells, as for a regional tower's cells) and the two
+    averaged, so each cell is the evidence of the same place in the frame seen both ways.
+    Each view's map averages to its own pooled projection, so the average map's mean is
+    the average of the two; the mirror embedding normalises the sum of the two *unit*
+    embeddings instead, so the mean cell logit equals the frame's logit exactly only when
+    the two views' projections are equally long (nearly so for a tower trained with flips).
+    """
+    plain, mirrored = tf.split(label_map, 2, axis=0)
+    side = math.isqrt(int(plain.shape[1]))
+    mirrored = tf.gather(mirrored, _mirror_order(side, side), axis=1)
+    return keras.layers.Average(name=LABEL_MAP_OUTPUT)([plain, mirrored])
 
 
 def _mirror_order(rows: int, cols: int) -> np.ndarray:
