@@ -39,7 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuselite.runtime.options import AnnotatorOptions, RunOptions, default_threads
+from fuselite.runtime.options import (
+    DECODE_RESIZE_MODES,
+    AnnotatorOptions,
+    RunOptions,
+    default_threads,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -279,6 +284,7 @@ def _camera_options(name: str, values: dict, threads: int, where: _Where) -> Cam
         "reconnect_max_delay": values.get("reconnect_max_delay", 10.0),
         "stream_timeout": values.get("stream_timeout", 5.0),
         "decode_threads": values.get("decode_threads", 1),
+        "decode_resize": values.get("decode_resize", "auto"),
         "pin_threads": False,
     }
     annotator, run = (
@@ -468,6 +474,12 @@ def _roi(value: Any) -> tuple[int, int, int, int]:
     return x, y, width, height
 
 
+def _decode_resize(value: Any) -> str:
+    if value not in DECODE_RESIZE_MODES:
+        raise ValueError(f"must be {', '.join(DECODE_RESIZE_MODES)}, not {value!r}")
+    return value
+
+
 def _stale(value: Any) -> bool | None:
     if value == "auto":
         return None
@@ -504,6 +516,7 @@ CAMERA_KEYS: dict[str, Callable[[Any], Any]] = {
     "reconnect_delay": _seconds,
     "reconnect_max_delay": _seconds,
     "decode_threads": _whole(0),
+    "decode_resize": _decode_resize,
 }
 
 

@@ -31,10 +31,8 @@ from fuselite.runtime.reader import (
     Capture,
     Frame,
     FrameSource,
-    capture_for,
 )
-from fuselite.runtime.scaled import ScaledCapture, decode_scaling, decode_size
-from fuselite.runtime.sources import STREAM_SCHEMES, SourceError
+from fuselite.runtime.scaled import choose_capture
 from fuselite.runtime.stats import RunStats
 from fuselite.runtime.watchdog import RunWatchdog, budget_rule, invoke_budget
 
@@ -158,18 +156,14 @@ def _capture(options: RunOptions, interpreter_threads: int, annotator: Annotator
     decode_threads = options.decode_threads
     if decode_threads is None:
         decode_threads = default_decode_threads(interpreter_threads)
-    source = str(options.source)
-    size = decode_size(annotator.manifest)
-    reason = decode_scaling(options.decode_resize, source, _whole_frame_output(options), size.resize)
-    if reason is None:
-        log.info("%s: FFmpeg decodes it straight to the model's %s (--decode-resize off: whole "
-                 "frames through OpenCV)", source, size.text)
-        live = source.lower().startswith(STREAM_SCHEMES)
-        return ScaledCapture(source, live, size, options.stream_timeout, decode_threads)
-    if options.decode_resize == "ffmpeg":
-        raise SourceError(f"--decode-resize ffmpeg: {reason}")
-    log.debug("%s: decoding whole frames: %s", source, reason)
-    return capture_for(source, options.stream_timeout, decode_threads)
+    return choose_capture(
+        options.source,
+        options.decode_resize,
+        annotator.manifest,
+        _whole_frame_output(options),
+        options.stream_timeout,
+        decode_threads,
+    )
 
 
 def _whole_frame_output(options: RunOptions) -> str | None:

@@ -46,8 +46,9 @@ from fuselite.runtime.mqtt import MqttPublisher, mqtt_settings_from_table
 from fuselite.runtime.options import AnnotatorOptions
 from fuselite.runtime.outputs import Outputs, OutputsFailed
 from fuselite.runtime.preview import CameraPreviews
-from fuselite.runtime.reader import FrameSource, capture_for
+from fuselite.runtime.reader import FrameSource
 from fuselite.runtime.retention import RetentionKeeper, RetentionRule, Series
+from fuselite.runtime.scaled import choose_capture
 from fuselite.runtime.stats import RunStats
 from fuselite.runtime.watchdog import RunWatchdog, budget_rule, invoke_budget
 
@@ -330,8 +331,11 @@ def _camera_source(
         annotator_options = located_only_if_read(camera.annotator, camera.run, mqtt)
         annotator = shared_annotator(annotator_options, models, camera.label_thresholds)
         decode_threads = camera.run.decode_threads
-        capture = capture_for(
+        capture = choose_capture(
             camera.run.source,
+            camera.run.decode_resize,
+            annotator.manifest,
+            _whole_frames(camera, visual),
             camera.run.stream_timeout,
             1 if decode_threads is None else decode_threads,
         )
@@ -349,6 +353,17 @@ def _camera_source(
     source.keep_pixels = visual or camera.run.video_out is not None
     period = 1.0 / camera.run.fps_limit if camera.run.fps_limit else 0.0
     return CameraSlot(camera, annotator, source, outputs=None, period=period)
+
+
+def _whole_frames(camera: CameraConfig, visual: bool) -> str | None:
+    """What of this camera needs whole frames (so FFmpeg may not shrink them), or None."""
+    if visual:
+        return "the preview"
+    if camera.run.video_out is not None:
+        return "its video"
+    if camera.roi is not None:
+        return "its roi (cut from whole frames)"
+    return None
 
 
 def _mqtt_publisher(config: CamerasConfig, stack) -> MqttPublisher | None:

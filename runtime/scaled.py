@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from fuselite.runtime.sources import STREAM_SCHEMES, SourceError
+from fuselite.runtime.sources import STREAM_SCHEMES, SourceError, capture_for
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,35 @@ def decode_scaling(
     if ffmpeg_path() is None:
         return "ffmpeg is not installed (sudo apt install ffmpeg)"
     return None
+
+
+def choose_capture(
+    source: str,
+    mode: str,
+    manifest,
+    whole_frames: str | None,
+    timeout_s: float = 5.0,
+    decode_threads: int = 0,
+):
+    """A run's capture: a :class:`ScaledCapture` at the bundle's input size when
+    :func:`decode_scaling` allows it (logged once), else the whole-frame capture
+    :func:`fuselite.runtime.sources.capture_for` picks.
+
+    Raises:
+        SourceError: ``mode`` is ``"ffmpeg"`` and FFmpeg cannot scale this source.
+    """
+    source = str(source)
+    size = decode_size(manifest)
+    reason = decode_scaling(mode, source, whole_frames, size.resize)
+    if reason is None:
+        log.info("%s: FFmpeg decodes it straight to the model's %s (decode_resize off: whole "
+                 "frames through OpenCV)", source, size.text)
+        live = source.lower().startswith(STREAM_SCHEMES)
+        return ScaledCapture(source, live, size, timeout_s, decode_threads)
+    if mode == "ffmpeg":
+        raise SourceError(f"--decode-resize ffmpeg: {reason}")
+    log.debug("%s: decoding whole frames: %s", source, reason)
+    return capture_for(source, timeout_s, decode_threads)
 
 
 class ScaledCapture:

@@ -333,3 +333,48 @@ def test_each_camera_says_where_its_labels_fired_and_can_turn_it_off(regional_co
     assert located["red"]["point"][0] < 0.5 < located["blue"]["point"][0]
     assert all(0 <= v <= 1 for lab in located.values() for v in lab["box"])
     assert not [lab for e in events(tmp_path / "quiet.jsonl") for lab in e["labels"] if "point" in lab]
+
+
+def test_a_headless_camera_is_decoded_at_the_model_size_and_others_keep_whole_frames(
+    red_blue_clip, int8_bundle, tmp_path
+):
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg")
+    out = tmp_path / "out"
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        f'threads = 1\n[defaults]\nbundle = "{int8_bundle}"\nsource = "{red_blue_clip}"\n'
+        f'[[camera]]\nname = "lean"\njsonl = "{out}/lean.jsonl"\n'
+        f'[[camera]]\nname = "whole"\ndecode_resize = "off"\njsonl = "{out}/whole.jsonl"\n'
+        f'[[camera]]\nname = "cut"\nroi = [0, 0, 80, 60]\njsonl = "{out}/cut.jsonl"\n'
+    )
+    import subprocess
+    import sys
+
+    from runtime_helpers import runtime_env
+
+    done = subprocess.run(
+        [sys.executable, "-m", "fuselite.cli", "--verbose", "run", "--config", str(config)],
+        capture_output=True, text=True, check=False, timeout=60, env=runtime_env(),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    scaled = [line for line in done.stderr.splitlines() if "FFmpeg decodes it straight" in line]
+    assert len(scaled) == 1  # "lean" only: "whole" said off, "cut" needs whole frames for its roi
+    assert "decoding whole frames: its roi (cut from whole frames)" in done.stderr
+    lean, whole = events(out / "lean.jsonl"), events(out / "whole.jsonl")
+    assert len(lean) == len(whole) == 40
+    assert [e["labels"][0]["label"] for e in lean] == [e["labels"][0]["label"] for e in whole]
+
+
+def test_a_bad_decode_resize_in_a_cameras_file_is_one_line(red_blue_clip, int8_bundle, tmp_path):
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        f'[[camera]]\nname = "door"\nbundle = "{int8_bundle}"\nsource = "{red_blue_clip}"\n'
+        'decode_resize = "always"\n'
+    )
+    done = fuselite_run("--config", config, timeout=60)
+    assert done.returncode == 2
+    expected = f"{config}: camera 'door': key 'decode_resize': must be auto, ffmpeg, off, not 'always'"
+    assert error_lines(done.stderr) == [f"fuselite run: error: {expected}"]
