@@ -284,7 +284,9 @@ def _camera_options(name: str, values: dict, threads: int, where: _Where) -> Cam
         "reconnect_max_delay": values.get("reconnect_max_delay", 10.0),
         "stream_timeout": values.get("stream_timeout", 5.0),
         "decode_threads": values.get("decode_threads", 1),
-        "decode_resize": values.get("decode_resize", "auto"),
+        # Off unless asked: each camera's ffmpeg is a process of its own (15 MB beside the
+        # libraries' 43 MB), and eight of them would outweigh the cameras' own memory.
+        "decode_resize": values.get("decode_resize", "off"),
         "pin_threads": False,
     }
     annotator, run = (

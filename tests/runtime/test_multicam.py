@@ -346,9 +346,9 @@ def test_a_headless_camera_is_decoded_at_the_model_size_and_others_keep_whole_fr
     config = tmp_path / "cameras.toml"
     config.write_text(
         f'threads = 1\n[defaults]\nbundle = "{int8_bundle}"\nsource = "{red_blue_clip}"\n'
-        f'[[camera]]\nname = "lean"\njsonl = "{out}/lean.jsonl"\n'
-        f'[[camera]]\nname = "whole"\ndecode_resize = "off"\njsonl = "{out}/whole.jsonl"\n'
-        f'[[camera]]\nname = "cut"\nroi = [0, 0, 80, 60]\njsonl = "{out}/cut.jsonl"\n'
+        f'[[camera]]\nname = "lean"\ndecode_resize = "auto"\njsonl = "{out}/lean.jsonl"\n'
+        f'[[camera]]\nname = "whole"\njsonl = "{out}/whole.jsonl"\n'
+        f'[[camera]]\nname = "cut"\ndecode_resize = "auto"\nroi = [0, 0, 80, 60]\njsonl = "{out}/cut.jsonl"\n'
     )
     import subprocess
     import sys
@@ -361,7 +361,7 @@ def test_a_headless_camera_is_decoded_at_the_model_size_and_others_keep_whole_fr
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     scaled = [line for line in done.stderr.splitlines() if "FFmpeg decodes it straight" in line]
-    assert len(scaled) == 1  # "lean" only: "whole" said off, "cut" needs whole frames for its roi
+    assert len(scaled) == 1  # "lean" only: "whole" keeps the default (off), "cut" needs whole frames
     assert "decoding whole frames: its roi (cut from whole frames)" in done.stderr
     lean, whole = events(out / "lean.jsonl"), events(out / "whole.jsonl")
     assert len(lean) == len(whole) == 40
