@@ -33,7 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arguments(group) -> None:
-    group.add_argument("--bundle", type=Path, help="the bundle (.tflite written by fuselite convert) to run (required without --config)")
+    group.add_argument(
+        "--bundle",
+        type=Path,
+        help="the bundle (.tflite written by fuselite convert) to run (required without --config)",
+    )
     group.add_argument(
         "--threads",
         type=int,
@@ -253,6 +257,21 @@ def _mqtt_arguments(group) -> None:
         "and counted (default 10000)",
     )
     group.add_argument(
+        "--mqtt-events",
+        choices=("all", "changes"),
+        default="all",
+        help="publish an event for every annotated frame (all, the default) or only when a "
+        "label comes or goes (changes, as Frigate does; the label states are the same)",
+    )
+    group.add_argument(
+        "--mqtt-events-qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="QoS of the events: 1 (default, at least once) or 0 (cheaper; an event on a "
+        "connection that dies is lost); states and discovery stay QoS 1",
+    )
+    group.add_argument(
         "--no-ha-discovery",
         action="store_true",
         help="do not publish Home Assistant discovery configs",
@@ -297,9 +316,14 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         return run_config(args)
     if args.bundle is None or args.source is None:
-        missing = " and ".join(name for name, value in (("--bundle", args.bundle),
-                                                         ("--source", args.source)) if value is None)
-        raise UserError(f"fuselite run needs {missing} (or --config CAMERAS.toml for several cameras)")
+        missing = " and ".join(
+            name
+            for name, value in (("--bundle", args.bundle), ("--source", args.source))
+            if value is None
+        )
+        raise UserError(
+            f"fuselite run needs {missing} (or --config CAMERAS.toml for several cameras)"
+        )
     try:
         annotator_options, run_options = _build_options(args)
     except (ValueError, TypeError) as exc:
@@ -319,11 +343,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Options a cameras file sets per camera (or once): refused beside --config, not ignored.
-CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
-                       "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
-                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout",
-                       "camera_name", "mqtt", "mqtt_user", "mqtt_password_file", "mqtt_tls_ca",
-                       "mqtt_tls_cert", "mqtt_tls_key", "mqtt_client_id")
+CAMERA_FILE_OPTIONS = (
+    "bundle",
+    "source",
+    "threads",
+    "labels",
+    "threshold",
+    "max_results",
+    "allow",
+    "deny",
+    "smoothing",
+    "hysteresis",
+    "fps_limit",
+    "max_frames",
+    "video_out",
+    "video_segment_minutes",
+    "preview",
+    "decode_threads",
+    "invoke_timeout",
+    "camera_name",
+    "mqtt",
+    "mqtt_user",
+    "mqtt_password_file",
+    "mqtt_tls_ca",
+    "mqtt_tls_cert",
+    "mqtt_tls_key",
+    "mqtt_client_id",
+)
 
 
 def run_config(args: argparse.Namespace) -> int:
@@ -335,11 +381,16 @@ def run_config(args: argparse.Namespace) -> int:
     from fuselite.runtime.mqtt import mqtt_settings_from_table
     from fuselite.runtime.multicam import run_cameras
 
-    given = [f"--{name.replace('_', '-')}" for name in CAMERA_FILE_OPTIONS
-             if getattr(args, name, None) is not None]
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in CAMERA_FILE_OPTIONS
+        if getattr(args, name, None) is not None
+    ]
     if given:
-        raise UserError(f"with --config, the cameras file says what {', '.join(given)} would: "
-                        "drop them and set them in the file (docs/cameras.md)")
+        raise UserError(
+            f"with --config, the cameras file says what {', '.join(given)} would: "
+            "drop them and set them in the file (docs/cameras.md)"
+        )
     try:
         config = load_cameras_config(args.config)
         if config.mqtt is not None:  # checked before any model loads
@@ -352,8 +403,13 @@ def run_config(args: argparse.Namespace) -> int:
     except (SetupError, InterpreterNotFoundError) as exc:
         raise UserError(f"{args.config}: {exc}") from None
     for name, summary in summaries.items():
-        log.info("%s: annotated %d frames in %.1f s (stopped by %s)", name, summary.frames,
-                 summary.seconds, summary.stopped_by)
+        log.info(
+            "%s: annotated %d frames in %.1f s (stopped by %s)",
+            name,
+            summary.frames,
+            summary.seconds,
+            summary.stopped_by,
+        )
     return 0
 
 
