@@ -33,11 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_arguments(group) -> None:
-    group.add_argument(
-        "--bundle",
-        type=Path,
-        help="the bundle (.tflite written by fuselite convert) to run (required without --config)",
-    )
+    group.add_argument("--bundle", type=Path, help="the bundle (.tflite written by fuselite convert) to run (required without --config)")
     group.add_argument(
         "--threads",
         type=int,
@@ -316,14 +312,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         return run_config(args)
     if args.bundle is None or args.source is None:
-        missing = " and ".join(
-            name
-            for name, value in (("--bundle", args.bundle), ("--source", args.source))
-            if value is None
-        )
-        raise UserError(
-            f"fuselite run needs {missing} (or --config CAMERAS.toml for several cameras)"
-        )
+        missing = " and ".join(name for name, value in (("--bundle", args.bundle),
+                                                         ("--source", args.source)) if value is None)
+        raise UserError(f"fuselite run needs {missing} (or --config CAMERAS.toml for several cameras)")
     try:
         annotator_options, run_options = _build_options(args)
     except (ValueError, TypeError) as exc:
@@ -343,33 +334,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Options a cameras file sets per camera (or once): refused beside --config, not ignored.
-CAMERA_FILE_OPTIONS = (
-    "bundle",
-    "source",
-    "threads",
-    "labels",
-    "threshold",
-    "max_results",
-    "allow",
-    "deny",
-    "smoothing",
-    "hysteresis",
-    "fps_limit",
-    "max_frames",
-    "video_out",
-    "video_segment_minutes",
-    "preview",
-    "decode_threads",
-    "invoke_timeout",
-    "camera_name",
-    "mqtt",
-    "mqtt_user",
-    "mqtt_password_file",
-    "mqtt_tls_ca",
-    "mqtt_tls_cert",
-    "mqtt_tls_key",
-    "mqtt_client_id",
-)
+CAMERA_FILE_OPTIONS = ("bundle", "source", "threads", "labels", "threshold", "max_results", "allow",
+                       "deny", "smoothing", "hysteresis", "fps_limit", "max_frames", "video_out",
+                       "video_segment_minutes", "preview", "decode_threads", "invoke_timeout",
+                       "camera_name", "mqtt", "mqtt_user", "mqtt_password_file", "mqtt_tls_ca",
+                       "mqtt_tls_cert", "mqtt_tls_key", "mqtt_client_id")
 
 
 def run_config(args: argparse.Namespace) -> int:
@@ -381,16 +350,11 @@ def run_config(args: argparse.Namespace) -> int:
     from fuselite.runtime.mqtt import mqtt_settings_from_table
     from fuselite.runtime.multicam import run_cameras
 
-    given = [
-        f"--{name.replace('_', '-')}"
-        for name in CAMERA_FILE_OPTIONS
-        if getattr(args, name, None) is not None
-    ]
+    given = [f"--{name.replace('_', '-')}" for name in CAMERA_FILE_OPTIONS
+             if getattr(args, name, None) is not None]
     if given:
-        raise UserError(
-            f"with --config, the cameras file says what {', '.join(given)} would: "
-            "drop them and set them in the file (docs/cameras.md)"
-        )
+        raise UserError(f"with --config, the cameras file says what {', '.join(given)} would: "
+                        "drop them and set them in the file (docs/cameras.md)")
     try:
         config = load_cameras_config(args.config)
         if config.mqtt is not None:  # checked before any model loads
@@ -403,13 +367,8 @@ def run_config(args: argparse.Namespace) -> int:
     except (SetupError, InterpreterNotFoundError) as exc:
         raise UserError(f"{args.config}: {exc}") from None
     for name, summary in summaries.items():
-        log.info(
-            "%s: annotated %d frames in %.1f s (stopped by %s)",
-            name,
-            summary.frames,
-            summary.seconds,
-            summary.stopped_by,
-        )
+        log.info("%s: annotated %d frames in %.1f s (stopped by %s)", name, summary.frames,
+                 summary.seconds, summary.stopped_by)
     return 0
 
 
