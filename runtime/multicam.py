@@ -374,8 +374,9 @@ def _open_outputs(
             preview=channel,
             mqtt_publisher=publisher,
             # A saturated file camera gets a 1/n share of the frames: its writer thread
-            # looks n times less often (live cameras keep their latency).
-            cameras=1 if slot.source.live else slot.cameras_sharing,
+            # looks n times less often (live cameras keep their latency, and frames with
+            # pixels for a video or preview are not held n times over).
+            cameras=1 if slot.source.live or slot.source.keep_pixels else slot.cameras_sharing,
         )
     slot.outputs.camera = camera.name
     stack.callback(slot.outputs.close)

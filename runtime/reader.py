@@ -163,8 +163,10 @@ class FrameSource:
         sources: its queue and its full-queue poll grow that many times, so its capture
         thread still decodes several frames per wake-up instead of about one (each wake-up
         takes the interpreter lock from the others).  Live sources keep their latest frame
-        only and are left as they are.  Call before :meth:`start`."""
-        if not self.live and not self.drop_stale:
+        only, and frames that keep their pixels (for a video or a preview) would hold that
+        much more memory: both are left as they are.  Call after setting
+        :attr:`keep_pixels`, before :meth:`start`."""
+        if not self.live and not self.drop_stale and not self.keep_pixels:
             self.queue_size = QUEUE_SIZE * max(1, sources)
             self.full_queue_poll = FULL_QUEUE_POLL_SECONDS * max(1, sources)
 

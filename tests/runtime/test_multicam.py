@@ -78,7 +78,11 @@ def test_a_file_camera_sharing_the_model_keeps_frames_for_its_longer_wait(clips)
     # Its turn comes a quarter as often: its capture thread keeps four times the frames
     # ready, so each wake-up decodes several (not one) and the queue never runs dry.
     shared = FrameSource(capture_for(str(clips[0])), drop_stale=False)
+    shared.keep_pixels = False  # no video or preview: each frame is its small model input
     shared.share_consumer(4)
+    drawn = FrameSource(capture_for(str(clips[2])), drop_stale=False)
+    drawn.share_consumer(4)  # its frames keep their pixels: not held four times over
+    assert drawn.queue_size == QUEUE_SIZE
     live_like = FrameSource(capture_for(str(clips[1])), drop_stale=True)
     live_like.share_consumer(4)  # latest frame only: nothing to keep
     with shared, live_like:
