@@ -66,7 +66,7 @@ ONLINE, OFFLINE = "online", "offline"
 MAX_UNACKED = 200
 SEND_BATCH = 100  # messages handed to paho at a time
 # Pause after a batch, so events gather: 20 wake-ups a second instead of 100 took the
-# loss of a 1,500-frames/s loop publishing 1,000 events/s from 0.73-0.85x to 0.88-0.90x
+# ratio of a 1,500-frames/s loop publishing 1,000 events/s from 0.731-0.848x to 0.879-0.904x
 # (docs/mqtt.md).  A backlog (a full batch waiting, e.g. after an outage) goes out
 # without the pause.
 SEND_LINGER_S = 0.05
