@@ -1,7 +1,8 @@
 """What MQTT costs ``fuselite run``, and what survives a broker outage, on a real Mosquitto.
 
     python -m fuselite.bench.suite mqtt --bundle int8.tflite [--rate 1000] [--windows 40] \\
-        [--rounds 3] [--frames 3000] [--outage 30] [--threads 1]
+        [--rounds 3] [--frames 3000] [--outage 30] [--threads 1] \\
+        [--events all|changes] [--events-qos 1|0]
 
 A local Mosquitto (Debian ``mosquitto``) is started on a free port of 127.0.0.1, and a
 paho subscriber with a persistent session counts what arrives.
@@ -13,7 +14,10 @@ paho subscriber with a persistent session counts what arrives.
   so the machine's changing load hits both alike.  "On" publishes each frame's event
   and label states, and a second publisher in the process sends ``--rate`` more events/s
   (what other cameras of the board would publish).  The figure is the median over
-  groups of four windows of FPS on / FPS off (target >= 0.95).
+  groups of four windows of FPS on / FPS off (target >= 0.95).  ``--events`` and
+  ``--events-qos`` set the run's ``--mqtt-events`` / ``--mqtt-events-qos`` (the QoS also
+  applies to the ``--rate`` publisher, another camera of the same board; it publishes
+  every one of its events in both modes).
 * ``runs``: rounds of two fresh ``fuselite run`` processes on the clip, in alternating
   order: ``off`` writes JSONL only; ``on`` adds ``--mqtt`` and the ``--rate`` publisher.
 * ``outage``: one ``on`` process looping the clip; after 5 s the broker is killed
@@ -51,12 +55,13 @@ WRAPPER_SCRIPT = """
 import json, sys, threading, time
 from fuselite.cli import main
 from fuselite.runtime.mqtt import MqttPublisher, MqttSettings  # here: imports race in threads
-url, rate, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-run_args = sys.argv[4:]
+url, rate, out, qos = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+run_args = sys.argv[5:]
 stop, stats = threading.Event(), {}
 
 def load():
-    settings = MqttSettings(url, client_id="bench-load", discovery=False, queue_size=10**6)
+    settings = MqttSettings(url, client_id="bench-load", discovery=False, queue_size=10**6,
+                            events_qos=qos)
     publisher = MqttPublisher(settings).start()
     publisher.set_labels("load", ["person", "car"])
     start, sent = time.monotonic(), 0
@@ -98,13 +103,14 @@ import json, sys, threading, time
 import cv2
 from fuselite.runtime import Annotator, AnnotatorOptions
 from fuselite.runtime.mqtt import MqttPublisher, MqttSettings
-bundle, video, url, rate, windows, window_s, threads = sys.argv[1:8]
-rate, windows, window_s = float(rate), int(windows), float(window_s)
+bundle, video, url, rate, windows, window_s, threads, events, qos = sys.argv[1:10]
+rate, windows, window_s, qos = float(rate), int(windows), float(window_s), int(qos)
 annotator = Annotator.create(AnnotatorOptions(bundle, num_threads=int(threads), smoothing=0.5,
                                               hysteresis=0.05))
-runs = MqttPublisher(MqttSettings(url, client_id="bench-window-run")).start()
+runs = MqttPublisher(MqttSettings(url, client_id="bench-window-run", events=events,
+                                  events_qos=qos)).start()
 load = MqttPublisher(MqttSettings(url, client_id="bench-window-load", discovery=False,
-                                  queue_size=10**6)).start()
+                                  queue_size=10**6, events_qos=qos)).start()
 runs.set_labels("run", annotator.allowed_labels)
 load.set_labels("load", ["person"])
 on, stop, sent = threading.Event(), threading.Event(), [0]
@@ -183,6 +189,8 @@ def measure_windows(args, broker: Mosquitto) -> dict[str, Any]:
         str(args.windows),
         str(args.window_s),
         str(args.threads),
+        args.events,
+        str(args.events_qos),
     ]
     out, _rss = _finish(
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -216,8 +224,9 @@ def measure_windows(args, broker: Mosquitto) -> dict[str, Any]:
 COST_SCRIPT = """
 import json, sys, time
 from fuselite.runtime.mqtt import MqttPublisher, MqttSettings
-url, rate, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-publisher = MqttPublisher(MqttSettings(url, client_id="bench-cost", discovery=False)).start()
+url, rate, seconds, qos = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+publisher = MqttPublisher(MqttSettings(url, client_id="bench-cost", discovery=False,
+                                       events_qos=qos)).start()
 publisher.set_labels("cost", ["person"])
 while not publisher.stats()["connected"]:
     time.sleep(0.05)
@@ -241,7 +250,15 @@ print(json.dumps({"sent": sent, "published": stats["published"], "us_per_event":
 
 def measure_cost(args, broker: Mosquitto) -> dict[str, Any]:
     """CPU time per published event, in a fresh process publishing ``args.rate`` events/s."""
-    command = [sys.executable, "-c", COST_SCRIPT, broker.url, str(args.rate), "10"]
+    command = [
+        sys.executable,
+        "-c",
+        COST_SCRIPT,
+        broker.url,
+        str(args.rate),
+        "10",
+        str(args.events_qos),
+    ]
     out, _rss = _finish(
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     )
@@ -306,8 +323,26 @@ class Counter:
         self.client.loop_stop()
 
 
-def _wrapped(url: str, rate: float, stats_file: Path, run_args: list[str]) -> list[str]:
-    return [sys.executable, "-c", WRAPPER_SCRIPT, url, str(rate), str(stats_file), *run_args]
+def _wrapped(args, url: str, stats_file: Path, run_args: list[str]) -> list[str]:
+    qos = str(args.events_qos)
+    return [
+        sys.executable,
+        "-c",
+        WRAPPER_SCRIPT,
+        url,
+        str(args.rate),
+        str(stats_file),
+        qos,
+        *run_args,
+    ]
+
+
+def _mqtt_flags(args, url: str, name: str) -> list[str]:
+    """The run's ``--mqtt*`` flags."""
+    return [
+        *("--mqtt", url, "--mqtt-client-id", f"bench-{name}", "--camera-name", "run"),
+        *("--mqtt-events", args.events, "--mqtt-events-qos", str(args.events_qos)),
+    ]
 
 
 def measure_run(args, broker: Mosquitto | None, work: Path, name: str) -> dict[str, Any]:
@@ -317,9 +352,9 @@ def measure_run(args, broker: Mosquitto | None, work: Path, name: str) -> dict[s
     url = "-"
     if broker is not None:
         url = broker.url
-        run_args += ["--mqtt", url, "--mqtt-client-id", f"bench-{name}", "--camera-name", "run"]
+        run_args += _mqtt_flags(args, url, name)
     process = subprocess.Popen(
-        _wrapped(url, args.rate, stats_file, run_args),
+        _wrapped(args, url, stats_file, run_args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -372,18 +407,10 @@ def outage(args, broker: Mosquitto, counter: Counter, work: Path) -> dict[str, A
     counter.reset()
     jsonl, stats_file = work / "outage.jsonl", work / "outage-load.json"
     run_args = _run_command(args.bundle, args.video, args.threads, 10**9, jsonl)[4:]
-    run_args += [
-        "--mqtt",
-        broker.url,
-        "--mqtt-client-id",
-        "bench-outage",
-        "--camera-name",
-        "run",
-        "--mqtt-queue",
-        str(int(args.rate * (args.outage + 30))),
-    ]
+    run_args += _mqtt_flags(args, broker.url, "outage")
+    run_args += ["--mqtt-queue", str(int(args.rate * (args.outage + 30)))]
     process = subprocess.Popen(
-        _wrapped(broker.url, args.rate, stats_file, run_args),
+        _wrapped(args, broker.url, stats_file, run_args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -502,7 +529,8 @@ def markdown(
     machine = (
         f"{header['date']}, {header['cpu']}, {header['cpus']} cores (shared), load average "
         f"before {header['load']}; {header['windows']} windows of {header['window_s']} s in one "
-        f"process, then {header['rounds']} rounds of {header['frames']} frames in fresh processes"
+        f"process, then {header['rounds']} rounds of {header['frames']} frames in fresh "
+        f"processes; the run's events: {header['events']}, QoS {header['events_qos']}"
     )
     lines = [
         machine,
@@ -560,6 +588,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds the broker is down (default 30; 0 skips the outage)",
     )
+    parser.add_argument(
+        "--events",
+        choices=("all", "changes"),
+        default="all",
+        help="the run's --mqtt-events (default all: an event per frame)",
+    )
+    parser.add_argument(
+        "--events-qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="QoS of every event, the run's and the --rate publisher's (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -579,6 +620,8 @@ def _header(args) -> dict[str, Any]:
         "window_s": args.window_s,
         "frames": args.frames,
         "rate": args.rate,
+        "events": args.events,
+        "events_qos": args.events_qos,
         "command": shlex.join(["python", "-m", "fuselite.bench.suite", "mqtt", *args.argv]),
     }
 

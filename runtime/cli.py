@@ -260,6 +260,21 @@ def _mqtt_arguments(group) -> None:
         "and counted (default 10000)",
     )
     group.add_argument(
+        "--mqtt-events",
+        choices=("all", "changes"),
+        default="all",
+        help="publish an event for every annotated frame (all, the default) or only when a "
+        "label comes or goes (changes, as Frigate does; the label states are the same)",
+    )
+    group.add_argument(
+        "--mqtt-events-qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="QoS of the events: 1 (default, at least once) or 0 (cheaper; an event on a "
+        "connection that dies is lost); states and discovery stay QoS 1",
+    )
+    group.add_argument(
         "--no-ha-discovery",
         action="store_true",
         help="do not publish Home Assistant discovery configs",

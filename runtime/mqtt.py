@@ -3,7 +3,9 @@
 One :class:`MqttPublisher` serves every camera of a process (it is thread-safe).  It
 publishes, under the topic prefix (``fuselite`` by default):
 
-* ``<prefix>/<camera>/events``: each annotation event, the JSONL record plus ``camera``;
+* ``<prefix>/<camera>/events``: each annotation event, the JSONL record plus ``camera``
+  (with ``events="changes"``, only the frames where a label came or went, plus
+  ``changed``); QoS 1 by default, or 0 with ``events_qos=0``;
 * ``<prefix>/<camera>/<label>/state``: ``ON``/``OFF``, retained, following the labels the
   runtime reports (after its smoothing and hysteresis), published on change and again
   after every (re)connection;
@@ -17,6 +19,13 @@ appends to a bounded queue that a thread of the publisher drains while the broke
 connected.  When the queue is full the oldest events are dropped and counted.  States and
 discovery configs are not queued: the publisher keeps the latest state of each label and
 sends it when it can, so a stale ``ON`` never overwrites a newer ``OFF``.
+
+What publishing costs the annotating loop is the interpreter lock that paho-mqtt's
+Python code holds on the sender's and its network thread's turns: every wake-up of
+those threads takes it.  So the sender hands messages over in batches and, unless a
+backlog waits, pauses :data:`SEND_LINGER_S` after each one (up to 50 ms more latency,
+a few wake-ups a second); ``events_qos=0`` spares the broker's acknowledgements (one
+packet read per event), and ``events="changes"`` most of the events.
 
 paho-mqtt is imported only when a publisher is made: a board without it gets one line
 saying to install ``fuselite[mqtt]``.
@@ -56,11 +65,16 @@ ONLINE, OFFLINE = "online", "offline"
 # reconnection and sends them again, so this bounds what sits outside the counted queue.
 MAX_UNACKED = 200
 SEND_BATCH = 100  # messages handed to paho at a time
-SEND_LINGER_S = 0.01  # pause after a batch, so events gather (up to 10,000 a second go out)
+# Pause after a batch, so events gather: 20 wake-ups a second instead of 100 took the
+# ratio of a 1,500-frames/s loop publishing 1,000 events/s from 0.731-0.848x to 0.879-0.904x
+# (docs/mqtt.md).  A backlog (a full batch waiting, e.g. after an outage) goes out
+# without the pause.
+SEND_LINGER_S = 0.05
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 10  # a restarted broker is found within 10 s
 CLOSE_FLUSH_S = 2.0  # at the end of a run, how long queued events may take to go out (within
 # the 3 s a signalled run has to finish, see watchdog.STOP_GRACE_S)
 _TOPIC_WORD = re.compile(r"^[^#+/\x00]+$")
+EVENT_MODES = ("all", "changes")
 
 
 class MqttError(ValueError):
@@ -89,6 +103,14 @@ class MqttSettings:
         discovery: Publish Home Assistant discovery configs.
         discovery_prefix: Home Assistant's discovery prefix.
         queue_size: Events kept while the broker is away; beyond it the oldest are dropped.
+        events: ``"all"``: an event for every annotated frame; ``"changes"``: only for the
+            frames where a reported label came or went (as Frigate publishes), each with
+            ``changed = {"on": [...], "off": [...]}``.  Label states follow every frame
+            either way.
+        events_qos: MQTT QoS of the events, 1 (at least once: what the broker has not
+            acknowledged is sent again after a reconnection) or 0 (no acknowledgement:
+            cheaper; an event written to a connection that then dies is lost).  States,
+            availability and discovery always use QoS 1.
     """
 
     url: str
@@ -103,6 +125,8 @@ class MqttSettings:
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     queue_size: int = DEFAULT_QUEUE_SIZE
+    events: str = "all"
+    events_qos: int = 1
 
     def __post_init__(self) -> None:
         self._check_url()
@@ -122,6 +146,10 @@ class MqttSettings:
             raise MqttError(
                 f"mqtt queue_size must be a whole number of at least 1, not {self.queue_size!r}"
             )
+        if self.events not in EVENT_MODES:
+            raise MqttError(f"mqtt events must be 'all' or 'changes', not {self.events!r}")
+        if isinstance(self.events_qos, bool) or self.events_qos not in (0, 1):
+            raise MqttError(f"mqtt events_qos must be 0 or 1, not {self.events_qos!r}")
         for name in ("tls_ca", "tls_cert", "tls_key"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
@@ -228,6 +256,8 @@ _TABLE_KEYS = {
     "discovery": bool,
     "discovery_prefix": str,
     "queue_size": int,
+    "events": str,
+    "events_qos": int,
 }
 
 
@@ -236,7 +266,7 @@ def mqtt_settings_from_table(table: dict, where: str = "[mqtt]") -> MqttSettings
 
     Keys: ``url`` (required), ``username``, ``password`` or ``password_file``, ``tls_ca``,
     ``tls_cert``, ``tls_key``, ``tls_insecure``, ``client_id``, ``topic_prefix``,
-    ``discovery``, ``discovery_prefix``, ``queue_size``.
+    ``discovery``, ``discovery_prefix``, ``queue_size``, ``events``, ``events_qos``.
 
     Raises:
         MqttError: one line naming the key (and ``where``) that is wrong.
@@ -302,6 +332,8 @@ def mqtt_settings_from_args(
         "discovery": not args.no_ha_discovery,
         "discovery_prefix": args.ha_discovery_prefix,
         "queue_size": args.mqtt_queue,
+        "events": getattr(args, "mqtt_events", "all"),
+        "events_qos": getattr(args, "mqtt_events_qos", 1),
     }
     if args.mqtt_client_id is not None:
         values["client_id"] = args.mqtt_client_id
@@ -358,11 +390,14 @@ class MqttPublisher:
         self._cameras: dict[str, _Camera] = {}
         self._dirty_states: set[tuple[str, str]] = set()
         self._dirty_configs: set[tuple[str, str]] = set()
-        self._unacked: dict[int, tuple[str, str | None]] = {}  # mid -> (kind, camera of an event)
+        # mid -> (kind, camera of an event, the QoS-0 event itself until paho has written
+        # it: a connection lost before then gets it back into the queue)
+        self._unacked: dict[int, tuple[str, str | None, tuple | None]] = {}
         self._early_acks: set[int] = set()
         self._counts = collections.Counter()  # published, dropped, dropped_outage, reconnects
         self._camera_counts: dict[str, collections.Counter] = {}  # camera -> published, dropped
         self._connected = False
+        self._connection = 0  # counts lost connections: a batch sent across one is retried
         self._ever_connected = False
         self._lost_at: float | None = None
         self._closing = False
@@ -427,21 +462,24 @@ class MqttPublisher:
                 self._dirty_configs |= keys
             self._lock.notify_all()
 
-    def update_states(self, camera: str, present: list[str] | tuple[str, ...] | set[str]) -> None:
+    def update_states(
+        self, camera: str, present: list[str] | tuple[str, ...] | set[str]
+    ) -> dict[str, list[str]]:
         """Sets the camera's labels in ``present`` ON and the others OFF; only the labels
-        that changed are published."""
+        that changed are published.  Returns them: ``{"on": [...], "off": [...]}``."""
         present = set(present)
+        changed: dict[str, list[str]] = {"on": [], "off": []}
         with self._lock:
             entry = self._camera(camera)
-            changed = False
             for label in entry.labels:
                 on = label in present
                 if entry.states.get(label) != on:
                     entry.states[label] = on
                     self._dirty_states.add((camera, label))
-                    changed = True
-            if changed:
+                    changed["on" if on else "off"].append(label)
+            if changed["on"] or changed["off"]:
                 self._lock.notify_all()
+        return changed
 
     def publish_event(self, camera: str, record: dict[str, Any]) -> None:
         """Queues one event for ``<prefix>/<camera>/events`` (never blocks; when the queue
@@ -458,10 +496,14 @@ class MqttPublisher:
             self._lock.notify_all()
 
     def publish_record(self, camera: str, record: dict[str, Any]) -> None:
-        """Sends a camera's event (``labels`` names the reported labels) and updates the
-        label states from it: what an annotated frame needs."""
-        self.publish_event(camera, record)
-        self.update_states(camera, [item["label"] for item in record.get("labels", ())])
+        """Updates the label states from a camera's event (``labels`` names the reported
+        labels) and sends the event, or with ``events="changes"`` only when a label came
+        or went (with ``changed``): what an annotated frame needs."""
+        changed = self.update_states(camera, [item["label"] for item in record.get("labels", ())])
+        if self.settings.events == "all":
+            self.publish_event(camera, record)
+        elif changed["on"] or changed["off"]:
+            self.publish_event(camera, {**record, "changed": changed})
 
     def stats(self, camera: str | None = None) -> dict[str, Any]:
         """``{"published", "queued", "dropped", "connected", "reconnects"}``: events
@@ -469,7 +511,7 @@ class MqttPublisher:
         queue was full, whether the broker is connected, and reconnections; the events of
         one ``camera``, or of all."""
         with self._lock:
-            unacked = [owner for kind, owner in self._unacked.values() if kind == "event"]
+            unacked = [owner for kind, owner, _event in self._unacked.values() if kind == "event"]
             if camera is None:
                 counts, waiting = self._counts, len(self._queue) + len(unacked)
             else:
@@ -553,7 +595,7 @@ class MqttPublisher:
 
     def _next_message(self) -> tuple[str, str | None, str, bytes | str, bool] | None:
         """``(kind, camera, topic, payload, retain)`` to send next: configs, then states,
-        then events (``camera`` only for events)."""
+        then events (``camera`` only for events; ``payload`` bytes for events)."""
         if self._dirty_configs:
             camera, label = self._dirty_configs.pop()
             topic, config = discovery_config(self.settings, self._cameras[camera], label)
@@ -578,6 +620,7 @@ class MqttPublisher:
     def _send_loop(self) -> None:
         """Hands queued messages to paho in batches, then lingers a moment: one wakeup per
         batch instead of one per event leaves the interpreter lock to the inference."""
+        events_qos = self.settings.events_qos
         while True:
             with self._lock:
                 while not self._closing and not (
@@ -586,19 +629,40 @@ class MqttPublisher:
                     self._lock.wait(0.5)
                 if self._closing:
                     return
-                batch = self._next_batch()
-            sent = [
-                ((kind, camera), self._client.publish(topic, payload, qos=1, retain=retain))
-                for kind, camera, topic, payload, retain in batch
-            ]
+                batch, connection = self._next_batch(), self._connection
+            sent = []
+            for kind, camera, topic, payload, retain in batch:
+                qos = events_qos if kind == "event" else 1
+                event = (camera, topic, payload) if kind == "event" and qos == 0 else None
+                sent.append(
+                    ((kind, camera, event), self._client.publish(topic, payload, qos, retain))
+                )
             with self._lock:
-                for owner, info in sent:
-                    if info.mid in self._early_acks:
-                        self._early_acks.discard(info.mid)
-                        self._acked(owner)
-                    else:
-                        self._unacked[info.mid] = owner
-            time.sleep(SEND_LINGER_S)
+                self._hand_over(sent, lost=connection != self._connection)
+                backlog = len(self._queue) >= SEND_BATCH
+            if not backlog:
+                time.sleep(SEND_LINGER_S)
+
+    def _hand_over(self, sent: list, lost: bool) -> None:
+        """Records what paho took; a QoS-0 event it refused, or that was still unwritten
+        when the connection was ``lost`` meanwhile, goes back to the queue."""
+        retry = []
+        for owner, info in sent:
+            if info.mid in self._early_acks:
+                self._early_acks.discard(info.mid)
+                self._acked(owner)
+            elif owner[2] is not None and (lost or info.rc != self._paho.MQTT_ERR_SUCCESS):
+                retry.append(owner[2])
+            else:
+                self._unacked[info.mid] = owner
+        self._requeue(retry)
+
+    def _requeue(self, events: list[tuple[str, str, bytes]]) -> None:
+        """Puts events back at the head of the queue, in their order (nothing is dropped
+        for them: they were in the queue's bound before)."""
+        for event in reversed(events):
+            self._queue.appendleft(event)
+            self._queued[event[0]] += 1
 
     def _next_batch(self) -> list[tuple[str, str | None, str, bytes | str, bool]]:
         """Up to :data:`SEND_BATCH` messages, as many as the unacknowledged bound allows."""
@@ -611,8 +675,8 @@ class MqttPublisher:
     def _pending(self) -> bool:
         return bool(self._queue or self._dirty_states or self._dirty_configs)
 
-    def _acked(self, owner: tuple[str, str | None]) -> None:
-        kind, camera = owner
+    def _acked(self, owner: tuple[str, str | None, tuple | None]) -> None:
+        kind, camera, _event = owner
         if kind == "event":
             self._counts["published"] += 1
             self._camera_counts.setdefault(camera, collections.Counter())["published"] += 1
@@ -692,6 +756,10 @@ class MqttPublisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:
             was_connected, self._connected = self._connected, False
+            self._connection += 1
+            # QoS-0 events paho had not written yet: it forgets them when it reconnects.
+            unwritten = [mid for mid, owner in self._unacked.items() if owner[2] is not None]
+            self._requeue([self._unacked.pop(mid)[2] for mid in unwritten])
             if was_connected and not self._closing:
                 self._lost_at = time.monotonic()
                 self._connect_failures = 1  # this line says it: failed retries log at debug

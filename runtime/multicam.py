@@ -199,6 +199,7 @@ class CameraSlot:
         source: Its capture thread and latest frame.
         outputs: Its sinks.
         period: Seconds between two annotated frames at its FPS cap (0: no cap).
+        cameras_sharing: How many cameras take turns on the inference thread.
         next_due: When (``time.monotonic()``) its FPS cap allows the next frame.
         inferred: Frames run through the model.
         stopped_by: Why it ended (``None`` while it runs).
@@ -211,6 +212,7 @@ class CameraSlot:
     outputs: Outputs | None
     stats: RunStats | None = None
     period: float = 0.0
+    cameras_sharing: int = 1
     next_due: float = 0.0
     inferred: int = 0
     stopped_by: str | None = None
@@ -274,6 +276,9 @@ def run_cameras(
             _camera_source(camera, models, previews is not None, config.mqtt is not None)
             for camera in config.cameras
         ]
+        for slot in slots:
+            slot.source.share_consumer(len(slots))
+            slot.cameras_sharing = len(slots)
         _start_sources(slots, wake, stack)
         # Sinks shared by every camera (one per process, such as a broker connection made
         # from config.mqtt) are created here, once, and handed to each camera's Outputs.
@@ -390,6 +395,10 @@ def _open_outputs(
             slot.source.live,
             preview=channel,
             mqtt_publisher=publisher,
+            # A saturated file camera gets a 1/n share of the frames: its writer thread
+            # looks n times less often (live cameras keep their latency, and frames with
+            # pixels for a video or preview are not held n times over).
+            cameras=1 if slot.source.live or slot.source.keep_pixels else slot.cameras_sharing,
         )
     slot.outputs.camera = camera.name
     stack.callback(slot.outputs.close)

@@ -137,6 +137,11 @@ class FrameSource:
         self.keep_pixels = True
         # Cores the capture thread is confined to (None: any); set before start().
         self.helper_cores: frozenset[int] | None = None
+        # Frames a file or folder source keeps ready, and how soon its capture thread,
+        # waiting on a full queue, first looks for room again.  A consumer serving several
+        # cameras takes each one's frames less often: it scales both (see share_consumer).
+        self.queue_size = QUEUE_SIZE
+        self.full_queue_poll = FULL_QUEUE_POLL_SECONDS
         # Called (on the capture thread) after each frame delivered and when the source
         # ends: a consumer of several sources waits on one event instead of polling each.
         self.on_frame: Callable[[], None] | None = None
@@ -152,6 +157,18 @@ class FrameSource:
         self._thread: threading.Thread | None = None
         self._index = 0
         self._start = time.monotonic()
+
+    def share_consumer(self, sources: int) -> None:
+        """Tells a file or folder source that its consumer takes turns among ``sources``
+        sources: its queue and its full-queue poll grow that many times, so its capture
+        thread still decodes several frames per wake-up instead of about one (each wake-up
+        takes the interpreter lock from the others).  Live sources keep their latest frame
+        only, and frames that keep their pixels (for a video or a preview) would hold that
+        much more memory: both are left as they are.  Call after setting
+        :attr:`keep_pixels`, before :meth:`start`."""
+        if not self.live and not self.drop_stale and not self.keep_pixels:
+            self.queue_size = QUEUE_SIZE * max(1, sources)
+            self.full_queue_poll = FULL_QUEUE_POLL_SECONDS * max(1, sources)
 
     @property
     def preprocessing_ahead(self) -> bool:
@@ -333,10 +350,10 @@ class FrameSource:
                     self.counters.dropped += len(self._frames)
                     self._frames.clear()
             else:
-                if len(self._frames) >= QUEUE_SIZE:
+                if len(self._frames) >= self.queue_size:
                     self._lean(+1)  # the capture thread waits: it has time to preprocess
-                wait = FULL_QUEUE_POLL_SECONDS
-                while len(self._frames) >= QUEUE_SIZE and not self._closed.is_set():
+                wait = self.full_queue_poll
+                while len(self._frames) >= self.queue_size and not self._closed.is_set():
                     self._cond.wait(wait)
                     # A slow model (a board) frees room rarely: look less often.
                     wait = min(wait * 2, POLL_SECONDS)

@@ -7,6 +7,7 @@ every reader a real paho-mqtt subscriber.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
@@ -149,6 +150,9 @@ def wait_until(condition, timeout: float = 15.0) -> None:
         ({"url": "mqtts://h", "tls_ca": "/nonexistent/ca.pem"}, "tls_ca: no such file"),
         ({"url": "mqtt://h", "topic_prefix": "home/#"}, "topic_prefix"),
         ({"url": "mqtt://h", "password": "p", "password_file": "f"}, "not both"),
+        ({"url": "mqtt://h", "events": "frames"}, "events must be 'all' or 'changes'"),
+        ({"url": "mqtt://h", "events_qos": 2}, "events_qos must be 0 or 1"),
+        ({"url": "mqtt://h", "events_qos": True}, "events_qos must be a int"),
     ],
 )
 def test_a_bad_mqtt_table_is_one_line_naming_the_key(table, named):
@@ -260,6 +264,65 @@ def test_events_states_and_availability_reach_a_real_broker(broker, subscribers)
         "reconnects": 0,
     }
     late.wait(lambda: late.latest()["fuselite/status/board1"] == b"offline")
+
+
+@needs_broker
+def test_events_on_change_come_only_when_a_label_comes_or_goes(broker, subscribers):
+    watcher = subscribers(broker.port)
+    settings = MqttSettings(broker.url, client_id="board1", events="changes", events_qos=0)
+    publisher = MqttPublisher(settings).start()
+    publisher.set_labels("porch", ["person", "car"])
+    person = "fuselite/porch/person/state"
+    watcher.wait(lambda: watcher.on(person))  # OFF once connected
+    frames = [(), (), ("person",), ("person",), ("person", "car"), ("car",), ("car",), ()]
+    for frame, labels in enumerate(frames):
+        publisher.publish_record("porch", annotation(frame, *labels))
+    watcher.wait(lambda: len(watcher.on("/events")) == 4)
+    published = [json.loads(m.payload) for m in watcher.on("/events")]
+    assert [e["frame"] for e in published] == [2, 4, 5, 7]
+    assert [e["changed"] for e in published] == [
+        {"on": ["person"], "off": []},
+        {"on": ["car"], "off": []},
+        {"on": [], "off": ["person"]},
+        {"on": [], "off": ["car"]},
+    ]
+    assert published[1]["labels"] == annotation(4, "person", "car")["labels"]
+    watcher.wait(lambda: watcher.latest().get("fuselite/porch/car/state") == b"OFF")
+    assert watcher.latest()[person] == b"OFF"
+    assert publisher.close()["published"] == 4
+
+
+@needs_broker
+def test_qos0_events_queued_during_an_outage_arrive_after_it(tmp_path, subscribers):
+    broker = Mosquitto(tmp_path / "broker", persistence=True).start()
+    try:
+        watcher = subscribers(broker.port, session="watcher")
+        broker.save()  # the restarted broker keeps the watcher's session
+        publisher = MqttPublisher(MqttSettings(broker.url, events_qos=0)).start()
+        publisher.set_labels("cam", ["person"])
+        for frame in range(20):
+            publisher.publish_record("cam", annotation(frame))
+        watcher.wait(lambda: len(watcher.frames()) == 20)
+        wait_until(lambda: publisher.stats()["published"] == 20)
+
+        broker.kill()
+        wait_until(lambda: not publisher.stats()["connected"])
+        for frame in range(20, 50):
+            publisher.publish_record("cam", annotation(frame, "person"))
+        assert publisher.stats()["queued"] == 30  # waiting, not handed to a dead connection
+        broker.start()
+        watcher.wait(lambda: len(watcher.frames()) >= 50, timeout=30)
+        assert watcher.frames() == list(range(50))
+        wait_until(lambda: publisher.stats()["queued"] == 0)
+        assert publisher.close() == {
+            "published": 50,
+            "queued": 0,
+            "dropped": 0,
+            "connected": True,
+            "reconnects": 1,
+        }
+    finally:
+        broker.kill()
 
 
 @needs_broker
@@ -434,6 +497,29 @@ def test_fuselite_run_publishes_its_events_and_states(
     assert final["final"] and final["mqtt"]["dropped"] == 0
     assert final["mqtt"]["published"] + final["mqtt"]["queued"] == 40
     assert latest["fuselite/status/testboard"] == b"offline"  # a clean end says so
+
+
+@needs_broker
+def test_fuselite_run_can_publish_only_the_changes_at_qos_0(
+    int8_bundle, red_blue_clip, broker, subscribers, tmp_path
+):
+    watcher = subscribers(broker.port)
+    jsonl = tmp_path / "events.jsonl"
+    done = fuselite_run(
+        *("--bundle", int8_bundle, "--source", red_blue_clip, "--threads", 1, "--jsonl", jsonl),
+        *("--mqtt", broker.url, "--camera-name", "drive", "--mqtt-events", "changes"),
+        *("--mqtt-events-qos", 0),
+    )
+    assert done.returncode == 0, done.stderr
+    written = events(jsonl)
+    assert len(written) == 40
+    label_sets = [()] + [tuple(sorted(x["label"] for x in e["labels"])) for e in written]
+    changes = [e["frame"] for e, (a, b) in zip(written, itertools.pairwise(label_sets)) if a != b]
+    assert 0 < len(changes) < 40  # the clip's labels change, and not on every frame
+    watcher.wait(lambda: watcher.frames() == changes)
+    assert watcher.latest()["fuselite/drive/blue/state"] == b"ON"
+    final = events(jsonl, "stats")[-1]["mqtt"]  # written before the last ones went out
+    assert final["published"] + final["queued"] == len(changes) and final["dropped"] == 0
 
 
 @needs_broker

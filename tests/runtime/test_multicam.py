@@ -74,6 +74,28 @@ def test_cameras_with_frames_waiting_take_turns(clips):
     assert order == [0, 1, 2] * QUEUE_SIZE
 
 
+def test_a_file_camera_sharing_the_model_keeps_frames_for_its_longer_wait(clips):
+    # Its turn comes a quarter as often: its capture thread keeps four times the frames
+    # ready, so each wake-up decodes several (not one) and the queue never runs dry.
+    shared = FrameSource(capture_for(str(clips[0])), drop_stale=False)
+    shared.keep_pixels = False  # no video or preview: each frame is its small model input
+    shared.share_consumer(4)
+    drawn = FrameSource(capture_for(str(clips[2])), drop_stale=False)
+    drawn.share_consumer(4)  # its frames keep their pixels: not held four times over
+    assert drawn.queue_size == QUEUE_SIZE
+    live_like = FrameSource(capture_for(str(clips[1])), drop_stale=True)
+    live_like.share_consumer(4)  # latest frame only: nothing to keep
+    with shared, live_like:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and shared.counters.read <= 4 * QUEUE_SIZE:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert shared.counters.read == 4 * QUEUE_SIZE + 1  # one more read waits for room
+        assert live_like.queue_size == QUEUE_SIZE
+        frames = [shared.next_frame(timeout=0) for _ in range(4 * QUEUE_SIZE)]
+        assert [f.index for f in frames] == list(range(4 * QUEUE_SIZE))  # none dropped
+
+
 def test_a_camera_over_its_fps_cap_waits_and_the_others_go_on(clips):
     slots = file_slots(clips)
     slots[0].next_due = time.monotonic() + 0.5  # camera 0 just had its frame
