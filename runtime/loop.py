@@ -112,7 +112,6 @@ def run(options: RunOptions, annotator_options: AnnotatorOptions) -> RunSummary:
             return _annotate_stream(source, annotator, outputs, options, stop)
 
 
-
 def located_only_if_read(
     annotator_options: AnnotatorOptions, options: RunOptions, mqtt: bool = False
 ) -> AnnotatorOptions:
@@ -125,6 +124,7 @@ def located_only_if_read(
         log.debug("explanations off: no output of this run uses where labels fired")
         return replace(annotator_options, explain=False)
     return annotator_options
+
 
 def _budget(options: RunOptions, load_invoke_s: float) -> tuple[float, str]:
     """``(seconds one invoke may take, where that came from)``: the option, else the rule
