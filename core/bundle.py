@@ -695,16 +695,22 @@ def _parse_member(path: Path, parse):
         raise BundleError(f"{path}: invalid bundle content ({exc})") from None
 
 
-def _load_embeddings(raw: bytes, manifest: Manifest) -> np.ndarray:
-    """Parses the .npy header first, so a lying header never allocates or reads past the data."""
+def _npy_header(raw: bytes, what: str) -> tuple[io.BytesIO, tuple]:
+    """``(stream at the body, (shape, fortran_order, dtype))`` of a .npy member's header,
+    parsed before any body byte is read; a header numpy cannot parse names ``what``."""
     stream = io.BytesIO(raw)
     try:
         version = np.lib.format.read_magic(stream)
         read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                        else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(stream)
+        return stream, read_header(stream)
     except Exception as exc:  # noqa: BLE001 - numpy parses the untrusted header with ast/tokenize
-        raise BundleError(f"label embeddings are not a valid .npy array ({type(exc).__name__})") from None
+        raise BundleError(f"{what} are not a valid .npy array ({type(exc).__name__})") from None
+
+
+def _load_embeddings(raw: bytes, manifest: Manifest) -> np.ndarray:
+    """Parses the .npy header first, so a lying header never allocates or reads past the data."""
+    stream, (shape, fortran, dtype) = _npy_header(raw, "label embeddings")
     if not isinstance(shape, tuple):
         raise BundleError("label embeddings have no valid shape")
     expected = (len(manifest.labels), manifest.embedding_dim)
@@ -725,14 +731,7 @@ def _load_reference(raw: bytes, manifest: Manifest) -> np.ndarray:
     the manifest's ``reference`` (checked before the body is read)."""
     reference = manifest.reference
     expected = (reference.images, reference.cells, manifest.embedding_dim)
-    stream = io.BytesIO(raw)
-    try:
-        version = np.lib.format.read_magic(stream)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(stream)
-    except Exception as exc:  # noqa: BLE001 - numpy parses the untrusted header with ast/tokenize
-        raise BundleError(f"reference embeddings are not a valid .npy array ({type(exc).__name__})") from None
+    stream, (shape, fortran, dtype) = _npy_header(raw, "reference embeddings")
     if dtype != np.dtype("i1") or fortran or not isinstance(shape, tuple) or tuple(shape) != expected:
         raise BundleError(f"reference embeddings must be int8 {expected} as the manifest says, "
                           f"not {dtype} {shape}")
