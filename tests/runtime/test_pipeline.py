@@ -15,8 +15,8 @@ import pytest
 from runtime_helpers import BLUE, RED, ScriptedCapture, SyntheticCamera, events, solid, write_clip
 
 from fuselite.runtime import AnnotatorOptions, RunOptions, affinity, reader, run
-from fuselite.runtime import loop as run_loop
 from fuselite.runtime import outputs as run_outputs
+from fuselite.runtime import scaled as run_scaled
 from fuselite.runtime.annotator import Annotator
 from fuselite.runtime.outputs import OutputsFailed, VideoOutput
 from fuselite.runtime.reader import FrameSource
@@ -71,7 +71,7 @@ def test_a_live_source_drops_stale_frames_and_counts_them(
     fp32_bundle, tmp_path, monkeypatch, preprocess_threads
 ):
     camera = SyntheticCamera(BLUE, delay=0.001)
-    monkeypatch.setattr(run_loop, "capture_for", lambda *_: camera)
+    monkeypatch.setattr(run_scaled, "capture_for", lambda *_: camera)  # the whole-frame capture
     jsonl = tmp_path / "events.jsonl"
     summary = run(  # inference (paced at 40 fps) is slower than the camera
         RunOptions("camera", jsonl=jsonl, fps_limit=40, max_frames=12, stats_interval=0),
@@ -161,7 +161,7 @@ def test_without_a_visual_output_frames_are_not_drawn_on(fp32_bundle, monkeypatc
     monkeypatch.setattr(run_outputs, "draw_overlay", lambda *a: drawn.append(1) or a[0])
     frames = [solid(RED) for _ in range(5)]
     monkeypatch.setattr(
-        run_loop, "capture_for", lambda *_: ScriptedCapture(list(frames), live=False)
+        run_scaled, "capture_for", lambda *_: ScriptedCapture(list(frames), live=False)
     )
     run(RunOptions("clip", jsonl=tmp_path / "e.jsonl"), AnnotatorOptions(fp32_bundle))
     assert drawn == []

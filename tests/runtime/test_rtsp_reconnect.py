@@ -72,6 +72,15 @@ def wait_for_events(jsonl: Path, count: int, timeout: float) -> int:
     return len(events(jsonl)) if jsonl.exists() else 0
 
 
+def wait_for_labels(jsonl: Path, labels: set[str], timeout: float) -> set[str]:
+    """The labels the run's events named, once they include ``labels`` or at ``timeout``."""
+    deadline, seen = time.monotonic() + timeout, set()
+    while time.monotonic() < deadline and not labels <= seen:
+        seen = {lab["label"] for e in events(jsonl) for lab in e["labels"]}
+        time.sleep(0.1)
+    return seen
+
+
 def test_run_reconnects_after_the_stream_drops_and_events_continue(
     fp32_bundle, h264_clip, tmp_path
 ):
@@ -105,6 +114,9 @@ def test_run_reconnects_after_the_stream_drops_and_events_continue(
             server.start()
             after = wait_for_events(jsonl, before + 10, timeout=20)
             assert after >= before + 10, "events did not continue after the stream came back"
+        # The clip restarts red with every restart of the server, for one second: a run
+        # slow to reconnect (a loaded machine) sees it when the loop comes round again.
+        labels = wait_for_labels(jsonl, {"red", "blue"}, timeout=20)
     finally:
         run.send_signal(signal.SIGTERM)
         _, stderr = run.communicate(timeout=20)
@@ -115,5 +127,4 @@ def test_run_reconnects_after_the_stream_drops_and_events_continue(
     assert log.count("lost the stream") >= 2 and "reconnect attempt 1" in log
     final = events(jsonl, "stats")[-1]
     assert final["reconnects"] >= 2 and final["stopped_by"] == "signal"
-    labels = {lab["label"] for e in events(jsonl) for lab in e["labels"]}
     assert {"red", "blue"} <= labels
