@@ -5,8 +5,9 @@ the full picture: it needs the model's input.  OpenCV's capture converts every
 decoded 640x480 frame to BGR, then the preprocessor resizes it; FFmpeg can scale in
 its converter instead, from the decoder's own YUV planes, so only the model's
 pixels are ever made.  Measured on a 640x480 H.264 clip (2-core Xeon): decoding plus
-resizing cost 1.53-1.65 ms of CPU per frame through OpenCV, and 1.09 ms through an
-``ffmpeg`` process scaling to 64x64, the child's CPU included (docs/runtime.md).
+resizing cost 1.29-1.48 ms of CPU per frame through OpenCV, and 0.90-0.92 ms through an
+``ffmpeg`` process scaling to 64x64, the child's CPU included (1.71-1.84 against
+1.42-1.53 ms to 224x224; docs/runtime.md).
 
 The frames arrive as raw BGR on a pipe from ``ffmpeg`` (Debian's package; on a
 Raspberry Pi ``sudo apt install ffmpeg``).  The scaler uses the manifest's resize
