@@ -22,6 +22,7 @@ import logging
 import os
 import select
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import cv2
 import numpy as np
 
 from fuselite.runtime.sources import STREAM_SCHEMES, SourceError, capture_for
+from fuselite.runtime.stats import child_ending, child_started
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,7 @@ class ScaledCapture:
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=self._errors, bufsize=0,
         )  # fmt: skip
+        child_started(self._process.pid)
         self._index = 0
         first = self._read_image()
         if first is None:
@@ -222,7 +225,7 @@ class ScaledCapture:
         process, self._process = self._process, None
         self._first = None
         if process is not None:
-            process.kill()
+            _kill_keeping_final_cpu(process)
             process.stdout.close()
             process.wait(STOP_TIMEOUT_S)
         if self._errors is not None:
@@ -264,3 +267,18 @@ def _file_fps(path: str) -> float | None:
         capture.release()
     return fps if 0 < fps <= 1000 else None
 
+
+def _kill_keeping_final_cpu(process: subprocess.Popen) -> None:
+    """Kills ``ffmpeg`` and waits for it to exit without reaping it, so its final CPU time
+    is read for the run's CPU per frame (:func:`fuselite.runtime.stats.child_ending`).
+
+    ``os.kill``, not ``Popen.kill``: the latter first polls, which reaps a child that
+    already ended at the end of its file, and its CPU time with it.  Until reaped its
+    pid cannot be reused, so the signal cannot reach another process.
+    """
+    try:
+        os.kill(process.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+    except (AttributeError, ChildProcessError, OSError):
+        process.kill()  # no waitid here, or already reaped: its CPU is then left out
+    child_ending(process.pid)

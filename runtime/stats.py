@@ -6,6 +6,7 @@ import collections
 import os
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,39 +29,47 @@ def resident_mb() -> float:
 
 
 def process_cpu_s() -> float:
-    """CPU seconds of this process and of the programs it started: every thread, and
-    the ``ffmpeg`` that decodes for a :class:`~fuselite.runtime.scaled.ScaledCapture`
-    (running ones read from ``/proc``, ended ones from ``getrusage``).  A board pays
-    for both, so CPU per frame counts both."""
-    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + ended.ru_utime + ended.ru_stime + _running_children_cpu_s()
+    """CPU seconds of this process and of the programs it started for itself: every
+    thread, and the ``ffmpeg`` that decodes for a :class:`~fuselite.runtime.scaled.ScaledCapture`
+    (registered with :func:`child_started`; running ones read from ``/proc``, ended ones
+    as they ended).  A board pays for both, so CPU per frame counts both.  Other children
+    of the same process (a test runner's servers, say) are not counted."""
+    with _CHILDREN_LOCK:
+        running, ended = list(_RUNNING_CHILDREN), _ENDED_CHILDREN_CPU_S[0]
+    return time.process_time() + ended + sum(_child_cpu_s(pid) or 0.0 for pid in running)
 
 
-def _running_children_cpu_s() -> float:
-    """CPU seconds of this process's children that still run (Linux; 0 elsewhere)."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    total = 0
-    for children in _glob_children():
-        for pid in children.split():
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-            except (OSError, ValueError, IndexError):
-                continue  # it ended in between: getrusage counts it once reaped
-    return total / ticks
+_CHILDREN_LOCK = threading.Lock()
+_RUNNING_CHILDREN: set[int] = set()
+_ENDED_CHILDREN_CPU_S = [0.0]
 
 
-def _glob_children() -> list[str]:
-    """The ``children`` lists of every thread of this process (each names child pids)."""
-    lists = []
+def child_started(pid: int) -> None:
+    """Counts a child process's CPU in :func:`process_cpu_s` from now on."""
+    with _CHILDREN_LOCK:
+        _RUNNING_CHILDREN.add(pid)
+
+
+def child_ending(pid: int) -> None:
+    """Call after the child exited and before it is reaped (``waitid(WNOWAIT)``): its final
+    CPU time is read from ``/proc`` and kept in :func:`process_cpu_s`."""
+    final = _child_cpu_s(pid)
+    with _CHILDREN_LOCK:
+        if pid in _RUNNING_CHILDREN:
+            _RUNNING_CHILDREN.discard(pid)
+            _ENDED_CHILDREN_CPU_S[0] += final or 0.0
+
+
+def _child_cpu_s(pid: int) -> float | None:
+    """A child's user + system CPU seconds from ``/proc/<pid>/stat`` (an unreaped child
+    keeps its final times there); None where it cannot be read (not Linux, reaped)."""
     try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as f:
-                lists.append(f.read())
-    except OSError:
-        pass
-    return lists
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
 
 
 class RunStats:
