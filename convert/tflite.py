@@ -43,6 +43,7 @@ import flatbuffers
 import numpy as np
 
 from fuselite.convert.variants import Variant
+from fuselite.convert.weight_grid import round_to_int8_grid
 from fuselite.errors import UserError
 from fuselite.train.backend import keras, tf
 from fuselite.train.model import mirror_averaged, with_label_map
@@ -55,7 +56,7 @@ class ConversionError(UserError):
 
 
 def convert_image_model(model: keras.Model, variant: Variant, calibration: np.ndarray | None = None,
-                        progress=None, label_map: bool = False) -> bytes:
+                        progress=None, label_map: bool = False, weight_grid: bool = True) -> bytes:
     """Converts the image tower as ``variant`` says; ``calibration`` is uint8 images for int8.
 
     ``progress``, if given, is called with 1 for each calibration image the converter takes.
@@ -63,11 +64,17 @@ def convert_image_model(model: keras.Model, variant: Variant, calibration: np.nd
     (:func:`fuselite.train.model.with_label_map`; towers without a pooling-then-linear head
     convert as they are).  It is added after the float-input copy: a quantization-aware
     tower's map layer uses the wrappers' own variables and cannot be cloned.
+    ``weight_grid`` (per-channel int8 only) rounds the copy's convolution kernels first,
+    keeping flat regions' responses (:mod:`fuselite.convert.weight_grid`); ``False`` leaves
+    the rounding to the converter (kept for comparisons).
     """
     if variant.calibrated:
         if calibration is None or not len(calibration):
             raise ValueError(f"{variant.name} needs calibration images")
         model = float_input_copy(model)
+        if variant.quantization == "int8" and variant.per_channel and weight_grid:
+            rounded = round_to_int8_grid(model, calibration)
+            log.debug("%s: %d kernels rounded keeping flat-region responses", variant.name, rounded)
     if label_map:
         model = with_label_map(model) or model
     if variant.mirror:
