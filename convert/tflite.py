@@ -72,7 +72,10 @@ def convert_image_model(model: keras.Model, variant: Variant, calibration: np.nd
         if calibration is None or not len(calibration):
             raise ValueError(f"{variant.name} needs calibration images")
         model = float_input_copy(model)
-        if variant.quantization == "int8" and variant.per_channel and weight_grid:
+        # Not clustered kernels: moving single weights would split their shared values,
+        # which is what makes that variant compress.
+        plain_int8 = variant.quantization == "int8" and variant.compression != "cluster"
+        if plain_int8 and variant.per_channel and weight_grid:
             rounded = round_to_int8_grid(model, calibration)
             log.debug("%s: %d kernels rounded keeping flat-region responses", variant.name, rounded)
     if label_map:

@@ -44,8 +44,8 @@ def test_a_registered_decoder_is_counted_while_it_runs_and_after_it_is_stopped()
 
 def test_a_decoder_that_ended_by_itself_keeps_its_cpu():
     # FFmpeg exits at the end of a file before the run stops it.
-    decoder = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
-                                "while time.process_time() - t < 0.3: pass"])
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    decoder = subprocess.Popen([sys.executable, "-c", burn])
     stats.child_started(decoder.pid)
     before = stats.process_cpu_s()
     time.sleep(2.0)  # it has ended, not yet reaped
