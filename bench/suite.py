@@ -26,6 +26,8 @@ SUITES = {
     "convert": ("fuselite.bench.convert_suite", "every variant of a run: size, accuracy, numerics"),
     "train": ("fuselite.bench.train_suite", "a training target, from scratch, as a docs row"),
     "busy": ("fuselite.bench.busy_suite", "fuselite run vs the naive loop with one core busy, fresh processes"),
+    "sustained": ("fuselite.bench.sustained_suite",
+                  "fuselite bench's sustained FPS vs a loop written without fuselite"),
     "explain": ("fuselite.bench.explain_suite", "label heatmaps: pointing game, int8 vs fp32 peaks, their cost"),
     "map-cost": ("fuselite.bench.map_cost_suite", "a pooled tower with and without its class activation map"),
     "phrases": ("fuselite.bench.phrases_suite",
