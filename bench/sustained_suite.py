@@ -57,6 +57,7 @@ bundle = read_bundle(bundle_path)  # parsing only; the loop below uses no fuseli
 pre = bundle.manifest.preprocessing
 frames = np.load(frames_path)
 labels = np.ascontiguousarray(bundle.label_embeddings, np.float32)
+one_per_class = labels.shape[0] == labels.shape[1] and np.array_equal(labels, np.eye(len(labels)))
 interpreter = Interpreter(model_content=bundle.model_bytes, num_threads=threads)
 interpreter.allocate_tensors()
 inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
@@ -78,9 +79,8 @@ def one(frame):
     interpreter.invoke()
     y = interpreter.get_tensor(out["index"]).astype(np.float32).reshape(-1)
     y = (y - out_zero) * out_scale if out_scale else y
-    if y.shape[0] != labels.shape[1]:
-        return y  # a fixed-label bundle's output is already per label
-    return 1.0 / (1.0 + np.exp(-(labels @ y)))
+    per_label = y if one_per_class else labels @ y  # an imported classifier's output is per label
+    return 1.0 / (1.0 + np.exp(-per_label))
 
 
 for frame in frames[:3]:
