@@ -14,8 +14,8 @@ after the other in fresh processes:
 * ``independent``: a loop written here against the interpreter alone (ai-edge-litert or
   tflite-runtime; no fuselite runtime code in the loop): resize each frame as the
   manifest says, BGR to RGB, quantize with the input's parameters, invoke, dequantize,
-  score every label with a dot product and a sigmoid, for the same seconds on the same
-  frames.
+  score every label with a dot product (its best cell for a regional bundle) and a
+  sigmoid, for the same seconds on the same frames.
 
 The frames are 8 synthetic 640x480 pictures (smoothed noise, fixed seed): what they
 show does not change the time.  The ``busy`` load is a process burning core 0, as in
@@ -77,10 +77,12 @@ def one(frame):
         x = np.clip(np.rint(np.asarray(x, np.float32) / in_scale + in_zero), info.min, info.max)
     interpreter.set_tensor(inp["index"], np.asarray(x, inp["dtype"])[np.newaxis])
     interpreter.invoke()
-    y = interpreter.get_tensor(out["index"]).astype(np.float32).reshape(-1)
+    y = interpreter.get_tensor(out["index"]).astype(np.float32)
     y = (y - out_zero) * out_scale if out_scale else y
-    per_label = y if one_per_class else labels @ y  # an imported classifier's output is per label
-    return 1.0 / (1.0 + np.exp(-per_label))
+    if one_per_class:  # an imported classifier's output is already per label
+        return 1.0 / (1.0 + np.exp(-y.reshape(-1)))
+    cells = y.reshape(-1, labels.shape[1])  # one embedding, or one per cell (regional scoring)
+    return 1.0 / (1.0 + np.exp(-(cells @ labels.T).max(axis=0)))  # a label scores its best cell
 
 
 for frame in frames[:3]:

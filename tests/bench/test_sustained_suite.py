@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from fuselite.bench import sustained_suite
 from fuselite.bench.sustained_suite import INDEPENDENT_SCRIPT
@@ -27,9 +28,11 @@ def test_both_loops_run_the_bundle_and_the_report_says_the_ratio(colour_bundles,
     assert "| bench sustained FPS | independent FPS | bench / independent |" in table
 
 
-def test_the_independent_loop_does_the_real_work(colour_bundles, tmp_path):
+@pytest.mark.parametrize("bundles", ["colour_bundles", "regional_colour_bundles"])
+def test_the_independent_loop_does_the_real_work(bundles, request, tmp_path):
     # Its FPS is only a yardstick if it reads frames as the runtime does (BGR in, the
-    # bundle's size and colour order) and scores the bundle's labels.
+    # bundle's size and colour order) and scores the bundle's labels, pooled or per cell.
+    bundle = request.getfixturevalue(bundles)["int8"]
     frames = np.zeros((2, 480, 640, 3), np.uint8)
     frames[0, ..., 2] = 255  # BGR: red
     frames[1, ..., 0] = 255  # blue
@@ -37,8 +40,8 @@ def test_the_independent_loop_does_the_real_work(colour_bundles, tmp_path):
     np.save(path, frames)
     probe = INDEPENDENT_SCRIPT.replace(
         "for frame in frames[:3]:", "print(json.dumps([one(f).tolist() for f in frames]))\nfor frame in frames[:0]:")
-    out = subprocess.run([sys.executable, "-c", probe, str(colour_bundles["int8"]), str(path), "1", "0.01"],
+    out = subprocess.run([sys.executable, "-c", probe, str(bundle), str(path), "1", "0.01"],
                          capture_output=True, text=True, check=True).stdout.splitlines()[0]
     scores = np.array(json.loads(out))
-    labels = read_bundle(colour_bundles["int8"]).manifest.labels
+    labels = read_bundle(bundle).manifest.labels
     assert [labels[i] for i in scores.argmax(axis=1)] == ["red", "blue"]
