@@ -81,7 +81,10 @@ def round_to_int8_grid(model: keras.Model, calibration: np.ndarray) -> int:
 
 
 def _is_rounded(layer) -> bool:
-    """Plain and depthwise 2-D convolutions: the kernels the converter quantizes per channel."""
+    """Plain and depthwise 2-D convolutions (the kernels the converter quantizes per channel),
+    called once: a shared layer has no single input whose mean could correct it."""
+    if len(getattr(layer, "_inbound_nodes", ())) != 1:
+        return False
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return True
     return type(layer) is keras.layers.Conv2D and layer.groups == 1
