@@ -447,8 +447,10 @@ def test_the_int8_bundle_of_a_pretrained_run_annotates_its_test_split_in_the_run
     from fuselite.convert.variants import get_variant
     from fuselite.runtime import Annotator, AnnotatorOptions
 
-    converter = Converter.load(lite0_run[0], tmp_path, ConvertOptions(calibration_samples=64))
-    result = converter.convert(get_variant("int8"))
+    # One picture of this run's ~36 validation pictures is 2.8 pt of top-1: the 1-pt default
+    # budget would judge rounding noise, and the budget is not what this test is about.
+    options = ConvertOptions(calibration_samples=64, max_loss=5.0)
+    result = Converter.load(lite0_run[0], tmp_path, options).convert(get_variant("int8"))
     assert result.status == "ok", result
     bundle = read_bundle(result.path)
     assert bundle.manifest.provenance["backbone"] == "efficientnet-lite0"
