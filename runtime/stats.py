@@ -34,9 +34,10 @@ def process_cpu_s() -> float:
     (registered with :func:`child_started`; running ones read from ``/proc``, ended ones
     as they ended).  A board pays for both, so CPU per frame counts both.  Other children
     of the same process (a test runner's servers, say) are not counted."""
+    # Under the lock, so a child that ends meanwhile is counted once, as running or as ended.
     with _CHILDREN_LOCK:
-        running, ended = list(_RUNNING_CHILDREN), _ENDED_CHILDREN_CPU_S[0]
-    return time.process_time() + ended + sum(_child_cpu_s(pid) or 0.0 for pid in running)
+        children = _ENDED_CHILDREN_CPU_S[0] + sum(_child_cpu_s(pid) or 0.0 for pid in _RUNNING_CHILDREN)
+    return time.process_time() + children
 
 
 _CHILDREN_LOCK = threading.Lock()
@@ -53,8 +54,8 @@ def child_started(pid: int) -> None:
 def child_ending(pid: int) -> None:
     """Call after the child exited and before it is reaped (``waitid(WNOWAIT)``): its final
     CPU time is read from ``/proc`` and kept in :func:`process_cpu_s`."""
-    final = _child_cpu_s(pid)
     with _CHILDREN_LOCK:
+        final = _child_cpu_s(pid)
         if pid in _RUNNING_CHILDREN:
             _RUNNING_CHILDREN.discard(pid)
             _ENDED_CHILDREN_CPU_S[0] += final or 0.0
