@@ -53,7 +53,7 @@ MEAN_BATCH = 8
 
 @dataclass
 class _Kernel:
-    """A convolution, its folded batch norm (if any) and the per-output-channel scale."""
+    """A convolution, the batch norm the converter folds into it (if any) and that fold."""
 
     conv: keras.layers.Layer
     norm: keras.layers.Layer | None
