@@ -306,13 +306,26 @@ def markdown(cases: list[dict[str, Any]], header: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _header(args: argparse.Namespace) -> dict[str, Any]:
+def machine_header(suite: str, argv: list[str]) -> dict[str, Any]:
+    """What every runtime suite's report starts with: date, CPU, cores, load, the command."""
     from fuselite.bench.runtime_suite import _cpu_model
 
     return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": _cpu_model(), "cpus": os.cpu_count(),
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "frames": args.frames,
-            "rounds": args.rounds, "library_floor_mb": round(library_floor_mb(), 1), "command": shlex.join(["python", "-m", "fuselite.bench.suite", "busy",
-                                                          *args.argv])}
+            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "command": shlex.join(["python", "-m", "fuselite.bench.suite", suite, *argv])}
+
+
+def all_bundles_exist(bundles: list[Path]) -> bool:
+    """True, or False after one line naming the bundles that are not files."""
+    missing = [str(b) for b in bundles if not b.is_file()]
+    if missing:
+        print(f"error: no such bundle: {', '.join(missing)}", file=sys.stderr)
+    return not missing
+
+
+def _header(args: argparse.Namespace) -> dict[str, Any]:
+    return {**machine_header("busy", args.argv), "frames": args.frames, "rounds": args.rounds,
+            "library_floor_mb": round(library_floor_mb(), 1)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -337,9 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     from fuselite.bench.runtime_suite import DEFAULT_WORK_DIR, benchmark_clip
 
     args = parse_args(argv)
-    missing = [str(b) for b in args.bundle if not b.is_file()]
-    if missing:
-        print(f"error: no such bundle: {', '.join(missing)}", file=sys.stderr)
+    if not all_bundles_exist(args.bundle):
         return 2
     args.video = args.video or benchmark_clip(DEFAULT_WORK_DIR)
     header = _header(args)

@@ -27,18 +27,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fuselite.bench.busy_suite import _finish, _load_context, _python, _start
+from fuselite.bench.busy_suite import (
+    _finish,
+    _load_context,
+    _python,
+    _start,
+    all_bundles_exist,
+    machine_header,
+)
 
 TOLERANCE = 0.15
 FRAME_SIZE = (480, 640)
@@ -47,18 +51,15 @@ INDEPENDENT_SCRIPT = """
 import json, sys, time
 import cv2, numpy as np
 from fuselite.bundle import read_bundle
-try:
-    from ai_edge_litert.interpreter import Interpreter
-except ImportError:
-    from tflite_runtime.interpreter import Interpreter
+from fuselite.interpreter import interpreter_class  # ai-edge-litert or tflite-runtime
 
 bundle_path, frames_path, threads, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-bundle = read_bundle(bundle_path)  # parsing only; the loop below uses no fuselite code
+bundle = read_bundle(bundle_path)  # parsing and the interpreter's class only; the loop uses no fuselite code
 pre = bundle.manifest.preprocessing
 frames = np.load(frames_path)
 labels = np.ascontiguousarray(bundle.label_embeddings, np.float32)
 one_per_class = labels.shape[0] == labels.shape[1] and np.array_equal(labels, np.eye(len(labels)))
-interpreter = Interpreter(model_content=bundle.model_bytes, num_threads=threads)
+interpreter = interpreter_class()(model_content=bundle.model_bytes, num_threads=threads)
 interpreter.allocate_tensors()
 inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
 height, width = inp["shape"][1], inp["shape"][2]
@@ -174,12 +175,8 @@ def markdown(cases: list[dict[str, Any]], header: dict[str, Any]) -> str:
 
 
 def _header(args: argparse.Namespace) -> dict[str, Any]:
-    from fuselite.bench.runtime_suite import _cpu_model
-
-    return {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": _cpu_model(), "cpus": os.cpu_count(),
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg()), "seconds": args.seconds,
-            "rounds": args.rounds, "threads": args.threads,
-            "command": shlex.join(["python", "-m", "fuselite.bench.suite", "sustained", *args.argv])}
+    return {**machine_header("sustained", args.argv), "seconds": args.seconds, "rounds": args.rounds,
+            "threads": args.threads}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -201,9 +198,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Measures, prints the Markdown table, writes the JSON if asked; 1 if a case misses 15%."""
     args = parse_args(argv)
-    missing = [str(b) for b in args.bundle if not b.is_file()]
-    if missing:
-        print(f"error: no such bundle: {', '.join(missing)}", file=sys.stderr)
+    if not all_bundles_exist(args.bundle):
         return 2
     header = _header(args)
     with tempfile.TemporaryDirectory(prefix="fuselite-sustained-") as tmp:
