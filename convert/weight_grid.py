@@ -100,7 +100,8 @@ def _kernel(model: keras.Model, conv) -> _Kernel:
     linear = conv.activation is keras.activations.linear
     if not (linear and isinstance(norm, keras.layers.BatchNormalization) and _folds(norm, channels)):
         return _Kernel(conv, None, np.ones(channels, np.float32))
-    gamma, _, _, variance = _norm_weights(norm)
+    variance = norm.moving_variance.numpy()
+    gamma = norm.gamma.numpy() if norm.gamma is not None else np.ones_like(variance)
     return _Kernel(conv, norm, gamma / np.sqrt(variance + norm.epsilon))
 
 
@@ -108,14 +109,6 @@ def _folds(norm, channels: int) -> bool:
     """A batch norm over the channel axis of a 4-D tensor, which the converter folds."""
     axis = norm.axis if isinstance(norm.axis, int) else (norm.axis[0] if len(norm.axis) == 1 else None)
     return axis in (-1, 3) and norm.moving_mean.shape[0] == channels
-
-
-def _norm_weights(norm) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """gamma, beta, moving mean, moving variance (ones/zeros where the layer has none)."""
-    mean, variance = norm.moving_mean.numpy(), norm.moving_variance.numpy()
-    gamma = norm.gamma.numpy() if norm.gamma is not None else np.ones_like(mean)
-    beta = norm.beta.numpy() if norm.beta is not None else np.zeros_like(mean)
-    return gamma, beta, mean, variance
 
 
 def _output_channels(conv) -> int:
@@ -148,7 +141,7 @@ def _round_kernel(kernel: _Kernel, mean_input: np.ndarray) -> None:
     folded = taps_in_out * kernel.fold
     grid = grid_kernel(folded)
     safe_fold = np.where(kernel.fold == 0, 1.0, kernel.fold)
-    weights[0] = _from_taps(grid / safe_fold, original.shape, depthwise).astype(original.dtype)
+    weights[0] = (grid / safe_fold).reshape(original.shape).astype(original.dtype)
     shift = _mean_shift((grid - folded) / safe_fold, mean_input, depthwise)
     conv.set_weights(weights)
     _take_off(kernel, shift)
@@ -161,10 +154,6 @@ def _as_taps(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
         return kernel
     kh, kw, channels, multiplier = kernel.shape
     return kernel.reshape(kh, kw, 1, channels * multiplier)
-
-
-def _from_taps(kernel: np.ndarray, shape: tuple, depthwise: bool) -> np.ndarray:
-    return kernel.reshape(shape) if depthwise else kernel
 
 
 def grid_kernel(folded: np.ndarray) -> np.ndarray:
