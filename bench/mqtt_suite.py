@@ -44,6 +44,7 @@ from typing import Any
 
 from fuselite.bench.busy_suite import _finish, _run_command, _run_figures
 from fuselite.bench.mosquitto import Mosquitto
+from fuselite.runtime.stats import pid_cpu_s
 
 TARGET_FPS_RATIO = 0.95
 OUTAGE_START_S = 5.0
@@ -249,7 +250,10 @@ print(json.dumps({"sent": sent, "published": stats["published"], "us_per_event":
 
 
 def measure_cost(args, broker: Mosquitto) -> dict[str, Any]:
-    """CPU time per published event, in a fresh process publishing ``args.rate`` events/s."""
+    """CPU time per published event, in a fresh process publishing ``args.rate`` events/s,
+    and what the same events cost the broker and the subscriber meanwhile: on a board
+    that runs its own broker, all of it comes out of the cores inference would have."""
+    broker_before, subscriber_before = pid_cpu_s(broker.process.pid), time.process_time()
     command = [
         sys.executable,
         "-c",
@@ -263,12 +267,24 @@ def measure_cost(args, broker: Mosquitto) -> dict[str, Any]:
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     )
     cost = json.loads(out.splitlines()[-1])
+    # While the publisher ran, this process did nothing but the subscriber's paho thread.
+    cost["broker_us_per_event"] = (pid_cpu_s(broker.process.pid) - broker_before) / cost["sent"] * 1e6
+    cost["subscriber_us_per_event"] = (time.process_time() - subscriber_before) / cost["sent"] * 1e6
     print(
         f"cost: {cost['us_per_event']:.0f} us CPU per event, {cost['cores']:.3f} cores at "
-        f"{cost['rate']:.0f} events/s ({cost['published']}/{cost['sent']} acknowledged)",
+        f"{cost['rate']:.0f} events/s ({cost['published']}/{cost['sent']} acknowledged); "
+        f"broker {cost['broker_us_per_event']:.0f} us, subscriber {cost['subscriber_us_per_event']:.0f} us per event",
         flush=True,
     )
     return cost
+
+
+def loss_floor(cost: dict[str, Any], rate: float, cores: int) -> float:
+    """The share of a CPU-bound loop's FPS that ``rate`` events/s must take on ``cores``
+    cores when the publisher and the broker run beside it (the subscriber is elsewhere):
+    their CPU time is time the loop's cores do not have."""
+    seconds_per_event = (cost["us_per_event"] + cost["broker_us_per_event"]) / 1e6
+    return seconds_per_event * rate / cores
 
 
 class Counter:
@@ -521,6 +537,12 @@ def markdown(
     rows = [
         ("publisher alone: CPU per event (us)", (f"{cost['us_per_event']:.0f}", "")),
         (f"publisher alone: cores at {cost['rate']:.0f} events/s", (f"{cost['cores']:.3f}", "")),
+        ("the same events: broker CPU per event (us)", (f"{cost['broker_us_per_event']:.0f}", "")),
+        ("the same events: subscriber CPU per event (us)", (f"{cost['subscriber_us_per_event']:.0f}", "")),
+        (
+            f"FPS a loop filling {os.cpu_count()} cores must lose (publisher + broker)",
+            (f"{loss_floor(cost, cost['rate'], os.cpu_count() or 1):.1%}", ""),
+        ),
     ]
     if windows is not None:
         rows += _window_rows(windows, rate)

@@ -387,6 +387,8 @@ class MqttPublisher:
             collections.deque()
         )  # camera, topic, payload
         self._queued = collections.Counter()  # camera -> its events in the queue
+        # Events of the batch the sender is handing to paho (neither queued nor unacknowledged).
+        self._in_hand: collections.Counter = collections.Counter()
         self._cameras: dict[str, _Camera] = {}
         self._dirty_states: set[tuple[str, str]] = set()
         self._dirty_configs: set[tuple[str, str]] = set()
@@ -513,10 +515,11 @@ class MqttPublisher:
         with self._lock:
             unacked = [owner for kind, owner, _event in self._unacked.values() if kind == "event"]
             if camera is None:
-                counts, waiting = self._counts, len(self._queue) + len(unacked)
+                counts = self._counts
+                waiting = len(self._queue) + len(unacked) + sum(self._in_hand.values())
             else:
                 counts = self._camera_counts.get(camera, collections.Counter())
-                waiting = self._queued[camera] + unacked.count(camera)
+                waiting = self._queued[camera] + unacked.count(camera) + self._in_hand[camera]
             return {
                 "published": counts["published"],
                 "queued": waiting,
@@ -630,6 +633,7 @@ class MqttPublisher:
                 if self._closing:
                     return
                 batch, connection = self._next_batch(), self._connection
+                self._in_hand = collections.Counter(m[1] for m in batch if m[0] == "event")
             sent = []
             for kind, camera, topic, payload, retain in batch:
                 qos = events_qos if kind == "event" else 1
@@ -638,6 +642,7 @@ class MqttPublisher:
                     ((kind, camera, event), self._client.publish(topic, payload, qos, retain))
                 )
             with self._lock:
+                self._in_hand = collections.Counter()
                 self._hand_over(sent, lost=connection != self._connection)
                 backlog = len(self._queue) >= SEND_BATCH
             if not backlog:

@@ -44,7 +44,7 @@ from fuselite.runtime.loop import (
 )
 from fuselite.runtime.mqtt import MqttPublisher, mqtt_settings_from_table
 from fuselite.runtime.options import AnnotatorOptions
-from fuselite.runtime.outputs import Outputs, OutputsFailed
+from fuselite.runtime.outputs import Outputs, OutputsFailed, OutputsWriter
 from fuselite.runtime.preview import CameraPreviews
 from fuselite.runtime.reader import FrameSource
 from fuselite.runtime.retention import RetentionKeeper, RetentionRule, Series
@@ -395,10 +395,6 @@ def _open_outputs(
             slot.source.live,
             preview=channel,
             mqtt_publisher=publisher,
-            # A saturated file camera gets a 1/n share of the frames: its writer thread
-            # looks n times less often (live cameras keep their latency, and frames with
-            # pixels for a video or preview are not held n times over).
-            cameras=1 if slot.source.live or slot.source.keep_pixels else slot.cameras_sharing,
         )
     slot.outputs.camera = camera.name
     stack.callback(slot.outputs.close)
@@ -435,9 +431,28 @@ def _annotate_cameras(
     slots: list[CameraSlot], stop: threading.Event, wake: threading.Event, stats_interval: float
 ) -> None:
     """The inference thread: annotates the picked camera's frame, until every camera ends."""
+    shared_writer = _shared_writer(slots)
+    try:
+        _start_outputs(slots, shared_writer)
+        _take_turns(slots, stop, wake, stats_interval)
+        _flush_all(slots, "signal")
+    finally:
+        shared_writer.close()
+
+
+def _start_outputs(slots: list[CameraSlot], shared_writer: OutputsWriter) -> None:
+    """Starts each camera's outputs: on the shared writer thread unless they draw."""
     for slot in slots:
         slot.stats = RunStats(slot.source.counters)
-        slot.outputs.start(slot.annotator, slot.stats)
+        writer = shared_writer if not slot.outputs.visual else None
+        slot.outputs.start(slot.annotator, slot.stats, writer)
+
+
+def _take_turns(
+    slots: list[CameraSlot], stop: threading.Event, wake: threading.Event, stats_interval: float
+) -> None:
+    """Annotates the picked camera's frame, turn after turn, until every camera ends or
+    ``stop`` is set."""
     scheduler = RoundRobin(slots)
     next_report = time.monotonic() + stats_interval
     while not stop.is_set():
@@ -458,7 +473,13 @@ def _annotate_cameras(
                 if slot.stopped_by is None:
                     slot.outputs.write_stats()
             next_report = time.monotonic() + stats_interval
-    _flush_all(slots, "signal")
+
+
+def _shared_writer(slots: list[CameraSlot]) -> OutputsWriter:
+    """One writer thread for every camera whose outputs draw nothing (events, MQTT): a
+    thread per camera costs more in turns of the interpreter lock than it overlaps.  A
+    camera with a video or a preview keeps a thread of its own for its drawing and encoding."""
+    return OutputsWriter(cameras=sum(not slot.outputs.visual for slot in slots))
 
 
 def _annotate_one(slot: CameraSlot) -> None:

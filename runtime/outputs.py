@@ -120,10 +120,13 @@ def to_json_line(record: dict[str, Any]) -> str:
 
 
 _STDOUT_LOCK = threading.Lock()
+# Lines a JSONL writer holds back at most before it writes them (see JsonlWriter.write).
+MAX_HELD_LINES = 64
 
 
 class JsonlWriter:
-    """Writes one JSON object per line to a file or stdout (``"-"``), one write per line.
+    """Writes one JSON object per line to a file or stdout (``"-"``), one write per line,
+    or one write for several lines held back with ``hold=True``.
 
     A file is appended to (a restarted service keeps the previous run's events).  If
     the file ends in the middle of a line (a run killed mid-write, or a write cut
@@ -140,6 +143,8 @@ class JsonlWriter:
         self._fd: int | None = None
         self._stream: IO[str] | None = None
         self._mid_line = False
+        self._held: list[str] = []
+        self.lines_in_last_write = 0  # what a failed write lost
         if self.target == "-":
             self._stream = sys.stdout
         else:
@@ -147,29 +152,52 @@ class JsonlWriter:
             self._fd = _open_append(self.target)
             self._mid_line = _ends_mid_line(self._fd)
 
-    def write(self, record: dict[str, Any]) -> bool:
-        """Writes one record; False once the reader has gone away (a closed pipe).
+    def write(self, record: dict[str, Any], hold: bool = False) -> bool:
+        """Writes one record, after the lines held back before it; False once the reader
+        has gone away (a closed pipe).
+
+        With ``hold`` the line waits (at most :data:`MAX_HELD_LINES` of them) for the next
+        write, :meth:`flush` or :meth:`close`: a writer that knows more records are coming
+        makes one system call for several.  Each such call releases the interpreter lock,
+        and with several cameras in one process every release is a turn another thread
+        may keep (four cameras annotated 16% fewer frames a second with one write per line).
 
         Raises:
-            OSError: the line could not be written (e.g. ``ENOSPC``); the caller
+            OSError: the lines could not be written (e.g. ``ENOSPC``); the caller
                 decides whether to try again later.
         """
         line = to_json_line(record)
         with self._lock:
             if self.closed:
                 return False
-            try:
-                if self._fd is not None:
-                    self._write_file(line.encode())
-                    return True
-                self._stream.write(line)
-                self._stream.flush()
-            except BrokenPipeError:  # stdout's or a FIFO's reader
-                log.warning("the reader of the JSONL events went away; stopping")
-                self._silence_stdout()
-                self.closed = True
-                return False
-            return True
+            self._held.append(line)
+            if hold and len(self._held) < MAX_HELD_LINES:
+                return True
+            return self._write_held()
+
+    def flush(self) -> bool:
+        """Writes the lines held back; False once the reader has gone away (see :meth:`write`)."""
+        with self._lock:
+            if self.closed or not self._held:
+                return not self.closed
+            return self._write_held()
+
+    def _write_held(self) -> bool:
+        """Writes the held lines in one go (the lock is held); False if the reader went away."""
+        self.lines_in_last_write = len(self._held)
+        text, self._held = "".join(self._held), []
+        try:
+            if self._fd is not None:
+                self._write_file(text.encode())
+                return True
+            self._stream.write(text)
+            self._stream.flush()
+        except BrokenPipeError:  # stdout's or a FIFO's reader
+            log.warning("the reader of the JSONL events went away; stopping")
+            self._silence_stdout()
+            self.closed = True
+            return False
+        return True
 
     def _write_file(self, data: bytes) -> None:
         if self._mid_line:
@@ -184,17 +212,28 @@ class JsonlWriter:
         self._mid_line = False
 
     def close(self) -> None:
-        """Flushes stdout, or closes the file."""
+        """Writes the lines held back, then flushes stdout or closes the file.
+
+        Raises:
+            OSError: the held lines could not be written (the file is closed all the same).
+        """
         with self._lock:
-            if self._fd is not None:
-                fd, self._fd = self._fd, None
-                os.close(fd)
-            elif not self.closed:
-                try:
-                    self._stream.flush()
-                except BrokenPipeError:
-                    self._silence_stdout()
-            self.closed = True
+            try:
+                if self._held and not self.closed:
+                    self._write_held()
+            finally:
+                self._close_target()
+
+    def _close_target(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        elif not self.closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._silence_stdout()
+        self.closed = True
 
     def _silence_stdout(self) -> None:
         # Python would otherwise complain about the broken pipe again at exit.
@@ -437,9 +476,9 @@ class SinkHealth:
         self.lost += 1
         return False
 
-    def failed(self, exc: BaseException, log_it: bool = True) -> None:
-        """Counts one failed write and schedules the next try."""
-        self.lost += 1
+    def failed(self, exc: BaseException, log_it: bool = True, lost: int = 1) -> None:
+        """Counts a failed write (of ``lost`` records) and schedules the next try."""
+        self.lost += lost
         if self.error is not None:
             self._delay = min(self._delay * 2, SINK_RETRY_MAX_S)
         self.error = exc
@@ -469,6 +508,78 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class OutputsWriter:
+    """The ``outputs`` thread: finishes the frames of one :class:`Outputs`, or of several
+    cameras' in one process.
+
+    Each camera's frames keep their order through one bounded queue, which the thread
+    looks into every few milliseconds (``handoff.LazyHandoff``).  Several cameras share
+    one such thread: every Python thread more is one more contender for the interpreter
+    lock, and four saturated cameras with a writer thread each annotated 0.75-0.82x the
+    frames a second of one camera, against 0.95x and more with one writer for the four
+    (docs/cameras.md, Figures).
+    """
+
+    def __init__(self, cameras: int = 1) -> None:
+        self.queue = LazyHandoff(maxsize=OUTPUT_QUEUE * max(1, cameras), poll_seconds=POLL_SECONDS)
+        self.helper_cores: frozenset[int] | None = None  # where the thread runs; before start()
+        self.cpu_s = 0.0  # of the thread so far
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """Whether more items wait in the queue (so a line can wait for theirs)."""
+        return len(self.queue) > 0
+
+    def start(self) -> OutputsWriter:
+        """Starts the thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
+            self._thread.start()
+        return self
+
+    def put(self, outputs: Outputs, item: tuple, urgent: bool = False) -> None:
+        """Queues ``item`` for ``outputs`` (waits while the queue is full)."""
+        self.queue.put((outputs, item), urgent=urgent)
+
+    def wait_for(self, outputs: Outputs) -> None:
+        """Waits until everything queued for ``outputs`` so far is finished and written."""
+        thread = self._thread
+        if thread is None:
+            return  # closed: it finished everything queued before it stopped
+        done = threading.Event()
+        self.put(outputs, ("done", done), urgent=True)
+        while not done.wait(0.1) and thread.is_alive():
+            pass
+
+    def close(self) -> None:
+        """Finishes what is queued, then stops the thread."""
+        if self._thread is not None:
+            self.queue.put(None, urgent=True)
+            self._thread.join()
+            self._thread = None
+
+    def _work(self) -> None:
+        if self.helper_cores:
+            pin_thread(self.helper_cores)
+        served: set[Outputs] = set()
+        while (entry := self.queue.get()) is not None:
+            outputs, item = entry
+            if item[0] == "done":
+                outputs.flush_held()
+                item[1].set()
+            else:
+                outputs.handle(item)
+                served.add(outputs)
+            if served and not self.busy:  # nothing waits: no line may wait either
+                for each in served:
+                    each.flush_held()
+                served.clear()
+            self.cpu_s = time.thread_time()
+        for each in served:
+            each.flush_held()
+
+
 class Outputs:
     """Every sink of one run, opened together and closed together, and the thread that
     finishes each frame.
@@ -493,31 +604,24 @@ class Outputs:
         live: bool = False,
         preview: MjpegPreview | None = None,
         mqtt_publisher: MqttPublisher | None = None,
-        cameras: int = 1,
     ) -> None:
         """Opens the sinks of ``options``; ``preview``, when given, is a channel of a preview
         shared by several cameras (``preview.CameraPreviews``), used instead of a server
-        of its own; ``mqtt_publisher``, when given, is a broker connection they share.
-
-        ``cameras`` is how many cameras share the inference thread: each camera's writer
-        thread then gets that many times fewer frames, so it looks for them that many times
-        less often, with as much more room (the same frames per wake-up as one camera's;
-        up to ``cameras`` x 4 ms more latency on a camera's events)."""
+        of its own; ``mqtt_publisher``, when given, is a broker connection they share."""
         self.jsonl = self.video = self.preview = self.display = None
         # Set by the multi-camera runner: every record then carries the camera's name.
         self.camera: str | None = None
         self._run_camera = options.camera  # the name in MQTT topics when camera is not set
         self.mqtt = mqtt_publisher
         self._owns_mqtt = False
-        share = max(1, cameras)
-        self._queue = LazyHandoff(maxsize=OUTPUT_QUEUE * share, poll_seconds=POLL_SECONDS * share)
-        self._thread: threading.Thread | None = None
+        self._writer: OutputsWriter | None = None
+        self._owns_writer = False
         self._error: BaseException | None = None
         self._annotator: Annotator | None = None
         self._stats: RunStats | None = None
         self.stop_reason: str | None = None
-        self.cpu_s = 0.0  # of the writer thread
-        self.helper_cores: frozenset[int] | None = None  # where the writer thread runs
+        self.cpu_s = 0.0  # of the writer thread, once drained
+        self.helper_cores: frozenset[int] | None = None  # where its own writer thread runs
         # False: frames are finished on the loop's thread (the sequential arrangement of a
         # busy board, see affinity.py), set before start().
         self.threaded = True
@@ -565,16 +669,22 @@ class Outputs:
         """Whether any output shows pixels (so the overlay must be drawn)."""
         return bool(self.video or self.preview or self.display)
 
-    def start(self, annotator: Annotator, stats: RunStats) -> None:
-        """Starts the writer thread (when anything is written) for this annotator and stats."""
+    def start(
+        self, annotator: Annotator, stats: RunStats, writer: OutputsWriter | None = None
+    ) -> None:
+        """Starts finishing frames for this annotator and stats: on a writer thread of its
+        own when anything is written, or on ``writer``, one shared by several cameras."""
         self._annotator, self._stats = annotator, stats
         if self.mqtt is not None:
             bundle = annotator.options.bundle_path.name
             self.mqtt.set_labels(self.mqtt_camera, annotator.allowed_labels, bundle=bundle)
         writes = self.jsonl or self.video or self.preview or self.mqtt
         if self.threaded and self.display is None and writes:
-            self._thread = threading.Thread(target=self._work, name="outputs", daemon=True)
-            self._thread.start()
+            self._owns_writer = writer is None
+            if writer is None:
+                writer = OutputsWriter()
+                writer.helper_cores = self.helper_cores
+            self._writer = writer.start()
 
     def write(
         self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
@@ -586,12 +696,12 @@ class Outputs:
         self._raise_error()
         if self.stop_reason is not None:
             return self.stop_reason
-        if self._thread is None:
+        if self._writer is None:
             self._finish_frame(frame, output, preprocess_ms, inference_ms)
             return self.stop_reason
         if self.video is None and self.preview is None and frame.image is not NO_PIXELS:
             frame = replace(frame, image=NO_PIXELS)  # no sink needs the pixels: free them now
-        self._queue.put(("frame", frame, output, preprocess_ms, inference_ms))
+        self._writer.put(self, ("frame", frame, output, preprocess_ms, inference_ms))
         return None
 
     def write_stats(self, final: bool = False, **extra) -> dict | None:
@@ -600,8 +710,8 @@ class Outputs:
         A periodic record is made on the writer thread, so that it counts exactly the
         frames written before it.
         """
-        if self._thread is not None and not final:
-            self._queue.put(("stats",), urgent=True)
+        if self._writer is not None and not final:
+            self._writer.put(self, ("stats",), urgent=True)
             return None
         record = self._stats.snapshot(final=final)
         record.update(extra)
@@ -609,14 +719,18 @@ class Outputs:
         return record
 
     def drain(self) -> None:
-        """Waits until everything sent so far is written, and stops the writer thread.
+        """Waits until everything sent so far is written; from then on frames are finished
+        on the caller's thread (its own writer thread stops, a shared one goes on).
 
         Raises what a sink raised on the way.
         """
-        if self._thread is not None:
-            self._queue.put(None, urgent=True)
-            self._thread.join()
-            self._thread = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            if self._owns_writer:
+                writer.close()
+            else:
+                writer.wait_for(self)
+            self.cpu_s = writer.cpu_s
         self._raise_error()
 
     def close(self) -> None:
@@ -649,20 +763,30 @@ class Outputs:
         if error is not None:
             raise error
 
-    def _work(self) -> None:
-        if self.helper_cores:
-            pin_thread(self.helper_cores)
-        while (item := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep the queue moving so the loop never blocks on it
-            try:
-                if item[0] == "stats":
-                    self._publish_stats(self._stats.snapshot())
-                else:
-                    self._finish_frame(*item[1:])
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
-                self._error = exc
-            self.cpu_s = time.thread_time()
+    def handle(self, item: tuple) -> None:
+        """Finishes one queued item, ``("frame", ...)`` or ``("stats",)``, on the writer
+        thread; what fails is raised later on the loop's thread."""
+        if self._error is not None:
+            return  # keep the queue moving so the loop never blocks on it
+        try:
+            if item[0] == "stats":
+                self._publish_stats(self._stats.snapshot())
+            else:
+                self._finish_frame(*item[1:])
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+            self._error = exc
+
+    def flush_held(self) -> None:
+        """Writes the event lines held back for the frames that were waiting (see
+        :meth:`JsonlWriter.write`)."""
+        health = self.health.get("jsonl")
+        if health is None or not health.ready():
+            return
+        try:
+            if not self.jsonl.flush():
+                self.stop_reason = "output"
+        except OSError as exc:
+            self._sink_failed(health, exc, lost=self.jsonl.lines_in_last_write)
 
     def _finish_frame(
         self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
@@ -683,7 +807,8 @@ class Outputs:
             if self.jsonl is not None:
                 if self.camera is not None:
                     record = {"camera": self.camera, **record}
-                self._write_jsonl(record)
+                # Frames already waiting: this line goes out with theirs, in one write.
+                self._write_jsonl(record, hold=self._writer is not None and self._writer.busy)
             if self.mqtt is not None:  # never blocks: a bounded queue (see mqtt.py)
                 self.mqtt.publish_record(self.mqtt_camera, record)
         if not self.visual:
@@ -697,17 +822,18 @@ class Outputs:
         if self.preview is not None:
             self.preview.publish(image)
 
-    def _write_jsonl(self, record: dict) -> None:
-        """Writes one record; a failure is counted, and ends the run only with no sink left."""
+    def _write_jsonl(self, record: dict, hold: bool = False) -> None:
+        """Writes one record (``hold``: with the next one, see :meth:`JsonlWriter.write`); a
+        failure is counted, and ends the run only with no sink left."""
         health = self.health["jsonl"]
         if not health.ready():
             return
         try:
-            if not self.jsonl.write(record):
+            if not self.jsonl.write(record, hold=hold):
                 self.stop_reason = "output"  # stdout's reader went away
                 return
         except OSError as exc:
-            self._sink_failed(health, exc)
+            self._sink_failed(health, exc, lost=self.jsonl.lines_in_last_write)
             return
         health.succeeded()
 
@@ -722,11 +848,12 @@ class Outputs:
             return
         health.succeeded()
 
-    def _sink_failed(self, health: SinkHealth, exc: BaseException) -> None:
-        """Counts a failure; raises :class:`OutputsFailed` when no output is left."""
+    def _sink_failed(self, health: SinkHealth, exc: BaseException, lost: int = 1) -> None:
+        """Counts a failure (of ``lost`` records); raises :class:`OutputsFailed` when no
+        output is left."""
         alive = self.preview is not None or self.display is not None or self.mqtt is not None
         alive = alive or any(not other.down for other in self.health.values() if other is not health)
-        health.failed(exc, log_it=alive)
+        health.failed(exc, log_it=alive, lost=lost)
         if not alive:
             self._failed = OutputsFailed(
                 f"cannot write {health.description}: {_reason(exc)}, and no other output is "

@@ -242,13 +242,25 @@ class RotatingJsonlWriter:
         """Whether :meth:`close` was called."""
         return self._writer.closed
 
-    def write(self, record: dict[str, Any]) -> bool:
-        """Writes one record (see :meth:`JsonlWriter.write`), then rotates if the file is full."""
+    def write(self, record: dict[str, Any], hold: bool = False) -> bool:
+        """Writes one record (see :meth:`JsonlWriter.write`; ``hold`` too), then rotates if
+        the file is full."""
         with self._lock:
-            written = self._writer.write(record)
+            written = self._writer.write(record, hold=hold)
             if written and self._size() >= self.rotate_bytes:
+                self._writer.flush()  # the held lines belong to this file
                 self._rotate()
             return written
+
+    @property
+    def lines_in_last_write(self) -> int:
+        """How many lines the last write carried (what it lost, if it failed)."""
+        return self._writer.lines_in_last_write
+
+    def flush(self) -> bool:
+        """Writes the lines held back (see :meth:`JsonlWriter.flush`)."""
+        with self._lock:
+            return self._writer.flush()
 
     def _rotate(self) -> None:
         """Starts the next file; if it cannot be opened, the current one goes on (and the

@@ -36,7 +36,7 @@ def process_cpu_s() -> float:
     of the same process (a test runner's servers, say) are not counted."""
     # Under the lock, so a child that ends meanwhile is counted once, as running or as ended.
     with _CHILDREN_LOCK:
-        children = _ENDED_CHILDREN_CPU_S[0] + sum(_child_cpu_s(pid) or 0.0 for pid in _RUNNING_CHILDREN)
+        children = _ENDED_CHILDREN_CPU_S[0] + sum(pid_cpu_s(pid) or 0.0 for pid in _RUNNING_CHILDREN)
     return time.process_time() + children
 
 
@@ -55,14 +55,14 @@ def child_ending(pid: int) -> None:
     """Call after the child exited and before it is reaped (``waitid(WNOWAIT)``): its final
     CPU time is read from ``/proc`` and kept in :func:`process_cpu_s`."""
     with _CHILDREN_LOCK:
-        final = _child_cpu_s(pid)
+        final = pid_cpu_s(pid)
         if pid in _RUNNING_CHILDREN:
             _RUNNING_CHILDREN.discard(pid)
             _ENDED_CHILDREN_CPU_S[0] += final or 0.0
 
 
-def _child_cpu_s(pid: int) -> float | None:
-    """A child's user + system CPU seconds from ``/proc/<pid>/stat`` (an unreaped child
+def pid_cpu_s(pid: int) -> float | None:
+    """A process's user + system CPU seconds from ``/proc/<pid>/stat`` (an unreaped child
     keeps its final times there); None where it cannot be read (not Linux, reaped)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

@@ -29,7 +29,7 @@ from runtime_helpers import (
 
 from fuselite.devices.profiles import get_profile
 from fuselite.devices.setup_files import render
-from fuselite.runtime.outputs import JsonlWriter, event_record
+from fuselite.runtime.outputs import MAX_HELD_LINES, JsonlWriter, event_record
 from fuselite.runtime.reader import Frame
 from fuselite.runtime.results import AnnotationResult, Category
 
@@ -234,3 +234,37 @@ def test_a_video_file_that_cannot_be_opened_mid_run_loses_only_video(
     warnings = [line for line in done.stderr.splitlines() if "cannot write video" in line]
     assert len(warnings) == 1
     assert records[-1]["final"] and records[-1]["sink_errors"]["video"] >= 1
+
+
+def test_held_lines_go_out_in_order_with_the_next_write_a_flush_or_the_close(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = JsonlWriter(path)
+    writer.write({"frame": 0}, hold=True)
+    writer.write({"frame": 1}, hold=True)
+    assert path.read_text() == ""  # held: more frames were waiting
+    writer.write({"frame": 2})
+    assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == [0, 1, 2]
+    writer.write({"frame": 3}, hold=True)
+    writer.flush()
+    writer.write({"frame": 4}, hold=True)
+    writer.close()  # a run that ends loses no held line
+    assert [json.loads(line)["frame"] for line in path.read_text().splitlines()] == [0, 1, 2, 3, 4]
+
+
+def test_a_writer_never_holds_more_than_a_bounded_number_of_lines(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = JsonlWriter(path)
+    for frame in range(MAX_HELD_LINES):
+        writer.write({"frame": frame}, hold=True)
+    assert len(path.read_text().splitlines()) == MAX_HELD_LINES
+    writer.close()
+
+
+def test_a_failed_write_of_held_lines_counts_each_line_lost():
+    writer = JsonlWriter("/dev/full")
+    for frame in range(5):
+        writer.write({"frame": frame}, hold=True)
+    with pytest.raises(OSError):
+        writer.write({"frame": 5})
+    assert writer.lines_in_last_write == 6
+    writer.close()

@@ -142,6 +142,47 @@ def test_each_camera_keeps_its_own_fps_cap(clips, int8_bundle, tmp_path):
         assert 0.85 <= final["elapsed_s"] < 5.0, final
 
 
+def test_cameras_without_a_video_share_one_writer_thread_and_keep_every_event(
+    clips, int8_bundle, tmp_path
+):
+    """One writer thread for the cameras that only write events (a thread each cost four
+    saturated cameras a fifth of their frames); a camera with a video keeps its own."""
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        "threads = 1\nstats_interval = 0\n"
+        + "".join(
+            camera_toml(name, clip, int8_bundle, tmp_path, loop=True)
+            for name, clip in zip("abc", clips, strict=True)
+        )
+        + camera_toml("recorded", clips[0], int8_bundle, tmp_path, loop=True)
+        + f'video = "{tmp_path / "recorded.mp4"}"\n'
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=run_cameras, args=(load_cameras_config(config), stop))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+            len(_lines(tmp_path / f"{name}.jsonl")) >= 60 for name in [*"abc", "recorded"]
+        ):
+            time.sleep(0.05)
+        writers = [thread.name for thread in threading.enumerate()].count("outputs")
+    finally:
+        stop.set()
+        runner.join(30)
+    assert writers == 2
+    for name in [*"abc", "recorded"]:
+        annotated = events(tmp_path / f"{name}.jsonl")
+        assert len(annotated) >= 60  # more than the 40-frame clip: it looped
+        assert [e["frame"] for e in annotated] == list(range(len(annotated)))
+        final = events(tmp_path / f"{name}.jsonl", "stats")[-1]
+        assert final["final"] and final["frames"] == len(annotated)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
 class StallingCamera:
     """A real MJPEG-over-HTTP camera on 127.0.0.1 that sends frames, then stalls (the
     connection stays open and nothing comes), as a camera does whose network hangs."""
