@@ -34,6 +34,8 @@ SUITES = {
                 "typed phrases on a scenes run: false firing and recall, default vs bounded thresholds"),
     "pretrained": ("fuselite.bench.pretrained_suite",
                    "tiny vs EfficientNet-Lite0 vs distilled tiny on real clip art"),
+    "seeds": ("fuselite.bench.seeds_suite",
+              "distilled tiny vs tiny from scratch over several seeds, on real clip art"),
     "cameras": ("fuselite.bench.cameras_suite", "4 and 8 cameras in one process against one camera"),
     "mqtt": ("fuselite.bench.mqtt_suite",
              "fuselite run with MQTT and 1,000 events/s vs without; a 30 s broker outage"),

@@ -1,0 +1,135 @@
+"""Does distillation beat the from-scratch tiny tower, over several seeds: ``python -m fuselite.bench.suite seeds``.
+
+    python -m fuselite.bench.suite seeds --work-dir runs/seeds [--seeds 1 2 3] [--split seen]
+
+One run per model cannot show a 5-point gain when runs of one configuration differ by 2-3
+points (docs/pretrained.md).  This suite trains the split's EfficientNet-Lite0 teacher
+once, then, for each seed, the tiny tower from scratch and the tiny tower distilled from
+that teacher (``--teacher``, ``--distill-weight 1.0``), with the same ``fuselite train``
+and ``fuselite convert`` commands as the pretrained suite, and scores every int8 bundle's
+category top-1 on the split's test manifest through the TF-free runtime.  It reports each
+seed's pair, the mean gain and its spread.  Runs already finished in ``--work-dir`` are
+kept (the suite resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from fuselite.bench.pretrained_suite import (
+    LITE0,
+    MODELS,
+    Row,
+    Settings,
+    TestFrames,
+    _score_row,
+    build_data,
+    category_labels,
+    convert_command,
+    finished,
+    run_logged,
+    train_command,
+)
+
+log = logging.getLogger(__name__)
+GAIN_TARGET_PT = 5.0
+
+
+def _spec(name: str):
+    return next(spec for spec in MODELS if spec.name == name)
+
+
+def train_and_convert(spec, manifest: Path, run_dir: Path, teacher: Path | None, seed: int | None) -> None:
+    """Trains ``spec`` into ``run_dir`` (unless finished) and writes its int8 bundle."""
+    if not finished(run_dir):
+        command = train_command(spec, manifest, run_dir, teacher)
+        command += [] if seed is None else ["--seed", str(seed)]
+        env = dict(os.environ, FUSELITE_CACHE_DIR=str(run_dir.parent.parent / "cache"))
+        code, seconds = run_logged(command, run_dir.parent / f"{run_dir.name}-train.log", env)
+        if code != 0:
+            raise SystemExit(f"error: training {run_dir.name} failed; see {run_dir.parent}/{run_dir.name}-train.log")
+        log.info("%s trained in %.0f s", run_dir.name, seconds)
+    bundles = run_dir / "bundles"
+    if not (bundles / "int8.tflite").is_file():
+        code, _seconds = run_logged(convert_command(run_dir, bundles, ["int8"]),
+                                    run_dir.parent / f"{run_dir.name}-convert.log")
+        if code != 0:
+            raise SystemExit(f"error: converting {run_dir.name} failed; see its convert log")
+
+
+def int8_top1(run_dir: Path, frames: TestFrames, categories: list[str], settings: Settings) -> float:
+    """Category top-1 of the run's int8 bundle on the test frames."""
+    row = Row(run_dir.name, "")
+    _score_row(row, run_dir / "bundles", ["int8"], frames, categories, settings)
+    return row.top1["int8"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Trains, scores, prints the table and the verdict; writes ``WORK/seeds.json``."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    work = args.work_dir.resolve()
+    settings = replace(Settings(work_dir=work), warmup=1, runs=5)
+    data = build_data(work)
+    manifest = data / f"{args.split}-train.jsonl"
+    teacher = work / args.split / LITE0
+    train_and_convert(_spec(LITE0), manifest, teacher, None, None)
+    frames = TestFrames(data / f"{args.split}-test.jsonl", work / args.split / "frames")
+    categories = category_labels(data / "summary.json")
+    pairs = []
+    for seed in args.seeds:
+        scores = {}
+        for name, run_teacher in (("tiny", None), ("distilled-tiny", teacher)):
+            run_dir = work / args.split / f"{name}-seed{seed}"
+            train_and_convert(_spec(name), manifest, run_dir, run_teacher, seed)
+            scores[name] = int8_top1(run_dir, frames, categories, settings)
+        pairs.append({"seed": seed, **scores, "gain_pt": 100 * (scores["distilled-tiny"] - scores["tiny"])})
+        log.info("seed %d: tiny %.1f%%, distilled %.1f%%", seed, 100 * scores["tiny"], 100 * scores["distilled-tiny"])
+    report = summarise(pairs, int8_top1(teacher, frames, categories, settings))
+    (work / "seeds.json").write_text(json.dumps(report, indent=1))
+    print(to_markdown(report, args.split))
+    return 0
+
+
+def summarise(pairs: list[dict], teacher_top1: float) -> dict:
+    """Each seed's pair, the teacher's score, the mean gain and its sample standard deviation."""
+    gains = [pair["gain_pt"] for pair in pairs]
+    return {
+        "pairs": pairs,
+        "teacher_top1": teacher_top1,
+        "mean_gain_pt": statistics.fmean(gains),
+        "sd_gain_pt": statistics.stdev(gains) if len(gains) > 1 else None,
+        "target_met": statistics.fmean(gains) >= GAIN_TARGET_PT,
+    }
+
+
+def to_markdown(report: dict, split: str) -> str:
+    """The table for docs/pretrained.md."""
+    lines = [f"| seed | tiny int8 ({split}) | distilled tiny int8 | gain (pt) |", "| --- | ---: | ---: | ---: |"]
+    for pair in report["pairs"]:
+        lines.append(f"| {pair['seed']} | {100 * pair['tiny']:.1f}% | {100 * pair['distilled-tiny']:.1f}% "
+                     f"| {pair['gain_pt']:+.1f} |")
+    spread = "" if report["sd_gain_pt"] is None else f" ± {report['sd_gain_pt']:.1f} (sample sd)"
+    verdict = "met" if report["target_met"] else "not met"
+    lines += ["", (f"teacher (EfficientNet-Lite0) int8: {100 * report['teacher_top1']:.1f}%; mean gain "
+                   f"{report['mean_gain_pt']:+.1f} pt{spread}; target +{GAIN_TARGET_PT:g} pt: {verdict}")]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fuselite.bench.suite seeds", description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, required=True, help="manifests, runs, bundles, seeds.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds (default 1 2 3)")
+    parser.add_argument("--split", choices=("seen", "heldout"), default="seen", help="default seen")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
