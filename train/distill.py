@@ -68,9 +68,28 @@ def load_teacher(teacher_dir: str, config: TrainConfig, task: str, labels: list[
 
     teacher = load_run(Path(teacher_dir))
     if teacher.task != task or list(teacher.labels) != list(labels):
-        raise UserError(f"--teacher {teacher_dir}: trained on other labels than this run; "
-                        "a teacher must come from the same data")
+        raise UserError(f"--teacher {teacher_dir}: trained on other labels than this run "
+                        f"({_label_difference(teacher.labels, labels)}); a teacher must come from "
+                        f"the same data{_seed_hint(teacher.config.seed, config.seed)}")
     return teacher
+
+
+def _label_difference(teacher_labels: list[str], labels: list[str]) -> str:
+    """What tells the two label lists apart, in a few words."""
+    lacks = [label for label in labels if label not in set(teacher_labels)]
+    extra = [label for label in teacher_labels if label not in set(labels)]
+    if not lacks and not extra:
+        return "the same labels, another task or order"
+    parts = [f"it lacks {len(lacks)} of this run's {len(labels)} labels, e.g. {lacks[0]!r}" if lacks else "",
+             f"has {len(extra)} this run lacks, e.g. {extra[0]!r}" if extra else ""]
+    return ", ".join(part for part in parts if part)
+
+
+def _seed_hint(teacher_seed: int, seed: int) -> str:
+    if teacher_seed == seed:
+        return ""
+    return (f" and the same --seed: the seed draws the validation and test split, and the labels "
+            f"come from what is left to train on (teacher: seed {teacher_seed}, this run: {seed})")
 
 
 @dataclass(frozen=True)

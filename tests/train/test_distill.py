@@ -112,3 +112,14 @@ def test_a_distill_weight_without_a_teacher_is_refused_with_one_line(tmp_path: P
 def test_unknown_teacher_views_are_refused():
     with pytest.raises(UserError, match="teacher_views 'sideways' is not one of: plain, augmented"):
         get_config("scenes-tiny").with_overrides(teacher_views="sideways")
+
+
+def test_a_refused_teacher_says_which_labels_differ_and_that_the_seed_draws_them():
+    from fuselite.train.distill import _label_difference, _seed_hint
+
+    assert _label_difference(["cat", "dog", "sun"], ["cat", "dog", "car"]) == (
+        "it lacks 1 of this run's 3 labels, e.g. 'car', has 1 this run lacks, e.g. 'sun'"
+    )
+    assert _label_difference(["cat", "dog"], ["dog", "cat"]) == "the same labels, another task or order"
+    assert "the same --seed" in _seed_hint(0, 1) and "teacher: seed 0, this run: 1" in _seed_hint(0, 1)
+    assert _seed_hint(3, 3) == ""
