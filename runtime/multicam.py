@@ -12,7 +12,8 @@
   picked last, so a fast camera cannot starve a slow one and a camera without a frame
   costs nothing.
 * Each camera has its own outputs (events, video segments, stats) and, with a preview,
-  its own tile of one page; a retention keeper deletes the oldest closed files.
+  its own tile of one page; a retention keeper deletes the oldest closed files.  The
+  cameras that only write events share one writer thread (``outputs.OutputsWriter``).
 """
 
 from __future__ import annotations

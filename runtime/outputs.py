@@ -160,7 +160,8 @@ class JsonlWriter:
         write, :meth:`flush` or :meth:`close`: a writer that knows more records are coming
         makes one system call for several.  Each such call releases the interpreter lock,
         and with several cameras in one process every release is a turn another thread
-        may keep (four cameras annotated 16% fewer frames a second with one write per line).
+        may keep (four cameras annotated 1,213 frames/s with a write per line, 1,442 with no
+        JSONL written at all; docs/cameras.md, Figures).
 
         Raises:
             OSError: the lines could not be written (e.g. ``ENOSPC``); the caller
@@ -515,8 +516,8 @@ class OutputsWriter:
     Each camera's frames keep their order through one bounded queue, which the thread
     looks into every few milliseconds (``handoff.LazyHandoff``).  Several cameras share
     one such thread: every Python thread more is one more contender for the interpreter
-    lock, and four saturated cameras with a writer thread each annotated 0.75-0.82x the
-    frames a second of one camera, against 0.95x and more with one writer for the four
+    lock, and four saturated cameras with a writer thread each annotated 0.78x the frames
+    a second of one camera on a loaded 2-core machine, 1.14x with one writer for the four
     (docs/cameras.md, Figures).
     """
 
