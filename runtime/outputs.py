@@ -176,6 +176,11 @@ class JsonlWriter:
                 return True
             return self._write_held()
 
+    @property
+    def holding(self) -> bool:
+        """Whether lines are held back, waiting for the next write."""
+        return bool(self._held)
+
     def flush(self) -> bool:
         """Writes the lines held back; False once the reader has gone away (see :meth:`write`)."""
         with self._lock:
@@ -570,7 +575,7 @@ class OutputsWriter:
                 outputs.flush_held()
                 item[1].set()
             else:
-                outputs.handle(item)
+                outputs.handle(item, more_waiting=self.busy)
                 served.add(outputs)
             if served and not self.busy:  # nothing waits: no line may wait either
                 for each in served:
@@ -764,35 +769,36 @@ class Outputs:
         if error is not None:
             raise error
 
-    def handle(self, item: tuple) -> None:
+    def handle(self, item: tuple, more_waiting: bool = False) -> None:
         """Finishes one queued item, ``("frame", ...)`` or ``("stats",)``, on the writer
-        thread; what fails is raised later on the loop's thread."""
+        thread (``more_waiting``: other items are queued behind it, so its event line may
+        wait for theirs); what fails is raised later on the loop's thread."""
         if self._error is not None:
             return  # keep the queue moving so the loop never blocks on it
         try:
             if item[0] == "stats":
                 self._publish_stats(self._stats.snapshot())
             else:
-                self._finish_frame(*item[1:])
+                self._finish_frame(*item[1:], hold=more_waiting)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
             self._error = exc
 
     def flush_held(self) -> None:
         """Writes the event lines held back for the frames that were waiting (see
         :meth:`JsonlWriter.write`)."""
-        health = self.health.get("jsonl")
-        if health is None or not health.ready():
-            return
-        try:
-            if not self.jsonl.flush():
-                self.stop_reason = "output"
-        except OSError as exc:
-            self._sink_failed(health, exc, lost=self.jsonl.lines_in_last_write)
+        if self.jsonl is not None and self.jsonl.holding:
+            self._to_jsonl(self.jsonl.flush)
 
     def _finish_frame(
-        self, frame: Frame, output: np.ndarray, preprocess_ms: float, inference_ms: float
+        self,
+        frame: Frame,
+        output: np.ndarray,
+        preprocess_ms: float,
+        inference_ms: float,
+        hold: bool = False,
     ) -> None:
-        """Scores one frame's model output, counts it and writes it to every sink."""
+        """Scores one frame's model output, counts it and writes it to every sink (``hold``:
+        its event line may wait for the next frame's, see :meth:`JsonlWriter.write`)."""
         if self._failed is not None:
             return  # every sink is gone; the loop is being told
         result = self._annotator.postprocess(
@@ -808,8 +814,7 @@ class Outputs:
             if self.jsonl is not None:
                 if self.camera is not None:
                     record = {"camera": self.camera, **record}
-                # Frames already waiting: this line goes out with theirs, in one write.
-                self._write_jsonl(record, hold=self._writer is not None and self._writer.busy)
+                self._write_jsonl(record, hold=hold)
             if self.mqtt is not None:  # never blocks: a bounded queue (see mqtt.py)
                 self.mqtt.publish_record(self.mqtt_camera, record)
         if not self.visual:
@@ -824,13 +829,17 @@ class Outputs:
             self.preview.publish(image)
 
     def _write_jsonl(self, record: dict, hold: bool = False) -> None:
-        """Writes one record (``hold``: with the next one, see :meth:`JsonlWriter.write`); a
-        failure is counted, and ends the run only with no sink left."""
+        """Writes one record (``hold``: with the next one, see :meth:`JsonlWriter.write`)."""
+        self._to_jsonl(lambda: self.jsonl.write(record, hold=hold))
+
+    def _to_jsonl(self, write: Callable[[], bool]) -> None:
+        """Runs one write of the JSONL sink (False: the reader went away); a failure is
+        counted, every line it carried, and ends the run only with no sink left."""
         health = self.health["jsonl"]
         if not health.ready():
             return
         try:
-            if not self.jsonl.write(record, hold=hold):
+            if not write():
                 self.stop_reason = "output"  # stdout's reader went away
                 return
         except OSError as exc:

@@ -253,6 +253,11 @@ class RotatingJsonlWriter:
             return written
 
     @property
+    def holding(self) -> bool:
+        """Whether lines are held back (see :attr:`JsonlWriter.holding`)."""
+        return self._writer.holding
+
+    @property
     def lines_in_last_write(self) -> int:
         """How many lines the last write carried (what it lost, if it failed)."""
         return self._writer.lines_in_last_write

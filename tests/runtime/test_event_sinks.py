@@ -29,7 +29,8 @@ from runtime_helpers import (
 
 from fuselite.devices.profiles import get_profile
 from fuselite.devices.setup_files import render
-from fuselite.runtime.outputs import MAX_HELD_LINES, JsonlWriter, event_record
+from fuselite.runtime.options import RunOptions
+from fuselite.runtime.outputs import MAX_HELD_LINES, JsonlWriter, Outputs, event_record
 from fuselite.runtime.reader import Frame
 from fuselite.runtime.results import AnnotationResult, Category
 
@@ -268,3 +269,14 @@ def test_a_failed_write_of_held_lines_counts_each_line_lost():
         writer.write({"frame": 5})
     assert writer.lines_in_last_write == 6
     writer.close()
+
+
+def test_flushing_held_lines_to_a_full_disk_counts_each_line_once(tmp_path):
+    options = RunOptions("clip.mp4", jsonl="/dev/full", video_out=tmp_path / "out.mp4")
+    outputs = Outputs(options, fps=25.0)
+    outputs.jsonl.write({"frame": 0}, hold=True)
+    outputs.jsonl.write({"frame": 1}, hold=True)
+    outputs.flush_held()  # the write fails: both lines are lost
+    outputs.flush_held()  # nothing held now: nothing more is lost
+    assert outputs.health["jsonl"].lost == 2
+    outputs.close()

@@ -175,10 +175,10 @@ def test_helper_threads_keep_the_inference_threads_priority(fp32_bundle, red_blu
     monkeypatch.setattr(affinity, "PIPELINE_MIN_FREE_CORES", 0.0)  # the threaded pipeline, whatever the load
 
     def spy(original):
-        def record(self, *args):
+        def record(self, *args, **kwargs):
             name = threading.current_thread().name
             seen.setdefault(name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-            return original(self, *args)
+            return original(self, *args, **kwargs)
         return record
 
     monkeypatch.setattr(reader.FrameSource, "_read_one", spy(reader.FrameSource._read_one))
