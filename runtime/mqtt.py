@@ -42,6 +42,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from fuselite import __version__
+from fuselite.runtime.mqtt_wire import BatchLink, LinkError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -70,6 +72,9 @@ SEND_BATCH = 100  # messages handed to paho at a time
 # (docs/mqtt.md).  A backlog (a full batch waiting, e.g. after an outage) goes out
 # without the pause.
 SEND_LINGER_S = 0.05
+KEEPALIVE_S = 30
+# The events go over a second connection (mqtt_wire.BatchLink) under this client id + suffix.
+EVENTS_CLIENT_SUFFIX = "-events"
 RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 10  # a restarted broker is found within 10 s
 CLOSE_FLUSH_S = 2.0  # at the end of a run, how long queued events may take to go out (within
 # the 3 s a signalled run has to finish, see watchdog.STOP_GRACE_S)
@@ -380,31 +385,40 @@ class MqttPublisher:
     """
 
     def __init__(self, settings: MqttSettings) -> None:
-        self.settings = settings
+        self.settings = s = settings
         self._paho = import_paho()
         self._lock = threading.Condition()
         self._queue: collections.deque[tuple[str, str, bytes]] = (
             collections.deque()
         )  # camera, topic, payload
         self._queued = collections.Counter()  # camera -> its events in the queue
-        # Events of the batch the sender is handing to paho (neither queued nor unacknowledged).
+        # Events of the batch the sender is writing (neither queued nor unacknowledged).
         self._in_hand: collections.Counter = collections.Counter()
+        self._in_flight = collections.Counter()  # camera -> its events the link awaits a PUBACK of
         self._cameras: dict[str, _Camera] = {}
         self._dirty_states: set[tuple[str, str]] = set()
         self._dirty_configs: set[tuple[str, str]] = set()
-        # mid -> (kind, camera of an event, the QoS-0 event itself until paho has written
-        # it: a connection lost before then gets it back into the queue)
-        self._unacked: dict[int, tuple[str, str | None, tuple | None]] = {}
+        self._unacked: dict[int, str] = {}  # paho's mid -> "state" or "config"
         self._early_acks: set[int] = set()
         self._counts = collections.Counter()  # published, dropped, dropped_outage, reconnects
         self._camera_counts: dict[str, collections.Counter] = {}  # camera -> published, dropped
         self._connected = False
-        self._connection = 0  # counts lost connections: a batch sent across one is retried
         self._ever_connected = False
         self._lost_at: float | None = None
         self._closing = False
         self._connect_failures = 0
         self._client = self._make_client()
+        self._link = BatchLink(
+            s.host,
+            s.port,
+            f"{s.client_id}{EVENTS_CLIENT_SUFFIX}",
+            keepalive=KEEPALIVE_S,
+            username=s.username,
+            password=s.password,
+            tls=tls_context(s) if s.tls else None,
+        )
+        self._link_retry_at = self._link_opened_at = 0.0
+        self._link_failures = 0
         self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
 
     def _make_client(self):
@@ -433,7 +447,7 @@ class MqttPublisher:
         again, the run goes on) and the sender thread; returns ``self``."""
         s = self.settings
         try:
-            self._client.connect_async(s.host, s.port, keepalive=30)
+            self._client.connect_async(s.host, s.port, keepalive=KEEPALIVE_S)
         except ValueError as exc:
             raise MqttError(f"mqtt url {s.url!r}: {exc}") from None
         self._client.loop_start()
@@ -513,13 +527,16 @@ class MqttPublisher:
         queue was full, whether the broker is connected, and reconnections; the events of
         one ``camera``, or of all."""
         with self._lock:
-            unacked = [owner for kind, owner, _event in self._unacked.values() if kind == "event"]
             if camera is None:
                 counts = self._counts
-                waiting = len(self._queue) + len(unacked) + sum(self._in_hand.values())
+                waiting = (
+                    len(self._queue)
+                    + sum(self._in_flight.values())
+                    + sum(self._in_hand.values())
+                )
             else:
                 counts = self._camera_counts.get(camera, collections.Counter())
-                waiting = self._queued[camera] + unacked.count(camera) + self._in_hand[camera]
+                waiting = self._queued[camera] + self._in_flight[camera] + self._in_hand[camera]
             return {
                 "published": counts["published"],
                 "queued": waiting,
@@ -594,73 +611,193 @@ class MqttPublisher:
                 )
 
     def _has_work(self) -> bool:
-        return bool(self._queue or self._dirty_states or self._dirty_configs or self._unacked)
+        return bool(
+            self._queue
+            or self._dirty_states
+            or self._dirty_configs
+            or self._unacked
+            or +self._in_flight
+            or +self._in_hand
+        )
 
-    def _next_message(self) -> tuple[str, str | None, str, bytes | str, bool] | None:
-        """``(kind, camera, topic, payload, retain)`` to send next: configs, then states,
-        then events (``camera`` only for events; ``payload`` bytes for events)."""
+    def _next_control(self) -> tuple[str, str, str | bytes] | None:
+        """``(kind, topic, payload)`` of the next discovery config or label state (all
+        retained, QoS 1, through paho); configs first, so a state never names an entity
+        Home Assistant does not know yet."""
         if self._dirty_configs:
             camera, label = self._dirty_configs.pop()
             topic, config = discovery_config(self.settings, self._cameras[camera], label)
-            return "config", None, topic, _json_bytes(config), True
+            return "config", topic, _json_bytes(config)
         if self._dirty_states:
             camera, label = self._dirty_states.pop()
             entry = self._cameras[camera]
             state = PAYLOAD_ON if entry.states.get(label) else PAYLOAD_OFF
-            return (
-                "state",
-                None,
-                state_topic(self.settings, entry.slug, entry.labels[label]),
-                state,
-                True,
-            )
-        if self._queue:
-            camera, topic, payload = self._queue.popleft()
-            self._queued[camera] -= 1
-            return "event", camera, topic, payload, False
+            return "state", state_topic(self.settings, entry.slug, entry.labels[label]), state
         return None
 
-    def _send_loop(self) -> None:
-        """Hands queued messages to paho in batches, then lingers a moment: one wakeup per
-        batch instead of one per event leaves the interpreter lock to the inference."""
-        events_qos = self.settings.events_qos
-        while True:
-            with self._lock:
-                while not self._closing and not (
-                    self._connected and len(self._unacked) < MAX_UNACKED and self._pending()
-                ):
-                    self._lock.wait(0.5)
-                if self._closing:
-                    return
-                batch, connection = self._next_batch(), self._connection
-                self._in_hand = collections.Counter(m[1] for m in batch if m[0] == "event")
-            sent = []
-            for kind, camera, topic, payload, retain in batch:
-                qos = events_qos if kind == "event" else 1
-                event = (camera, topic, payload) if kind == "event" and qos == 0 else None
-                sent.append(
-                    ((kind, camera, event), self._client.publish(topic, payload, qos, retain))
-                )
-            with self._lock:
-                self._in_hand = collections.Counter()
-                self._hand_over(sent, lost=connection != self._connection)
-                backlog = len(self._queue) >= SEND_BATCH
-            if not backlog:
-                time.sleep(SEND_LINGER_S)
+    def _next_controls(self) -> list[tuple[str, str, str | bytes]]:
+        """Up to :data:`SEND_BATCH` configs and states, as many as paho's bound allows."""
+        room = min(SEND_BATCH, MAX_UNACKED - len(self._unacked))
+        batch = []
+        while len(batch) < room and (message := self._next_control()) is not None:
+            batch.append(message)
+        return batch
 
-    def _hand_over(self, sent: list, lost: bool) -> None:
-        """Records what paho took; a QoS-0 event it refused, or that was still unwritten
-        when the connection was ``lost`` meanwhile, goes back to the queue."""
-        retry = []
-        for owner, info in sent:
+    def _next_events(self) -> list[tuple[str, str, bytes]]:
+        """``(camera, topic, payload)`` of the events the link may write now (its
+        unacknowledged bound minus what it awaits)."""
+        room = min(len(self._queue), MAX_UNACKED - sum(self._in_flight.values()))
+        batch = [self._queue.popleft() for _ in range(max(room, 0))]
+        for camera, _topic, _payload in batch:
+            self._queued[camera] -= 1
+        self._in_hand = collections.Counter(camera for camera, _topic, _payload in batch)
+        return batch
+
+    def _wait_for_work(self) -> None:
+        """Waits (lock held) until something can be sent, the link awaits acknowledgements,
+        or the publisher closes."""
+        while not self._closing:
+            if self._connected and (
+                (self._dirty_states or self._dirty_configs) and len(self._unacked) < MAX_UNACKED
+                or +self._in_flight
+                or self._queue
+                and sum(self._in_flight.values()) < MAX_UNACKED
+            ):
+                return
+            self._lock.wait(0.5)
+
+    def _send_loop(self) -> None:
+        """Hands states and configs to paho, writes events on the link in batches, reads
+        the link's acknowledgements, then lingers a moment: one wake-up per batch instead
+        of one per event leaves the interpreter lock to the inference."""
+        try:
+            while True:
+                with self._lock:
+                    self._wait_for_work()
+                    if self._closing:
+                        return
+                    controls = self._next_controls()
+                for kind, topic, payload in controls:
+                    self._hand_over(kind, self._client.publish(topic, payload, 1, True))
+                # Reading first finds a connection the broker closed (a write into it
+                # would succeed, and QoS-0 events would be lost).
+                self._read_acks(0.0)
+                with self._lock:
+                    events = self._next_events() if self._link_ready() else []
+                self._write_events(events)
+                with self._lock:
+                    backlog = len(self._queue) >= SEND_BATCH and self._link.connected
+                if not backlog:
+                    self._linger()
+        finally:
+            self._link.close()
+
+    def _hand_over(self, kind: str, info) -> None:
+        with self._lock:
             if info.mid in self._early_acks:
                 self._early_acks.discard(info.mid)
-                self._acked(owner)
-            elif owner[2] is not None and (lost or info.rc != self._paho.MQTT_ERR_SUCCESS):
-                retry.append(owner[2])
+                self._lock.notify_all()
             else:
-                self._unacked[info.mid] = owner
-        self._requeue(retry)
+                self._unacked[info.mid] = kind  # paho sends it (again) when connected
+
+    def _link_ready(self) -> bool:
+        """Whether events can be written: the link is open, or was opened now (at most
+        one attempt a second; lock held, released while connecting)."""
+        if self._link.connected:
+            return True
+        now = time.monotonic()
+        if now < self._link_retry_at:
+            return False
+        self._link_retry_at = now + RECONNECT_MIN_S
+        self._lock.release()
+        try:
+            self._link.open()
+            problem = None
+        except LinkError as exc:
+            problem = str(exc)
+        finally:
+            self._lock.acquire()
+        if problem is None:
+            self._link_failures = 0
+            self._link_opened_at = time.monotonic()
+            return True
+        self._link_failures += 1
+        if self._connected and self._link_failures == 1:
+            log.warning(
+                "MQTT: the events connection (client id %s) to %s failed: %s; events wait "
+                "in the queue and it is tried again every %d s",
+                self._link.client_id,
+                self.settings.describe(),
+                problem,
+                RECONNECT_MIN_S,
+            )
+        return False
+
+    def _write_events(self, events: list[tuple[str, str, bytes]]) -> None:
+        """Writes ``events`` in one batch (QoS 1: they wait for their acknowledgement; a
+        lost link puts every event it has not had acknowledged back at the queue's head)."""
+        if not events:
+            return
+        qos = self.settings.events_qos
+        try:
+            self._link.publish(((t, p, (c, t, p)) for c, t, p in events), qos)
+        except LinkError as exc:
+            self._link_lost(str(exc), events if qos == 0 else [])
+            return
+        with self._lock:
+            self._in_hand = collections.Counter()
+            if qos == 0:
+                self._count_published(events)
+            else:
+                self._in_flight.update(camera for camera, _topic, _payload in events)
+
+    def _read_acks(self, wait: float) -> None:
+        """Counts the events the broker acknowledged (waiting up to ``wait`` s for them)."""
+        if not self._link.connected:
+            return
+        acked = self._link.poll(wait)
+        with self._lock:
+            self._in_flight.subtract(camera for camera, _topic, _payload in acked)
+            self._count_published(acked)
+        if not self._link.connected:
+            self._link_lost(self._link.error, [])
+
+    def _count_published(self, events: list[tuple[str, str, bytes]]) -> None:
+        for camera, _topic, _payload in events:
+            self._counts["published"] += 1
+            self._camera_counts.setdefault(camera, collections.Counter())["published"] += 1
+        if events:
+            self._lock.notify_all()
+
+    def _linger(self) -> None:
+        """Pauses :data:`SEND_LINGER_S` so events gather, reading the link's
+        acknowledgements as they come (and its pings when it idles)."""
+        deadline = time.monotonic() + SEND_LINGER_S
+        while self._link.connected and (left := deadline - time.monotonic()) > 0:
+            if not self._link.unacked:
+                self._read_acks(0.0)
+                break
+            self._read_acks(left)
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _link_lost(self, why: str, unsent: list[tuple[str, str, bytes]]) -> None:
+        """Puts the link's unacknowledged events and ``unsent`` back in the queue."""
+        waiting = self._link.drop()
+        with self._lock:
+            self._in_hand = collections.Counter()
+            self._in_flight = collections.Counter()
+            self._requeue(waiting + unsent)
+            # In an outage paho's connection has said it ("lost the broker").
+            outage = self._lost_at is not None and self._lost_at >= self._link_opened_at
+            if self._connected and not outage and not self._closing:
+                log.warning(
+                    "MQTT: the events connection to %s was lost (%s); %d events wait in "
+                    "the queue",
+                    self.settings.describe(),
+                    why,
+                    len(self._queue),
+                )
+            self._lock.notify_all()
 
     def _requeue(self, events: list[tuple[str, str, bytes]]) -> None:
         """Puts events back at the head of the queue, in their order (nothing is dropped
@@ -668,24 +805,6 @@ class MqttPublisher:
         for event in reversed(events):
             self._queue.appendleft(event)
             self._queued[event[0]] += 1
-
-    def _next_batch(self) -> list[tuple[str, str | None, str, bytes | str, bool]]:
-        """Up to :data:`SEND_BATCH` messages, as many as the unacknowledged bound allows."""
-        room = min(SEND_BATCH, MAX_UNACKED - len(self._unacked))
-        batch = []
-        while len(batch) < room and (message := self._next_message()) is not None:
-            batch.append(message)
-        return batch
-
-    def _pending(self) -> bool:
-        return bool(self._queue or self._dirty_states or self._dirty_configs)
-
-    def _acked(self, owner: tuple[str, str | None, tuple | None]) -> None:
-        kind, camera, _event = owner
-        if kind == "event":
-            self._counts["published"] += 1
-            self._camera_counts.setdefault(camera, collections.Counter())["published"] += 1
-        self._lock.notify_all()
 
     # -- paho callbacks (paho's network thread) ---------------------------------------------
 
@@ -761,10 +880,6 @@ class MqttPublisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
         with self._lock:
             was_connected, self._connected = self._connected, False
-            self._connection += 1
-            # QoS-0 events paho had not written yet: it forgets them when it reconnects.
-            unwritten = [mid for mid, owner in self._unacked.items() if owner[2] is not None]
-            self._requeue([self._unacked.pop(mid)[2] for mid in unwritten])
             if was_connected and not self._closing:
                 self._lost_at = time.monotonic()
                 self._connect_failures = 1  # this line says it: failed retries log at debug
@@ -787,11 +902,10 @@ class MqttPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code=None, properties=None) -> None:
         with self._lock:
-            owner = self._unacked.pop(mid, None)
-            if owner is None:  # acknowledged before the sender stored the id
+            if self._unacked.pop(mid, None) is None:  # acknowledged before the sender stored it
                 self._early_acks.add(mid)
             else:
-                self._acked(owner)
+                self._lock.notify_all()
 
     def _on_message(self, client, userdata, message) -> None:
         # Home Assistant's birth message: it (re)started and needs the configs and states.
@@ -799,6 +913,20 @@ class MqttPublisher:
             with self._lock:
                 self._mark_all_dirty()
                 self._lock.notify_all()
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """The TLS context of the events connection, checked as paho checks the other: against
+    ``tls_ca`` (or the system's CAs), with the client certificate when given, and the host
+    name unless ``tls_insecure``."""
+    try:
+        context = ssl.create_default_context(cafile=settings.tls_ca)
+        if settings.tls_cert is not None:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise MqttError(f"mqtt TLS files cannot be used: {exc}") from None
+    context.check_hostname = not settings.tls_insecure
+    return context
 
 
 def connect_problem(settings: MqttSettings, timeout: float = 2.0) -> str:

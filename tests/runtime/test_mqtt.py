@@ -405,6 +405,7 @@ def test_broker_killed_mid_run_queues_within_the_bound_and_counts_the_rest(
         for frame in range(20):
             publisher.publish_record("cam", annotation(frame))
         watcher.wait(lambda: len(watcher.frames()) == 20)
+        wait_until(lambda: publisher.stats()["published"] == 20)  # acknowledged: not resent
 
         broker.kill()
         wait_until(lambda: not publisher.stats()["connected"])
