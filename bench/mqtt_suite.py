@@ -5,7 +5,7 @@
         [--events all|changes] [--events-qos 1|0]
 
 A local Mosquitto (Debian ``mosquitto``) is started on a free port of 127.0.0.1, and a
-paho subscriber with a persistent session counts what arrives.
+lean subscriber with a persistent session (:class:`Counter`) counts what arrives.
 
 * ``cost``: a process that only publishes ``--rate`` events/s: CPU time per event and
   the cores it takes (CPU time is what a busy machine cannot hide).
@@ -29,10 +29,13 @@ paho subscriber with a persistent session counts what arrives.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,11 +47,22 @@ from typing import Any
 
 from fuselite.bench.busy_suite import _finish, _run_command, _run_figures
 from fuselite.bench.mosquitto import Mosquitto
+from fuselite.runtime.mqtt_wire import (
+    PUBLISH,
+    SUBACK,
+    LinkError,
+    connect_packet,
+    puback_packet,
+    publish_parts,
+    split_packets,
+    subscribe_packet,
+)
 from fuselite.runtime.stats import pid_cpu_s
 
 TARGET_FPS_RATIO = 0.95
 OUTAGE_START_S = 5.0
 LOAD_CAMERA = "load"
+_SEQ = re.compile(rb'"seq":(\d+)')
 
 # Runs `fuselite run` (argv after the first three) with, when a broker URL is given, a
 # second publisher in the same process sending RATE events/s until the run ends.
@@ -288,35 +302,66 @@ def loss_floor(cost: dict[str, Any], rate: float, cores: int) -> float:
 
 
 class Counter:
-    """A paho subscriber counting the load publisher's events (by sequence number) and
-    the run's events; with ``session`` its subscription outlives a broker restart."""
+    """A subscriber counting the load publisher's events (by sequence number) and the run's
+    events; its session (``session`` is the client id) outlives a broker restart.
 
-    def __init__(self, port: int, session: str) -> None:
-        import paho.mqtt.client as paho
+    It is written on the events link's wire code, one ``recv`` per burst and the PUBACKs
+    of a burst in one ``send``, because the benchmark's subscriber runs on the cores the
+    run is measured on: a paho subscriber took 59-84 us an event (docs/mqtt.md), 6-8% of a
+    core at 1,000 events/s that a board does not pay (Home Assistant subscribes from its
+    own machine).
+    """
 
+    def __init__(self, port: int, session: str, timeout: float = 10.0) -> None:
         self.seqs: list[int] = []
         self.run_events = 0
         self.lock = threading.Lock()
-        self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=session, clean_session=False
-        )
-        self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.on_connect = lambda c, *a: c.subscribe("fuselite/+/events", qos=1)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        deadline = time.monotonic() + 10
-        while not self.client.is_connected() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.2)  # the subscription is in place
+        self.port, self.session = port, session
+        self._subscribed, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-counter", daemon=True)
+        self._thread.start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise RuntimeError(f"the counter could not subscribe on port {port}")
 
-    def _on_message(self, client, userdata, message) -> None:
-        record = json.loads(message.payload)
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, LinkError):
+                self._session()
+            self._subscribed.clear()
+            self._stop.wait(0.1)  # the broker is down: try again
+
+    def _session(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            hello = connect_packet(self.session, 0, clean_session=False)
+            sock.sendall(hello + subscribe_packet(1, "fuselite/+/events", 1))
+            sock.settimeout(0.2)
+            buffer = bytearray()
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(1 << 16)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                buffer += data
+                acks = [self._take(first, body) for first, body in split_packets(buffer)]
+                if any(acks):
+                    sock.sendall(b"".join(acks))
+
+    def _take(self, first: int, body: bytes) -> bytes:
+        """Counts one packet; returns the PUBACK it needs (or nothing)."""
+        if first >> 4 == SUBACK:
+            self._subscribed.set()
+        if first >> 4 != PUBLISH:
+            return b""
+        topic, packet_id, payload = publish_parts(first, body)
         with self.lock:
-            if record.get("camera") == LOAD_CAMERA:
-                self.seqs.append(record["seq"])
+            if topic == f"fuselite/{LOAD_CAMERA}/events":
+                self.seqs.append(int(_SEQ.search(payload).group(1)))
             else:
                 self.run_events += 1
+        return puback_packet(packet_id) if packet_id else b""
 
     def reset(self) -> None:
         """Forgets what was counted (between measurements)."""
@@ -334,9 +379,9 @@ class Counter:
         return time.monotonic() - start
 
     def close(self) -> None:
-        """Disconnects."""
-        self.client.disconnect()
-        self.client.loop_stop()
+        """Stops counting and disconnects."""
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def _wrapped(args, url: str, stats_file: Path, run_args: list[str]) -> list[str]:
