@@ -21,7 +21,7 @@ import ssl
 import struct
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 # Packet types (the fixed header's high nibble).
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
@@ -36,6 +36,17 @@ CONNACK_REASONS = {
     4: "bad user name or password",
     5: "not authorised",
 }
+
+
+class Message(NamedTuple):
+    """One message to publish; ``owner`` is what :meth:`BatchLink.poll` gives back when
+    the broker acknowledges it (QoS 1)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+    owner: Any = None
 
 
 class LinkError(ConnectionError):
@@ -81,12 +92,14 @@ def connect_packet(
     return _packet(CONNECT << 4, header + payload)
 
 
-def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0) -> bytes:
-    """A PUBLISH packet, not retained; ``packet_id`` only with QoS 1."""
+def publish_packet(
+    topic: str, payload: bytes, qos: int = 0, packet_id: int = 0, retain: bool = False
+) -> bytes:
+    """A PUBLISH packet; ``packet_id`` only with QoS 1."""
     body = _string(topic)
     if qos:
         body += struct.pack("!H", packet_id)
-    return _packet(PUBLISH << 4 | qos << 1, body + payload)
+    return _packet(PUBLISH << 4 | qos << 1 | retain, body + payload)
 
 
 def puback_packet(packet_id: int) -> bytes:
@@ -142,7 +155,7 @@ class BatchLink:
 
     Example:
         >>> link = BatchLink("127.0.0.1", 1883, "board-events").open()
-        >>> link.publish([("fuselite/porch/events", b'{"frame":1}', "owner")], qos=1)
+        >>> link.publish([Message("fuselite/porch/events", b'{"frame":1}', 1, owner="owner")])
         >>> link.poll(wait=1.0)  # the owners the broker acknowledged (link.connected: still up?)
         ['owner']
         >>> link.close()
@@ -219,17 +232,17 @@ class BatchLink:
                 raise LinkError("the broker closed the connection")
             self._buffer += data
 
-    def publish(self, messages: Iterable[tuple[str, bytes, Any]], qos: int) -> None:
-        """Sends ``(topic, payload, owner)`` messages in one write.  With QoS 1 each owner
-        waits in :attr:`unacked` until :meth:`poll` returns it; raises :class:`LinkError`
-        (the link is then closed; :meth:`drop` gives the unacknowledged owners back)."""
+    def publish(self, messages: Iterable[Message]) -> None:
+        """Sends the messages in one write.  The owner of each QoS-1 message waits in
+        :attr:`unacked` until :meth:`poll` returns it; raises :class:`LinkError` (the link
+        is then closed; :meth:`drop` gives the unacknowledged owners back)."""
         packets = []
-        for topic, payload, owner in messages:
+        for topic, payload, qos, retain, owner in messages:
             packet_id = 0
             if qos:
                 packet_id = self._take_id()
                 self.unacked[packet_id] = owner
-            packets.append(publish_packet(topic, payload, qos, packet_id))
+            packets.append(publish_packet(topic, payload, qos, packet_id, retain))
         self._send(b"".join(packets))
 
     def _take_id(self) -> int:

@@ -16,6 +16,7 @@ from fuselite.runtime.mqtt_wire import (
     PUBLISH,
     BatchLink,
     LinkError,
+    Message,
     connect_packet,
     publish_packet,
     publish_parts,
@@ -93,9 +94,9 @@ def test_a_batch_arrives_in_order_and_every_message_is_acknowledged(tmp_path):
     with Mosquitto(tmp_path / "broker") as broker:
         watcher = _watch(broker.port, 300)
         link = BatchLink("127.0.0.1", broker.port, "batch-test").open()
-        messages = [("t/events", json.dumps({"n": n}).encode(), n) for n in range(300)]
-        link.publish(messages[:150], qos=1)
-        link.publish(messages[150:], qos=1)
+        messages = [Message("t/events", json.dumps({"n": n}).encode(), 1, owner=n) for n in range(300)]
+        link.publish(messages[:150])
+        link.publish(messages[150:])
         acked, deadline = [], time.monotonic() + 10
         while len(acked) < 300 and time.monotonic() < deadline:
             acked += link.poll(wait=0.5)
@@ -112,13 +113,13 @@ def test_a_killed_broker_closes_the_link_and_gives_back_what_it_did_not_acknowle
     try:
         link = BatchLink("127.0.0.1", broker.port, "kill-test").open()
         broker.process.send_signal(19)  # SIGSTOP: the broker reads nothing and answers nothing
-        link.publish([("t/x", b"1", "a"), ("t/x", b"2", "b")], qos=1)
+        link.publish([Message("t/x", b"1", 1, owner="a"), Message("t/x", b"2", 1, owner="b")])
         broker.kill()  # (a stopped process dies from SIGKILL too)
         assert link.poll(wait=2.0) == []
         assert not link.connected and link.error
         assert link.drop() == ["a", "b"]
         with pytest.raises(LinkError, match="not connected"):
-            link.publish([("t/x", b"3", "c")], qos=1)
+            link.publish([Message("t/x", b"3", 1, owner="c")])
     finally:
         broker.kill()
 
