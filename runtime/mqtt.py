@@ -76,6 +76,7 @@ SEND_BATCH = 100  # configs handed to paho at a time; a queue this long skips th
 # (docs/mqtt.md).  A backlog (a full batch waiting, e.g. after an outage) goes out
 # without the pause.
 SEND_LINGER_S = 0.05
+ACK_GATHER_S = 0.01
 KEEPALIVE_S = 30
 # The events go over a second connection (mqtt_wire.BatchLink) under this client id + suffix.
 EVENTS_CLIENT_SUFFIX = "-events"
@@ -774,8 +775,12 @@ class MqttPublisher:
 
     def _linger(self) -> None:
         """Pauses :data:`SEND_LINGER_S` so events gather, reading the link's
-        acknowledgements as they come (and its pings when it idles)."""
+        acknowledgements (and its pings when it idles).  It reads after a first
+        :data:`ACK_GATHER_S`, when the broker has acknowledged most of a batch: one read
+        instead of one per segment of acknowledgements (3.9 reads a batch before)."""
         deadline = time.monotonic() + SEND_LINGER_S
+        if self._link.unacked:
+            time.sleep(ACK_GATHER_S)
         while self._link.connected and (left := deadline - time.monotonic()) > 0:
             if not self._link.unacked:
                 self._read_acks(0.0)
