@@ -656,10 +656,11 @@ class MqttPublisher:
         return batch
 
     def _wait_for_work(self) -> None:
-        """Waits (lock held) until something can be sent, the link awaits acknowledgements,
-        or the publisher closes."""
+        """Waits (lock held) until something can be sent, the link awaits acknowledgements
+        or a ping (an idle link is closed by the broker after 1.5 keep-alives), or the
+        publisher closes."""
         while not self._closing:
-            if self._connected and (
+            if self._link.due() or self._connected and (
                 self._dirty_configs
                 and len(self._unacked) < MAX_UNACKED
                 or self._link.unacked

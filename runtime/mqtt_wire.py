@@ -310,6 +310,11 @@ class BatchLink:
     def _pending_tls(self) -> bool:
         return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
 
+    def due(self) -> bool:
+        """Whether the connection has been quiet for half the keep-alive: :meth:`poll` it
+        now (it pings), or the broker closes it after one and a half keep-alives."""
+        return self.sock is not None and time.monotonic() - self._last_sent > self.keepalive / 2
+
     def _keep_alive(self) -> None:
         now = time.monotonic()
         if self._ping_sent and now - self._ping_sent > self.keepalive:

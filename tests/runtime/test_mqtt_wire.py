@@ -166,3 +166,43 @@ def test_a_password_broker_takes_the_events_and_refuses_a_wrong_password(tmp_pat
         assert refused.stats()["queued"] == 1 and refused.stats()["published"] == 0
         refused.close(timeout=0.1)
     assert "refused the connection" in caplog.text
+
+
+@needs_broker
+def test_a_polled_idle_link_stays_open_and_one_left_alone_is_closed_by_the_broker(tmp_path):
+    with Mosquitto(tmp_path / "broker") as broker:
+        polled = BatchLink("127.0.0.1", broker.port, "polled", keepalive=1).open()
+        alone = BatchLink("127.0.0.1", broker.port, "alone", keepalive=1).open()
+        deadline = time.monotonic() + 4  # the broker gives up after 1.5 keep-alives
+        while time.monotonic() < deadline:
+            if polled.due():
+                polled.poll()  # pings
+            time.sleep(0.05)
+        assert polled.connected
+        polled.publish([Message("t/x", b"1", 1, owner="still here")])
+        acked, deadline = [], time.monotonic() + 5
+        while not acked and time.monotonic() < deadline:
+            acked = polled.poll(wait=0.5)  # (a ping's answer may come first)
+        assert acked == ["still here"] and polled.connected
+        alone.sock.settimeout(5)  # read it raw: a poll would ping
+        assert alone.sock.recv(1) == b""  # the broker closed it
+        polled.close()
+
+
+@needs_broker
+def test_an_idle_publisher_keeps_its_events_connection(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("fuselite.runtime.mqtt.KEEPALIVE_S", 1)
+    caplog.set_level(logging.INFO, logger="fuselite.runtime.mqtt")
+    with Mosquitto(tmp_path / "broker") as broker:
+        settings = MqttSettings(broker.url, discovery=False)
+        with MqttPublisher(settings).start() as publisher:
+            publisher.set_labels("cam", ["person"])
+            # Mosquitto closes an idle keep-alive-1 connection after 5.5 s (measured).
+            for frame, idle in ((0, 7.5), (1, 0.0)):
+                publisher.publish_record("cam", {"type": "annotation", "frame": frame, "labels": []})
+                deadline = time.monotonic() + 10
+                while publisher.stats()["published"] <= frame and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                time.sleep(idle)
+            assert publisher.stats()["published"] == 2
+    assert "events connection" not in caplog.text
