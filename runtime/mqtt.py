@@ -403,7 +403,7 @@ class MqttPublisher:
         self._cameras: dict[str, _Camera] = {}
         self._dirty_states: set[tuple[str, str]] = set()
         self._dirty_configs: set[tuple[str, str]] = set()
-        self._unacked: dict[int, str] = {}  # paho's mid -> "state" or "config"
+        self._unacked: dict[int, str] = {}  # paho's mid -> "config" (discovery)
         self._early_acks: set[int] = set()
         self._counts = collections.Counter()  # published, dropped, dropped_outage, reconnects
         self._camera_counts: dict[str, collections.Counter] = {}  # camera -> published, dropped
@@ -705,8 +705,8 @@ class MqttPublisher:
                 self._unacked[info.mid] = "config"  # paho sends it (again) when connected
 
     def _link_ready(self) -> bool:
-        """Whether events can be written: the link is open, or was opened now (at most
-        one attempt a second; lock held, released while connecting)."""
+        """Whether states and events can be written: the link is open, or was opened now
+        (at most one attempt a second; lock held, released while connecting)."""
         if self._link.connected:
             return True
         now = time.monotonic()
