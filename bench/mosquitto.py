@@ -43,7 +43,8 @@ def port_open(port: int) -> bool:
 class Mosquitto:
     """One broker process on ``127.0.0.1:port``; :meth:`start` again after :meth:`kill`.
 
-    ``listener_options`` are config lines for the listener, e.g. ``certfile ...`` for TLS.
+    ``listener_options`` are config lines for the listener, e.g. ``certfile ...`` for TLS,
+    or ``password_file ...`` with ``allow_anonymous=False``.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class Mosquitto:
         port: int | None = None,
         persistence: bool = False,
         listener_options: tuple[str, ...] = (),
+        allow_anonymous: bool = True,
     ) -> None:
         if MOSQUITTO is None:
             raise FileNotFoundError(
@@ -64,7 +66,11 @@ class Mosquitto:
         self.process: subprocess.Popen | None = None
         self.config = self.workdir / "mosquitto.conf"
         # Options after the listener line apply to it (e.g. cafile/certfile/keyfile for TLS).
-        lines = [f"listener {self.port} 127.0.0.1", *listener_options, "allow_anonymous true"]
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            *listener_options,
+            f"allow_anonymous {'true' if allow_anonymous else 'false'}",
+        ]
         if os.geteuid() == 0:
             lines.append(
                 "user root"

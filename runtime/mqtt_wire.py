@@ -15,6 +15,7 @@ header and remaining length), 3.1-3.4 (CONNECT, CONNACK, PUBLISH, PUBACK), 3.8-3
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -117,25 +118,30 @@ def split_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
     """Takes the whole packets off the front of ``buffer``: ``[(first byte, body), ...]``;
     an incomplete packet stays in it."""
     packets, start = [], 0
-    while len(buffer) - start >= 2:
-        size, shift, index = 0, 0, start + 1
-        while True:
-            if index >= len(buffer):
-                del buffer[:start]
-                return packets
-            digit = buffer[index]
-            size |= (digit & 0x7F) << shift
-            index, shift = index + 1, shift + 7
-            if not digit & 0x80:
-                break
-            if shift > 21:
-                raise LinkError("the broker sent a malformed packet")
-        if len(buffer) - index < size:
+    while (header := _read_length(buffer, start + 1)) is not None:
+        size, body_at = header
+        if len(buffer) - body_at < size:
             break
-        packets.append((buffer[start], bytes(buffer[index : index + size])))
-        start = index + size
+        packets.append((buffer[start], bytes(buffer[body_at : body_at + size])))
+        start = body_at + size
     del buffer[:start]
     return packets
+
+
+def _read_length(buffer: bytearray, index: int) -> tuple[int, int] | None:
+    """``(remaining length, where the body starts)`` of the packet whose length begins at
+    ``index``, or None while its bytes have not all arrived (the inverse of
+    :func:`remaining_length`)."""
+    size = 0
+    for shift in (0, 7, 14, 21):
+        if index >= len(buffer):
+            return None
+        digit = buffer[index]
+        size |= (digit & 0x7F) << shift
+        index += 1
+        if not digit & 0x80:
+            return size, index
+    raise LinkError("the broker sent a malformed packet")
 
 
 def publish_parts(first_byte: int, body: bytes) -> tuple[str, int, bytes]:
@@ -257,9 +263,7 @@ class BatchLink:
         try:
             self.sock.sendall(data)
         except OSError as exc:
-            self._lost()
-            self.error = f"lost the connection ({_why(exc)})"
-            raise LinkError(self.error) from None
+            raise self._lost(f"lost the connection ({_why(exc)})") from None
         self._last_sent = time.monotonic()
 
     def poll(self, wait: float = 0.0) -> list[Any]:
@@ -269,17 +273,20 @@ class BatchLink:
         unanswered for a keep-alive) is closed and :attr:`error` says why: the
         acknowledgements read before that still count."""
         acked: list[Any] = []
-        try:
+        with contextlib.suppress(LinkError):  # the link is closed and self.error says why
             self._keep_alive()
             while self._readable(wait):
                 wait = 0.0
                 self._take_packets(acked)
-        except LinkError as exc:
-            self.error = str(exc)
         return acked
 
     def _take_packets(self, acked: list[Any]) -> None:
-        for first, body in split_packets(self._buffer):
+        try:
+            packets = split_packets(self._buffer)
+        except LinkError as exc:
+            self.error = str(exc)
+            raise
+        for first, body in packets:
             if first >> 4 == PUBACK and len(body) >= 2:
                 owner = self.unacked.pop(struct.unpack_from("!H", body)[0], None)
                 if owner is not None:
@@ -299,11 +306,9 @@ class BatchLink:
         except ssl.SSLWantReadError:
             return False
         except OSError as exc:
-            self._lost()
-            raise LinkError(f"lost the connection ({_why(exc)})") from None
+            raise self._lost(f"lost the connection ({_why(exc)})") from None
         if not data:
-            self._lost()
-            raise LinkError("the broker closed the connection")
+            raise self._lost("the broker closed the connection")
         self._buffer += data
         return True
 
@@ -316,13 +321,11 @@ class BatchLink:
         return self.sock is not None and time.monotonic() - self._last_sent > self.keepalive / 2
 
     def _keep_alive(self) -> None:
-        now = time.monotonic()
-        if self._ping_sent and now - self._ping_sent > self.keepalive:
-            self._lost()
-            raise LinkError(f"the broker did not answer a ping for {self.keepalive} s")
-        if not self._ping_sent and now - self._last_sent > self.keepalive / 2:
+        if self._ping_sent and time.monotonic() - self._ping_sent > self.keepalive:
+            raise self._lost(f"the broker did not answer a ping for {self.keepalive} s")
+        if not self._ping_sent and self.due():
             self._send(PINGREQ_PACKET)
-            self._ping_sent = now
+            self._ping_sent = time.monotonic()
 
     def drop(self) -> list[Any]:
         """The owners still unacknowledged, in the order sent, forgotten by the link
@@ -334,17 +337,18 @@ class BatchLink:
     def close(self) -> None:
         """Says DISCONNECT (the broker then forgets the connection cleanly) and closes."""
         if self.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.sendall(DISCONNECT_PACKET)
-            except OSError:
-                pass
-            self._lost()
+            self._lost("closed")
 
-    def _lost(self) -> None:
+    def _lost(self, why: str) -> LinkError:
+        """Closes the socket, records ``why`` in :attr:`error`; returns the error to raise."""
         sock, self.sock = self.sock, None
         self._ping_sent = 0.0
+        self.error = why
         if sock is not None:
             sock.close()
+        return LinkError(why)
 
 
 def _why(exc: BaseException) -> str:

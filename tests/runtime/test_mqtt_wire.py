@@ -135,19 +135,17 @@ def _broker_with_password(tmp_path, user: str, password: str) -> Mosquitto:
     passwords = tmp_path / "passwords"
     passwords.write_text(f"{user}:{password}\n")
     subprocess.run(["mosquitto_passwd", "-U", str(passwords)], check=True)
-    broker = Mosquitto(tmp_path / "broker", listener_options=(f"password_file {passwords}",))
-    config = broker.config.read_text().replace("allow_anonymous true", "allow_anonymous false")
-    broker.config.write_text(config)
-    return broker
+    options = (f"password_file {passwords}",)
+    return Mosquitto(tmp_path / "broker", listener_options=options, allow_anonymous=False)
 
 
 @needs_broker
 def test_a_password_broker_takes_the_events_and_refuses_a_wrong_password(tmp_path, caplog):
     with _broker_with_password(tmp_path, "board", "s3cret") as broker:
-        watcher = BatchLink("127.0.0.1", broker.port, "w", username="board", password="s3cret")
+        right = BatchLink("127.0.0.1", broker.port, "w", username="board", password="s3cret")
         with pytest.raises(LinkError, match="bad user name or password|not authorised"):
             BatchLink("127.0.0.1", broker.port, "x", username="board", password="nope").open()
-        watcher.open().close()
+        right.open().close()
         settings = MqttSettings(broker.url, username="board", password="s3cret", discovery=False)
         with MqttPublisher(settings).start() as publisher:
             publisher.set_labels("cam", ["person"])
