@@ -283,9 +283,8 @@ class BatchLink:
     def _take_packets(self, acked: list[Any]) -> None:
         try:
             packets = split_packets(self._buffer)
-        except LinkError as exc:
-            self.error = str(exc)
-            raise
+        except LinkError as exc:  # a malformed stream: nothing after it can be trusted
+            raise self._lost(str(exc)) from None
         for first, body in packets:
             if first >> 4 == PUBACK and len(body) >= 2:
                 owner = self.unacked.pop(struct.unpack_from("!H", body)[0], None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -204,3 +206,26 @@ def test_an_idle_publisher_keeps_its_events_connection(tmp_path, monkeypatch, ca
                 time.sleep(idle)
             assert publisher.stats()["published"] == 2
     assert "events connection" not in caplog.text
+
+
+def test_a_malformed_stream_closes_the_link_saying_why():
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def broker_that_garbles() -> None:
+        peer, _ = server.accept()
+        peer.recv(1024)  # the CONNECT
+        peer.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        time.sleep(0.3)  # the link is open by then
+        peer.sendall(b"\x40\xff\xff\xff\xff\x01")  # a length of five bytes: none is valid
+        time.sleep(2)
+        peer.close()
+
+    thread = threading.Thread(target=broker_that_garbles, daemon=True)
+    thread.start()
+    link = BatchLink("127.0.0.1", port, "garbled").open()
+    deadline = time.monotonic() + 5
+    while link.connected and time.monotonic() < deadline:
+        assert link.poll(wait=0.5) == []
+    assert not link.connected and "malformed" in link.error
+    server.close()
