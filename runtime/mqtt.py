@@ -659,16 +659,14 @@ class MqttPublisher:
         """Waits (lock held) until something can be sent, the link awaits acknowledgements
         or a ping (an idle link is closed by the broker after 1.5 keep-alives), or the
         publisher closes."""
-        while not self._closing:
-            if self._link.due() or self._connected and (
-                self._dirty_configs
-                and len(self._unacked) < MAX_UNACKED
-                or self._link.unacked
-                or (self._queue or self._dirty_states)
-                and len(self._link.unacked) < MAX_UNACKED
-            ):
-                return
+        while not self._closing and not (self._link.due() or self._connected and self._work()):
             self._lock.wait(0.5)
+
+    def _work(self) -> bool:
+        """Whether a connected sender has something to do (lock held)."""
+        configs = self._dirty_configs and len(self._unacked) < MAX_UNACKED
+        link_room = len(self._link.unacked) < MAX_UNACKED
+        return bool(configs or self._link.unacked or link_room and (self._queue or self._dirty_states))
 
     def _send_loop(self) -> None:
         """Hands discovery configs to paho, writes states and events on the link in
