@@ -38,7 +38,9 @@ def regional_int8_bundle(tiny_run, tmp_path_factory):
     from fuselite.convert.variants import get_variant
 
     out = tmp_path_factory.mktemp("regional-bundles")
-    options = ConvertOptions(calibration_samples=50, eval_samples=50, num_threads=1)
+    # 50 validation pictures cannot judge a 1-pt budget (a CI run lost 1.90 pt on them and
+    # -0.19 on test); the budget is not what these tests are about.
+    options = ConvertOptions(calibration_samples=50, eval_samples=50, num_threads=1, max_loss=10.0)
     result = Converter.load(tiny_run, out, options).convert(get_variant("int8"))
     assert result.status == "ok", result.message
     return result.path
