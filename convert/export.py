@@ -820,12 +820,21 @@ def next_step(variant: Variant, options: ConvertOptions) -> str:
 
 
 def score_warning(variant: Variant, checks: dict) -> str:
-    """The warning of a variant written on the budget although its scores drift past the tolerance."""
-    return (f"score check exceeded: max score error {checks['max_score_error']:.3g} (tolerance "
+    """The warning of a variant written on the budget although its scores drift past the tolerance.
+
+    A calibrated variant whose top label disagrees with Keras more often than its
+    tolerance allows is told to check its calibration images: a weak model's metric can
+    hold while a calibration unlike the camera's pictures (flat frames, another scene)
+    clips its activations, and a better model will not be so forgiving.
+    """
+    text = (f"score check exceeded: max score error {checks['max_score_error']:.3g} (tolerance "
             f"{variant.max_score_error:g}), top-label agreement {checks['top1_agreement']:.3f} (min "
             f"{variant.min_agreement:g}); written because {checks['task_metric_name']} "
             f"{checks['judged']['delta_pt']:+.2f} pt on the {checks['judged']['split']} split is within the "
             f"{checks['max_loss_pt']:.1f} pt budget")
+    if variant.calibrated and checks["top1_agreement"] < variant.min_agreement:
+        text += "; check the calibration images (--calibration-samples)"
+    return text
 
 
 def _tolerance_message(variant: Variant, checks: dict) -> str:

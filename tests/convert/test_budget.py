@@ -17,7 +17,7 @@ import pytest
 
 from fuselite.cli import main
 from fuselite.convert import variants as variant_table
-from fuselite.convert.export import ConvertOptions, judge, refusal_message
+from fuselite.convert.export import ConvertOptions, judge, refusal_message, score_warning
 from fuselite.convert.report import VariantResult, exit_code
 from fuselite.convert.variants import explicit_names, get_variant
 
@@ -86,6 +86,20 @@ def test_a_broken_conversion_is_refused_whatever_its_metric_and_says_what_to_che
     assert message.startswith("broken conversion: its top label agrees with Keras on 66.0% of the validation "
                               "images")
     assert "--calibration-samples" in message and "qat-int8" in message
+
+
+def test_a_calibrated_variant_written_on_the_budget_at_low_agreement_is_told_to_check_its_calibration():
+    # The figures of a grey-calibrated int8 of the weak test model: 0.683 agreement on test,
+    # validation within the budget (a CI run, 2026-12-06).
+    checks = {**_checks(0.78, 0.745, -0.13, test_agreement=0.683), "max_loss_pt": 1.0}
+    warning = score_warning(get_variant("int8"), checks)
+    assert warning.startswith("score check exceeded: max score error 0.745 (tolerance 0.3), top-label "
+                              "agreement 0.683 (min 0.85); written because mAP -0.13 pt on the validation split")
+    assert warning.endswith("; check the calibration images (--calibration-samples)")
+    # At healthy int8 agreement, or for a variant without calibration, there is nothing to check.
+    healthy = {**_checks(0.96, 0.49, -0.2), "max_loss_pt": 1.0}
+    assert "calibration" not in score_warning(get_variant("int8"), healthy)
+    assert "calibration" not in score_warning(get_variant("fp16"), {**checks, "top1_agreement": 0.9})
 
 
 # --- exit codes ------------------------------------------------------------------------
