@@ -50,6 +50,11 @@ class ProgressBar(keras.callbacks.Callback):
         self.bar.close()
 
 
+# The same weights on the same validation pictures give the same score up to float
+# summation order (threads); a resumed run further off than this is not where it stopped.
+RESTORED_SCORE_TOLERANCE = 1e-3
+
+
 class CheckpointAndStop(keras.callbacks.Callback):
     """Saves a resumable checkpoint every epoch and stops when the validation score stalls.
 
@@ -93,14 +98,26 @@ class CheckpointAndStop(keras.callbacks.Callback):
         self._manager = tf.train.CheckpointManager(checkpoint, str(self.dir / "latest"), max_to_keep=1)
 
     def restore(self) -> int:
-        """Restores the latest checkpoint; returns the number of epochs already done."""
+        """Restores the latest checkpoint; returns the number of epochs already done.
+
+        The restored weights are scored on the validation split again and logged beside
+        the score saved with them: equal scores show the run goes on from where it stopped
+        (a warning says when they are not).
+        """
         state_path = self.dir / "state.json"
         if not state_path.exists() or self._manager.latest_checkpoint is None:
             return 0
         self._manager.checkpoint.restore(self._manager.latest_checkpoint).expect_partial()
         self.state = json.loads(state_path.read_text())
-        log.info("resuming after epoch %d (best validation score %.4f)", self.state["epochs_done"],
+        saved = self.state["history"][-1].get("val_score") if self.state["history"] else None
+        score = float(self.val_score())
+        log.info("resuming after epoch %d: validation score %.4f (%s when saved; best %.4f)",
+                 self.state["epochs_done"], score, "?" if saved is None else f"{saved:.4f}",
                  self.state["best_val_score"])
+        if saved is not None and abs(score - saved) > RESTORED_SCORE_TOLERANCE:
+            log.warning("the checkpoint of epoch %d scores %.4f on validation, not the %.4f saved with it: "
+                        "it may come from another run or a changed data folder", self.state["epochs_done"],
+                        score, saved)
         return int(self.state["epochs_done"])
 
     def on_epoch_end(self, epoch, logs=None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -22,11 +23,15 @@ from reliability_support import fuselite_command, quiet_env, run_cli
 from fuselite.bundle import read_bundle
 from fuselite.cli import main
 
-# mAP of scenes-tiny differs by up to 0.036 between seeds and by 0.005 between two runs of
-# the same seed (training is not bit-reproducible on CPU); resumed runs measured +0.018 to
-# +0.042 against the uninterrupted seed-0 run (docs/reliability.md).  A resumed run may
-# not fall more than 0.05 (about three standard deviations of that noise) below it.
-RESUME_MAP_TOLERANCE = 0.05
+# A resumed run goes on from its checkpoint: the restored weights score on validation what
+# was saved with them (train/callbacks.py logs both). Its final mAP is one more draw of
+# scenes-tiny's training noise: 14 runs of 8 epochs (seeds, repeats, resumed; 2026-12-05/06,
+# docs/reliability.md) ended between 0.371 and 0.464, and in one CI run the uninterrupted
+# run drew 0.455 and the resumed one 0.371 (its epochs 5-8 each scored like the
+# checkpoint they started from). The final mAP may fall 0.10 below the uninterrupted run's;
+# a run that restarted from scratch is caught by the score check, not by this.
+RESUME_MAP_TOLERANCE = 0.10
+RESTORED = re.compile(r"resuming after epoch (\d+): validation score ([\d.]+) \(([\d.]+) when saved")
 
 
 def write_scene_manifest(folder: Path, items: int = 200, bad: int = 10) -> Path:
@@ -76,7 +81,7 @@ def _epochs_done(run_dir: Path) -> int:
 
 @pytest.mark.slow
 def test_kill_9_during_training_then_resume_reaches_the_uninterrupted_quality(
-    tiny_run, tmp_path
+    tiny_run, tmp_path, caplog
 ):
     """tiny_run is the same config and seed, trained without interruption."""
     run_dir = tmp_path / "killed"
@@ -96,7 +101,10 @@ def test_kill_9_during_training_then_resume_reaches_the_uninterrupted_quality(
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "metrics.json").exists()
 
-    assert main(["train", "--config", "scenes-tiny", "--out", str(run_dir), "--resume"]) == 0
+    with caplog.at_level(logging.INFO, logger="fuselite.train.callbacks"):
+        assert main(["train", "--config", "scenes-tiny", "--out", str(run_dir), "--resume"]) == 0
+    epoch, restored, saved = RESTORED.search(caplog.text).groups()
+    assert int(epoch) >= 4 and abs(float(restored) - float(saved)) <= 1e-3, caplog.text
     resumed = json.loads((run_dir / "metrics.json").read_text())
     uninterrupted = json.loads((tiny_run / "metrics.json").read_text())
     assert resumed["mAP"] >= uninterrupted["mAP"] - RESUME_MAP_TOLERANCE, (resumed, uninterrupted)
