@@ -74,16 +74,23 @@ def bundle_top1(run_dir: Path, frames: TestFrames, categories: list[str], settin
     return row.top1[variant]
 
 
+def scoring_setup(work: Path, split: str) -> tuple[Settings, Path, TestFrames, list[str]]:
+    """What a suite of seeds needs to score bundles: its settings (few timed frames: only
+    accuracy counts here), the openclipart folder (built once), the split's test frames and
+    the category labels."""
+    settings = replace(Settings(work_dir=work), warmup=1, runs=5)
+    data = build_data(work)
+    frames = TestFrames(data / f"{split}-test.jsonl", work / split / "frames")
+    return settings, data, frames, category_labels(data / "summary.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Trains, scores, prints the table and the verdict; writes ``WORK/seeds.json``."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     work = args.work_dir.resolve()
-    settings = replace(Settings(work_dir=work), warmup=1, runs=5)
-    data = build_data(work)
+    settings, data, frames, categories = scoring_setup(work, args.split)
     manifest = data / f"{args.split}-train.jsonl"
-    frames = TestFrames(data / f"{args.split}-test.jsonl", work / args.split / "frames")
-    categories = category_labels(data / "summary.json")
     pairs = []
     for seed in args.seeds:
         teacher = work / args.split / f"{LITE0}-seed{seed}"
