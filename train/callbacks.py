@@ -55,6 +55,11 @@ class ProgressBar(keras.callbacks.Callback):
 RESTORED_SCORE_TOLERANCE = 1e-3
 
 
+def _checkpoint_epoch(path: str) -> int:
+    """The epoch a checkpoint was saved after: ``.../latest/ckpt-4`` -> 4."""
+    return int(path.rsplit("-", 1)[-1])
+
+
 class CheckpointAndStop(keras.callbacks.Callback):
     """Saves a resumable checkpoint every epoch and stops when the validation score stalls.
 
@@ -110,6 +115,10 @@ class CheckpointAndStop(keras.callbacks.Callback):
         self._manager.checkpoint.restore(self._manager.latest_checkpoint).expect_partial()
         self.state = json.loads(state_path.read_text())
         saved = self.state["history"][-1].get("val_score") if self.state["history"] else None
+        if _checkpoint_epoch(self._manager.latest_checkpoint) != self.state["epochs_done"]:
+            # Stopped between saving the next epoch's checkpoint and its state: that epoch
+            # is trained again, from its own weights, and no saved score belongs to them.
+            saved = None
         score = float(self.val_score())
         log.info("resuming after epoch %d: validation score %.4f (%s when saved; best %.4f)",
                  self.state["epochs_done"], score, "?" if saved is None else f"{saved:.4f}",

@@ -171,6 +171,39 @@ def test_user_mistakes_exit_2_with_one_line(argv, expected):
     assert "Traceback" not in proc.stderr
 
 
+def _copy_with_state(run: Path, to: Path, **changes) -> Path:
+    """A copy of ``run`` whose checkpoints/state.json has ``changes`` applied."""
+    import shutil
+
+    shutil.copytree(run, to)
+    state_path = to / "checkpoints" / "state.json"
+    state = json.loads(state_path.read_text())
+    state.update(changes)
+    state_path.write_text(json.dumps(state))
+    return to
+
+
+@pytest.mark.slow
+def test_resume_says_when_the_checkpoint_does_not_score_what_was_saved_with_it(tiny_run: Path, tmp_path,
+                                                                               caplog):
+    state = json.loads((tiny_run / "checkpoints" / "state.json").read_text())
+    history = state["history"]
+    # The run's data changed under it (here: the score saved with the checkpoint is not its own).
+    changed = _copy_with_state(tiny_run, tmp_path / "changed",
+                               history=[*history[:-1], {**history[-1], "val_score": history[-1]["val_score"] + 0.2}])
+    with caplog.at_level("INFO", logger="fuselite.train.callbacks"):
+        assert main(["train", "--config", "scenes-tiny", "--out", str(changed), "--resume"]) == 0
+    assert "the checkpoint of epoch 8 scores" in caplog.text and "changed data folder" in caplog.text
+    caplog.clear()
+    # Killed between saving epoch 8's checkpoint and its state: epoch 8 is trained again, no warning.
+    between = _copy_with_state(tiny_run, tmp_path / "between", epochs_done=7, history=history[:-1])
+    with caplog.at_level("INFO", logger="fuselite.train.callbacks"):
+        assert main(["train", "--config", "scenes-tiny", "--out", str(between), "--resume"]) == 0
+    assert "resuming after epoch 7: validation score" in caplog.text and "(? when saved" in caplog.text
+    assert "the checkpoint of epoch" not in caplog.text
+    assert [h["epoch"] for h in json.loads((between / "history.json").read_text())] == list(range(1, 9))
+
+
 @pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(tiny_run: Path, capsys):
     assert main(["train", "--config", "scenes-tiny", "--out", str(tiny_run)]) == 2
