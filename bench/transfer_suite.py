@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fuselite.bench.pretrained_suite import LITE0, Settings, TestFrames, category_labels
+from fuselite.bench.pretrained_suite import LITE0, Settings, TestFrames
 from fuselite.bench.seeds_suite import (
     GAIN_TARGET_PT,
     _spec,
@@ -90,7 +90,8 @@ def teacher_tags(soft_labels: np.ndarray, labels: list[str], categories: set[str
     return tags
 
 
-def teacher_labelled_manifest(data_dir: Path, extra: Path, teacher_dir: Path, out: Path) -> float:
+def teacher_labelled_manifest(data_dir: Path, extra: Path, teacher_dir: Path, categories: list[str],
+                              out: Path) -> float:
     """Writes seen-train plus the extra pictures with the teacher's tags; returns how often
     the teacher's category is the true one (read from the extra pictures' own tags)."""
     from fuselite.data.readers import read_dataset
@@ -102,8 +103,7 @@ def teacher_labelled_manifest(data_dir: Path, extra: Path, teacher_dir: Path, ou
     pictures = read_dataset(extra, teacher.config.image_size, own_file=False)
     config = replace(teacher.config, teachers=(str(teacher_dir),))
     [soft] = teacher_soft_labels(config, teacher.task, labels, [pictures.images])
-    categories = set(category_labels(data_dir / "summary.json"))
-    tags = teacher_tags(soft, labels, categories)
+    tags = teacher_tags(soft, labels, set(categories))
     right = sum(tag[0] in truth for tag, truth in zip(tags, pictures.tags))
     entries = [{**json.loads(line), "tags": tag} for line, tag in zip(extra.open(), tags)]
     write_atomic(out, _with_known_tags(data_dir / "seen-train.jsonl", set(labels), entries))
@@ -146,8 +146,9 @@ def run_seed(seed: int, work: Path, data: Path, extra: Path, frames: TestFrames,
     train_and_convert(_spec("tiny"), data / "seen-train.jsonl", runs / f"tiny-seed{seed}", None, seed)
     labelled = data / f"seen-train-teacher-labelled-seed{seed}.jsonl"
     agreement_path = labelled.with_suffix(".agreement.json")
-    if not labelled.is_file():
-        agreement_path.write_text(json.dumps(teacher_labelled_manifest(data, extra, teacher, labelled)))
+    if not agreement_path.is_file():  # written after the manifest: both are there, or neither counts
+        agreement = teacher_labelled_manifest(data, extra, teacher, categories, labelled)
+        write_atomic(agreement_path, json.dumps(agreement).encode())
     true_labelled = data / "seen-train-true-labelled.jsonl"
     if not true_labelled.is_file():
         true_labelled_manifest(data, extra, true_labelled)
