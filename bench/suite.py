@@ -6,6 +6,7 @@
     python -m fuselite.bench.suite train --config NAME --out DIR [ARGS...]  # a training target, from scratch
     python -m fuselite.bench.suite seeds --work-dir DIR [ARGS...]  # distilled tiny vs tiny, several seeds
     python -m fuselite.bench.suite transfer --work-dir DIR [ARGS...]  # + extra pictures the teacher labels
+    python -m fuselite.bench.suite int8-agreement RUN --data TEST.jsonl  # int8 vs float, taken apart
     python -m fuselite.bench.suite cameras --bundle B --video V [ARGS...]  # 4 and 8 cameras vs one
     python -m fuselite.bench.suite mqtt --bundle B [ARGS...]  # MQTT's cost to inference; a broker outage
     python -m fuselite.bench.suite explain RUN BUNDLE... [ARGS...]  # label heatmaps: pointing game and cost
@@ -40,6 +41,8 @@ SUITES = {
               "distilled tiny vs tiny from scratch over several seeds, on real clip art"),
     "transfer": ("fuselite.bench.transfer_suite",
                  "the tiny tower with extra pictures the teacher labels, and with their true tags"),
+    "int8-agreement": ("fuselite.bench.int8_suite",
+                       "where int8's top label parts from float's: output, weights, activations, fp16"),
     "cameras": ("fuselite.bench.cameras_suite", "4 and 8 cameras in one process against one camera"),
     "mqtt": ("fuselite.bench.mqtt_suite",
              "fuselite run with MQTT and 1,000 events/s vs without; a 30 s broker outage"),
