@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fuselite.bench.int8_suite import OUTPUT_STEP, compare, main, margins, measure, on_output_grid, to_markdown
+from fuselite.bench.int8_suite import (
+    OUTPUT_STEP,
+    compare,
+    main,
+    margins,
+    measure,
+    on_output_grid,
+    to_markdown,
+)
 
 LABELS = np.eye(3, dtype=np.float32)  # label i scores the embedding's i-th component
 
