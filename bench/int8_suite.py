@@ -99,9 +99,10 @@ def keras_embeddings(model, images: np.ndarray) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def tflite_embeddings(model_bytes: bytes, images: np.ndarray) -> tuple[np.ndarray, float]:
-    """A flatbuffer's dequantized, unit-length embeddings of the images (one per invoke, one
-    thread; ``[N, D]``, or ``[N, cells, D]`` for a regional tower) and its milliseconds per image."""
+def tflite_embeddings(model_bytes: bytes, images: np.ndarray, normalise: bool = False) -> tuple[np.ndarray, float]:
+    """A flatbuffer's dequantized embeddings of the images, as the board scores them (one per
+    invoke, one thread; ``[N, D]``, or ``[N, cells, D]`` for a regional tower), made unit-length
+    when ``normalise``, and its milliseconds per image."""
     from fuselite.runtime.interpreter import TfliteModel
 
     model = TfliteModel(model_bytes, num_threads=1, name="image model")
@@ -114,7 +115,9 @@ def tflite_embeddings(model_bytes: bytes, images: np.ndarray) -> tuple[np.ndarra
         scale, zero_point = model.output.quantization
         embeddings = (embeddings - zero_point) * scale
     model.close()
-    return embeddings / np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12), ms
+    if normalise:
+        embeddings /= np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+    return embeddings, ms
 
 
 def int16_activations_model(float_copy, calibration: np.ndarray) -> bytes:
@@ -227,12 +230,13 @@ def measure(run, images: np.ndarray, labels: list[str], int16: bool = False,
     if int16:
         log.info("converting the 16x8 image model (slow to run: no optimised int16 kernels)")
         rows.append(_tflite_row("int8 weights, int16 activations", int16_activations_model(rounded, calibration),
-                                images, reference, score))
+                                images, reference, score, normalise=True))
     return rows
 
 
-def _tflite_row(name: str, flatbuffer: bytes, images: np.ndarray, reference: np.ndarray, score) -> Row:
-    embeddings, ms = tflite_embeddings(flatbuffer, images)
+def _tflite_row(name: str, flatbuffer: bytes, images: np.ndarray, reference: np.ndarray, score,
+                normalise: bool = False) -> Row:
+    embeddings, ms = tflite_embeddings(flatbuffer, images, normalise)
     return compare(name, embeddings, reference, score, ms)
 
 
