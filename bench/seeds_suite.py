@@ -58,8 +58,9 @@ def _spec(name: str):
 
 
 def train_and_convert(spec, manifest: Path, run_dir: Path, teacher: Path | None, seed: int | None,
-                      variant: str = "int8", image_size: int | None = None) -> None:
-    """Trains ``spec`` into ``run_dir`` (unless finished) and writes its ``variant`` bundle."""
+                      variant: str = "int8", image_size: int | None = None, max_loss: float | None = None) -> None:
+    """Trains ``spec`` into ``run_dir`` (unless finished) and writes its ``variant`` bundle
+    (``max_loss``: ``fuselite convert --max-loss``, its accuracy budget)."""
     if not finished(run_dir):
         command = train_command(spec, manifest, run_dir, teacher)
         command += [] if seed is None else ["--seed", str(seed)]
@@ -71,10 +72,12 @@ def train_and_convert(spec, manifest: Path, run_dir: Path, teacher: Path | None,
         log.info("%s trained in %.0f s", run_dir.name, seconds)
     bundles = run_dir / "bundles"
     if not (bundles / f"{variant}.tflite").is_file():
-        code, _seconds = run_logged(convert_command(run_dir, bundles, [variant]),
-                                    run_dir.parent / f"{run_dir.name}-convert.log")
+        command = convert_command(run_dir, bundles, [variant])
+        command += [] if max_loss is None else ["--max-loss", f"{max_loss:g}"]
+        code, _seconds = run_logged(command, run_dir.parent / f"{run_dir.name}-convert.log")
         if code != 0:
-            raise SystemExit(f"error: converting {run_dir.name} failed; see its convert log")
+            raise SystemExit(f"error: converting {run_dir.name} failed; see its convert log (an int8 "
+                             "refused by the accuracy budget can still be scored with --max-loss PT)")
 
 
 def bundle_top1(run_dir: Path, frames: TestFrames, categories: list[str], settings: Settings,
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             variant = "fp32" if name == LITE0 else "int8"
             run_dir = work / args.split / (f"{name}-seed{seed}" if name == LITE0 else f"{name}{suffix}-seed{seed}")
             train_and_convert(_spec(name), manifest, run_dir, run_teacher, seed, variant,
-                              None if name == LITE0 else size)
+                              None if name == LITE0 else size, args.max_loss)
             scores[name] = bundle_top1(run_dir, frames, categories, settings, variant)
             sizes[name] = json.loads((run_dir / "config.json").read_text())["image_size"]
         student_size = sizes["tiny"]
@@ -180,6 +183,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("seen", "heldout"), default="seen", help="default seen")
     parser.add_argument("--student-size", type=int, metavar="PX",
                         help="train both tiny towers at this input size (default: chosen from the data)")
+    parser.add_argument("--max-loss", type=float, metavar="PT",
+                        help="fuselite convert's accuracy budget for the students' int8 (default: its own, 1 pt)")
     return parser
 
 

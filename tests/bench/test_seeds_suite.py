@@ -45,3 +45,21 @@ def test_a_student_size_reaches_the_students_train_command_and_not_the_teachers(
     teacher, student = commands
     assert "--image-size" not in teacher
     assert student[student.index("--image-size") + 1] == "96" and student[student.index("--seed") + 1] == "1"
+
+
+def test_a_refused_int8_names_the_budget_and_max_loss_reaches_convert(tmp_path, monkeypatch):
+    from fuselite.bench import seeds_suite
+
+    commands = []
+
+    def refuse(command, log_path, env=None):
+        commands.append(command)
+        return 1, 0.0  # as `fuselite convert` exits when the budget refuses every variant
+
+    monkeypatch.setattr(seeds_suite, "run_logged", refuse)
+    monkeypatch.setattr(seeds_suite, "finished", lambda run_dir: True)  # trained: only convert runs
+    with pytest.raises(SystemExit, match="--max-loss PT"):
+        seeds_suite.train_and_convert(seeds_suite._spec("tiny"), tmp_path / "train.jsonl", tmp_path / "tiny",
+                                      None, 1, max_loss=1.5)
+    [convert] = commands
+    assert "convert" in convert and convert[convert.index("--max-loss") + 1] == "1.5"
