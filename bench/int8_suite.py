@@ -137,16 +137,14 @@ def int16_activations_model(float_copy, calibration: np.ndarray) -> bytes:
 def int8_converter(float_copy, calibration: np.ndarray, float_fallback: bool = False):
     """The TFLite converter ``fuselite convert`` sets up for int8 (uint8 pixels in, int8 out);
     ``float_fallback`` also allows float builtins, for layers kept in float."""
-    from fuselite.convert.tflite import representative_dataset
+    from fuselite.convert.tflite import _configure
+    from fuselite.convert.variants import get_variant
     from fuselite.train.backend import tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(float_copy)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset(calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8] + (
-        [tf.lite.OpsSet.TFLITE_BUILTINS] if float_fallback else [])
-    converter.inference_input_type = tf.uint8
-    converter.inference_output_type = tf.int8
+    _configure(converter, get_variant("int8"), calibration)
+    if float_fallback:
+        converter.target_spec.supported_ops = [*converter.target_spec.supported_ops, tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter
 
 

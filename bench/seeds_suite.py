@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     pairs = []
     for seed in args.seeds:
         teacher = work / args.split / f"{LITE0}-seed{seed}"
-        scores, sizes = {}, {}
+        scores = {}
         for name, run_teacher in ((LITE0, None), ("tiny", None), ("distilled-tiny", teacher)):
             # The teacher is scored as fp32: what teaches is the Keras run, and convert's
             # accuracy budget may refuse its int8 (it did for seed 1: -1.29 pt on validation).
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             train_and_convert(_spec(name), manifest, run_dir, run_teacher, seed, variant,
                               None if name == LITE0 else size, args.max_loss)
             scores[name] = bundle_top1(run_dir, frames, categories, settings, variant)
-            sizes[name] = json.loads((run_dir / "config.json").read_text())["image_size"]
-        student_size = sizes["tiny"]
+        tiny_config = work / args.split / f"tiny{suffix}-seed{seed}" / "config.json"
+        student_size = json.loads(tiny_config.read_text())["image_size"]
         at_student_size = top1_at_size(teacher, frames, student_size, categories, settings)
         pairs.append({"seed": seed, **scores, "student_size": student_size,
                       "teacher_at_student_size": at_student_size,
