@@ -407,24 +407,38 @@ def score_split(split: str, data_dir: Path, settings: Settings, missing: dict[st
     return rows
 
 
+def bundle_predictions(path: Path, frames: TestFrames, categories: list[str], settings: Settings,
+                       measure_dir: Path, frame_size: int | None = None):
+    """Runs one bundle over the test frames through the TF-free runtime.
+
+    The frames are read at ``frame_size`` px (by default the bundle's own input size;
+    the runtime scales other sizes to it).  Returns the bundle, the timing summary and
+    each picture's predicted category index (None when the bundle did not run).
+    """
+    from fuselite.bundle import read_bundle
+
+    bundle = read_bundle(path)
+    size = frame_size or bundle.manifest.preprocessing.input_size[0]
+    summary, scores = measure_bundle(path, frames.at(size), measure_dir, settings.threads,
+                                     settings.warmup, settings.runs)
+    if scores is None:
+        return bundle, summary, None
+    return bundle, summary, category_predictions(scores, bundle.manifest.labels, categories)
+
+
 def _score_row(row: Row, bundles: Path, variants: list[str], frames: TestFrames, categories: list[str],
                settings: Settings) -> None:
     """Fills ``row`` from the bundles of ``variants`` (sizes and latency from int8)."""
-    from fuselite.bundle import read_bundle
-
     predictions = {}
     for variant in variants:
         path = bundles / f"{variant}.tflite"
-        bundle = read_bundle(path)
-        size = bundle.manifest.preprocessing.input_size[0]
-        summary, scores = measure_bundle(path, frames.at(size), bundles.parent / "measure", settings.threads,
-                                         settings.warmup, settings.runs)
-        if scores is None:
+        bundle, summary, predicted = bundle_predictions(path, frames, categories, settings, bundles.parent / "measure")
+        if predicted is None:
             row.status = f"{variant} did not run: {summary.get('message')}"
             continue
-        predictions[variant] = category_predictions(scores, bundle.manifest.labels, categories)
         truth = true_categories(frames.tags, categories)
-        row.top1[variant], row.images = top1(predictions[variant], truth), int((truth >= 0).sum())
+        predictions[variant] = predicted
+        row.top1[variant], row.images = top1(predicted, truth), int((truth >= 0).sum())
         if variant == "int8":
             row.model_kb, row.file_kb = len(bundle.model_bytes) / 1e3, path.stat().st_size / 1e3
             row.latency_ms = float(np.median(summary["frame_ms"]))

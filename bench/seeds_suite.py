@@ -37,11 +37,10 @@ from fuselite.bench.pretrained_suite import (
     TestFrames,
     _score_row,
     build_data,
+    bundle_predictions,
     category_labels,
-    category_predictions,
     convert_command,
     finished,
-    measure_bundle,
     run_logged,
     top1,
     train_command,
@@ -92,14 +91,11 @@ def top1_at_size(run_dir: Path, frames: TestFrames, size: int, categories: list[
                  settings: Settings, variant: str = "fp32") -> float:
     """Category top-1 of the run's ``variant`` bundle on the test pictures read at ``size`` px
     (the runtime scales them to the bundle's own input size)."""
-    from fuselite.bundle import read_bundle
-
     bundle = run_dir / "bundles" / f"{variant}.tflite"
-    _summary, scores = measure_bundle(bundle, frames.at(size), run_dir / "measure" / f"at-{size}",
-                                      settings.threads, settings.warmup, settings.runs)
-    if scores is None:
+    _bundle, _summary, predicted = bundle_predictions(bundle, frames, categories, settings,
+                                                      run_dir / "measure" / f"at-{size}", frame_size=size)
+    if predicted is None:
         raise SystemExit(f"error: {bundle} did not run on the {size} px pictures")
-    predicted = category_predictions(scores, read_bundle(bundle).manifest.labels, categories)
     return top1(predicted, true_categories(frames.tags, categories))
 
 

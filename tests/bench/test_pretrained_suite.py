@@ -194,6 +194,19 @@ def test_score_split_measures_bundles_through_the_runtime(tmp_path, colour_bundl
     assert distilled.status == "its teacher has no run" and not distilled.top1
 
 
+def test_a_bundle_scores_frames_read_at_another_size_through_the_runtime(tmp_path, colour_bundles):
+    from fuselite.bench.seeds_suite import top1_at_size
+
+    data_dir = _colour_split(tmp_path, colour_bundles)
+    settings = suite.Settings(tmp_path, threads=1, warmup=1, runs=3)
+    frames = suite.TestFrames(data_dir / "seen-test.jsonl", tmp_path / "seen" / "frames")
+    categories = list(DATASET_BGR)
+    run = tmp_path / "seen" / "tiny"
+    assert top1_at_size(run, frames, 20, categories, settings) >= 0.75  # scaled up to the bundle's size
+    assert (tmp_path / "seen" / "frames" / "frames-20.npy").is_file()
+    assert (run / "measure" / "at-20").is_dir()
+
+
 def test_extra_backbones_add_rows_after_the_three_models():
     models = suite.models_with(["mobilenet-v3-small", "tiny", "mobilenet-v3-small"])
     assert [m.name for m in models] == ["tiny", suite.LITE0, "distilled-tiny", "mobilenet-v3-small"]
