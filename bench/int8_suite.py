@@ -99,22 +99,21 @@ def keras_embeddings(model, images: np.ndarray) -> np.ndarray:
     return np.concatenate(batches)
 
 
-def tflite_embeddings(model_bytes: bytes, images: np.ndarray, normalise: bool = False) -> tuple[np.ndarray, float]:
+def tflite_embeddings(model_bytes: bytes, images: np.ndarray, normalise: bool = False) -> tuple[np.ndarray, float | None]:
     """A flatbuffer's dequantized embeddings of the images, as the board scores them (one per
     invoke, one thread; ``[N, D]``, or ``[N, cells, D]`` for a regional tower), made unit-length
-    when ``normalise``, and its milliseconds per image."""
-    from fuselite.runtime.interpreter import TfliteModel
+    when ``normalise``, and its milliseconds per image after the first (which also sizes the
+    tensors; None for a single image).
 
-    model = TfliteModel(model_bytes, num_threads=1, name="image model")
-    outputs, started = [], time.perf_counter()
-    for image in images:
-        outputs.append(model.run(image[np.newaxis].astype(model.input.dtype))[0].astype(np.float32))
-    ms = 1000 * (time.perf_counter() - started) / max(len(images), 1)
-    embeddings = np.stack(outputs)
-    if model.output.quantization is not None:
-        scale, zero_point = model.output.quantization
-        embeddings = (embeddings - zero_point) * scale
-    model.close()
+    It runs convert's own runner (:func:`fuselite.convert.numerics.tflite_embeddings`), which
+    quantizes the input and dequantizes the output with the model's own parameters.
+    """
+    from fuselite.convert.numerics import tflite_embeddings as run_flatbuffer
+
+    finished = []  # when each image was done: convert's runner reports every batch of one
+    embeddings = run_flatbuffer(model_bytes, images, num_threads=1, batch_size=1,
+                                progress=lambda _count: finished.append(time.perf_counter()))
+    ms = 1000 * (finished[-1] - finished[0]) / (len(finished) - 1) if len(finished) > 1 else None
     if normalise:
         embeddings /= np.maximum(np.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
     return embeddings, ms
